@@ -1,0 +1,209 @@
+//! A repository in a local directory.
+//!
+//! Implemented on `std::fs` rather than through OpenDAL's `fs` service because the crash
+//! stories need two things that service does not give: every object is written to a
+//! temporary name, `fsync`ed, renamed into place and its directory `fsync`ed (so a crash
+//! leaves either the whole object or none), and files are created 0600 in 0700 folders.
+
+use super::{not_found, Backend, FileKind, Listed};
+use crate::error::{Error, ErrorKind};
+use anyhow::{Context, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind as IoKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    fn full(&self, kind: FileKind, name: &str) -> PathBuf {
+        self.root.join(kind.path(name))
+    }
+}
+
+fn mkdir_private(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("cannot create directory {}", p.display()))
+}
+
+fn io_err(e: std::io::Error, what: &str, path: &Path) -> anyhow::Error {
+    let kind = match e.kind() {
+        IoKind::PermissionDenied => ErrorKind::Storage,
+        IoKind::NotFound => ErrorKind::NotFound,
+        _ => ErrorKind::Other,
+    };
+    let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
+        " (the disk is full; nothing was committed, free space and run again)"
+    } else {
+        ""
+    };
+    Error::new(kind, format!("cannot {what} {}: {e}{hint}", path.display())).into()
+}
+
+fn sync_dir(p: &Path) -> Result<()> {
+    File::open(p)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(e, "sync directory", p))
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self) -> Result<()> {
+        mkdir_private(&self.root)?;
+        for k in FileKind::ALL_DIRS {
+            mkdir_private(&self.root.join(k.dir()))?;
+        }
+        for i in 0..256 {
+            mkdir_private(&self.root.join("data").join(format!("{i:02x}")))?;
+        }
+        sync_dir(&self.root)
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.full(kind, name);
+        let dir = path.parent().expect("object paths have a parent");
+        if !dir.exists() {
+            mkdir_private(dir)?;
+        }
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), crate::Id::random().short()));
+        let res = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(e, "write", &path));
+        }
+        sync_dir(dir)
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let path = self.full(kind, name);
+        fs::read(&path).map_err(|e| {
+            if e.kind() == IoKind::NotFound {
+                not_found(kind, name)
+            } else {
+                io_err(e, "read", &path)
+            }
+        })
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let path = self.full(kind, name);
+        let res = (|| -> std::io::Result<Vec<u8>> {
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        })();
+        res.map_err(|e| match e.kind() {
+            IoKind::NotFound => not_found(kind, name),
+            IoKind::UnexpectedEof => Error::integrity(format!(
+                "{} is shorter than the index says (truncated pack)",
+                path.display()
+            ))
+            .into(),
+            _ => io_err(e, "read", &path),
+        })
+    }
+
+    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
+        let path = self.full(kind, name);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(e, "stat", &path)),
+        }
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<Listed>> {
+        let dir = self.root.join(kind.dir());
+        let mut out = Vec::new();
+        let mut dirs = vec![dir];
+        while let Some(d) = dirs.pop() {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == IoKind::NotFound => continue,
+                Err(e) => return Err(io_err(e, "list", &d)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| io_err(e, "list", &d))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let ft = ent.file_type().map_err(|e| io_err(e, "list", &d))?;
+                if ft.is_dir() {
+                    if kind == FileKind::Pack {
+                        dirs.push(ent.path());
+                    }
+                    continue;
+                }
+                if name.starts_with(".tmp-") || kind == FileKind::Config {
+                    continue;
+                }
+                let size = match ent.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == IoKind::NotFound => continue,
+                    Err(e) => return Err(io_err(e, "stat", &ent.path())),
+                };
+                out.push(Listed { name, size });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        let path = self.full(kind, name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(e, "remove", &path)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn write_read_list_remove_private() {
+        let t = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(t.path().join("repo"));
+        b.create().unwrap();
+        let name = "ab".to_string() + &"0".repeat(62);
+        b.write(FileKind::Pack, &name, b"hello").unwrap();
+        assert_eq!(b.read(FileKind::Pack, &name).unwrap(), b"hello");
+        assert_eq!(b.read_range(FileKind::Pack, &name, 1, 3).unwrap(), b"ell");
+        assert!(b.read_range(FileKind::Pack, &name, 3, 10).is_err());
+        let l = b.list(FileKind::Pack).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].size, 5);
+        let mode = fs::metadata(b.full(FileKind::Pack, &name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(t.path().join("repo")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        b.remove(FileKind::Pack, &name).unwrap();
+        assert!(super::super::is_not_found(&b.read(FileKind::Pack, &name).unwrap_err()));
+        assert_eq!(b.stat(FileKind::Pack, &name).unwrap(), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! Storage backends: where the repository's objects live.
+//!
+//! A backend stores whole, immutable objects under names chosen by the engine. Writes are
+//! durable when `write` returns (the local backend fsyncs the file and its directory; S3
+//! acknowledges a PUT only once stored). Nothing is renamed or appended in place on object
+//! storage, so any S3-compatible service works.
+
+mod local;
+mod s3;
+
+pub use local::LocalBackend;
+pub use s3::S3Backend;
+
+use crate::error::{Error, ErrorKind};
+use anyhow::Result;
+use std::sync::Arc;
+
+/// The kinds of object in a repository, each in its own folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// `config` — the sealed repository configuration (one object).
+    Config,
+    /// `keys/` — key slots wrapping the master key.
+    Key,
+    /// `data/xx/` — pack files (`xx` = first two hex digits of the name).
+    Pack,
+    /// `index/` — index files listing the blobs of packs.
+    Index,
+    /// `snapshots/` — snapshot manifests.
+    Snapshot,
+    /// `locks/` — lock objects.
+    Lock,
+}
+
+impl FileKind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Pack => "data",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Lock => "locks",
+        }
+    }
+
+    /// The object's path relative to the repository root.
+    pub fn path(self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".to_string(),
+            FileKind::Pack => format!("data/{}/{}", &name[..2.min(name.len())], name),
+            _ => format!("{}/{}", self.dir(), name),
+        }
+    }
+
+    pub const ALL_DIRS: [FileKind; 5] = [
+        FileKind::Key,
+        FileKind::Pack,
+        FileKind::Index,
+        FileKind::Snapshot,
+        FileKind::Lock,
+    ];
+}
+
+/// An object's name and size as listed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+}
+
+/// The operations the engine needs from storage.
+pub trait Backend: Send + Sync {
+    /// A human-readable location, for messages.
+    fn location(&self) -> String;
+    /// Create the folder layout (a no-op on object storage).
+    fn create(&self) -> Result<()>;
+    /// Store an object durably. Objects are immutable: writing an existing name with the
+    /// same bytes is allowed (content-named objects), different bytes never happen.
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Size of an object, or `None` when it does not exist.
+    fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>>;
+    fn list(&self, kind: FileKind) -> Result<Vec<Listed>>;
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// How many writes to run at once.
+    fn concurrency(&self) -> usize {
+        2
+    }
+}
+
+/// Open the backend for a repository location: a path, or `s3://bucket/prefix`.
+pub fn open(location: &str) -> Result<Arc<dyn Backend>> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        Ok(Arc::new(S3Backend::open(rest)?))
+    } else if location.contains("://") {
+        Err(Error::usage(format!(
+            "unsupported repository location {location:?}: use a local path or s3://bucket/prefix"
+        ))
+        .into())
+    } else {
+        Ok(Arc::new(LocalBackend::new(location)))
+    }
+}
+
+/// An error for an object that does not exist.
+pub fn not_found(kind: FileKind, name: &str) -> anyhow::Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("{} does not exist", kind.path(name)),
+    )
+    .into()
+}
+
+/// True when the error chain says the object does not exist.
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    crate::error::kind_of(e) == ErrorKind::NotFound
+}

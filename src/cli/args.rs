@@ -1,0 +1,224 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coffer",
+    version,
+    about = "Back up and restore a whole application stack into one deduplicated, encrypted repository",
+    after_help = "Repository: --repo or COFFER_REPO (a path or s3://bucket/prefix). Passphrase: \
+COFFER_PASSWORD, COFFER_PASSWORD_FILE, the config file, or a prompt. With no repository named, \
+coffer uses a default local repository with a generated key file."
+)]
+pub struct Cli {
+    /// Repository location: a directory or s3://bucket/prefix
+    #[arg(long, short = 'r', env = "COFFER_REPO", global = true)]
+    pub repo: Option<String>,
+    /// TOML configuration file
+    #[arg(long, env = "COFFER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Read the passphrase from this file
+    #[arg(long, env = "COFFER_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print only errors
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    /// More detail (repeat for debug output)
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up paths, or a stream from standard input
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the contents of a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot into a directory
+    Restore(RestoreArgs),
+    /// Write one file or stream of a snapshot to standard output
+    Dump(DumpArgs),
+    /// Verify the repository (exit 0 only when everything is sound)
+    Check(CheckArgs),
+    /// Remove snapshots according to a retention policy
+    Forget(ForgetArgs),
+    /// Remove data that no snapshot needs
+    Prune(PruneArgs),
+    /// Manage passphrases (key slots)
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Remove stale locks
+    Unlock(UnlockArgs),
+    /// Print the version
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// zstd compression level for new data (0 = off)
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=22))]
+    pub compression: Option<i32>,
+    /// Target pack size in MiB
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=512))]
+    pub pack_size: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    pub paths: Vec<PathBuf>,
+    /// Read the data to back up from standard input
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// File name for the stdin stream inside the snapshot
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    pub stdin_name: String,
+    /// Add a tag (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Exclude paths matching a glob (repeatable); without '/' it matches names anywhere
+    #[arg(long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Snapshot time (RFC 3339), for imports and tests
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Record this host name instead of the machine's
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Only snapshots with this tag
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id (prefix) or "latest"
+    pub snapshot: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (prefix) or "latest"
+    pub snapshot: String,
+    /// Directory to restore into
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Restore only this path of the snapshot (repeatable)
+    #[arg(long = "include")]
+    pub includes: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id (prefix) or "latest"
+    pub snapshot: String,
+    /// Path of the file or stream inside the snapshot
+    pub path: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Read and verify all data
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read and verify a random part of the data, e.g. 10%
+    #[arg(long)]
+    pub read_data_subset: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to forget explicitly (in addition to the policy)
+    pub snapshots: Vec<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_last: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_hourly: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_daily: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_weekly: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_monthly: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub keep_yearly: Option<i64>,
+    /// Keep snapshots within this duration of the newest (e.g. 1y2m3d4h)
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Always keep snapshots with this tag
+    #[arg(long)]
+    pub keep_tag: Vec<String>,
+    /// Only consider snapshots with this tag
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Group snapshots by these fields before applying the policy
+    #[arg(long, default_value = "host,paths")]
+    pub group_by: String,
+    /// Show what would be removed, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be removed, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Repack a pack when more than this percentage of it is unused
+    #[arg(long, default_value_t = 10.0)]
+    pub max_unused: f64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List key slots
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a passphrase (from COFFER_NEW_PASSWORD, --new-password-file or a prompt)
+    Add {
+        #[arg(long, env = "COFFER_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key slot by id (prefix)
+    Remove { id: String },
+    /// Change the passphrase of the key in use
+    Passwd {
+        #[arg(long, env = "COFFER_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Remove all locks, not only stale ones
+    #[arg(long)]
+    pub remove_all: bool,
+}

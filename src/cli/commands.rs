@@ -1,0 +1,463 @@
+//! One function per command: call the library, print the result.
+
+use super::args::*;
+use super::context::{prompt, Context};
+use anyhow::Result;
+use coffer::error::Error;
+use coffer::progress::Progress;
+use coffer::repo::check::{self, ReadData};
+use coffer::repo::forget::{self, Policy};
+use coffer::repo::keys::KdfParams;
+use coffer::repo::lock::{self, Lock};
+use coffer::repo::tree::NodeKind;
+use coffer::repo::{prune, walk_tree, Repository};
+use coffer::restore::{self, RestoreOptions};
+use coffer::sources::files::{backup_files, FilesOptions};
+use coffer::sources::stream::backup_stream;
+use coffer::sources::CommonOptions;
+use coffer::backend::FileKind;
+use serde_json::json;
+use std::io::Write;
+use std::sync::Arc;
+
+fn mib(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+pub fn init(ctx: &Context, a: &InitArgs) -> Result<()> {
+    let b = ctx.backend()?;
+    if b.stat(FileKind::Config, "")?.is_some() {
+        return Err(Error::usage(format!("a repository already exists at {}", ctx.location)).into());
+    }
+    let pw = match (&ctx.default_key, std::env::var_os("COFFER_PASSWORD"), &ctx.password_file, &ctx.config.password_file) {
+        (Some(_), None, None, None) if ctx.config.password.is_none() => {
+            let _ = ctx.open_or_create_default()?;
+            return Ok(());
+        }
+        _ => ctx.passphrase(true)?,
+    };
+    let repo = Repository::init(b, &pw, &ctx.init_options(a.compression, a.pack_size))?;
+    ctx.say(&format!(
+        "created repository {} at {}\nKeep the passphrase safe: without it the backups cannot be read.",
+        repo.config.id.short(),
+        ctx.location
+    ));
+    Ok(())
+}
+
+fn parse_time(s: &Option<String>) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
+    s.as_ref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| Error::usage(format!("--time {t:?} is not RFC 3339 (e.g. 2024-05-01T02:00:00Z): {e}")).into())
+        })
+        .transpose()
+}
+
+pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
+    let repo = ctx.open_or_create_default()?;
+    let _lock = Lock::shared(&repo, "backup")?;
+    let common = CommonOptions {
+        tags: a.tags.clone(),
+        time: parse_time(&a.time)?,
+        hostname: a.host.clone(),
+    };
+    let snap = if a.stdin {
+        let p = Progress::bytes(ctx.mode, "backup stdin", None);
+        let stdin = std::io::stdin().lock();
+        let s = backup_stream(repo.clone(), stdin, &a.stdin_name, "stream", &common, &p, |_| Ok(serde_json::Value::Null))?;
+        p.finish();
+        s
+    } else {
+        if a.paths.is_empty() {
+            return Err(Error::usage("give paths to back up, or --stdin").into());
+        }
+        let p = Progress::bytes(ctx.mode, "backup", None);
+        let s = backup_files(
+            repo.clone(),
+            &FilesOptions {
+                paths: a.paths.clone(),
+                excludes: a.excludes.clone(),
+                common,
+            },
+            &p,
+        )?;
+        p.finish();
+        s
+    };
+    let sm = &snap.summary;
+    if a.json {
+        println!(
+            "{}",
+            json!({"id": snap.id.to_hex(), "short_id": snap.id.short(), "time": snap.time.to_rfc3339(),
+                   "size": snap.size, "summary": sm, "parent": snap.parent.map(|p| p.to_hex())})
+        );
+    } else {
+        ctx.say(&format!(
+            "snapshot {} saved: {} files ({} new, {} changed, {} unchanged), {} total; added {} ({} stored) in {:.1}s",
+            snap.id.short(),
+            sm.files_new + sm.files_changed + sm.files_unchanged,
+            sm.files_new,
+            sm.files_changed,
+            sm.files_unchanged,
+            mib(snap.size),
+            mib(sm.bytes_added),
+            mib(sm.bytes_stored),
+            sm.duration_secs
+        ));
+    }
+    Ok(())
+}
+
+pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let snaps: Vec<_> = repo
+        .load_snapshots()?
+        .into_iter()
+        .filter(|s| a.tags.iter().all(|t| s.has_tag(t)))
+        .collect();
+    if a.json {
+        let v: Vec<_> = snaps
+            .iter()
+            .map(|s| {
+                json!({"id": s.id.to_hex(), "short_id": s.id.short(), "time": s.time.to_rfc3339(),
+                       "hostname": s.hostname, "username": s.username, "tags": s.tags, "paths": s.paths,
+                       "kind": s.kind, "size": s.size, "tree": s.tree.to_hex(),
+                       "parent": s.parent.map(|p| p.to_hex()), "sources": s.sources, "summary": s.summary})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<10} {:<20} {:<16} {:<8} {:>11}  {:<16} paths", "id", "time", "host", "kind", "size", "tags")?;
+    for s in &snaps {
+        writeln!(
+            out,
+            "{:<10} {:<20} {:<16} {:<8} {:>11}  {:<16} {}",
+            s.id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S"),
+            s.hostname,
+            s.kind,
+            mib(s.size),
+            s.tags.join(","),
+            s.paths.join(" ")
+        )?;
+    }
+    writeln!(out, "{} snapshot(s)", snaps.len())?;
+    Ok(())
+}
+
+pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let snap = repo.find_snapshot(&a.snapshot)?;
+    let index = repo.load_index()?;
+    let mut out = std::io::stdout().lock();
+    walk_tree(&repo, &index, &snap.tree, "", &mut |path, n| {
+        if a.json {
+            let v = json!({"path": path, "type": n.kind, "mode": format!("{:o}", n.mode), "size": n.size,
+                           "uid": n.uid, "gid": n.gid, "mtime_ns": n.mtime_ns,
+                           "target": n.target.as_ref().map(|t| t.display())});
+            writeln!(out, "{v}")?;
+        } else {
+            let t = match n.kind {
+                NodeKind::Dir => 'd',
+                NodeKind::File => '-',
+                NodeKind::Symlink => 'l',
+                NodeKind::Stream => 's',
+            };
+            let link = n.target.as_ref().map(|t| format!(" -> {}", t.display())).unwrap_or_default();
+            writeln!(out, "{t}{:04o} {:>12} {path}{link}", n.mode, n.size)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let _lock = Lock::shared(&repo, "restore")?;
+    let snap = repo.find_snapshot(&a.snapshot)?;
+    let index = repo.load_index()?;
+    let p = Progress::bytes(ctx.mode, "restore", Some(snap.size));
+    let r = restore::restore(
+        &repo,
+        &index,
+        &snap,
+        &RestoreOptions {
+            target: a.target.clone(),
+            includes: a.includes.clone(),
+        },
+        &p,
+    );
+    p.finish();
+    let r = r?;
+    ctx.say(&format!(
+        "restored snapshot {} to {}: {} files, {} directories, {} symlinks, {} (every chunk verified)",
+        snap.id.short(),
+        a.target.display(),
+        r.files,
+        r.dirs,
+        r.symlinks,
+        mib(r.bytes)
+    ));
+    Ok(())
+}
+
+pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let snap = repo.find_snapshot(&a.snapshot)?;
+    let index = repo.load_index()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    restore::dump(&repo, &index, &snap, &a.path, &mut out)?;
+    Ok(())
+}
+
+pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let _lock = Lock::shared(&repo, "check")?;
+    let read = if a.read_data {
+        ReadData::All
+    } else if let Some(s) = &a.read_data_subset {
+        let pct: f64 = s
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| Error::usage(format!("--read-data-subset {s:?}: expected a percentage like 10%")))?;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return Err(Error::usage("--read-data-subset must be between 0% and 100%").into());
+        }
+        ReadData::Subset(pct / 100.0)
+    } else {
+        ReadData::None
+    };
+    let quiet = ctx.mode == coffer::progress::Mode::Quiet;
+    let r = check::check(&repo, read, &|m| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    })?;
+    if a.json {
+        let damaged: Vec<_> = r
+            .damaged_packs
+            .iter()
+            .map(|(p, why)| json!({"pack": p.to_hex(), "problem": why,
+                "snapshots": r.affected.get(p).map(|v| v.iter().map(|s| s.to_hex()).collect::<Vec<_>>()).unwrap_or_default()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"ok": r.ok(), "errors": r.errors, "warnings": r.warnings,
+                "damaged_packs": damaged, "snapshots": r.snapshots, "packs": r.packs, "packs_read": r.packs_read}))?
+        );
+    }
+    for w in &r.warnings {
+        ctx.say(&format!("warning: {w}"));
+    }
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    for (p, why) in &r.damaged_packs {
+        let users = r.affected.get(p).cloned().unwrap_or_default();
+        eprintln!(
+            "error: pack {p} is damaged: {why}\n       snapshots that depend on it: {}",
+            if users.is_empty() {
+                "none".to_string()
+            } else {
+                users.iter().map(|s| s.short()).collect::<Vec<_>>().join(" ")
+            }
+        );
+    }
+    if r.ok() {
+        ctx.say(&format!(
+            "no errors were found ({} snapshots, {} packs{})",
+            r.snapshots,
+            r.packs,
+            if r.packs_read > 0 { format!(", {} read and verified", r.packs_read) } else { String::new() }
+        ));
+        Ok(())
+    } else {
+        Err(Error::integrity(format!(
+            "the repository is damaged: {} error(s), {} damaged pack(s)",
+            r.errors.len(),
+            r.damaged_packs.len()
+        ))
+        .into())
+    }
+}
+
+pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
+    let policy = Policy {
+        last: a.keep_last.unwrap_or(0),
+        hourly: a.keep_hourly.unwrap_or(0),
+        daily: a.keep_daily.unwrap_or(0),
+        weekly: a.keep_weekly.unwrap_or(0),
+        monthly: a.keep_monthly.unwrap_or(0),
+        yearly: a.keep_yearly.unwrap_or(0),
+        within: a
+            .keep_within
+            .as_ref()
+            .map(|w| w.parse().map_err(|e: anyhow::Error| Error::usage(e.to_string())))
+            .transpose()?,
+        keep_tags: a.keep_tag.clone(),
+    };
+    if policy.is_empty() && a.snapshots.is_empty() {
+        return Err(Error::usage("no policy given: use --keep-* options or name snapshots to forget").into());
+    }
+    let repo = ctx.open()?;
+    let lock = if a.dry_run { None } else { Some(Lock::exclusive(&repo, "forget")?) };
+    let all = repo.load_snapshots()?;
+    let mut remove = Vec::new();
+    for spec in &a.snapshots {
+        remove.push(repo.find_snapshot(spec)?);
+    }
+    let mut report = Vec::new();
+    if !policy.is_empty() {
+        let candidates: Vec<_> = all
+            .into_iter()
+            .filter(|s| a.tags.iter().all(|t| s.has_tag(t)))
+            .filter(|s| !remove.iter().any(|r| r.id == s.id))
+            .collect();
+        let keys: Vec<String> = a.group_by.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        for (group, list) in forget::group(candidates, &keys).map_err(|e| Error::usage(e.to_string()))? {
+            let decisions = forget::apply(list, &policy);
+            if !a.json {
+                ctx.say(&format!("group {group}:"));
+            }
+            for d in &decisions {
+                if !a.json {
+                    ctx.say(&format!(
+                        "  {} {} {}  {}",
+                        if d.keep { "keep  " } else { "remove" },
+                        d.snapshot.id.short(),
+                        d.snapshot.time.format("%Y-%m-%d %H:%M:%S"),
+                        d.reasons.join(",")
+                    ));
+                }
+            }
+            report.push(json!({"group": group,
+                "keep": decisions.iter().filter(|d| d.keep).map(|d| d.snapshot.id.to_hex()).collect::<Vec<_>>(),
+                "remove": decisions.iter().filter(|d| !d.keep).map(|d| d.snapshot.id.to_hex()).collect::<Vec<_>>()}));
+            remove.extend(decisions.into_iter().filter(|d| !d.keep).map(|d| d.snapshot));
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if a.dry_run {
+        ctx.say(&format!("would remove {} snapshot(s) (dry run: nothing changed)", remove.len()));
+        return Ok(());
+    }
+    for s in &remove {
+        repo.backend.remove(FileKind::Snapshot, &s.id.to_hex())?;
+    }
+    ctx.say(&format!("removed {} snapshot(s)", remove.len()));
+    if a.prune {
+        run_prune(ctx, &repo, 10.0, false)?;
+    }
+    drop(lock);
+    Ok(())
+}
+
+fn run_prune(ctx: &Context, repo: &Arc<Repository>, max_unused_pct: f64, dry_run: bool) -> Result<()> {
+    let quiet = ctx.mode == coffer::progress::Mode::Quiet;
+    let r = prune::prune(repo, max_unused_pct / 100.0, dry_run, &|m| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    })?;
+    ctx.say(&format!(
+        "{}{} of {} pack(s) unused, {} to repack, {} unindexed; {} {}; {} blobs used, {} unused",
+        if dry_run { "dry run: " } else { "" },
+        r.packs_deleted,
+        r.packs_total,
+        r.packs_repacked,
+        r.packs_unindexed,
+        if dry_run { "would free" } else { "freed" },
+        mib(r.bytes_deleted),
+        r.blobs_used,
+        r.blobs_unused
+    ));
+    Ok(())
+}
+
+pub fn prune(ctx: &Context, a: &PruneArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let _lock = if a.dry_run { None } else { Some(Lock::exclusive(&repo, "prune")?) };
+    run_prune(ctx, &repo, a.max_unused, a.dry_run)
+}
+
+fn new_passphrase(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
+    if let Ok(p) = std::env::var("COFFER_NEW_PASSWORD") {
+        if p.is_empty() {
+            return Err(Error::usage("COFFER_NEW_PASSWORD is empty; an empty passphrase is not allowed").into());
+        }
+        return Ok(p.into_bytes());
+    }
+    if let Some(f) = file {
+        let mut v = std::fs::read(f).map_err(|e| Error::usage(format!("cannot read {}: {e}", f.display())))?;
+        while v.ends_with(b"\n") || v.ends_with(b"\r") {
+            v.pop();
+        }
+        if v.is_empty() {
+            return Err(Error::usage("the new passphrase is empty; an empty passphrase is not allowed").into());
+        }
+        return Ok(v);
+    }
+    prompt("New passphrase: ", true)
+}
+
+pub fn key(ctx: &Context, k: &KeyCommand) -> Result<()> {
+    let repo = ctx.open()?;
+    match k {
+        KeyCommand::List { json } => {
+            let keys = repo.list_keys()?;
+            if *json {
+                let v: Vec<_> = keys
+                    .iter()
+                    .map(|(n, k)| json!({"id": n, "current": *n == repo.key_name, "kind": k.kind, "created": k.created, "hostname": k.hostname, "username": k.username}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (n, k) in keys {
+                    println!(
+                        "{} {:<10} {:<10} {}@{} {}",
+                        if n == repo.key_name { "*" } else { " " },
+                        &n[..8],
+                        k.kind,
+                        k.username,
+                        k.hostname,
+                        k.created.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                }
+            }
+        }
+        KeyCommand::Add { new_password_file } => {
+            let pw = new_passphrase(new_password_file)?;
+            let name = repo.add_key(&pw, KdfParams::default())?;
+            ctx.say(&format!("added key {}", &name[..8]));
+        }
+        KeyCommand::Remove { id } => {
+            let name = repo.remove_key(id)?;
+            ctx.say(&format!("removed key {}", &name[..8]));
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            let pw = new_passphrase(new_password_file)?;
+            let mut repo = Arc::try_unwrap(repo).map_err(|_| anyhow::anyhow!("repository in use"))?;
+            let name = repo.change_passphrase(&pw, KdfParams::default())?;
+            ctx.say(&format!("passphrase changed (new key {})", &name[..8]));
+        }
+    }
+    Ok(())
+}
+
+pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let n = lock::unlock(&repo, a.remove_all)?;
+    ctx.say(&format!("removed {n} lock(s)"));
+    Ok(())
+}
+

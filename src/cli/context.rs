@@ -1,0 +1,199 @@
+//! Resolving the repository and passphrase from options, environment and config file.
+
+use super::args::Cli;
+use anyhow::Result;
+use coffer::backend::{self, FileKind};
+use coffer::config::Config;
+use coffer::error::{Error, ErrorKind};
+use coffer::progress::Mode;
+use coffer::repo::keys::KdfParams;
+use coffer::repo::{InitOptions, Repository};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Context {
+    pub location: String,
+    /// Set when no repository was named and the default one is used.
+    pub default_key: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+    pub config: Config,
+    pub mode: Mode,
+}
+
+/// Where the default repository and its key file live.
+pub fn default_home() -> Result<PathBuf> {
+    if let Some(h) = std::env::var_os("COFFER_HOME") {
+        return Ok(PathBuf::from(h));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("coffer"));
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| Error::usage("no repository given and HOME is not set: use --repo or COFFER_REPO"))?;
+    Ok(PathBuf::from(home).join(".local/share/coffer"))
+}
+
+fn read_password_file(p: &std::path::Path) -> Result<Vec<u8>> {
+    let mut v = std::fs::read(p)
+        .map_err(|e| Error::usage(format!("cannot read passphrase file {}: {e}", p.display())))?;
+    if v.ends_with(b"\n") {
+        v.pop();
+        if v.ends_with(b"\r") {
+            v.pop();
+        }
+    }
+    if v.is_empty() {
+        return Err(Error::usage(format!("passphrase file {} is empty; an empty passphrase is not allowed", p.display())).into());
+    }
+    Ok(v)
+}
+
+impl Context {
+    pub fn new(cli: &Cli) -> Result<Context> {
+        let config = match &cli.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        let (location, default_key) = match cli.repo.clone().or_else(|| config.repository.clone()) {
+            Some(l) if !l.is_empty() => (l, None),
+            _ => {
+                let home = default_home()?;
+                (home.join("repo").display().to_string(), Some(home.join("key")))
+            }
+        };
+        Ok(Context {
+            location,
+            default_key,
+            password_file: cli.password_file.clone(),
+            config,
+            mode: Mode::detect(cli.quiet),
+        })
+    }
+
+    pub fn say(&self, line: &str) {
+        if self.mode != Mode::Quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    /// The passphrase: environment, passphrase file, config file, default key, prompt.
+    pub fn passphrase(&self, confirm: bool) -> Result<Vec<u8>> {
+        if let Ok(p) = std::env::var("COFFER_PASSWORD") {
+            if p.is_empty() {
+                return Err(Error::usage("COFFER_PASSWORD is empty; an empty passphrase is not allowed").into());
+            }
+            return Ok(p.into_bytes());
+        }
+        if let Some(f) = self.password_file.as_ref().or(self.config.password_file.as_ref()) {
+            return read_password_file(f);
+        }
+        if let Some(p) = &self.config.password {
+            if p.is_empty() {
+                return Err(Error::usage("the config file's password is empty").into());
+            }
+            return Ok(p.clone().into_bytes());
+        }
+        if let Some(k) = &self.default_key {
+            if k.exists() {
+                return read_password_file(k);
+            }
+        }
+        prompt("Passphrase: ", confirm)
+    }
+
+    pub fn backend(&self) -> Result<Arc<dyn backend::Backend>> {
+        backend::open(&self.location)
+    }
+
+    pub fn open(&self) -> Result<Arc<Repository>> {
+        let b = self.backend()?;
+        if self.default_key.is_some() && b.stat(FileKind::Config, "")?.is_none() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no repository named and the default repository {} does not exist yet; \
+                     `coffer backup PATH` creates it, or use --repo / COFFER_REPO",
+                    self.location
+                ),
+            )
+            .into());
+        }
+        let pw = self.passphrase(false)?;
+        Ok(Arc::new(Repository::open(b, &pw)?))
+    }
+
+    /// Open, creating the default repository on first use.
+    pub fn open_or_create_default(&self) -> Result<Arc<Repository>> {
+        if let Some(key) = &self.default_key {
+            let b = self.backend()?;
+            if b.stat(FileKind::Config, "")?.is_none() {
+                return Ok(Arc::new(self.create_default(key)?));
+            }
+        }
+        self.open()
+    }
+
+    fn create_default(&self, key: &PathBuf) -> Result<Repository> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let home = key.parent().unwrap();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home)?;
+        let pw = if key.exists() {
+            read_password_file(key)?
+        } else {
+            let mut raw = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut raw);
+            let pw = hex::encode(raw).into_bytes();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(key)?;
+            std::io::Write::write_all(&mut f, &pw)?;
+            f.sync_all()?;
+            pw
+        };
+        let repo = Repository::init(self.backend()?, &pw, &self.init_options(None, 32))?;
+        eprintln!(
+            "\n\
+             ************************************************************************\n\
+             coffer created a new repository at {}\n\
+             Its key is in {}\n\
+             WITHOUT THIS KEY FILE YOUR BACKUPS CANNOT BE READ. Copy it somewhere safe,\n\
+             away from this machine (a password manager, a vault).\n\
+             ************************************************************************\n",
+            self.location,
+            key.display()
+        );
+        Ok(repo)
+    }
+
+    pub fn init_options(&self, compression: Option<i32>, pack_mib: u64) -> InitOptions {
+        InitOptions {
+            kdf: KdfParams::default(),
+            compression: compression.or(self.config.compression).unwrap_or(3),
+            pack_size: pack_mib << 20,
+        }
+    }
+}
+
+/// Ask on the terminal; refuse when there is none.
+pub fn prompt(label: &str, confirm: bool) -> Result<Vec<u8>> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage(
+            "no passphrase given: set COFFER_PASSWORD or COFFER_PASSWORD_FILE (or password_file in the config file)",
+        )
+        .into());
+    }
+    let p = rpassword::prompt_password(label)?;
+    if p.is_empty() {
+        return Err(Error::usage("an empty passphrase is not allowed").into());
+    }
+    if confirm {
+        let again = rpassword::prompt_password("Repeat the passphrase: ")?;
+        if again != p {
+            return Err(Error::usage("the passphrases do not match").into());
+        }
+    }
+    Ok(p.into_bytes())
+}

@@ -1,0 +1,56 @@
+//! The TOML configuration file (`--config FILE` or `COFFER_CONFIG`).
+//!
+//! ```toml
+//! repository = "s3://backups/prod"       # or a local path
+//! password_file = "/etc/coffer/passphrase"
+//! ```
+//! Environment variables (`COFFER_REPO`, `COFFER_PASSWORD`, `COFFER_PASSWORD_FILE`)
+//! override the file; command-line options override both. Later sections (sources,
+//! schedules) are added to the same file.
+
+use crate::error::Error;
+use anyhow::Result;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Config {
+    pub repository: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Discouraged (prefer password_file), but accepted for parity with other tools.
+    pub password: Option<String>,
+    /// zstd level used by `coffer init` (default 3).
+    pub compression: Option<i32>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::usage(format!("cannot read config file {}: {e}", path.display())))?;
+        let mut c: Config = toml::from_str(&text)
+            .map_err(|e| Error::usage(format!("config file {}: {e}", path.display())))?;
+        // Relative paths in the file are relative to the file.
+        if let (Some(pf), Some(dir)) = (&c.password_file, path.parent()) {
+            if pf.is_relative() {
+                c.password_file = Some(dir.join(pf));
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("coffer.toml");
+        std::fs::write(&p, "repository = \"/r\"\npassword_file = \"pw\"\n[later]\nx = 1\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.repository.as_deref(), Some("/r"));
+        assert_eq!(c.password_file.unwrap(), d.path().join("pw"));
+        std::fs::write(&p, "repository = [").unwrap();
+        assert!(Config::load(&p).is_err());
+    }
+}

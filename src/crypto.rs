@@ -1,0 +1,265 @@
+//! The master key, blob identifiers and authenticated encryption.
+//!
+//! Every object coffer stores (chunks, trees, pack headers, index files, snapshots, locks,
+//! the repository config) is sealed with XChaCha20-Poly1305 under the repository's
+//! encryption key with a fresh random 192-bit nonce: `nonce (24) || ciphertext || tag (16)`.
+//! Blob identifiers are BLAKE3 keyed with a second secret key, so the storage provider
+//! cannot confirm that a known file is in the repository by hashing it.
+
+use crate::error::Error;
+use crate::id::Id;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed object has beyond its plaintext.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// The repository secret. Never stored in the clear: key slots wrap it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct MasterKey {
+    #[serde(with = "b64")]
+    encrypt: [u8; 32],
+    #[serde(with = "b64")]
+    id: [u8; 32],
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn generate() -> Self {
+        let mut k = MasterKey {
+            encrypt: [0; 32],
+            id: [0; 32],
+        };
+        rand::thread_rng().fill_bytes(&mut k.encrypt);
+        rand::thread_rng().fill_bytes(&mut k.id);
+        k
+    }
+
+    /// The identifier of a blob with this plaintext (keyed BLAKE3).
+    pub fn blob_id(&self, data: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id, data).as_bytes())
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.encrypt).into())
+    }
+
+    /// Seal `plaintext`, appending `nonce || ciphertext || tag` to `out`.
+    pub fn seal_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher()
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut out[start..])
+            .expect("XChaCha20-Poly1305 encrypts any length coffer produces");
+        out.extend_from_slice(&tag);
+    }
+
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.seal_into(plaintext, &mut out);
+        out
+    }
+
+    /// Open a sealed object; fails if a single bit was changed.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        if sealed.len() < OVERHEAD {
+            return Err(Error::integrity("encrypted object is truncated"));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        self.cipher()
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                b"",
+                &mut buf,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| Error::integrity("authentication failed: the object was modified or damaged"))?;
+        Ok(buf)
+    }
+}
+
+/// A key derived from a passphrase, used only to wrap the master key.
+pub struct WrappingKey([u8; 32]);
+
+impl WrappingKey {
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        WrappingKey(b)
+    }
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let k = MasterKey {
+            encrypt: self.0,
+            id: [0; 32],
+        };
+        k.seal(plaintext)
+    }
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        let k = MasterKey {
+            encrypt: self.0,
+            id: [0; 32],
+        };
+        k.open(sealed)
+    }
+}
+
+/// Compression of blob and metadata plaintext: the payload, then one flag byte.
+pub mod compress {
+    use crate::error::Error;
+
+    const RAW: u8 = 0;
+    const ZSTD: u8 = 1;
+    /// Chunks at least this large are first tried on a sample, so incompressible data
+    /// costs almost no compression time.
+    const SAMPLE_THRESHOLD: usize = 128 * 1024;
+    const SAMPLE: usize = 32 * 1024;
+
+    /// A reusable compressor (one per worker thread).
+    pub struct Compressor {
+        inner: Option<zstd::bulk::Compressor<'static>>,
+        sampler: zstd::bulk::Compressor<'static>,
+    }
+
+    impl Compressor {
+        /// `level` 0 disables compression.
+        pub fn new(level: i32) -> Self {
+            Compressor {
+                inner: (level != 0).then(|| {
+                    zstd::bulk::Compressor::new(level).expect("zstd accepts levels 1..=22")
+                }),
+                sampler: zstd::bulk::Compressor::new(1).expect("zstd level 1"),
+            }
+        }
+
+        /// Encode `data` as `payload || flag`, choosing raw storage when compression does
+        /// not pay.
+        pub fn encode(&mut self, data: &[u8]) -> Vec<u8> {
+            if let Some(c) = self.inner.as_mut() {
+                let worth_trying = data.len() < SAMPLE_THRESHOLD || {
+                    let sample = &data[..SAMPLE];
+                    matches!(self.sampler.compress(sample), Ok(z) if z.len() < sample.len() * 97 / 100)
+                };
+                if worth_trying {
+                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + 1);
+                    if let Ok(n) = c.compress_to_buffer(data, &mut out) {
+                        if n < data.len() {
+                            out.push(ZSTD);
+                            return out;
+                        }
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(data.len() + 1);
+            out.extend_from_slice(data);
+            out.push(RAW);
+            out
+        }
+    }
+
+    /// Decode `payload || flag`.
+    pub fn decode(data: &[u8]) -> Result<Vec<u8>, Error> {
+        match data.split_last() {
+            Some((&RAW, rest)) => Ok(rest.to_vec()),
+            Some((&ZSTD, rest)) => {
+                let size = zstd::zstd_safe::get_frame_content_size(rest)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| Error::integrity("compressed data has no size"))?;
+                if size > 1 << 32 {
+                    return Err(Error::integrity("compressed object claims an absurd size"));
+                }
+                zstd::bulk::decompress(rest, size as usize)
+                    .map_err(|e| Error::integrity(format!("decompression failed: {e}")))
+            }
+            _ => Err(Error::integrity("unknown compression flag")),
+        }
+    }
+}
+
+pub(crate) mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+        let s = String::deserialize(d)?;
+        let v = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("wrong key length"))
+    }
+}
+
+/// Base64 for variable-length byte strings in JSON.
+pub(crate) mod b64vec {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_tamper() {
+        let k = MasterKey::generate();
+        let s = k.seal(b"hello world");
+        assert_eq!(k.open(&s).unwrap(), b"hello world");
+        for i in 0..s.len() {
+            let mut t = s.clone();
+            t[i] ^= 1;
+            assert!(k.open(&t).is_err(), "flip at {i} not detected");
+        }
+        assert!(MasterKey::generate().open(&s).is_err());
+    }
+
+    #[test]
+    fn blob_ids_are_keyed() {
+        let a = MasterKey::generate();
+        let b = MasterKey::generate();
+        assert_eq!(a.blob_id(b"x"), a.blob_id(b"x"));
+        assert_ne!(a.blob_id(b"x"), b.blob_id(b"x"));
+    }
+
+    #[test]
+    fn compression_round_trip() {
+        let mut c = compress::Compressor::new(3);
+        let text = b"abcabcabc".repeat(100_000);
+        let enc = c.encode(&text);
+        assert!(enc.len() < text.len() / 10);
+        assert_eq!(compress::decode(&enc).unwrap(), text);
+        let mut noise = vec![0u8; 300_000];
+        rand::thread_rng().fill_bytes(&mut noise);
+        let enc = c.encode(&noise);
+        assert_eq!(enc.len(), noise.len() + 1);
+        assert_eq!(compress::decode(&enc).unwrap(), noise);
+        let mut off = compress::Compressor::new(0);
+        assert_eq!(compress::decode(&off.encode(&text)).unwrap(), text);
+    }
+}

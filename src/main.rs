@@ -1,0 +1,30 @@
+//! The `coffer` binary. See README.md for commands and exit codes.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::args::Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("coffer={level},opendal=warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    // SIGPIPE default behaviour for `coffer dump … | head`.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    if let Err(e) = cli::run(cli) {
+        eprintln!("coffer: error: {e:#}");
+        std::process::exit(coffer::error::kind_of(&e).exit_code());
+    }
+}

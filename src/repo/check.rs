@@ -1,0 +1,256 @@
+//! `coffer check`: verify the repository's structure and, optionally, its data.
+//!
+//! Without reading data: every index file and snapshot decrypts and matches its name,
+//! every indexed pack exists with the recorded size, every tree of every snapshot loads,
+//! and every blob a snapshot needs is in the index. With `--read-data` (or a random
+//! subset of packs), each pack is downloaded, its hash compared with its name, and every
+//! blob decrypted and re-hashed. Damaged packs are named with the snapshots that need them.
+
+use super::index::{IndexFile, MasterIndex};
+use super::pack::parse_pack;
+use super::tree::NodeKind;
+use super::{snapshot::Snapshot, Repository};
+use crate::backend::FileKind;
+use crate::id::Id;
+use anyhow::Result;
+use rand::seq::SliceRandom;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    None,
+    All,
+    /// A fraction of packs in (0, 1].
+    Subset(f64),
+}
+
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Damaged or missing packs, with what is wrong.
+    pub damaged_packs: BTreeMap<Id, String>,
+    /// For each damaged pack, the snapshots that need it.
+    pub affected: BTreeMap<Id, Vec<Id>>,
+    /// Snapshots that cannot be fully restored for reasons other than a pack (missing blobs).
+    pub broken_snapshots: BTreeSet<Id>,
+    pub snapshots: usize,
+    pub packs: usize,
+    pub packs_read: usize,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.damaged_packs.is_empty()
+    }
+}
+
+pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Result<CheckReport> {
+    let mut r = CheckReport::default();
+    let listed: HashMap<String, u64> = repo
+        .backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|l| (l.name, l.size))
+        .collect();
+
+    progress("loading index");
+    let mut index = MasterIndex::default();
+    for f in repo.backend.list(FileKind::Index)? {
+        let Ok(id) = f.name.parse::<Id>() else { continue };
+        match repo.load_json::<IndexFile>(FileKind::Index, &f.name) {
+            Ok(file) => index.add_file(id, file),
+            Err(e) => r.errors.push(format!("index file {}: {e:#}", id.short())),
+        }
+    }
+    r.packs = index.packs.len();
+
+    for p in &index.packs {
+        match listed.get(&p.id.to_hex()) {
+            None => {
+                r.damaged_packs.insert(p.id, "missing from storage".into());
+            }
+            Some(&size) if size != p.size => {
+                r.damaged_packs.insert(
+                    p.id,
+                    format!("size is {size} bytes, the index says {}", p.size),
+                );
+            }
+            _ => {}
+        }
+    }
+    let unindexed = listed
+        .keys()
+        .filter(|n| n.parse::<Id>().map(|id| !index.has_pack(&id)).unwrap_or(true))
+        .count();
+    if unindexed > 0 {
+        r.warnings.push(format!(
+            "{unindexed} pack(s) are not in any index: left by an interrupted backup or written by \
+             one in progress; `coffer prune` removes them"
+        ));
+    }
+
+    progress("checking snapshots");
+    let snaps = repo.load_snapshots_lenient(&mut r.errors)?;
+    r.snapshots = snaps.len();
+    let mut trees: HashMap<Id, std::sync::Arc<super::tree::Tree>> = HashMap::new();
+    let mut snap_packs: Vec<(Id, HashSet<u32>)> = Vec::new();
+    for s in &snaps {
+        let mut packs = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![(s.tree, String::new())];
+        while let Some((tid, path)) = stack.pop() {
+            if !seen.insert(tid) {
+                continue;
+            }
+            match index.get(&tid) {
+                Some(loc) => {
+                    packs.insert(loc.pack);
+                }
+                None => {
+                    r.errors.push(format!(
+                        "snapshot {}: tree {} of {} is not in the index",
+                        s.id.short(),
+                        tid.short(),
+                        if path.is_empty() { "/" } else { &path }
+                    ));
+                    r.broken_snapshots.insert(s.id);
+                    continue;
+                }
+            }
+            let tree = match trees.get(&tid) {
+                Some(t) => t.clone(),
+                None => match repo.load_tree(&index, &tid) {
+                    Ok(t) => {
+                        let t = std::sync::Arc::new(t);
+                        trees.insert(tid, t.clone());
+                        t
+                    }
+                    Err(e) => {
+                        let loc = index.get(&tid).unwrap();
+                        r.damaged_packs
+                            .entry(index.pack_id(&loc))
+                            .or_insert_with(|| format!("tree {} unreadable: {e:#}", tid.short()));
+                        packs.insert(loc.pack);
+                        continue;
+                    }
+                },
+            };
+            for n in &tree.nodes {
+                let p = format!("{path}/{}", n.name.display());
+                if let Some(sub) = n.subtree {
+                    stack.push((sub, p.clone()));
+                }
+                if matches!(n.kind, NodeKind::File | NodeKind::Stream) {
+                    for c in &n.content {
+                        match index.get(c) {
+                            Some(loc) => {
+                                packs.insert(loc.pack);
+                            }
+                            None => {
+                                r.errors.push(format!(
+                                    "snapshot {}: data blob {} of {p} is not in the index",
+                                    s.id.short(),
+                                    c.short()
+                                ));
+                                r.broken_snapshots.insert(s.id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        snap_packs.push((s.id, packs));
+    }
+
+    if read != ReadData::None {
+        let mut chosen: Vec<usize> = (0..index.packs.len())
+            .filter(|i| !r.damaged_packs.contains_key(&index.packs[*i].id))
+            .collect();
+        if let ReadData::Subset(f) = read {
+            chosen.shuffle(&mut rand::thread_rng());
+            let n = ((chosen.len() as f64) * f).ceil() as usize;
+            chosen.truncate(n.max(1).min(chosen.len()));
+        }
+        r.packs_read = chosen.len();
+        progress(&format!("reading {} pack(s)", chosen.len()));
+        let damaged = Mutex::new(Vec::new());
+        let next = Mutex::new(chosen.into_iter());
+        let threads = repo.backend.concurrency().max(2);
+        std::thread::scope(|sc| {
+            for _ in 0..threads {
+                sc.spawn(|| loop {
+                    let Some(i) = next.lock().unwrap().next() else { break };
+                    let p = &index.packs[i];
+                    if let Err(msg) = verify_pack(repo, p) {
+                        damaged.lock().unwrap().push((p.id, msg));
+                    }
+                });
+            }
+        });
+        for (id, msg) in damaged.into_inner().unwrap() {
+            r.damaged_packs.insert(id, msg);
+        }
+    }
+
+    let pos: HashMap<Id, u32> = index
+        .packs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id, i as u32))
+        .collect();
+    for pack in r.damaged_packs.keys() {
+        let users: Vec<Id> = match pos.get(pack) {
+            Some(i) => snap_packs
+                .iter()
+                .filter(|(_, ps)| ps.contains(i))
+                .map(|(s, _)| *s)
+                .collect(),
+            None => Vec::new(),
+        };
+        r.affected.insert(*pack, users);
+    }
+    Ok(r)
+}
+
+fn verify_pack(repo: &Repository, p: &super::index::IndexPack) -> std::result::Result<(), String> {
+    let bytes = repo
+        .backend
+        .read(FileKind::Pack, &p.id.to_hex())
+        .map_err(|e| format!("cannot read: {e:#}"))?;
+    if Id::of_bytes(&bytes) != p.id {
+        return Err("contents do not match the pack's name (bytes changed in storage)".into());
+    }
+    let entries = parse_pack(&repo.key, &bytes).map_err(|e| format!("{e:#}"))?;
+    let by_id: HashMap<Id, _> = entries.iter().map(|e| (e.id, *e)).collect();
+    for b in &p.blobs {
+        match by_id.get(&b.id) {
+            Some(e) if e == b => {}
+            _ => return Err(format!("blob {} is not where the index says", b.id.short())),
+        }
+        let sealed = &bytes[b.offset as usize..(b.offset + b.length) as usize];
+        repo.open_blob(sealed, &b.id, b.raw_length)
+            .map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Load snapshots, recording unreadable ones as errors instead of failing.
+    pub fn load_snapshots_lenient(&self, errors: &mut Vec<String>) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for f in self.backend.list(FileKind::Snapshot)? {
+            let Ok(id) = f.name.parse::<Id>() else { continue };
+            match self.load_json::<Snapshot>(FileKind::Snapshot, &f.name) {
+                Ok(mut s) => {
+                    s.id = id;
+                    out.push(s);
+                }
+                Err(e) => errors.push(format!("snapshot {}: {e:#}", id.short())),
+            }
+        }
+        out.sort_by(|a, b| a.time.cmp(&b.time));
+        Ok(out)
+    }
+}

@@ -1,0 +1,154 @@
+//! Key slots: the master key wrapped under a passphrase with Argon2id.
+//!
+//! Each slot is a plaintext JSON object in `keys/<random id>`:
+//! `{version, kind, created, hostname, username, kdf{…, salt}, data}` where `data` is the
+//! master key and repository id sealed with XChaCha20-Poly1305 under the Argon2id output.
+//! Changing a passphrase adds or removes a slot; the data is never re-encrypted.
+//!
+//! `kind` is `"passphrase"`. The value `"recipient"` is reserved for a later public-key
+//! mode in which a backup host holds a key that can write but not read (see FORMAT.md).
+
+use crate::crypto::{b64vec, MasterKey, WrappingKey};
+use crate::error::{Error, ErrorKind};
+use crate::id::Id;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        KdfParams {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
+    }
+}
+
+impl KdfParams {
+    /// Cheap parameters for the library's own unit tests.
+    pub fn insecure_for_tests() -> Self {
+        KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kdf {
+    pub algorithm: String,
+    #[serde(flatten)]
+    pub params: KdfParams,
+    #[serde(with = "b64vec")]
+    pub salt: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyFile {
+    pub version: u32,
+    /// `passphrase` (the only kind so far); `recipient` is reserved.
+    pub kind: String,
+    pub created: DateTime<Utc>,
+    pub hostname: String,
+    pub username: String,
+    pub kdf: Kdf,
+    #[serde(with = "b64vec")]
+    pub data: Vec<u8>,
+}
+
+/// What a key slot wraps.
+#[derive(Serialize, Deserialize)]
+struct Wrapped {
+    repository: Id,
+    master: MasterKey,
+}
+
+fn derive(passphrase: &[u8], kdf: &Kdf) -> Result<WrappingKey> {
+    if kdf.algorithm != "argon2id" {
+        return Err(Error::integrity(format!("unknown key derivation {:?}", kdf.algorithm)).into());
+    }
+    let params = argon2::Params::new(
+        kdf.params.memory_kib,
+        kdf.params.iterations,
+        kdf.params.parallelism,
+        Some(32),
+    )
+    .map_err(|e| Error::integrity(format!("invalid key derivation parameters: {e}")))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 32];
+    a.hash_password_into(passphrase, &kdf.salt, &mut out)
+        .map_err(|e| anyhow::anyhow!("key derivation failed: {e}"))?;
+    Ok(WrappingKey::from_bytes(out))
+}
+
+impl KeyFile {
+    pub fn create(passphrase: &[u8], repo_id: Id, master: &MasterKey, params: KdfParams) -> Result<KeyFile> {
+        if passphrase.is_empty() {
+            return Err(Error::usage("an empty passphrase is not allowed").into());
+        }
+        let mut salt = vec![0u8; 16];
+        rand::thread_rng().fill_bytes(&mut salt);
+        let kdf = Kdf {
+            algorithm: "argon2id".into(),
+            params,
+            salt,
+        };
+        let wk = derive(passphrase, &kdf)?;
+        let plain = serde_json::to_vec(&Wrapped {
+            repository: repo_id,
+            master: master.clone(),
+        })?;
+        Ok(KeyFile {
+            version: 1,
+            kind: "passphrase".into(),
+            created: Utc::now(),
+            hostname: crate::repo::hostname(),
+            username: crate::repo::username(),
+            kdf,
+            data: wk.seal(&plain),
+        })
+    }
+
+    /// Unwrap with a passphrase; `Ok(None)` when the passphrase does not fit this slot.
+    pub fn unwrap(&self, passphrase: &[u8]) -> Result<Option<(Id, MasterKey)>> {
+        if self.kind != "passphrase" {
+            return Ok(None);
+        }
+        let wk = derive(passphrase, &self.kdf)?;
+        match wk.open(&self.data) {
+            Ok(plain) => {
+                let w: Wrapped = serde_json::from_slice(&plain)
+                    .map_err(|e| Error::new(ErrorKind::Integrity, format!("key slot is malformed: {e}")))?;
+                Ok(Some((w.repository, w.master)))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn wrap_unwrap() {
+        let m = MasterKey::generate();
+        let id = Id::random();
+        let k = KeyFile::create(b"pw", id, &m, KdfParams::insecure_for_tests()).unwrap();
+        let (rid, mk) = k.unwrap(b"pw").unwrap().unwrap();
+        assert_eq!(rid, id);
+        assert_eq!(mk.blob_id(b"x"), m.blob_id(b"x"));
+        assert!(k.unwrap(b"wrong").unwrap().is_none());
+        assert!(KeyFile::create(b"", id, &m, KdfParams::insecure_for_tests()).is_err());
+    }
+}

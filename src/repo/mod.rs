@@ -1,0 +1,409 @@
+//! The repository engine.
+//!
+//! Layout (see docs/FORMAT.md for the full description and the crash stories):
+//!
+//! ```text
+//! config              sealed repository configuration (written last by init)
+//! keys/<random>       key slots (plaintext JSON wrapping the master key)
+//! data/xx/<hash>      pack files
+//! index/<hash>        index files
+//! snapshots/<hash>    snapshot manifests
+//! locks/<hash>        lock objects
+//! ```
+
+pub mod check;
+pub mod forget;
+pub mod index;
+pub mod keys;
+pub mod lock;
+pub mod pack;
+pub mod prune;
+pub mod saver;
+pub mod snapshot;
+pub mod tree;
+
+use crate::backend::{self, Backend, FileKind};
+use crate::crypto::{compress, MasterKey};
+use crate::error::{Error, ErrorKind};
+use crate::id::Id;
+use anyhow::{Context, Result};
+use index::{IndexFile, MasterIndex};
+use keys::{KdfParams, KeyFile};
+use pack::BlobType;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use snapshot::Snapshot;
+use std::sync::Arc;
+use tree::Tree;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Chunker parameters; part of the sealed config because they decide dedup boundaries.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+    /// Secret seed mixed into the gear table, so chunk boundaries do not reveal content.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub id: Id,
+    pub chunker: ChunkerParams,
+    /// zstd level for new data (0 = no compression).
+    pub compression: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u64,
+}
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub compression: i32,
+    pub pack_size: u64,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::default(),
+            compression: 3,
+            pack_size: 32 << 20,
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }))
+}
+
+/// An open repository: storage plus the unwrapped master key.
+pub struct Repository {
+    pub backend: Arc<dyn Backend>,
+    pub key: MasterKey,
+    pub config: RepoConfig,
+    /// The key slot that opened the repository.
+    pub key_name: String,
+}
+
+impl Repository {
+    /// Create a new repository at an empty location.
+    pub fn init(backend: Arc<dyn Backend>, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
+        if backend.stat(FileKind::Config, "")?.is_some() {
+            return Err(Error::usage(format!(
+                "a repository already exists at {}",
+                backend.location()
+            ))
+            .into());
+        }
+        backend.create()?;
+        let key = MasterKey::generate();
+        let mut seed = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut seed);
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            chunker: ChunkerParams {
+                min_size: 256 << 10,
+                avg_size: 1 << 20,
+                max_size: 4 << 20,
+                seed: u64::from_le_bytes(seed) >> 1,
+            },
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+        };
+        let slot = KeyFile::create(passphrase, config.id, &key, opts.kdf)?;
+        let key_name = Id::random().to_hex();
+        backend.write(FileKind::Key, &key_name, &serde_json::to_vec_pretty(&slot)?)?;
+        let repo = Repository {
+            backend,
+            key,
+            config,
+            key_name,
+        };
+        // The config object is written last: its presence means "initialised".
+        let sealed = repo.seal_json(&repo.config)?;
+        repo.backend.write(FileKind::Config, "", &sealed)?;
+        Ok(repo)
+    }
+
+    /// Open an existing repository with a passphrase.
+    pub fn open(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
+        let config_bytes = match backend.read(FileKind::Config, "") {
+            Ok(b) => b,
+            Err(e) if backend::is_not_found(&e) => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "there is no repository at {} (create one with `coffer init`)",
+                        backend.location()
+                    ),
+                )
+                .into())
+            }
+            Err(e) => return Err(e),
+        };
+        if passphrase.is_empty() {
+            return Err(Error::usage("an empty passphrase is not allowed").into());
+        }
+        for k in backend.list(FileKind::Key)? {
+            let raw = backend.read(FileKind::Key, &k.name)?;
+            let slot: KeyFile = match serde_json::from_slice(&raw) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("ignoring malformed key slot {}: {e}", k.name);
+                    continue;
+                }
+            };
+            if let Some((rid, key)) = slot.unwrap(passphrase)? {
+                let plain = key
+                    .open(&config_bytes)
+                    .context("the repository config does not decrypt with this key")?;
+                let config: RepoConfig = serde_json::from_slice(&compress::decode(&plain)?)?;
+                if config.id != rid {
+                    return Err(Error::integrity("key slot belongs to another repository").into());
+                }
+                if config.version != FORMAT_VERSION {
+                    return Err(Error::usage(format!(
+                        "repository format version {} is not supported by this coffer (knows {})",
+                        config.version, FORMAT_VERSION
+                    ))
+                    .into());
+                }
+                return Ok(Repository {
+                    backend,
+                    key,
+                    config,
+                    key_name: k.name,
+                });
+            }
+        }
+        Err(Error::new(
+            ErrorKind::WrongPassword,
+            format!("wrong passphrase: no key of {} opens with it", backend.location()),
+        )
+        .into())
+    }
+
+    fn seal_json<T: Serialize>(&self, v: &T) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec(v)?;
+        let enc = compress::Compressor::new(self.config.compression.max(1)).encode(&json);
+        Ok(self.key.seal(&enc))
+    }
+
+    /// Seal and store a JSON object, named by the hash of its stored bytes.
+    pub fn save_json<T: Serialize>(&self, kind: FileKind, v: &T) -> Result<Id> {
+        let sealed = self.seal_json(v)?;
+        let id = Id::of_bytes(&sealed);
+        self.backend.write(kind, &id.to_hex(), &sealed)?;
+        Ok(id)
+    }
+
+    /// Load a sealed JSON object, verifying its name and authenticity.
+    pub fn load_json<T: DeserializeOwned>(&self, kind: FileKind, name: &str) -> Result<T> {
+        let sealed = self.backend.read(kind, name)?;
+        if kind != FileKind::Lock && Id::of_bytes(&sealed).to_hex() != name {
+            return Err(Error::integrity(format!(
+                "{} is damaged: its contents do not match its name",
+                kind.path(name)
+            ))
+            .into());
+        }
+        let plain = self
+            .key
+            .open(&sealed)
+            .map_err(|e| Error::integrity(format!("{}: {e}", kind.path(name))))?;
+        let json = compress::decode(&plain)?;
+        serde_json::from_slice(&json)
+            .map_err(|e| Error::integrity(format!("{} is malformed: {e}", kind.path(name))).into())
+    }
+
+    pub fn load_index(&self) -> Result<MasterIndex> {
+        let mut mi = MasterIndex::default();
+        for f in self.backend.list(FileKind::Index)? {
+            let id: Id = match f.name.parse() {
+                Ok(id) => id,
+                Err(_) => continue,
+            };
+            let file: IndexFile = self.load_json(FileKind::Index, &f.name)?;
+            mi.add_file(id, file);
+        }
+        Ok(mi)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn load_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for f in self.backend.list(FileKind::Snapshot)? {
+            let Ok(id) = f.name.parse::<Id>() else { continue };
+            let mut s: Snapshot = match self.load_json(FileKind::Snapshot, &f.name) {
+                Ok(s) => s,
+                Err(e) if backend::is_not_found(&e) => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            };
+            s.id = id;
+            out.push(s);
+        }
+        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Find a snapshot by id prefix or `latest`.
+    pub fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        let mut all = self.load_snapshots()?;
+        if spec == "latest" {
+            return all.pop().ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, "the repository has no snapshots").into()
+            });
+        }
+        let matches: Vec<Snapshot> = all
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(&spec.to_ascii_lowercase()))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::new(ErrorKind::NotFound, format!("no snapshot matches {spec:?}")).into()),
+            1 => Ok(matches.into_iter().next().unwrap()),
+            n => Err(Error::usage(format!("{spec:?} matches {n} snapshots; give more digits")).into()),
+        }
+    }
+
+    /// Read one blob, verifying authenticity, length and identifier.
+    pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| {
+            Error::integrity(format!("blob {} is not in the index (repository damaged)", id.short()))
+        })?;
+        let pack = index.pack_id(&loc);
+        let sealed = self.backend.read_range(
+            FileKind::Pack,
+            &pack.to_hex(),
+            loc.entry.offset as u64,
+            loc.entry.length as u64,
+        )?;
+        self.open_blob(&sealed, id, loc.entry.raw_length)
+            .with_context(|| format!("in pack {}", pack))
+    }
+
+    /// Decrypt, decompress and verify a sealed blob.
+    pub fn open_blob(&self, sealed: &[u8], id: &Id, raw_length: u32) -> Result<Vec<u8>> {
+        let plain = self
+            .key
+            .open(sealed)
+            .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
+        let data = compress::decode(&plain)?;
+        if data.len() != raw_length as usize || self.key.blob_id(&data) != *id {
+            return Err(Error::integrity(format!(
+                "blob {} does not match its identifier",
+                id.short()
+            ))
+            .into());
+        }
+        Ok(data)
+    }
+
+    pub fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
+        if index.blob_type(id) != Some(BlobType::Tree) && index.has(id) {
+            return Err(Error::integrity(format!("blob {} is not a tree", id.short())).into());
+        }
+        let data = self.read_blob(index, id)?;
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::integrity(format!("tree {} is malformed: {e}", id.short())).into())
+    }
+
+    // ---- key slots ----
+
+    pub fn list_keys(&self) -> Result<Vec<(String, KeyFile)>> {
+        let mut out = Vec::new();
+        for k in self.backend.list(FileKind::Key)? {
+            let raw = self.backend.read(FileKind::Key, &k.name)?;
+            if let Ok(slot) = serde_json::from_slice::<KeyFile>(&raw) {
+                out.push((k.name, slot));
+            }
+        }
+        out.sort_by(|a, b| a.1.created.cmp(&b.1.created));
+        Ok(out)
+    }
+
+    /// Add a key slot for another passphrase; returns its name.
+    pub fn add_key(&self, passphrase: &[u8], kdf: KdfParams) -> Result<String> {
+        let slot = KeyFile::create(passphrase, self.config.id, &self.key, kdf)?;
+        let name = Id::random().to_hex();
+        self.backend
+            .write(FileKind::Key, &name, &serde_json::to_vec_pretty(&slot)?)?;
+        Ok(name)
+    }
+
+    /// Remove a key slot by name prefix. The slot in use and the last slot cannot be removed.
+    pub fn remove_key(&self, prefix: &str) -> Result<String> {
+        let keys = self.list_keys()?;
+        let m: Vec<&String> = keys.iter().map(|k| &k.0).filter(|n| n.starts_with(prefix)).collect();
+        let name = match m.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(Error::new(ErrorKind::NotFound, format!("no key matches {prefix:?}")).into()),
+            _ => return Err(Error::usage(format!("{prefix:?} matches several keys")).into()),
+        };
+        if name == self.key_name {
+            return Err(Error::usage(
+                "refusing to remove the key in use; open the repository with another key to remove this one",
+            )
+            .into());
+        }
+        self.backend.remove(FileKind::Key, &name)?;
+        Ok(name)
+    }
+
+    /// Replace the passphrase of the key in use: add a new slot, then remove the old one.
+    pub fn change_passphrase(&mut self, new: &[u8], kdf: KdfParams) -> Result<String> {
+        let name = self.add_key(new, kdf)?;
+        self.backend.remove(FileKind::Key, &self.key_name)?;
+        self.key_name = name.clone();
+        Ok(name)
+    }
+}
+
+/// Walk a tree depth-first, calling `f(path, node)` for every node.
+pub fn walk_tree(
+    repo: &Repository,
+    index: &MasterIndex,
+    tree: &Id,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &tree::Node) -> Result<()>,
+) -> Result<()> {
+    let t = repo.load_tree(index, tree)?;
+    for n in &t.nodes {
+        let path = format!("{}/{}", prefix, n.name.display());
+        f(&path, n)?;
+        if let Some(sub) = &n.subtree {
+            walk_tree(repo, index, sub, &path, f)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use crate::backend::LocalBackend;
+
+    pub fn new_repo(dir: &std::path::Path) -> Repository {
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.join("repo")));
+        Repository::init(
+            b,
+            b"test",
+            &InitOptions {
+                kdf: KdfParams::insecure_for_tests(),
+                compression: 3,
+                pack_size: 1 << 20,
+            },
+        )
+        .unwrap()
+    }
+}

@@ -1,0 +1,189 @@
+//! Pack files: many sealed blobs in one immutable object.
+//!
+//! ```text
+//! blob_1 || blob_2 || … || blob_n || sealed_header || header_len (u32 LE)
+//! ```
+//! Each blob is `seal(payload || compression flag)`. The header plaintext is, per blob,
+//! `type (u8) || sealed length (u32 LE) || raw length (u32 LE) || id (32 bytes)`; offsets
+//! follow from the order. A pack is named by the BLAKE3 hash of all its bytes, so storage
+//! corruption is detectable without the key, and the index can be rebuilt from the packs.
+
+use crate::crypto::MasterKey;
+use crate::error::Error;
+use crate::id::Id;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobType {
+    Data,
+    Tree,
+}
+
+impl BlobType {
+    fn byte(self) -> u8 {
+        match self {
+            BlobType::Data => 0,
+            BlobType::Tree => 1,
+        }
+    }
+    fn from_byte(b: u8) -> Result<Self, Error> {
+        match b {
+            0 => Ok(BlobType::Data),
+            1 => Ok(BlobType::Tree),
+            _ => Err(Error::integrity(format!("unknown blob type {b} in pack header"))),
+        }
+    }
+}
+
+/// One blob's place in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    pub id: Id,
+    #[serde(rename = "type")]
+    pub tpe: BlobType,
+    pub offset: u32,
+    /// Sealed length in the pack.
+    pub length: u32,
+    /// Plaintext length of the blob.
+    pub raw_length: u32,
+}
+
+const ENTRY_LEN: usize = 1 + 4 + 4 + 32;
+/// Maximum size of a pack header we are willing to read.
+const MAX_HEADER: usize = 64 << 20;
+
+/// Accumulates sealed blobs into one pack.
+#[derive(Default)]
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    pub fn with_capacity(n: usize) -> Self {
+        PackWriter {
+            buf: Vec::with_capacity(n),
+            entries: Vec::new(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn add(&mut self, tpe: BlobType, id: Id, raw_length: u32, sealed: &[u8]) {
+        self.entries.push(PackEntry {
+            id,
+            tpe,
+            offset: self.buf.len() as u32,
+            length: sealed.len() as u32,
+            raw_length,
+        });
+        self.buf.extend_from_slice(sealed);
+    }
+
+    /// Append the sealed header; returns the pack bytes and its entries.
+    pub fn finish(mut self, key: &MasterKey) -> (Vec<u8>, Vec<PackEntry>) {
+        let mut header = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+        for e in &self.entries {
+            header.push(e.tpe.byte());
+            header.extend_from_slice(&e.length.to_le_bytes());
+            header.extend_from_slice(&e.raw_length.to_le_bytes());
+            header.extend_from_slice(&e.id.0);
+        }
+        let before = self.buf.len();
+        key.seal_into(&header, &mut self.buf);
+        let hlen = (self.buf.len() - before) as u32;
+        self.buf.extend_from_slice(&hlen.to_le_bytes());
+        (self.buf, self.entries)
+    }
+}
+
+/// Parse the header of a whole pack held in memory.
+pub fn parse_pack(key: &MasterKey, pack: &[u8]) -> Result<Vec<PackEntry>> {
+    if pack.len() < 4 {
+        return Err(Error::integrity("pack is shorter than its trailer").into());
+    }
+    let hlen = u32::from_le_bytes(pack[pack.len() - 4..].try_into().unwrap()) as usize;
+    if hlen > MAX_HEADER || hlen + 4 > pack.len() {
+        return Err(Error::integrity("pack header length is invalid").into());
+    }
+    let hstart = pack.len() - 4 - hlen;
+    parse_header(key, &pack[hstart..pack.len() - 4], hstart as u64)
+}
+
+/// Read and parse the header of a pack in storage, given its total size.
+pub fn read_header(
+    backend: &dyn crate::backend::Backend,
+    key: &MasterKey,
+    name: &str,
+    size: u64,
+) -> Result<Vec<PackEntry>> {
+    use crate::backend::FileKind;
+    if size < 4 {
+        return Err(Error::integrity("pack is shorter than its trailer").into());
+    }
+    let tail = backend.read_range(FileKind::Pack, name, size - 4, 4)?;
+    let hlen = u32::from_le_bytes(tail[..4].try_into().unwrap()) as u64;
+    if hlen as usize > MAX_HEADER || hlen + 4 > size {
+        return Err(Error::integrity("pack header length is invalid").into());
+    }
+    let hstart = size - 4 - hlen;
+    let header = backend.read_range(FileKind::Pack, name, hstart, hlen)?;
+    parse_header(key, &header, hstart)
+}
+
+fn parse_header(key: &MasterKey, sealed: &[u8], data_end: u64) -> Result<Vec<PackEntry>> {
+    let plain = key.open(sealed).map_err(|e| Error::integrity(format!("pack header: {e}")))?;
+    if plain.len() % ENTRY_LEN != 0 {
+        return Err(Error::integrity("pack header has a partial entry").into());
+    }
+    let mut offset = 0u64;
+    let mut out = Vec::with_capacity(plain.len() / ENTRY_LEN);
+    for e in plain.chunks_exact(ENTRY_LEN) {
+        let tpe = BlobType::from_byte(e[0])?;
+        let length = u32::from_le_bytes(e[1..5].try_into().unwrap());
+        let raw_length = u32::from_le_bytes(e[5..9].try_into().unwrap());
+        let id = Id(e[9..41].try_into().unwrap());
+        out.push(PackEntry {
+            id,
+            tpe,
+            offset: offset as u32,
+            length,
+            raw_length,
+        });
+        offset += length as u64;
+    }
+    if offset != data_end {
+        return Err(Error::integrity("pack header does not match the pack's length").into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let k = MasterKey::generate();
+        let mut w = PackWriter::default();
+        let a = k.seal(b"aaaa");
+        let b = k.seal(b"bbbbbbbb");
+        w.add(BlobType::Data, k.blob_id(b"aaaa"), 4, &a);
+        w.add(BlobType::Tree, k.blob_id(b"bbbbbbbb"), 8, &b);
+        let (bytes, entries) = w.finish(&k);
+        let parsed = parse_pack(&k, &bytes).unwrap();
+        assert_eq!(parsed, entries);
+        let e = parsed[1];
+        let blob = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+        assert_eq!(k.open(blob).unwrap(), b"bbbbbbbb");
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 10] ^= 1;
+        assert!(parse_pack(&k, &bad).is_err());
+        assert!(parse_pack(&k, &bytes[..n - 1]).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! `coffer prune`: remove data no snapshot needs.
+//!
+//! Runs under an exclusive lock (no backup can run meanwhile). Order of writes:
+//! 1. copy the still-used blobs of mostly-unused packs into new packs (durable);
+//! 2. write a new index covering every pack that stays and the new ones;
+//! 3. delete the old index files;
+//! 4. delete packs that are unused, repacked, or in no index (left by interrupted runs).
+//! A crash after step 2 leaves duplicate index entries (harmless); after step 3, packs in
+//! no index, which the next prune deletes. No step deletes anything a snapshot needs.
+
+use super::index::{IndexFile, IndexPack, MasterIndex};
+use super::pack::parse_pack;
+use super::saver::BlobSaver;
+use super::tree::NodeKind;
+use super::Repository;
+use crate::backend::FileKind;
+use crate::error::Error;
+use crate::id::Id;
+use anyhow::{Context, Result};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Repack a pack when more than this fraction of its bytes is unused.
+pub const DEFAULT_MAX_UNUSED: f64 = 0.10;
+const BLOBS_PER_INDEX_FILE: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    pub packs_total: usize,
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub packs_unindexed: usize,
+    pub packs_written: usize,
+    pub bytes_before: u64,
+    pub bytes_deleted: u64,
+    pub blobs_used: usize,
+    pub blobs_unused: usize,
+}
+
+/// Collect every blob (trees and data) any snapshot needs.
+pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>> {
+    let mut used = HashSet::new();
+    for s in repo.load_snapshots()? {
+        let mut stack = vec![s.tree];
+        while let Some(t) = stack.pop() {
+            if !used.insert(t) {
+                continue;
+            }
+            let tree = repo.load_tree(index, &t).with_context(|| {
+                format!(
+                    "snapshot {} cannot be read; prune stops so nothing is lost (run `coffer check`)",
+                    s.id.short()
+                )
+            })?;
+            for n in &tree.nodes {
+                if let Some(sub) = n.subtree {
+                    stack.push(sub);
+                }
+                if matches!(n.kind, NodeKind::File | NodeKind::Stream) {
+                    for c in &n.content {
+                        if !index.has(c) {
+                            return Err(Error::integrity(format!(
+                                "snapshot {} needs blob {} which is in no index; prune stops (run `coffer check`)",
+                                s.id.short(),
+                                c.short()
+                            ))
+                            .into());
+                        }
+                        used.insert(*c);
+                    }
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+pub fn prune(repo: &Arc<Repository>, max_unused: f64, dry_run: bool, progress: &dyn Fn(&str)) -> Result<PruneReport> {
+    let mut r = PruneReport::default();
+    progress("loading index");
+    let index = repo.load_index()?;
+    progress("finding used data");
+    let used = used_blobs(repo, &index)?;
+
+    let mut keep: Vec<&IndexPack> = Vec::new();
+    let mut repack: Vec<&IndexPack> = Vec::new();
+    let mut delete: Vec<Id> = Vec::new();
+    for (i, p) in index.packs.iter().enumerate() {
+        r.packs_total += 1;
+        r.bytes_before += p.size;
+        let mut used_bytes = 0u64;
+        for b in &p.blobs {
+            // A blob counts as used only at its canonical location (duplicates elsewhere are not).
+            let canonical = index.get(&b.id).map(|l| l.pack as usize == i).unwrap_or(false);
+            if canonical && used.contains(&b.id) {
+                used_bytes += b.length as u64;
+                r.blobs_used += 1;
+            } else {
+                r.blobs_unused += 1;
+            }
+        }
+        if used_bytes == 0 {
+            delete.push(p.id);
+            r.bytes_deleted += p.size;
+        } else if (p.size - used_bytes) as f64 > p.size as f64 * max_unused {
+            repack.push(p);
+        } else {
+            keep.push(p);
+        }
+    }
+    let unindexed: Vec<(Id, u64)> = repo
+        .backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|l| l.name.parse::<Id>().ok().map(|id| (id, l.size)))
+        .filter(|(id, _)| !index.has_pack(id))
+        .collect();
+    r.packs_unindexed = unindexed.len();
+    r.bytes_deleted += unindexed.iter().map(|(_, s)| s).sum::<u64>();
+    r.packs_deleted = delete.len();
+    r.packs_repacked = repack.len();
+    if dry_run {
+        r.bytes_deleted += repack.iter().map(|p| p.size).sum::<u64>();
+        return Ok(r);
+    }
+    if delete.is_empty() && repack.is_empty() && unindexed.is_empty() {
+        return Ok(r);
+    }
+
+    // 1. Repack.
+    let mut new_packs = Vec::new();
+    if !repack.is_empty() {
+        progress(&format!("repacking {} pack(s)", repack.len()));
+        let mut saver = BlobSaver::new(repo.clone(), Arc::new(MasterIndex::default()), false);
+        for p in &repack {
+            let bytes = repo.backend.read(FileKind::Pack, &p.id.to_hex())?;
+            if Id::of_bytes(&bytes) != p.id {
+                return Err(Error::integrity(format!(
+                    "pack {} is damaged (contents do not match its name); prune stops",
+                    p.id
+                ))
+                .into());
+            }
+            let pos = index.packs.iter().position(|x| x.id == p.id).unwrap() as u32;
+            for e in parse_pack(&repo.key, &bytes)? {
+                let canonical = index.get(&e.id).map(|l| l.pack == pos).unwrap_or(false);
+                if !canonical || !used.contains(&e.id) {
+                    continue;
+                }
+                let sealed = bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
+                repo.open_blob(&sealed, &e.id, e.raw_length)
+                    .with_context(|| format!("pack {} is damaged; prune stops", p.id))?;
+                saver.save_sealed(e.tpe, e.id, e.raw_length, sealed)?;
+            }
+            r.bytes_deleted += p.size;
+        }
+        new_packs = saver.finish()?;
+        r.packs_written = new_packs.len();
+    }
+
+    // 2. New index over everything that stays.
+    progress("writing index");
+    let mut all: Vec<IndexPack> = keep.into_iter().cloned().collect();
+    all.extend(new_packs);
+    let mut file = IndexFile::default();
+    let mut blobs = 0;
+    for p in all {
+        blobs += p.blobs.len();
+        file.packs.push(p);
+        if blobs >= BLOBS_PER_INDEX_FILE {
+            repo.save_json(FileKind::Index, &file)?;
+            file = IndexFile::default();
+            blobs = 0;
+        }
+    }
+    if !file.packs.is_empty() {
+        repo.save_json(FileKind::Index, &file)?;
+    }
+
+    // 3. Old index files.
+    for f in &index.files {
+        repo.backend.remove(FileKind::Index, &f.to_hex())?;
+    }
+
+    // 4. Packs.
+    progress("deleting unused packs");
+    for id in delete
+        .iter()
+        .chain(repack.iter().map(|p| &p.id))
+        .chain(unindexed.iter().map(|(id, _)| id))
+    {
+        repo.backend.remove(FileKind::Pack, &id.to_hex())?;
+    }
+    Ok(r)
+}

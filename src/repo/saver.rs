@@ -1,0 +1,282 @@
+//! The blob saver: the write pipeline every backup goes through.
+//!
+//! ```text
+//! caller ──(new blobs)──▶ N seal workers ──▶ packer ──(full packs)──▶ M uploaders
+//!  hash + dedup            compress+encrypt   per-type packs          write, then index
+//! ```
+//! The caller hashes each chunk (keyed BLAKE3) and skips what the index or this run already
+//! has, so duplicates never reach the workers. Channels are bounded, so memory stays at a
+//! few packs whatever the input size. Uploaders write index files only after the packs they
+//! list are durable (every 16 packs and at the end), which is what makes an interrupted
+//! backup reusable by the next one.
+
+use super::index::{IndexFile, IndexPack, MasterIndex};
+use super::pack::{BlobType, PackWriter};
+use super::Repository;
+use crate::backend::FileKind;
+use crate::crypto::compress::Compressor;
+use crate::id::Id;
+use anyhow::{anyhow, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Write an index file every this many packs.
+const PACKS_PER_INDEX: usize = 16;
+
+enum Job {
+    Raw { tpe: BlobType, id: Id, data: Vec<u8> },
+    Sealed { tpe: BlobType, id: Id, raw_length: u32, sealed: Vec<u8> },
+}
+
+struct Sealed {
+    tpe: BlobType,
+    id: Id,
+    raw_length: u32,
+    sealed: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct SaverStats {
+    pub blobs_added: AtomicU64,
+    pub bytes_added: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub packs_written: AtomicU64,
+}
+
+#[derive(Default)]
+struct Written {
+    pending: Vec<IndexPack>,
+    all: Vec<IndexPack>,
+}
+
+struct Shared {
+    repo: Arc<Repository>,
+    error: Mutex<Option<anyhow::Error>>,
+    written: Mutex<Written>,
+    stats: Arc<SaverStats>,
+    write_index: bool,
+}
+
+impl Shared {
+    fn fail(&self, e: anyhow::Error) {
+        let mut g = self.error.lock().unwrap();
+        if g.is_none() {
+            *g = Some(e);
+        }
+    }
+    fn failed(&self) -> bool {
+        self.error.lock().unwrap().is_some()
+    }
+    fn flush_index(&self, all: bool) -> Result<()> {
+        let mut w = self.written.lock().unwrap();
+        if w.pending.is_empty() || (!all && w.pending.len() < PACKS_PER_INDEX) {
+            return Ok(());
+        }
+        let packs = std::mem::take(&mut w.pending);
+        if self.write_index {
+            self.repo
+                .save_json(FileKind::Index, &IndexFile { packs: packs.clone() })?;
+        }
+        w.all.extend(packs);
+        Ok(())
+    }
+}
+
+pub struct BlobSaver {
+    shared: Arc<Shared>,
+    index: Arc<MasterIndex>,
+    known: HashSet<Id>,
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    pub stats: Arc<SaverStats>,
+}
+
+impl BlobSaver {
+    /// Start the pipeline. `write_index` false leaves index writing to the caller (prune).
+    pub fn new(repo: Arc<Repository>, index: Arc<MasterIndex>, write_index: bool) -> BlobSaver {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let uploaders = repo.backend.concurrency();
+        let stats = Arc::new(SaverStats::default());
+        let shared = Arc::new(Shared {
+            repo: repo.clone(),
+            error: Mutex::new(None),
+            written: Mutex::new(Written::default()),
+            stats: stats.clone(),
+            write_index,
+        });
+        let (tx, job_rx) = bounded::<Job>(workers * 2);
+        let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 4);
+        let (pack_tx, pack_rx) = bounded::<(Vec<u8>, Vec<super::pack::PackEntry>)>(0);
+        let mut threads = Vec::new();
+        for _ in 0..workers {
+            let (rx, out, sh) = (job_rx.clone(), sealed_tx.clone(), shared.clone());
+            threads.push(std::thread::spawn(move || seal_worker(rx, out, sh)));
+        }
+        drop(sealed_tx);
+        {
+            let sh = shared.clone();
+            threads.push(std::thread::spawn(move || packer(sealed_rx, pack_tx, sh)));
+        }
+        for _ in 0..uploaders {
+            let (rx, sh) = (pack_rx.clone(), shared.clone());
+            threads.push(std::thread::spawn(move || uploader(rx, sh)));
+        }
+        BlobSaver {
+            shared,
+            index,
+            known: HashSet::new(),
+            tx: Some(tx),
+            threads,
+            stats,
+        }
+    }
+
+    fn check_error(&self) -> Result<()> {
+        if let Some(e) = self.shared.error.lock().unwrap().as_ref() {
+            return Err(anyhow!("{e:#}"));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, job: Job) -> Result<()> {
+        let tx = self.tx.as_ref().expect("saver used after finish");
+        if tx.send(job).is_err() {
+            self.check_error()?;
+            return Err(anyhow!("the blob pipeline stopped"));
+        }
+        Ok(())
+    }
+
+    /// True if the repository or this run already has the blob.
+    pub fn contains(&self, id: &Id) -> bool {
+        self.index.has(id) || self.known.contains(id)
+    }
+
+    /// Store a blob unless it is already there; returns its id and whether it was new.
+    pub fn save(&mut self, tpe: BlobType, data: Vec<u8>) -> Result<(Id, bool)> {
+        let id = self.shared.repo.key.blob_id(&data);
+        if self.contains(&id) {
+            return Ok((id, false));
+        }
+        self.known.insert(id);
+        self.send(Job::Raw { tpe, id, data })?;
+        Ok((id, true))
+    }
+
+    /// Store a blob that is already sealed (prune copies blobs between packs this way).
+    pub fn save_sealed(&mut self, tpe: BlobType, id: Id, raw_length: u32, sealed: Vec<u8>) -> Result<()> {
+        if !self.known.insert(id) {
+            return Ok(());
+        }
+        self.send(Job::Sealed { tpe, id, raw_length, sealed })
+    }
+
+    /// Flush everything; returns the packs written (all durable and, when the saver writes
+    /// the index, indexed).
+    pub fn finish(mut self) -> Result<Vec<IndexPack>> {
+        drop(self.tx.take());
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                self.shared.fail(anyhow!("a pipeline thread panicked"));
+            }
+        }
+        self.check_error()?;
+        self.shared.flush_index(true)?;
+        Ok(std::mem::take(&mut self.shared.written.lock().unwrap().all))
+    }
+}
+
+impl Drop for BlobSaver {
+    fn drop(&mut self) {
+        // An abandoned saver (error path): stop the threads, write no index.
+        if self.tx.take().is_some() {
+            self.shared.fail(anyhow!("backup abandoned"));
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
+    let mut comp = Compressor::new(sh.repo.config.compression);
+    for job in rx {
+        if sh.failed() {
+            return;
+        }
+        let s = match job {
+            Job::Raw { tpe, id, data } => {
+                let enc = comp.encode(&data);
+                Sealed {
+                    tpe,
+                    id,
+                    raw_length: data.len() as u32,
+                    sealed: sh.repo.key.seal(&enc),
+                }
+            }
+            Job::Sealed { tpe, id, raw_length, sealed } => Sealed { tpe, id, raw_length, sealed },
+        };
+        if out.send(s).is_err() {
+            return;
+        }
+    }
+}
+
+fn packer(rx: Receiver<Sealed>, out: Sender<(Vec<u8>, Vec<super::pack::PackEntry>)>, sh: Arc<Shared>) {
+    let target = sh.repo.config.pack_size as usize;
+    let mut data = PackWriter::default();
+    let mut trees = PackWriter::default();
+    for s in rx {
+        sh.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
+        sh.stats.bytes_added.fetch_add(s.raw_length as u64, Ordering::Relaxed);
+        sh.stats.bytes_stored.fetch_add(s.sealed.len() as u64, Ordering::Relaxed);
+        let w = match s.tpe {
+            BlobType::Data => &mut data,
+            BlobType::Tree => &mut trees,
+        };
+        if w.is_empty() {
+            *w = PackWriter::with_capacity(target + (target >> 3));
+        }
+        w.add(s.tpe, s.id, s.raw_length, &s.sealed);
+        if w.len() >= target {
+            let full = std::mem::take(w);
+            if out.send(full.finish(&sh.repo.key)).is_err() {
+                return;
+            }
+        }
+    }
+    if sh.failed() {
+        return;
+    }
+    for w in [data, trees] {
+        if !w.is_empty() && out.send(w.finish(&sh.repo.key)).is_err() {
+            return;
+        }
+    }
+}
+
+fn uploader(rx: Receiver<(Vec<u8>, Vec<super::pack::PackEntry>)>, sh: Arc<Shared>) {
+    for (bytes, blobs) in rx {
+        if sh.failed() {
+            return;
+        }
+        let id = Id::of_bytes(&bytes);
+        if let Err(e) = sh.repo.backend.write(FileKind::Pack, &id.to_hex(), &bytes) {
+            sh.fail(e);
+            return;
+        }
+        sh.stats.packs_written.fetch_add(1, Ordering::Relaxed);
+        sh.written.lock().unwrap().pending.push(IndexPack {
+            id,
+            size: bytes.len() as u64,
+            blobs,
+        });
+        if let Err(e) = sh.flush_index(false) {
+            sh.fail(e);
+            return;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Trees: the directory structure of a snapshot, stored as deduplicated blobs.
+//!
+//! A tree blob is the JSON of one directory's entries sorted by name. Its id is the keyed
+//! hash of that JSON, so an unchanged directory produces the same tree blob and costs
+//! nothing in the next backup.
+
+use crate::id::Id;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+/// A byte string from the file system (a name or a symlink target). Stored as a JSON
+/// string when it is UTF-8, else as NUL followed by base64 (NUL cannot occur in names).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct OsBytes(pub Vec<u8>);
+
+impl OsBytes {
+    pub fn from_os(s: &OsStr) -> Self {
+        OsBytes(s.as_bytes().to_vec())
+    }
+    pub fn to_os(&self) -> OsString {
+        OsString::from_vec(self.0.clone())
+    }
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl Serialize for OsBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(v) if !v.starts_with('\0') => s.serialize_str(v),
+            _ => {
+                use base64::Engine;
+                let enc = base64::engine::general_purpose::STANDARD.encode(&self.0);
+                s.serialize_str(&format!("\0{enc}"))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OsBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        if let Some(enc) = v.strip_prefix('\0') {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(enc)
+                .map(OsBytes)
+                .map_err(serde::de::Error::custom)
+        } else {
+            Ok(OsBytes(v.into_bytes()))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Dir,
+    File,
+    Symlink,
+    /// Bytes from a stream (stdin, a database dump, a command's output); restored as a file.
+    Stream,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: OsBytes,
+    #[serde(rename = "type")]
+    pub kind: NodeKind,
+    /// Permission bits (and setuid/setgid/sticky), without the file type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Change detection for the next backup: inode change time, inode and device.
+    #[serde(default)]
+    pub ctime_ns: i64,
+    #[serde(default)]
+    pub inode: u64,
+    #[serde(default)]
+    pub device: u64,
+    #[serde(default)]
+    pub size: u64,
+    /// Chunk ids of a file or stream, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtree: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<OsBytes>,
+}
+
+impl Node {
+    pub fn stream(name: &str, size: u64, content: Vec<Id>, mtime_ns: i64) -> Node {
+        Node {
+            name: OsBytes(name.as_bytes().to_vec()),
+            kind: NodeKind::Stream,
+            mode: 0o600,
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            mtime_ns,
+            ctime_ns: 0,
+            inode: 0,
+            device: 0,
+            size,
+            content,
+            subtree: None,
+            target: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    pub fn sort(&mut self) {
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    pub fn find(&self, name: &[u8]) -> Option<&Node> {
+        self.nodes
+            .binary_search_by(|n| n.name.0.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn odd_names_round_trip() {
+        for name in [b"plain".to_vec(), vec![0xff, 0xfe, b'x'], b"\n\t \\\"".to_vec()] {
+            let n = OsBytes(name.clone());
+            let j = serde_json::to_string(&n).unwrap();
+            assert_eq!(serde_json::from_str::<OsBytes>(&j).unwrap().0, name);
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Writing snapshots back: `restore` to a directory and `dump` of one file to a writer.
+//!
+//! Every blob is authenticated (Poly1305), decompressed and re-hashed against its id
+//! before a byte of it is written. Files are written under a temporary name next to their
+//! destination and renamed into place only when every chunk arrived verified, so a
+//! corrupted repository never leaves a silently wrong file under the real name. Work is
+//! grouped by pack: each pack is read once, by one of several parallel workers.
+
+use crate::error::{Error, ErrorKind};
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repo::index::MasterIndex;
+use crate::repo::snapshot::Snapshot;
+use crate::repo::tree::{Node, NodeKind, Tree};
+use crate::repo::Repository;
+use crate::backend::FileKind;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Paths inside the snapshot to restore (everything when empty).
+    pub includes: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub errors: Vec<String>,
+}
+
+struct FileJob {
+    dest: PathBuf,
+    tmp: PathBuf,
+    node: Node,
+    handle: Mutex<Option<File>>,
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+}
+
+struct BlobUse {
+    file: usize,
+    offset: u64,
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn set_meta(path: &Path, n: &Node, symlink: bool) -> std::io::Result<()> {
+    if is_root() {
+        std::os::unix::fs::lchown(path, Some(n.uid), Some(n.gid))?;
+    }
+    let mtime = filetime::FileTime::from_unix_time(
+        n.mtime_ns.div_euclid(1_000_000_000),
+        n.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    if symlink {
+        filetime::set_symlink_file_times(path, mtime, mtime)
+    } else {
+        fs::set_permissions(path, fs::Permissions::from_mode(n.mode & 0o7777))?;
+        filetime::set_file_times(path, mtime, mtime)
+    }
+}
+
+/// Should `path` (inside the snapshot) be restored, and should we descend into it?
+fn selected(path: &str, includes: &[String]) -> (bool, bool) {
+    if includes.is_empty() {
+        return (true, true);
+    }
+    let mut descend = false;
+    for inc in includes {
+        if path == inc || path.starts_with(&format!("{inc}/")) {
+            return (true, true);
+        }
+        if inc.starts_with(&format!("{path}/")) {
+            descend = true;
+        }
+    }
+    (descend, descend)
+}
+
+struct Plan {
+    dirs: Vec<(PathBuf, Node)>,
+    links: Vec<(PathBuf, Node)>,
+    files: Vec<FileJob>,
+}
+
+fn plan(
+    repo: &Repository,
+    index: &MasterIndex,
+    tree: &Id,
+    snap_path: &str,
+    dest: &Path,
+    includes: &[String],
+    out: &mut Plan,
+) -> Result<()> {
+    let t: Tree = repo.load_tree(index, tree)?;
+    for n in t.nodes {
+        let name = n.name.to_os();
+        if n.name.0.is_empty() || n.name.0 == b"." || n.name.0 == b".." || n.name.0.contains(&b'/') {
+            return Err(Error::integrity(format!("snapshot contains an invalid name {:?}", n.name.display())).into());
+        }
+        let p = format!("{snap_path}/{}", n.name.display());
+        let (take, descend) = selected(&p, includes);
+        if !take && !descend {
+            continue;
+        }
+        let d = dest.join(&name);
+        match n.kind {
+            NodeKind::Dir => {
+                if let Some(sub) = n.subtree {
+                    plan(repo, index, &sub, &p, &d, includes, out)?;
+                }
+                out.dirs.push((d, n));
+            }
+            _ if !take => {}
+            NodeKind::Symlink => out.links.push((d, n)),
+            NodeKind::File | NodeKind::Stream => {
+                let mut tmpname = OsString::from(".");
+                tmpname.push(&name);
+                tmpname.push(format!(".coffer-restore-{}", std::process::id()));
+                out.files.push(FileJob {
+                    tmp: dest.join(tmpname),
+                    dest: d,
+                    remaining: AtomicUsize::new(n.content.len()),
+                    node: n,
+                    handle: Mutex::new(None),
+                    failed: AtomicBool::new(false),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn finalize(job: &FileJob) -> std::io::Result<()> {
+    let f = job.handle.lock().unwrap().take();
+    if let Some(f) = f {
+        let len = f.metadata()?.len();
+        if len != job.node.size {
+            return Err(std::io::Error::other(format!(
+                "restored size {len} differs from the recorded {}",
+                job.node.size
+            )));
+        }
+        drop(f);
+    }
+    set_meta(&job.tmp, &job.node, false)?;
+    fs::rename(&job.tmp, &job.dest)
+}
+
+pub fn restore(
+    repo: &Repository,
+    index: &MasterIndex,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreReport> {
+    let includes: Vec<String> = opts
+        .includes
+        .iter()
+        .map(|i| format!("/{}", i.trim_matches('/')))
+        .collect();
+    let mut p = Plan {
+        dirs: vec![],
+        links: vec![],
+        files: vec![],
+    };
+    plan(repo, index, &snap.tree, "", &opts.target, &includes, &mut p)?;
+    if !includes.is_empty() && p.files.is_empty() && p.links.is_empty() && p.dirs.is_empty() {
+        return Err(Error::new(ErrorKind::NotFound, format!("nothing in the snapshot matches {:?}", opts.includes)).into());
+    }
+    let mut report = RestoreReport::default();
+    fs::create_dir_all(&opts.target).with_context(|| format!("cannot create {}", opts.target.display()))?;
+    // Directories (parents before children: they were pushed children first).
+    for (d, _) in p.dirs.iter().rev() {
+        fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    for (d, n) in &p.links {
+        if let Some(parent) = d.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let _ = fs::remove_file(d);
+        let target = n.target.clone().unwrap_or_default().to_os();
+        std::os::unix::fs::symlink(&target, d).with_context(|| format!("cannot create symlink {}", d.display()))?;
+        set_meta(d, n, true).with_context(|| format!("cannot set metadata of {}", d.display()))?;
+        report.symlinks += 1;
+    }
+
+    // Files: create temporaries, map every chunk to its places.
+    let mut by_pack: HashMap<u32, Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>> = HashMap::new();
+    let mut blob_slot: HashMap<Id, (u32, usize)> = HashMap::new();
+    for (i, job) in p.files.iter().enumerate() {
+        if let Some(parent) = job.dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&job.tmp)
+            .with_context(|| format!("cannot create {}", job.tmp.display()))?;
+        f.set_len(job.node.size)?;
+        *job.handle.lock().unwrap() = Some(f);
+        let mut off = 0u64;
+        for c in &job.node.content {
+            let loc = index.get(c).ok_or_else(|| {
+                Error::integrity(format!(
+                    "chunk {} of {} is not in the index (repository damaged)",
+                    c.short(),
+                    job.dest.display()
+                ))
+            })?;
+            let use_ = BlobUse { file: i, offset: off };
+            off += loc.entry.raw_length as u64;
+            match blob_slot.get(c) {
+                Some(&(pack, k)) => by_pack.get_mut(&pack).unwrap()[k].1.push(use_),
+                None => {
+                    let v = by_pack.entry(loc.pack).or_default();
+                    blob_slot.insert(*c, (loc.pack, v.len()));
+                    v.push((loc, vec![use_]));
+                }
+            }
+        }
+        if off != job.node.size {
+            return Err(Error::integrity(format!("{}: chunk sizes do not add up to the file size", job.dest.display())).into());
+        }
+    }
+    let errors = Mutex::new(Vec::<String>::new());
+    let fail = |job: &FileJob, msg: String| {
+        if !job.failed.swap(true, Ordering::SeqCst) {
+            errors.lock().unwrap().push(format!("{}: {msg}", job.dest.display()));
+        }
+    };
+    // Empty files are complete already.
+    for job in &p.files {
+        if job.node.content.is_empty() {
+            if let Err(e) = finalize(job) {
+                fail(job, e.to_string());
+            }
+        }
+    }
+    let work: Vec<(u32, Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>)> = by_pack.into_iter().collect();
+    let next = AtomicUsize::new(0);
+    let threads = repo.backend.concurrency().max(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((pack, blobs)) = work.get(i) else { break };
+                let pack_id = index.packs[*pack as usize].id;
+                let start = blobs.iter().map(|b| b.0.entry.offset as u64).min().unwrap_or(0);
+                let end = blobs
+                    .iter()
+                    .map(|b| b.0.entry.offset as u64 + b.0.entry.length as u64)
+                    .max()
+                    .unwrap_or(0);
+                let span = repo.backend.read_range(FileKind::Pack, &pack_id.to_hex(), start, end - start);
+                for (loc, uses) in blobs {
+                    let data = span.as_ref().map_err(|e| format!("{e:#}")).and_then(|span| {
+                        let s = (loc.entry.offset as u64 - start) as usize;
+                        let sealed = &span[s..s + loc.entry.length as usize];
+                        repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length)
+                            .map_err(|e| format!("{e:#} (pack {pack_id})"))
+                    });
+                    for u in uses {
+                        let job = &p.files[u.file];
+                        if job.failed.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let res = match &data {
+                            Ok(d) => {
+                                let g = job.handle.lock().unwrap();
+                                match g.as_ref() {
+                                    Some(f) => f.write_all_at(d, u.offset).map_err(|e| e.to_string()),
+                                    None => Err("file closed early".into()),
+                                }
+                            }
+                            Err(m) => Err(m.clone()),
+                        };
+                        match res {
+                            Ok(()) => {
+                                if let Ok(d) = &data {
+                                    progress.inc(d.len() as u64);
+                                }
+                                if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                                    if let Err(e) = finalize(job) {
+                                        fail(job, e.to_string());
+                                    }
+                                }
+                            }
+                            Err(m) => fail(job, m),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    for job in &p.files {
+        if job.failed.load(Ordering::SeqCst) {
+            job.handle.lock().unwrap().take();
+            let _ = fs::remove_file(&job.tmp);
+        } else {
+            report.files += 1;
+            report.bytes += job.node.size;
+        }
+    }
+    // Directory metadata last, deepest first, so writing files does not disturb mtimes.
+    for (d, n) in &p.dirs {
+        set_meta(d, n, false).with_context(|| format!("cannot set metadata of {}", d.display()))?;
+        report.dirs += 1;
+    }
+    report.errors = errors.into_inner().unwrap();
+    if !report.errors.is_empty() {
+        return Err(Error::integrity(format!(
+            "{} file(s) could not be restored because repository data is damaged; they were not \
+             written:\n  {}",
+            report.errors.len(),
+            report.errors.join("\n  ")
+        ))
+        .into());
+    }
+    Ok(report)
+}
+
+/// Find the node at `path` (e.g. `/srv/app/config.toml`) in a snapshot.
+pub fn find_node(repo: &Repository, index: &MasterIndex, snap: &Snapshot, path: &str) -> Result<Node> {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.is_empty() {
+        return Err(Error::usage("give the path of a file inside the snapshot").into());
+    }
+    let mut tree = snap.tree;
+    for (i, part) in parts.iter().enumerate() {
+        let t = repo.load_tree(index, &tree)?;
+        let n = t
+            .find(part.as_bytes())
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{path} is not in snapshot {}", snap.id.short())))?;
+        if i + 1 == parts.len() {
+            return Ok(n);
+        }
+        tree = n
+            .subtree
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{path} is not in snapshot {}", snap.id.short())))?;
+    }
+    unreachable!()
+}
+
+/// Write one file or stream of a snapshot to `out`, verifying every chunk.
+pub fn dump(repo: &Repository, index: &MasterIndex, snap: &Snapshot, path: &str, out: &mut dyn Write) -> Result<u64> {
+    let n = find_node(repo, index, snap, path)?;
+    if !matches!(n.kind, NodeKind::File | NodeKind::Stream) {
+        return Err(Error::usage(format!("{path} is not a file or stream")).into());
+    }
+    // Read ahead on a helper thread so storage latency overlaps writing.
+    let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<u8>>>(4);
+    let content = &n.content;
+    let written = std::thread::scope(|sc| -> Result<u64> {
+        let mut written = 0u64;
+        sc.spawn(move || {
+            for c in content {
+                if tx.send(repo.read_blob(index, c)).is_err() {
+                    return;
+                }
+            }
+        });
+        let rx = rx;
+        for data in rx.iter() {
+            let data = data?;
+            match out.write_all(&data) {
+                Ok(()) => written += data.len() as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(written),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(written)
+    })?;
+    out.flush()?;
+    if written != n.size {
+        return Err(Error::integrity(format!("{path}: wrote {written} bytes, the snapshot records {}", n.size)).into());
+    }
+    Ok(written)
+}
+
+/// Name bytes as a display string for `ls`.
+pub fn display_name(n: &Node) -> String {
+    String::from_utf8_lossy(n.name.0.as_slice()).into_owned()
+}
+
+pub fn os_name(n: &Node) -> &std::ffi::OsStr {
+    std::ffi::OsStr::from_bytes(&n.name.0)
+}

@@ -1,0 +1,296 @@
+//! Directory trees from the local file system.
+//!
+//! The snapshot tree mirrors absolute paths (`/srv/app/uploads` is stored as
+//! `srv/app/uploads`, with the metadata of each parent directory). A file whose size,
+//! mtime, ctime and inode match the same path in the parent snapshot is not read again.
+//! A file that vanishes during the backup is skipped with a warning (it no longer exists,
+//! so the snapshot is still a true picture); any other read error fails the backup and no
+//! snapshot is written.
+
+use super::{commit, CommonOptions, Finished, Session};
+use crate::chunker::Chunker;
+use crate::error::{Error, ErrorKind};
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repo::pack::BlobType;
+use crate::repo::snapshot::{Snapshot, SourceInfo};
+use crate::repo::tree::{Node, NodeKind, OsBytes, Tree};
+use crate::repo::Repository;
+use anyhow::Result;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use std::collections::BTreeMap;
+use std::fs::{self, Metadata};
+use std::io::ErrorKind as IoKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct FilesOptions {
+    pub paths: Vec<PathBuf>,
+    pub excludes: Vec<String>,
+    pub common: CommonOptions,
+}
+
+/// `--exclude` patterns: with a `/` they match the whole absolute path, without one they
+/// match a file or directory name anywhere.
+struct Excluder {
+    full: GlobSet,
+    name: GlobSet,
+}
+
+impl Excluder {
+    fn new(patterns: &[String]) -> Result<Excluder> {
+        let mut full = GlobSetBuilder::new();
+        let mut name = GlobSetBuilder::new();
+        for p in patterns {
+            let g = GlobBuilder::new(p.trim_end_matches('/'))
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::usage(format!("invalid --exclude pattern {p:?}: {e}")))?;
+            if p.trim_end_matches('/').contains('/') {
+                full.add(g);
+            } else {
+                name.add(g);
+            }
+        }
+        Ok(Excluder {
+            full: full.build()?,
+            name: name.build()?,
+        })
+    }
+    fn excluded(&self, path: &Path) -> bool {
+        self.full.is_match(path) || path.file_name().map(|n| self.name.is_match(n)).unwrap_or(false)
+    }
+}
+
+#[derive(Default)]
+struct Trie {
+    children: BTreeMap<Vec<u8>, Trie>,
+    leaf: bool,
+}
+
+struct Archiver<'a> {
+    session: Session,
+    excluder: Excluder,
+    progress: &'a Progress,
+    size: u64,
+}
+
+fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
+    Node {
+        name: OsBytes(name.to_vec()),
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        inode: m.ino(),
+        device: m.dev(),
+        size: 0,
+        content: vec![],
+        subtree: None,
+        target: None,
+    }
+}
+
+fn read_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    Error::new(ErrorKind::Source, format!("cannot read {}: {e}; no snapshot was written", path.display())).into()
+}
+
+impl Archiver<'_> {
+    fn parent_tree(&self, node: Option<&Node>) -> Option<Tree> {
+        let sub = node.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
+        self.session.repo.load_tree(&self.session.index, &sub).ok()
+    }
+
+    /// A tree for a trie level: leaves are archived whole, inner nodes only carry the
+    /// directory's own metadata.
+    fn save_trie(&mut self, trie: &Trie, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        if trie.leaf {
+            return self.save_dir(path, parent);
+        }
+        let mut nodes = Vec::new();
+        for (name, child) in &trie.children {
+            let p = path.join(std::ffi::OsStr::from_bytes(name));
+            let pnode = parent.and_then(|t| t.find(name));
+            if child.leaf {
+                if let Some(n) = self.archive(&p, name, pnode)? {
+                    nodes.push(n);
+                }
+            } else {
+                let m = fs::symlink_metadata(&p).map_err(|e| read_err(&p, e))?;
+                let sub_parent = self.parent_tree(pnode);
+                let mut n = meta_node(name, NodeKind::Dir, &m);
+                n.subtree = Some(self.save_trie(child, &p, sub_parent.as_ref())?);
+                nodes.push(n);
+            }
+        }
+        self.session.save_tree(Tree { nodes })
+    }
+
+    fn save_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
+        let rd = fs::read_dir(path).map_err(|e| read_err(path, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| read_err(path, e))?;
+            entries.push((ent.file_name().as_bytes().to_vec(), ent.path()));
+        }
+        entries.sort();
+        let mut nodes = Vec::with_capacity(entries.len());
+        for (name, p) in entries {
+            let pnode = parent.and_then(|t| t.find(&name));
+            if let Some(n) = self.archive(&p, &name, pnode)? {
+                nodes.push(n);
+            }
+        }
+        self.session.summary.dirs += 1;
+        self.session.save_tree(Tree { nodes })
+    }
+
+    fn archive(&mut self, path: &Path, name: &[u8], parent: Option<&Node>) -> Result<Option<Node>> {
+        if self.excluder.excluded(path) {
+            return Ok(None);
+        }
+        let m = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == IoKind::NotFound => {
+                self.progress.log(&format!("warning: {} vanished during the backup; skipped", path.display()));
+                return Ok(None);
+            }
+            Err(e) => return Err(read_err(path, e)),
+        };
+        let ft = m.file_type();
+        if ft.is_dir() {
+            let sub_parent = self.parent_tree(parent);
+            let mut n = meta_node(name, NodeKind::Dir, &m);
+            n.subtree = Some(self.save_dir(path, sub_parent.as_ref())?);
+            Ok(Some(n))
+        } else if ft.is_symlink() {
+            let target = fs::read_link(path).map_err(|e| read_err(path, e))?;
+            let mut n = meta_node(name, NodeKind::Symlink, &m);
+            n.target = Some(OsBytes::from_os(target.as_os_str()));
+            Ok(Some(n))
+        } else if ft.is_file() {
+            let mut n = meta_node(name, NodeKind::File, &m);
+            if let Some(p) = parent {
+                let unchanged = p.kind == NodeKind::File
+                    && p.size == m.len()
+                    && p.mtime_ns == n.mtime_ns
+                    && p.ctime_ns == n.ctime_ns
+                    && p.inode == n.inode
+                    && p.content.iter().all(|c| self.session.saver.contains(c));
+                if unchanged {
+                    n.size = p.size;
+                    n.content = p.content.clone();
+                    self.size += n.size;
+                    self.session.summary.files_unchanged += 1;
+                    self.progress.inc(n.size);
+                    return Ok(Some(n));
+                }
+            }
+            let f = match fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == IoKind::NotFound => {
+                    self.progress.log(&format!("warning: {} vanished during the backup; skipped", path.display()));
+                    return Ok(None);
+                }
+                Err(e) => return Err(read_err(path, e)),
+            };
+            let params = self.session.repo.config.chunker;
+            let mut size = 0u64;
+            for chunk in Chunker::new(&params, f) {
+                let chunk = chunk.map_err(|e| read_err(path, e))?;
+                size += chunk.len() as u64;
+                self.progress.inc(chunk.len() as u64);
+                n.content.push(self.session.saver.save(BlobType::Data, chunk)?.0);
+            }
+            n.size = size;
+            self.size += size;
+            if parent.is_some() {
+                self.session.summary.files_changed += 1;
+            } else {
+                self.session.summary.files_new += 1;
+            }
+            Ok(Some(n))
+        } else {
+            self.progress.log(&format!(
+                "warning: {} is not a regular file, directory or symlink; skipped",
+                path.display()
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The newest snapshot of the same host and paths, used to skip unchanged files.
+fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<Snapshot>> {
+    Ok(repo
+        .load_snapshots()?
+        .into_iter()
+        .filter(|s| s.kind == "files" && s.hostname == host && s.paths == paths)
+        .next_back())
+}
+
+pub fn backup_files(repo: Arc<Repository>, opts: &FilesOptions, progress: &Progress) -> Result<Snapshot> {
+    if opts.paths.is_empty() {
+        return Err(Error::usage("nothing to back up: give at least one path").into());
+    }
+    let mut abs: Vec<PathBuf> = Vec::new();
+    for p in &opts.paths {
+        let a = std::path::absolute(p).map_err(|e| read_err(p, e))?;
+        fs::symlink_metadata(&a).map_err(|e| read_err(&a, e))?;
+        abs.push(a);
+    }
+    abs.sort();
+    abs.dedup();
+    let mut root = Trie::default();
+    for a in &abs {
+        let mut t = &mut root;
+        for c in a.components() {
+            if let std::path::Component::Normal(n) = c {
+                t = t.children.entry(n.as_bytes().to_vec()).or_default();
+            }
+        }
+        t.leaf = true;
+    }
+    let paths: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
+    let host = opts.common.hostname.clone().unwrap_or_else(crate::repo::hostname);
+    let parent = find_parent(&repo, &host, &paths)?;
+    let session = Session::start(repo.clone())?;
+    let mut a = Archiver {
+        session,
+        excluder: Excluder::new(&opts.excludes)?,
+        progress,
+        size: 0,
+    };
+    let parent_tree = match &parent {
+        Some(p) => repo.load_tree(&a.session.index, &p.tree).ok(),
+        None => None,
+    };
+    let tree = a.save_trie(&root, Path::new("/"), parent_tree.as_ref())?;
+    let size = a.size;
+    commit(
+        a.session,
+        Finished {
+            kind: "files".into(),
+            sources: paths
+                .iter()
+                .map(|p| SourceInfo {
+                    kind: "files".into(),
+                    name: p.clone(),
+                    path: p.clone(),
+                    metadata: serde_json::Value::Null,
+                })
+                .collect(),
+            paths,
+            tree,
+            size,
+            parent: parent.map(|p| p.id),
+            excludes: opts.excludes.clone(),
+        },
+        &opts.common,
+    )
+}
