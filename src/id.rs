@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A 32-byte identifier: a keyed BLAKE3 hash for blobs, an unkeyed BLAKE3 hash of the
-/// stored bytes for files (packs, index files, snapshots), or random for keys and locks.
+/// stored bytes for files (packs, index files, snapshots), or random for key slots and repository ids.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Id(pub [u8; 32]);
 

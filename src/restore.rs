@@ -17,12 +17,12 @@ use crate::backend::FileKind;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Default)]
@@ -45,7 +45,9 @@ struct FileJob {
     dest: PathBuf,
     tmp: PathBuf,
     node: Node,
-    handle: Mutex<Option<File>>,
+    /// The temporary file exists (and must be removed if the restore of it fails).
+    created: AtomicBool,
+    written: AtomicU64,
     remaining: AtomicUsize,
     failed: AtomicBool,
 }
@@ -137,7 +139,8 @@ fn plan(
                     dest: d,
                     remaining: AtomicUsize::new(n.content.len()),
                     node: n,
-                    handle: Mutex::new(None),
+                    created: AtomicBool::new(false),
+                    written: AtomicU64::new(0),
                     failed: AtomicBool::new(false),
                 });
             }
@@ -147,16 +150,12 @@ fn plan(
 }
 
 fn finalize(job: &FileJob) -> std::io::Result<()> {
-    let f = job.handle.lock().unwrap().take();
-    if let Some(f) = f {
-        let len = f.metadata()?.len();
-        if len != job.node.size {
-            return Err(std::io::Error::other(format!(
-                "restored size {len} differs from the recorded {}",
-                job.node.size
-            )));
-        }
-        drop(f);
+    let written = job.written.load(Ordering::SeqCst);
+    if written != job.node.size {
+        return Err(std::io::Error::other(format!(
+            "wrote {written} bytes, the snapshot records {}",
+            job.node.size
+        )));
     }
     set_meta(&job.tmp, &job.node, false)?;
     fs::rename(&job.tmp, &job.dest)
@@ -203,44 +202,59 @@ pub fn restore(
     // Files: create temporaries, map every chunk to its places.
     let mut by_pack: HashMap<u32, Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>> = HashMap::new();
     let mut blob_slot: HashMap<Id, (u32, usize)> = HashMap::new();
-    for (i, job) in p.files.iter().enumerate() {
-        if let Some(parent) = job.dest.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&job.tmp)
-            .with_context(|| format!("cannot create {}", job.tmp.display()))?;
-        f.set_len(job.node.size)?;
-        *job.handle.lock().unwrap() = Some(f);
-        let mut off = 0u64;
-        for c in &job.node.content {
-            let loc = index.get(c).ok_or_else(|| {
-                Error::integrity(format!(
-                    "chunk {} of {} is not in the index (repository damaged)",
-                    c.short(),
-                    job.dest.display()
-                ))
-            })?;
-            let use_ = BlobUse { file: i, offset: off };
-            off += loc.entry.raw_length as u64;
-            match blob_slot.get(c) {
-                Some(&(pack, k)) => by_pack.get_mut(&pack).unwrap()[k].1.push(use_),
-                None => {
-                    let v = by_pack.entry(loc.pack).or_default();
-                    blob_slot.insert(*c, (loc.pack, v.len()));
-                    v.push((loc, vec![use_]));
+    let prepared = (|| -> Result<()> {
+        for (i, job) in p.files.iter().enumerate() {
+            if let Some(parent) = job.dest.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&job.tmp)
+                .with_context(|| format!("cannot create {}", job.tmp.display()))?;
+            job.created.store(true, Ordering::SeqCst);
+            f.set_len(job.node.size)
+                .with_context(|| format!("cannot create {}", job.tmp.display()))?;
+            drop(f);
+            let mut off = 0u64;
+            for c in &job.node.content {
+                let loc = index.get(c).ok_or_else(|| {
+                    Error::integrity(format!(
+                        "chunk {} of {} is not in the index (repository damaged)",
+                        c.short(),
+                        job.dest.display()
+                    ))
+                })?;
+                let use_ = BlobUse { file: i, offset: off };
+                off += loc.entry.raw_length as u64;
+                match blob_slot.get(c) {
+                    Some(&(pack, k)) => by_pack.get_mut(&pack).unwrap()[k].1.push(use_),
+                    None => {
+                        let v = by_pack.entry(loc.pack).or_default();
+                        blob_slot.insert(*c, (loc.pack, v.len()));
+                        v.push((loc, vec![use_]));
+                    }
                 }
             }
+            if off != job.node.size {
+                return Err(Error::integrity(format!("{}: chunk sizes do not add up to the file size", job.dest.display())).into());
+            }
         }
-        if off != job.node.size {
-            return Err(Error::integrity(format!("{}: chunk sizes do not add up to the file size", job.dest.display())).into());
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        for job in &p.files {
+            if job.created.load(Ordering::SeqCst) {
+                let _ = fs::remove_file(&job.tmp);
+            }
         }
+        return Err(e);
     }
     let errors = Mutex::new(Vec::<String>::new());
+    let io_failed = AtomicBool::new(false);
+    let damaged = AtomicBool::new(false);
     let fail = |job: &FileJob, msg: String| {
         if !job.failed.swap(true, Ordering::SeqCst) {
             errors.lock().unwrap().push(format!("{}: {msg}", job.dest.display()));
@@ -271,25 +285,41 @@ pub fn restore(
                     .unwrap_or(0);
                 let span = repo.backend.read_range(FileKind::Pack, &pack_id.to_hex(), start, end - start);
                 for (loc, uses) in blobs {
-                    let data = span.as_ref().map_err(|e| format!("{e:#}")).and_then(|span| {
-                        let s = (loc.entry.offset as u64 - start) as usize;
-                        let sealed = &span[s..s + loc.entry.length as usize];
-                        repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length)
-                            .map_err(|e| format!("{e:#} (pack {pack_id})"))
-                    });
+                    let data = match &span {
+                        Ok(span) => {
+                            let s = (loc.entry.offset as u64 - start) as usize;
+                            let sealed = &span[s..s + loc.entry.length as usize];
+                            repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length).map_err(|e| {
+                                damaged.store(true, Ordering::SeqCst);
+                                format!("{e:#} (pack {pack_id})")
+                            })
+                        }
+                        Err(e) => {
+                            if coffer_kind(e) == ErrorKind::Integrity {
+                                damaged.store(true, Ordering::SeqCst);
+                            } else {
+                                io_failed.store(true, Ordering::SeqCst);
+                            }
+                            Err(format!("{e:#}"))
+                        }
+                    };
                     for u in uses {
                         let job = &p.files[u.file];
                         if job.failed.load(Ordering::Relaxed) {
                             continue;
                         }
                         let res = match &data {
-                            Ok(d) => {
-                                let g = job.handle.lock().unwrap();
-                                match g.as_ref() {
-                                    Some(f) => f.write_all_at(d, u.offset).map_err(|e| e.to_string()),
-                                    None => Err("file closed early".into()),
-                                }
-                            }
+                            Ok(d) => OpenOptions::new()
+                                .write(true)
+                                .open(&job.tmp)
+                                .and_then(|f| f.write_all_at(d, u.offset))
+                                .map(|()| {
+                                    job.written.fetch_add(d.len() as u64, Ordering::SeqCst);
+                                })
+                                .map_err(|e| {
+                                    io_failed.store(true, Ordering::SeqCst);
+                                    format!("cannot write {}: {e}", job.tmp.display())
+                                }),
                             Err(m) => Err(m.clone()),
                         };
                         match res {
@@ -312,7 +342,6 @@ pub fn restore(
     });
     for job in &p.files {
         if job.failed.load(Ordering::SeqCst) {
-            job.handle.lock().unwrap().take();
             let _ = fs::remove_file(&job.tmp);
         } else {
             report.files += 1;
@@ -326,15 +355,28 @@ pub fn restore(
     }
     report.errors = errors.into_inner().unwrap();
     if !report.errors.is_empty() {
-        return Err(Error::integrity(format!(
-            "{} file(s) could not be restored because repository data is damaged; they were not \
-             written:\n  {}",
-            report.errors.len(),
-            report.errors.join("\n  ")
-        ))
+        let (kind, why) = if damaged.load(Ordering::SeqCst) {
+            (ErrorKind::Integrity, "repository data is damaged")
+        } else if io_failed.load(Ordering::SeqCst) {
+            (ErrorKind::Other, "reading the repository or writing the target failed")
+        } else {
+            (ErrorKind::Other, "of the errors below")
+        };
+        return Err(Error::new(
+            kind,
+            format!(
+                "{} file(s) could not be restored because {why}; they were not written:\n  {}",
+                report.errors.len(),
+                report.errors.join("\n  ")
+            ),
+        )
         .into());
     }
     Ok(report)
+}
+
+fn coffer_kind(e: &anyhow::Error) -> ErrorKind {
+    crate::error::kind_of(e)
 }
 
 /// Find the node at `path` (e.g. `/srv/app/config.toml`) in a snapshot.

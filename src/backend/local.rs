@@ -170,6 +170,27 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn remove_partial(&self) -> Result<usize> {
+        let mut n = 0;
+        let mut dirs: Vec<PathBuf> = [FileKind::Pack, FileKind::Index, FileKind::Snapshot]
+            .iter()
+            .map(|k| self.root.join(k.dir()))
+            .collect();
+        while let Some(d) = dirs.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for ent in rd.flatten() {
+                let p = ent.path();
+                if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    dirs.push(p);
+                } else if ent.file_name().to_string_lossy().starts_with(".tmp-") {
+                    fs::remove_file(&p).map_err(|e| io_err(e, "remove", &p))?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = self.full(kind, name);
         match fs::remove_file(&path) {

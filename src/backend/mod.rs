@@ -84,6 +84,11 @@ pub trait Backend: Send + Sync {
     fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>>;
     fn list(&self, kind: FileKind) -> Result<Vec<Listed>>;
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Remove partial objects left by interrupted writes in data/, index/ and snapshots/
+    /// (only called under an exclusive lock). Object stores have none: a PUT is atomic.
+    fn remove_partial(&self) -> Result<usize> {
+        Ok(0)
+    }
     /// How many writes to run at once.
     fn concurrency(&self) -> usize {
         2

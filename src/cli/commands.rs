@@ -33,13 +33,11 @@ pub fn init(ctx: &Context, a: &InitArgs) -> Result<()> {
     if b.stat(FileKind::Config, "")?.is_some() {
         return Err(Error::usage(format!("a repository already exists at {}", ctx.location)).into());
     }
-    let pw = match (&ctx.default_key, std::env::var_os("COFFER_PASSWORD"), &ctx.password_file, &ctx.config.password_file) {
-        (Some(_), None, None, None) if ctx.config.password.is_none() => {
-            let _ = ctx.open_or_create_default()?;
-            return Ok(());
-        }
-        _ => ctx.passphrase(true)?,
-    };
+    if ctx.default_key.is_some() {
+        let _ = ctx.open_or_create_default()?;
+        return Ok(());
+    }
+    let pw = ctx.passphrase(true)?;
     let repo = Repository::init(b, &pw, &ctx.init_options(a.compression, a.pack_size))?;
     ctx.say(&format!(
         "created repository {} at {}\nKeep the passphrase safe: without it the backups cannot be read.",
@@ -59,13 +57,16 @@ fn parse_time(s: &Option<String>) -> Result<Option<chrono::DateTime<chrono::Fixe
 }
 
 pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
-    let repo = ctx.open_or_create_default()?;
-    let _lock = Lock::shared(&repo, "backup")?;
     let common = CommonOptions {
         tags: a.tags.clone(),
         time: parse_time(&a.time)?,
         hostname: a.host.clone(),
     };
+    if !a.stdin && a.paths.is_empty() {
+        return Err(Error::usage("give paths to back up, or --stdin").into());
+    }
+    let repo = ctx.open_or_create_default()?;
+    let _lock = Lock::shared(&repo, "backup")?;
     let snap = if a.stdin {
         let p = Progress::bytes(ctx.mode, "backup stdin", None);
         let stdin = std::io::stdin().lock();
@@ -73,9 +74,6 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         p.finish();
         s
     } else {
-        if a.paths.is_empty() {
-            return Err(Error::usage("give paths to back up, or --stdin").into());
-        }
         let p = Progress::bytes(ctx.mode, "backup", None);
         let s = backup_files(
             repo.clone(),

@@ -77,22 +77,34 @@ impl Context {
         }
     }
 
-    /// The passphrase: environment, passphrase file, config file, default key, prompt.
-    pub fn passphrase(&self, confirm: bool) -> Result<Vec<u8>> {
+    /// A passphrase given explicitly: `--password-file`/`COFFER_PASSWORD_FILE`, then
+    /// `COFFER_PASSWORD`, then the config file's `password_file` and `password`.
+    pub fn explicit_passphrase(&self) -> Result<Option<Vec<u8>>> {
+        if let Some(f) = &self.password_file {
+            return read_password_file(f).map(Some);
+        }
         if let Ok(p) = std::env::var("COFFER_PASSWORD") {
             if p.is_empty() {
                 return Err(Error::usage("COFFER_PASSWORD is empty; an empty passphrase is not allowed").into());
             }
-            return Ok(p.into_bytes());
+            return Ok(Some(p.into_bytes()));
         }
-        if let Some(f) = self.password_file.as_ref().or(self.config.password_file.as_ref()) {
-            return read_password_file(f);
+        if let Some(f) = &self.config.password_file {
+            return read_password_file(f).map(Some);
         }
         if let Some(p) = &self.config.password {
             if p.is_empty() {
                 return Err(Error::usage("the config file's password is empty").into());
             }
-            return Ok(p.clone().into_bytes());
+            return Ok(Some(p.clone().into_bytes()));
+        }
+        Ok(None)
+    }
+
+    /// The passphrase: explicit sources, then the default key file, then a prompt.
+    pub fn passphrase(&self, confirm: bool) -> Result<Vec<u8>> {
+        if let Some(p) = self.explicit_passphrase()? {
+            return Ok(p);
         }
         if let Some(k) = &self.default_key {
             if k.exists() {
@@ -136,6 +148,15 @@ impl Context {
 
     fn create_default(&self, key: &PathBuf) -> Result<Repository> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(pw) = self.explicit_passphrase()? {
+            let repo = Repository::init(self.backend()?, &pw, &self.init_options(None, 32))?;
+            eprintln!(
+                "coffer created a new repository at {} (your passphrase opens it; without it the \
+                 backups cannot be read)",
+                self.location
+            );
+            return Ok(repo);
+        }
         let home = key.parent().unwrap();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home)?;
         let pw = if key.exists() {

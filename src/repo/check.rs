@@ -82,7 +82,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
     }
     let unindexed = listed
         .keys()
-        .filter(|n| n.parse::<Id>().map(|id| !index.has_pack(&id)).unwrap_or(true))
+        .filter(|n| n.parse::<Id>().map(|id| !index.has_pack(&id)).unwrap_or(false))
         .count();
     if unindexed > 0 {
         r.warnings.push(format!(

@@ -20,6 +20,25 @@ use std::sync::{Arc, Mutex};
 
 const STALE_AFTER_MINUTES: i64 = 30;
 const REFRESH_EVERY_SECS: u64 = 300;
+/// Past this without a successful refresh, others may take our lock for stale.
+const LOST_AFTER_SECS: u64 = 25 * 60;
+
+/// Set when this process could not refresh its lock for too long.
+static LOST: AtomicBool = AtomicBool::new(false);
+
+/// Fail if this process's lock may have been taken for stale by another host. Called
+/// before the writes that would be unsafe without a lock (a snapshot, prune's deletes).
+pub fn ensure_held() -> Result<()> {
+    if LOST.load(Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Locked,
+            "the repository lock could not be refreshed for 25 minutes (storage unreachable?); \
+             stopping before committing so that a concurrent prune cannot break this operation",
+        )
+        .into());
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -122,7 +141,11 @@ impl Lock {
             let (repo, name, stop) = (repo.clone(), name.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut waited = 0u64;
+                let mut last_ok = std::time::Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    if last_ok.elapsed().as_secs() > LOST_AFTER_SECS {
+                        LOST.store(true, Ordering::SeqCst);
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(200));
                     waited += 200;
                     if waited < REFRESH_EVERY_SECS * 1000 {
@@ -135,6 +158,7 @@ impl Lock {
                     };
                     match write_lock(&repo, &fresh) {
                         Ok(new) => {
+                            last_ok = std::time::Instant::now();
                             let mut g = name.lock().unwrap();
                             let old = std::mem::replace(&mut *g, new);
                             let _ = repo.backend.remove(FileKind::Lock, &old);

@@ -164,13 +164,24 @@ impl Repository {
                     continue;
                 }
             };
-            if let Some((rid, key)) = slot.unwrap(passphrase)? {
-                let plain = key
-                    .open(&config_bytes)
-                    .context("the repository config does not decrypt with this key")?;
+            let unwrapped = match slot.unwrap(passphrase) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!("skipping key slot {}: {e:#}", k.name);
+                    continue;
+                }
+            };
+            if let Some((rid, key)) = unwrapped {
+                // A slot that opens but belongs elsewhere (a stray slot from an interrupted
+                // init, a copied file) must not hide the right one: try the next.
+                let Ok(plain) = key.open(&config_bytes) else {
+                    tracing::warn!("key slot {} does not belong to this repository; skipped", k.name);
+                    continue;
+                };
                 let config: RepoConfig = serde_json::from_slice(&compress::decode(&plain)?)?;
                 if config.id != rid {
-                    return Err(Error::integrity("key slot belongs to another repository").into());
+                    tracing::warn!("key slot {} names another repository; skipped", k.name);
+                    continue;
                 }
                 if config.version != FORMAT_VERSION {
                     return Err(Error::usage(format!(
@@ -240,14 +251,28 @@ impl Repository {
         Ok(mi)
     }
 
-    /// All snapshots, oldest first.
+    /// All readable snapshots, oldest first; an unreadable one is skipped with a warning
+    /// (`check` reports it, prune refuses to run).
     pub fn load_snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.load_snapshots_with(false)
+    }
+
+    /// All snapshots, failing on any that cannot be read (prune needs every one).
+    pub fn load_snapshots_strict(&self) -> Result<Vec<Snapshot>> {
+        self.load_snapshots_with(true)
+    }
+
+    fn load_snapshots_with(&self, strict: bool) -> Result<Vec<Snapshot>> {
         let mut out = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
             let Ok(id) = f.name.parse::<Id>() else { continue };
             let mut s: Snapshot = match self.load_json(FileKind::Snapshot, &f.name) {
                 Ok(s) => s,
                 Err(e) if backend::is_not_found(&e) => continue, // removed meanwhile
+                Err(e) if !strict && crate::error::kind_of(&e) == ErrorKind::Integrity => {
+                    tracing::warn!("skipping unreadable snapshot {}: {e:#} (run `coffer check`)", id.short());
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             s.id = id;

@@ -40,7 +40,7 @@ pub struct PruneReport {
 /// Collect every blob (trees and data) any snapshot needs.
 pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>> {
     let mut used = HashSet::new();
-    for s in repo.load_snapshots()? {
+    for s in repo.load_snapshots_strict()? {
         let mut stack = vec![s.tree];
         while let Some(t) = stack.pop() {
             if !used.insert(t) {
@@ -102,7 +102,7 @@ pub fn prune(repo: &Arc<Repository>, max_unused: f64, dry_run: bool, progress: &
         if used_bytes == 0 {
             delete.push(p.id);
             r.bytes_deleted += p.size;
-        } else if (p.size - used_bytes) as f64 > p.size as f64 * max_unused {
+        } else if p.size.saturating_sub(used_bytes) as f64 > p.size as f64 * max_unused {
             repack.push(p);
         } else {
             keep.push(p);
@@ -122,6 +122,10 @@ pub fn prune(repo: &Arc<Repository>, max_unused: f64, dry_run: bool, progress: &
     if dry_run {
         r.bytes_deleted += repack.iter().map(|p| p.size).sum::<u64>();
         return Ok(r);
+    }
+    let partial = repo.backend.remove_partial()?;
+    if partial > 0 {
+        progress(&format!("removed {partial} partial file(s) left by interrupted writes"));
     }
     if delete.is_empty() && repack.is_empty() && unindexed.is_empty() {
         return Ok(r);
@@ -184,6 +188,7 @@ pub fn prune(repo: &Arc<Repository>, max_unused: f64, dry_run: bool, progress: &
 
     // 4. Packs.
     progress("deleting unused packs");
+    super::lock::ensure_held()?;
     for id in delete
         .iter()
         .chain(repack.iter().map(|p| &p.id))

@@ -75,7 +75,7 @@ pub struct Node {
     pub gid: u32,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
-    /// Change detection for the next backup: inode change time, inode and device.
+    /// Change detection for the next backup (ctime and inode; the device is informative).
     #[serde(default)]
     pub ctime_ns: i64,
     #[serde(default)]

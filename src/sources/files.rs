@@ -133,7 +133,14 @@ impl Archiver<'_> {
 
     fn save_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
         let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        let rd = fs::read_dir(path).map_err(|e| read_err(path, e))?;
+        let rd = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == IoKind::NotFound => {
+                self.progress.log(&format!("warning: {} vanished during the backup; stored empty", path.display()));
+                return self.session.save_tree(Tree::default());
+            }
+            Err(e) => return Err(read_err(path, e)),
+        };
         for ent in rd {
             let ent = ent.map_err(|e| read_err(path, e))?;
             entries.push((ent.file_name().as_bytes().to_vec(), ent.path()));

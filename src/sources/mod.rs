@@ -92,6 +92,7 @@ pub fn commit(mut session: Session, f: Finished, opts: &CommonOptions) -> Result
         summary: session.summary,
         program_version: format!("coffer {}", env!("CARGO_PKG_VERSION")),
     };
+    crate::repo::lock::ensure_held()?;
     snap.id = session.repo.save_json(FileKind::Snapshot, &snap)?;
     Ok(snap)
 }
