@@ -1,0 +1,553 @@
+//! End-to-end tests of the coffer binary against local repositories.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+#[test]
+fn backup_restore_round_trip_is_exact() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    let id = env.backup(&[src.to_str().unwrap(), "--tag", "first"]);
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 1);
+    let s = &snaps[0];
+    assert_eq!(s["id"], id);
+    assert_eq!(s["kind"], "files");
+    assert_eq!(s["tags"], serde_json::json!(["first"]));
+    assert_eq!(s["paths"][0], src.to_str().unwrap());
+    assert!(s["size"].as_u64().unwrap() > 3 << 20);
+    assert!(chrono::DateTime::parse_from_rfc3339(s["time"].as_str().unwrap()).is_ok());
+    assert!(s["hostname"].as_str().is_some());
+
+    let target = env.path("restore");
+    env.cmd()
+        .args(["restore", &id[..8], "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_same_tree(&src, &restored(&target, &src));
+
+    // `latest` and a second, unchanged backup that stores (almost) nothing: at most the
+    // trees of parent directories such as /tmp, whose mtimes other processes change.
+    let before: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let out = env.cmd().args(["backup", "--json", src.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["files_unchanged"], 7);
+    assert!(v["summary"]["bytes_added"].as_u64().unwrap() < 4096, "{v}");
+    let after: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert!(after - before < 4096, "an unchanged backup wrote {} bytes", after - before);
+    let target2 = env.path("restore2");
+    env.cmd()
+        .args(["restore", "latest", "--target", target2.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_same_tree(&src, &restored(&target2, &src));
+}
+
+#[test]
+fn changed_files_are_picked_up_and_excludes_apply() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    fs::write(src.join("skip.tmp"), b"nope").unwrap();
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::write(src.join("cache/c"), b"nope").unwrap();
+    env.backup(&[src.to_str().unwrap(), "--exclude", "*.tmp", "--exclude", &format!("{}/cache", src.display())]);
+    fs::write(src.join("hello.txt"), b"changed content\n").unwrap();
+    let id = env.backup(&[src.to_str().unwrap(), "--exclude", "*.tmp", "--exclude", &format!("{}/cache", src.display())]);
+    let target = env.path("r");
+    env.cmd().args(["restore", &id, "--target", target.to_str().unwrap()]).assert().success();
+    let r = restored(&target, &src);
+    assert_eq!(fs::read(r.join("hello.txt")).unwrap(), b"changed content\n");
+    assert!(!r.join("skip.tmp").exists());
+    assert!(!r.join("cache").exists());
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&src).unwrap());
+    fs::remove_file(src.join("skip.tmp")).unwrap();
+    fs::remove_dir_all(src.join("cache")).unwrap();
+    filetime::set_file_mtime(&src, mtime).unwrap();
+    assert_same_tree(&src, &r);
+}
+
+#[test]
+fn include_restores_only_part_and_dump_streams_one_file() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.backup(&[src.to_str().unwrap()]);
+    let target = env.path("r");
+    let inc = format!("{}/dir/sub", src.display());
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap(), "--include", &inc])
+        .assert()
+        .success();
+    let r = restored(&target, &src);
+    assert_same_tree(&src.join("dir/sub"), &r.join("dir/sub"));
+    assert!(!r.join("hello.txt").exists());
+    assert!(!r.join("dir/big.bin").exists());
+
+    let out = env
+        .cmd()
+        .args(["dump", "latest", &format!("{}/dir/big.bin", src.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == fs::read(src.join("dir/big.bin")).unwrap());
+    env.cmd()
+        .args(["dump", "latest", "/no/such/file"])
+        .assert()
+        .code(6);
+}
+
+#[test]
+fn stdin_stream_round_trip() {
+    let env = Env::new();
+    env.init();
+    let data = noise(7, 5 << 20);
+    let out = env
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-name", "db.dump", "--json"])
+        .write_stdin(data.clone())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snaps = env.snapshots();
+    assert_eq!(snaps[0]["kind"], "stream");
+    assert_eq!(snaps[0]["paths"][0], "/db.dump");
+    assert_eq!(snaps[0]["size"], 5 << 20);
+    let out = env.cmd().args(["dump", "latest", "/db.dump"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == data);
+    // Same stream again: deduplicated.
+    let out = env
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-name", "db.dump", "--json"])
+        .write_stdin(data)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["blobs_added"], 1, "only the tree may be new: {v}");
+}
+
+#[test]
+fn failed_source_leaves_no_snapshot() {
+    let env = Env::new();
+    env.init();
+    // Reading a directory as stdin fails with EISDIR after the backup started.
+    let dir = fs::File::open(env.dir.path()).unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+        .env("COFFER_REPO", &env.repo)
+        .env("COFFER_PASSWORD", "correct horse")
+        .args(["backup", "--stdin", "--stdin-name", "x"])
+        .stdin(Stdio::from(dir))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.snapshots().is_empty());
+    // A path that does not exist.
+    env.cmd()
+        .args(["backup", env.path("missing").to_str().unwrap()])
+        .assert()
+        .code(8);
+    assert!(env.snapshots().is_empty());
+    env.cmd().arg("check").assert().success();
+}
+
+#[test]
+fn passphrase_errors() {
+    let env = Env::new();
+    env.init();
+    let out = env.cmd().env("COFFER_PASSWORD", "wrong").arg("snapshots").output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"));
+    env.cmd().env("COFFER_PASSWORD", "").arg("snapshots").assert().code(2);
+    // No passphrase at all and no terminal.
+    env.cmd().env_remove("COFFER_PASSWORD").arg("snapshots").assert().code(2);
+    // Passphrase file.
+    let pf = env.path("pw");
+    fs::write(&pf, "correct horse\n").unwrap();
+    env.cmd()
+        .env_remove("COFFER_PASSWORD")
+        .env("COFFER_PASSWORD_FILE", &pf)
+        .arg("snapshots")
+        .assert()
+        .success();
+    // Init refuses an empty passphrase and an existing repository.
+    let other = env.path("other");
+    env.cmd().env("COFFER_REPO", &other).env("COFFER_PASSWORD", "").arg("init").assert().code(2);
+    env.cmd().arg("init").assert().code(2);
+    // No repository there.
+    env.cmd().env("COFFER_REPO", &other).arg("snapshots").assert().code(6);
+}
+
+#[test]
+fn key_slots_add_remove_passwd() {
+    let env = Env::new();
+    env.init();
+    env.cmd().args(["key", "add"]).env("COFFER_NEW_PASSWORD", "second").assert().success();
+    env.cmd().env("COFFER_PASSWORD", "second").arg("snapshots").assert().success();
+    let out = env.cmd().args(["key", "list", "--json"]).output().unwrap();
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys.len(), 2);
+    let current = keys.iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    // The key in use cannot be removed; another key can.
+    env.cmd().args(["key", "remove", &current[..8]]).assert().code(2);
+    env.cmd()
+        .env("COFFER_PASSWORD", "second")
+        .args(["key", "remove", &current[..8]])
+        .assert()
+        .success();
+    env.cmd().arg("snapshots").assert().code(4);
+    env.cmd()
+        .env("COFFER_PASSWORD", "second")
+        .env("COFFER_NEW_PASSWORD", "third")
+        .args(["key", "passwd"])
+        .assert()
+        .success();
+    env.cmd().env("COFFER_PASSWORD", "second").arg("snapshots").assert().code(4);
+    env.cmd().env("COFFER_PASSWORD", "third").arg("snapshots").assert().success();
+}
+
+#[test]
+fn default_repository_is_created_with_a_key_file() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let home = env.path("home");
+    let out = env
+        .cmd()
+        .env_remove("COFFER_REPO")
+        .env_remove("COFFER_PASSWORD")
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let key = home.join("key");
+    assert!(err.contains(key.to_str().unwrap()), "{err}");
+    assert!(err.contains("WITHOUT THIS KEY FILE"), "{err}");
+    assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::metadata(home.join("repo")).unwrap().permissions().mode() & 0o777, 0o700);
+    for f in list_files(&home.join("repo")) {
+        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
+    }
+    let target = env.path("r");
+    env.cmd()
+        .env_remove("COFFER_REPO")
+        .env_remove("COFFER_PASSWORD")
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_same_tree(&src, &restored(&target, &src));
+}
+
+#[test]
+fn config_file_names_repository_and_passphrase_env_overrides() {
+    let env = Env::new();
+    let cfg = env.path("coffer.toml");
+    fs::write(env.path("pw"), "from file\n").unwrap();
+    fs::write(&cfg, format!("repository = \"{}\"\npassword_file = \"pw\"\n", env.path("cfgrepo").display())).unwrap();
+    let cmd = || {
+        let mut c = env.cmd();
+        c.env_remove("COFFER_REPO").env_remove("COFFER_PASSWORD").env("COFFER_CONFIG", &cfg);
+        c
+    };
+    cmd().arg("init").assert().success();
+    assert!(env.path("cfgrepo/config").exists());
+    cmd().arg("snapshots").assert().success();
+    cmd().env("COFFER_PASSWORD", "other").arg("snapshots").assert().code(4);
+    cmd().env("COFFER_REPO", env.path("nowhere")).arg("snapshots").assert().code(6);
+    fs::write(&cfg, "repository = [").unwrap();
+    cmd().arg("snapshots").assert().code(2);
+}
+
+#[test]
+fn corruption_is_detected_named_and_never_restored() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    let id = env.backup(&[src.to_str().unwrap()]);
+    env.cmd().args(["check", "--read-data"]).assert().success();
+    // Flip one byte in the middle of the largest pack (data, not the header).
+    let mut packs = env.packs();
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let victim = packs.last().unwrap().clone();
+    let mut bytes = fs::read(&victim).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x40;
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&victim, &bytes).unwrap();
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+
+    let out = env.cmd().args(["check", "--read-data"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&name), "check does not name the pack: {err}");
+    assert!(err.contains(&id[..8]), "check does not name the snapshot: {err}");
+
+    let target = env.path("r");
+    let out = env
+        .cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // Whatever was written is correct; the damaged file is absent, not wrong.
+    let r = restored(&target, &src);
+    let mut wrong = Vec::new();
+    for f in list_files(&r) {
+        let rel = f.strip_prefix(&r).unwrap();
+        let orig = src.join(rel);
+        if fs::symlink_metadata(&f).unwrap().file_type().is_file() && fs::read(&f).unwrap() != fs::read(&orig).unwrap() {
+            wrong.push(rel.display().to_string());
+        }
+        assert!(!f.file_name().unwrap().to_string_lossy().contains(".coffer-restore"), "temp file left: {}", f.display());
+    }
+    assert!(wrong.is_empty(), "restore wrote wrong files: {wrong:?}");
+    assert!(!r.join("dir/big.bin").exists() || fs::read(r.join("dir/big.bin")).unwrap() == fs::read(src.join("dir/big.bin")).unwrap());
+    // dump of a damaged file fails with the integrity exit code as well.
+    let big = format!("{}/dir/big.bin", src.display());
+    let text = format!("{}/dir/text.log", src.display());
+    let a = env.cmd().args(["dump", "latest", &big]).output().unwrap().status.code();
+    let b = env.cmd().args(["dump", "latest", &text]).output().unwrap().status.code();
+    assert!(a == Some(3) || b == Some(3), "dump did not notice the damage ({a:?}, {b:?})");
+}
+
+#[test]
+fn forget_applies_restic_policy() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Daily snapshots at 02:00 and 14:00 from 2024-01-01 to 2024-01-10, plus older ones.
+    let mut times = Vec::new();
+    for d in 1..=10 {
+        times.push(format!("2024-01-{d:02}T02:00:00Z"));
+        times.push(format!("2024-01-{d:02}T14:00:00Z"));
+    }
+    times.push("2023-11-15T12:00:00Z".into());
+    times.push("2022-06-01T12:00:00Z".into());
+    for (i, t) in times.iter().enumerate() {
+        fs::write(src.join("f"), format!("version {i}")).unwrap();
+        env.backup(&[src.to_str().unwrap(), "--time", t]);
+    }
+    assert_eq!(env.snapshots().len(), 22);
+    let out = env
+        .cmd()
+        .args(["forget", "--keep-daily", "3", "--keep-monthly", "3", "--json", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(env.snapshots().len(), 22, "dry run removed snapshots");
+    env.cmd()
+        .args(["forget", "--keep-last", "2", "--keep-daily", "3", "--keep-monthly", "3", "--prune"])
+        .assert()
+        .success();
+    let mut kept: Vec<String> = env
+        .snapshots()
+        .iter()
+        .map(|s| chrono::DateTime::parse_from_rfc3339(s["time"].as_str().unwrap()).unwrap().to_utc().to_rfc3339())
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec![
+            "2022-06-01T12:00:00+00:00", // monthly (third month with snapshots)
+            "2023-11-15T12:00:00+00:00", // monthly (November)
+            "2024-01-08T14:00:00+00:00", // daily
+            "2024-01-09T14:00:00+00:00", // daily
+            "2024-01-10T02:00:00+00:00", // last
+            "2024-01-10T14:00:00+00:00", // last, daily, monthly (January)
+        ]
+    );
+    // monthly 3 = Jan 2024, Nov 2023, Jun 2022: restic counts months that have
+    // snapshots, not calendar months.
+    env.cmd().args(["check", "--read-data"]).assert().success();
+    let target = env.path("r");
+    env.cmd().args(["restore", "latest", "--target", target.to_str().unwrap()]).assert().success();
+    assert_eq!(fs::read_to_string(restored(&target, &src).join("f")).unwrap(), "version 19");
+}
+
+#[test]
+fn prune_removes_unreferenced_data_and_keeps_the_rest() {
+    let env = Env::new();
+    env.init();
+    let a = env.path("a");
+    let b = env.path("b");
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    fs::write(a.join("x"), noise(1, 6 << 20)).unwrap();
+    fs::write(b.join("y"), noise(2, 6 << 20)).unwrap();
+    let ida = env.backup(&[a.to_str().unwrap()]);
+    env.backup(&[b.to_str().unwrap()]);
+    let before: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    env.cmd().args(["forget", &ida[..8]]).assert().success();
+    env.cmd().arg("prune").assert().success();
+    let after: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert!(after < before * 6 / 10, "prune freed too little: {before} -> {after}");
+    env.cmd().args(["check", "--read-data"]).assert().success();
+    let target = env.path("r");
+    env.cmd().args(["restore", "latest", "--target", target.to_str().unwrap()]).assert().success();
+    assert_same_tree(&b, &restored(&target, &b));
+}
+
+/// A backup reading from a pipe we control stays in progress (holding its lock) until
+/// we close the pipe.
+fn start_stdin_backup(env: &Env, name: &str) -> std::process::Child {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if k.starts_with("COFFER_") {
+            c.env_remove(&k);
+        }
+    }
+    c.env("COFFER_REPO", &env.repo)
+        .env("COFFER_PASSWORD", "correct horse")
+        .env("COFFER_HOME", env.path("home"))
+        .args(["backup", "--quiet", "--stdin", "--stdin-name", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_locks(env: &Env, n: usize) {
+    for _ in 0..500 {
+        if list_files(&env.repo.join("locks")).len() >= n {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the backups never took their locks");
+}
+
+#[test]
+fn concurrent_backups_both_succeed_and_prune_waits_for_them() {
+    let env = Env::new();
+    env.init();
+    let mut one = start_stdin_backup(&env, "one");
+    let mut two = start_stdin_backup(&env, "two");
+    let d1 = noise(11, 9 << 20);
+    let d2 = noise(12, 9 << 20);
+    let mut s1 = one.stdin.take().unwrap();
+    let mut s2 = two.stdin.take().unwrap();
+    s1.write_all(&d1[..4 << 20]).unwrap();
+    s2.write_all(&d2[..4 << 20]).unwrap();
+    wait_for_locks(&env, 2);
+    // Both are mid-way: prune must refuse (exit 5), not delete their packs.
+    let out = env.cmd().arg("prune").output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locked"));
+    s1.write_all(&d1[4 << 20..]).unwrap();
+    s2.write_all(&d2[4 << 20..]).unwrap();
+    drop(s1);
+    drop(s2);
+    assert!(one.wait().unwrap().success());
+    assert!(two.wait().unwrap().success());
+    assert_eq!(env.snapshots().len(), 2);
+    env.cmd().arg("prune").assert().success();
+    env.cmd().args(["check", "--read-data"]).assert().success();
+    for (name, data) in [("/one", &d1), ("/two", &d2)] {
+        let snaps = env.snapshots();
+        let s = snaps.iter().find(|s| s["paths"][0] == name).expect("snapshot of each stream");
+        let id = s["id"].as_str().unwrap();
+        let out = env.cmd().args(["dump", id, name]).output().unwrap();
+        assert!(out.status.success());
+        assert!(out.stdout == *data, "{name} differs after concurrent backups");
+    }
+}
+
+#[test]
+fn stale_lock_of_a_killed_process_is_recognised() {
+    let env = Env::new();
+    env.init();
+    let mut b = start_stdin_backup(&env, "s");
+    b.stdin.as_mut().unwrap().write_all(&noise(3, 1 << 20)).unwrap();
+    wait_for_locks(&env, 1);
+    b.kill().unwrap();
+    b.wait().unwrap();
+    assert_eq!(list_files(&env.repo.join("locks")).len(), 1);
+    // The lock's process is gone: prune proceeds, unlock removes it.
+    env.cmd().arg("prune").assert().success();
+    env.cmd().arg("unlock").assert().success();
+    assert!(list_files(&env.repo.join("locks")).is_empty());
+    env.cmd().arg("check").assert().success();
+}
+
+#[test]
+fn kill_9_mid_backup_leaves_a_usable_repository() {
+    let env = Env::new();
+    env.cmd().args(["init", "--pack-size", "1"]).assert().success();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        fs::write(src.join(format!("f{i}")), noise(100 + i, 16 << 20)).unwrap();
+    }
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    c.env_remove("COFFER_PASSWORD_FILE")
+        .env("COFFER_REPO", &env.repo)
+        .env("COFFER_PASSWORD", "correct horse")
+        .env("COFFER_HOME", env.path("home"))
+        .args(["backup", "--quiet", src.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(env.path("stderr")).unwrap()));
+    let mut child = c.spawn().unwrap();
+    // Wait until index files were written (more than 16 packs), then kill -9.
+    let mut killed = false;
+    for _ in 0..3000 {
+        if list_files(&env.repo.join("index")).len() >= 2 {
+            child.kill().unwrap(); // SIGKILL
+            killed = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        killed,
+        "the backup finished ({status}) before it could be killed: {}",
+        fs::read_to_string(env.path("stderr")).unwrap()
+    );
+    assert!(env.snapshots().is_empty(), "a snapshot exists after kill -9");
+
+    // check accepts the repository (leftovers are only a warning) ...
+    env.cmd().args(["check", "--read-data"]).assert().success();
+    // ... the next backup needs no manual step and reuses what was indexed ...
+    let out = env.cmd().args(["backup", "--json", src.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["summary"]["bytes_added"].as_u64().unwrap() < 12 * (16 << 20), "nothing was reused: {v}");
+    // ... restore is exact, and prune cleans up the unindexed packs.
+    let target = env.path("r");
+    env.cmd().args(["restore", "latest", "--target", target.to_str().unwrap()]).assert().success();
+    assert_same_tree(&src, &restored(&target, &src));
+    env.cmd().arg("prune").assert().success();
+    let out = env.cmd().args(["check", "--read-data"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not in any index"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_version_works() {
+    let env = Env::new();
+    env.cmd().arg("frobnicate").assert().code(2);
+    env.cmd().args(["backup", "--time", "yesterday", "/tmp"]).assert().code(2);
+    let out = env.cmd().arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("coffer "));
+}

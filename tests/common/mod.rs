@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests: a coffer command with a clean environment,
+//! generated trees, and a strict tree comparison.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        Env { dir, repo }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// `coffer` with the repository and passphrase set and nothing inherited.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("coffer").unwrap();
+        clean_env(&mut c);
+        c.env("COFFER_HOME", self.dir.path().join("home"))
+            .env("COFFER_REPO", &self.repo)
+            .env("COFFER_PASSWORD", "correct horse");
+        c
+    }
+
+    pub fn init(&self) {
+        self.cmd().args(["init", "--pack-size", "4"]).assert().success();
+    }
+
+    /// Run a backup and return the snapshot id from its JSON output.
+    pub fn backup(&self, args: &[&str]) -> String {
+        let out = self.cmd().arg("backup").arg("--json").args(args).output().unwrap();
+        assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        let out = self.cmd().args(["snapshots", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn packs(&self) -> Vec<PathBuf> {
+        list_files(&self.repo.join("data"))
+    }
+}
+
+pub fn clean_env(c: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if k.starts_with("COFFER_") || k.starts_with("AWS_") {
+            c.env_remove(&k);
+        }
+    }
+}
+
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(list_files(&p));
+        } else if !e.file_name().as_bytes().starts_with(b".tmp-") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A tree with the awkward cases: odd names, modes, symlinks, empty dirs and files.
+pub fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("dir/sub/deeper")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::write(root.join("hello.txt"), b"hello world\n").unwrap();
+    fs::write(root.join("empty-file"), b"").unwrap();
+    fs::write(root.join("dir/big.bin"), noise(1, 3 << 20)).unwrap();
+    fs::write(root.join("dir/text.log"), "line of text\n".repeat(50_000)).unwrap();
+    fs::write(root.join("dir/sub/deeper/x"), b"x").unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"odd \xff\xfe name\twith\nnewline");
+    fs::write(root.join(odd), b"odd").unwrap();
+    fs::write(root.join("spa ce & ünïcødé ✓"), b"u").unwrap();
+    std::os::unix::fs::symlink("hello.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::set_permissions(root.join("hello.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(root.join("dir/sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(root.join("empty-file"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let t = filetime::FileTime::from_unix_time(1_500_000_000, 123_456_789);
+    filetime::set_file_mtime(root.join("dir/text.log"), t).unwrap();
+    filetime::set_file_mtime(root.join("dir/sub/deeper"), t).unwrap();
+}
+
+/// Assert two trees are identical: types, contents, permission bits, mtimes (files and
+/// directories), symlink targets.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let ma = fs::symlink_metadata(a).unwrap_or_else(|e| panic!("{}: {e}", a.display()));
+    let mb = fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+    assert_eq!(ma.file_type(), mb.file_type(), "type of {}", b.display());
+    if ma.file_type().is_symlink() {
+        assert_eq!(fs::read_link(a).unwrap(), fs::read_link(b).unwrap(), "target of {}", b.display());
+        return;
+    }
+    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", b.display());
+    assert_eq!(ma.mtime(), mb.mtime(), "mtime of {}", b.display());
+    assert_eq!(ma.mtime_nsec(), mb.mtime_nsec(), "mtime ns of {}", b.display());
+    if ma.is_dir() {
+        let names = |p: &Path| {
+            let mut v: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            v.sort();
+            v
+        };
+        let (na, nb) = (names(a), names(b));
+        assert_eq!(na, nb, "entries of {}", b.display());
+        for n in na {
+            assert_same_tree(&a.join(&n), &b.join(&n));
+        }
+    } else {
+        assert!(fs::read(a).unwrap() == fs::read(b).unwrap(), "content of {}", b.display());
+    }
+}
+
+/// Where `src` lands inside a restore target (snapshots mirror absolute paths).
+pub fn restored(target: &Path, src: &Path) -> PathBuf {
+    target.join(src.strip_prefix("/").unwrap())
+}
