@@ -57,6 +57,10 @@ mod tests {
         shifted.extend_from_slice(&data);
         let b: Vec<Vec<u8>> = Chunker::new(&p, &shifted[..]).map(|c| c.unwrap()).collect();
         let common = a.iter().filter(|c| b.contains(c)).count();
-        assert!(common >= a.len() - 2, "only {common} of {} chunks survived an insert", a.len());
+        assert!(
+            common >= a.len() - 2,
+            "only {common} of {} chunks survived an insert",
+            a.len()
+        );
     }
 }

@@ -25,8 +25,9 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::usage(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!("cannot read config file {}: {e}", path.display()))
+        })?;
         let mut c: Config = toml::from_str(&text)
             .map_err(|e| Error::usage(format!("config file {}: {e}", path.display())))?;
         // Relative paths in the file are relative to the file.
@@ -46,7 +47,11 @@ mod tests {
     fn parses_and_resolves_relative_paths() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("coffer.toml");
-        std::fs::write(&p, "repository = \"/r\"\npassword_file = \"pw\"\n[later]\nx = 1\n").unwrap();
+        std::fs::write(
+            &p,
+            "repository = \"/r\"\npassword_file = \"pw\"\n[later]\nx = 1\n",
+        )
+        .unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.repository.as_deref(), Some("/r"));
         assert_eq!(c.password_file.unwrap(), d.path().join("pw"));

@@ -88,7 +88,9 @@ impl MasterKey {
                 &mut buf,
                 Tag::from_slice(tag),
             )
-            .map_err(|_| Error::integrity("authentication failed: the object was modified or damaged"))?;
+            .map_err(|_| {
+                Error::integrity("authentication failed: the object was modified or damaged")
+            })?;
         Ok(buf)
     }
 }
@@ -148,12 +150,14 @@ pub mod compress {
         /// not pay.
         pub fn encode(&mut self, data: &[u8]) -> Vec<u8> {
             if let Some(c) = self.inner.as_mut() {
-                let worth_trying = data.len() < SAMPLE_THRESHOLD || {
-                    let sample = &data[..SAMPLE];
-                    matches!(self.sampler.compress(sample), Ok(z) if z.len() < sample.len() * 97 / 100)
-                };
+                let worth_trying = data.len() < SAMPLE_THRESHOLD
+                    || {
+                        let sample = &data[..SAMPLE];
+                        matches!(self.sampler.compress(sample), Ok(z) if z.len() < sample.len() * 97 / 100)
+                    };
                 if worth_trying {
-                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + 1);
+                    let mut out =
+                        Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + 1);
                     if let Ok(n) = c.compress_to_buffer(data, &mut out) {
                         if n < data.len() {
                             out.push(ZSTD);
@@ -196,7 +200,9 @@ pub(crate) mod b64 {
     pub fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
     }
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         let s = String::deserialize(d)?;
         let v = base64::engine::general_purpose::STANDARD
             .decode(s)

@@ -31,7 +31,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn hidden() -> Progress {
-        Progress { bar: None, mode: Mode::Quiet }
+        Progress {
+            bar: None,
+            mode: Mode::Quiet,
+        }
     }
 
     /// A byte counter with an optional total.

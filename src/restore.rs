@@ -6,6 +6,7 @@
 //! corrupted repository never leaves a silently wrong file under the real name. Work is
 //! grouped by pack: each pack is read once, by one of several parallel workers.
 
+use crate::backend::FileKind;
 use crate::error::{Error, ErrorKind};
 use crate::id::Id;
 use crate::progress::Progress;
@@ -13,7 +14,6 @@ use crate::repo::index::MasterIndex;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Node, NodeKind, Tree};
 use crate::repo::Repository;
-use crate::backend::FileKind;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -56,6 +56,9 @@ struct BlobUse {
     file: usize,
     offset: u64,
 }
+
+/// The blobs needed from one pack, each with the places it goes.
+type PackWork = Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>;
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -112,8 +115,13 @@ fn plan(
     let t: Tree = repo.load_tree(index, tree)?;
     for n in t.nodes {
         let name = n.name.to_os();
-        if n.name.0.is_empty() || n.name.0 == b"." || n.name.0 == b".." || n.name.0.contains(&b'/') {
-            return Err(Error::integrity(format!("snapshot contains an invalid name {:?}", n.name.display())).into());
+        if n.name.0.is_empty() || n.name.0 == b"." || n.name.0 == b".." || n.name.0.contains(&b'/')
+        {
+            return Err(Error::integrity(format!(
+                "snapshot contains an invalid name {:?}",
+                n.name.display()
+            ))
+            .into());
         }
         let p = format!("{snap_path}/{}", n.name.display());
         let (take, descend) = selected(&p, includes);
@@ -180,10 +188,15 @@ pub fn restore(
     };
     plan(repo, index, &snap.tree, "", &opts.target, &includes, &mut p)?;
     if !includes.is_empty() && p.files.is_empty() && p.links.is_empty() && p.dirs.is_empty() {
-        return Err(Error::new(ErrorKind::NotFound, format!("nothing in the snapshot matches {:?}", opts.includes)).into());
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("nothing in the snapshot matches {:?}", opts.includes),
+        )
+        .into());
     }
     let mut report = RestoreReport::default();
-    fs::create_dir_all(&opts.target).with_context(|| format!("cannot create {}", opts.target.display()))?;
+    fs::create_dir_all(&opts.target)
+        .with_context(|| format!("cannot create {}", opts.target.display()))?;
     // Directories (parents before children: they were pushed children first).
     for (d, _) in p.dirs.iter().rev() {
         fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -194,13 +207,14 @@ pub fn restore(
         }
         let _ = fs::remove_file(d);
         let target = n.target.clone().unwrap_or_default().to_os();
-        std::os::unix::fs::symlink(&target, d).with_context(|| format!("cannot create symlink {}", d.display()))?;
+        std::os::unix::fs::symlink(&target, d)
+            .with_context(|| format!("cannot create symlink {}", d.display()))?;
         set_meta(d, n, true).with_context(|| format!("cannot set metadata of {}", d.display()))?;
         report.symlinks += 1;
     }
 
     // Files: create temporaries, map every chunk to its places.
-    let mut by_pack: HashMap<u32, Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>> = HashMap::new();
+    let mut by_pack: HashMap<u32, PackWork> = HashMap::new();
     let mut blob_slot: HashMap<Id, (u32, usize)> = HashMap::new();
     let prepared = (|| -> Result<()> {
         for (i, job) in p.files.iter().enumerate() {
@@ -227,7 +241,10 @@ pub fn restore(
                         job.dest.display()
                     ))
                 })?;
-                let use_ = BlobUse { file: i, offset: off };
+                let use_ = BlobUse {
+                    file: i,
+                    offset: off,
+                };
                 off += loc.entry.raw_length as u64;
                 match blob_slot.get(c) {
                     Some(&(pack, k)) => by_pack.get_mut(&pack).unwrap()[k].1.push(use_),
@@ -239,7 +256,11 @@ pub fn restore(
                 }
             }
             if off != job.node.size {
-                return Err(Error::integrity(format!("{}: chunk sizes do not add up to the file size", job.dest.display())).into());
+                return Err(Error::integrity(format!(
+                    "{}: chunk sizes do not add up to the file size",
+                    job.dest.display()
+                ))
+                .into());
             }
         }
         Ok(())
@@ -257,7 +278,10 @@ pub fn restore(
     let damaged = AtomicBool::new(false);
     let fail = |job: &FileJob, msg: String| {
         if !job.failed.swap(true, Ordering::SeqCst) {
-            errors.lock().unwrap().push(format!("{}: {msg}", job.dest.display()));
+            errors
+                .lock()
+                .unwrap()
+                .push(format!("{}: {msg}", job.dest.display()));
         }
     };
     // Empty files are complete already.
@@ -268,31 +292,44 @@ pub fn restore(
             }
         }
     }
-    let work: Vec<(u32, Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>)> = by_pack.into_iter().collect();
+    let work: Vec<(u32, PackWork)> = by_pack.into_iter().collect();
     let next = AtomicUsize::new(0);
-    let threads = repo.backend.concurrency().max(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let threads = repo.backend.concurrency().max(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+    );
     std::thread::scope(|sc| {
         for _ in 0..threads {
             sc.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((pack, blobs)) = work.get(i) else { break };
+                let Some((pack, blobs)) = work.get(i) else {
+                    break;
+                };
                 let pack_id = index.packs[*pack as usize].id;
-                let start = blobs.iter().map(|b| b.0.entry.offset as u64).min().unwrap_or(0);
+                let start = blobs
+                    .iter()
+                    .map(|b| b.0.entry.offset as u64)
+                    .min()
+                    .unwrap_or(0);
                 let end = blobs
                     .iter()
                     .map(|b| b.0.entry.offset as u64 + b.0.entry.length as u64)
                     .max()
                     .unwrap_or(0);
-                let span = repo.backend.read_range(FileKind::Pack, &pack_id.to_hex(), start, end - start);
+                let span =
+                    repo.backend
+                        .read_range(FileKind::Pack, &pack_id.to_hex(), start, end - start);
                 for (loc, uses) in blobs {
                     let data = match &span {
                         Ok(span) => {
                             let s = (loc.entry.offset as u64 - start) as usize;
                             let sealed = &span[s..s + loc.entry.length as usize];
-                            repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length).map_err(|e| {
-                                damaged.store(true, Ordering::SeqCst);
-                                format!("{e:#} (pack {pack_id})")
-                            })
+                            repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length)
+                                .map_err(|e| {
+                                    damaged.store(true, Ordering::SeqCst);
+                                    format!("{e:#} (pack {pack_id})")
+                                })
                         }
                         Err(e) => {
                             if coffer_kind(e) == ErrorKind::Integrity {
@@ -358,7 +395,10 @@ pub fn restore(
         let (kind, why) = if damaged.load(Ordering::SeqCst) {
             (ErrorKind::Integrity, "repository data is damaged")
         } else if io_failed.load(Ordering::SeqCst) {
-            (ErrorKind::Other, "reading the repository or writing the target failed")
+            (
+                ErrorKind::Other,
+                "reading the repository or writing the target failed",
+            )
         } else {
             (ErrorKind::Other, "of the errors below")
         };
@@ -380,7 +420,12 @@ fn coffer_kind(e: &anyhow::Error) -> ErrorKind {
 }
 
 /// Find the node at `path` (e.g. `/srv/app/config.toml`) in a snapshot.
-pub fn find_node(repo: &Repository, index: &MasterIndex, snap: &Snapshot, path: &str) -> Result<Node> {
+pub fn find_node(
+    repo: &Repository,
+    index: &MasterIndex,
+    snap: &Snapshot,
+    path: &str,
+) -> Result<Node> {
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if parts.is_empty() {
         return Err(Error::usage("give the path of a file inside the snapshot").into());
@@ -388,22 +433,33 @@ pub fn find_node(repo: &Repository, index: &MasterIndex, snap: &Snapshot, path: 
     let mut tree = snap.tree;
     for (i, part) in parts.iter().enumerate() {
         let t = repo.load_tree(index, &tree)?;
-        let n = t
-            .find(part.as_bytes())
-            .cloned()
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{path} is not in snapshot {}", snap.id.short())))?;
+        let n = t.find(part.as_bytes()).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("{path} is not in snapshot {}", snap.id.short()),
+            )
+        })?;
         if i + 1 == parts.len() {
             return Ok(n);
         }
-        tree = n
-            .subtree
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{path} is not in snapshot {}", snap.id.short())))?;
+        tree = n.subtree.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("{path} is not in snapshot {}", snap.id.short()),
+            )
+        })?;
     }
     unreachable!()
 }
 
 /// Write one file or stream of a snapshot to `out`, verifying every chunk.
-pub fn dump(repo: &Repository, index: &MasterIndex, snap: &Snapshot, path: &str, out: &mut dyn Write) -> Result<u64> {
+pub fn dump(
+    repo: &Repository,
+    index: &MasterIndex,
+    snap: &Snapshot,
+    path: &str,
+    out: &mut dyn Write,
+) -> Result<u64> {
     let n = find_node(repo, index, snap, path)?;
     if !matches!(n.kind, NodeKind::File | NodeKind::Stream) {
         return Err(Error::usage(format!("{path} is not a file or stream")).into());
@@ -433,7 +489,11 @@ pub fn dump(repo: &Repository, index: &MasterIndex, snap: &Snapshot, path: &str,
     })?;
     out.flush()?;
     if written != n.size {
-        return Err(Error::integrity(format!("{path}: wrote {written} bytes, the snapshot records {}", n.size)).into());
+        return Err(Error::integrity(format!(
+            "{path}: wrote {written} bytes, the snapshot records {}",
+            n.size
+        ))
+        .into());
     }
     Ok(written)
 }

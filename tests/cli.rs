@@ -35,14 +35,30 @@ fn backup_restore_round_trip_is_exact() {
 
     // `latest` and a second, unchanged backup that stores (almost) nothing: at most the
     // trees of parent directories such as /tmp, whose mtimes other processes change.
-    let before: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
-    let out = env.cmd().args(["backup", "--json", src.to_str().unwrap()]).output().unwrap();
+    let before: u64 = env
+        .packs()
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    let out = env
+        .cmd()
+        .args(["backup", "--json", src.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["summary"]["files_unchanged"], 7);
     assert!(v["summary"]["bytes_added"].as_u64().unwrap() < 4096, "{v}");
-    let after: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
-    assert!(after - before < 4096, "an unchanged backup wrote {} bytes", after - before);
+    let after: u64 = env
+        .packs()
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        after - before < 4096,
+        "an unchanged backup wrote {} bytes",
+        after - before
+    );
     let target2 = env.path("restore2");
     env.cmd()
         .args(["restore", "latest", "--target", target2.to_str().unwrap()])
@@ -60,11 +76,26 @@ fn changed_files_are_picked_up_and_excludes_apply() {
     fs::write(src.join("skip.tmp"), b"nope").unwrap();
     fs::create_dir_all(src.join("cache")).unwrap();
     fs::write(src.join("cache/c"), b"nope").unwrap();
-    env.backup(&[src.to_str().unwrap(), "--exclude", "*.tmp", "--exclude", &format!("{}/cache", src.display())]);
+    env.backup(&[
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        &format!("{}/cache", src.display()),
+    ]);
     fs::write(src.join("hello.txt"), b"changed content\n").unwrap();
-    let id = env.backup(&[src.to_str().unwrap(), "--exclude", "*.tmp", "--exclude", &format!("{}/cache", src.display())]);
+    let id = env.backup(&[
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        &format!("{}/cache", src.display()),
+    ]);
     let target = env.path("r");
-    env.cmd().args(["restore", &id, "--target", target.to_str().unwrap()]).assert().success();
+    env.cmd()
+        .args(["restore", &id, "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
     let r = restored(&target, &src);
     assert_eq!(fs::read(r.join("hello.txt")).unwrap(), b"changed content\n");
     assert!(!r.join("skip.tmp").exists());
@@ -86,7 +117,14 @@ fn include_restores_only_part_and_dump_streams_one_file() {
     let target = env.path("r");
     let inc = format!("{}/dir/sub", src.display());
     env.cmd()
-        .args(["restore", "latest", "--target", target.to_str().unwrap(), "--include", &inc])
+        .args([
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--include",
+            &inc,
+        ])
         .assert()
         .success();
     let r = restored(&target, &src);
@@ -118,12 +156,20 @@ fn stdin_stream_round_trip() {
         .write_stdin(data.clone())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let snaps = env.snapshots();
     assert_eq!(snaps[0]["kind"], "stream");
     assert_eq!(snaps[0]["paths"][0], "/db.dump");
     assert_eq!(snaps[0]["size"], 5 << 20);
-    let out = env.cmd().args(["dump", "latest", "/db.dump"]).output().unwrap();
+    let out = env
+        .cmd()
+        .args(["dump", "latest", "/db.dump"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(out.stdout == data);
     // Same stream again: deduplicated.
@@ -134,7 +180,10 @@ fn stdin_stream_round_trip() {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["summary"]["blobs_added"], 1, "only the tree may be new: {v}");
+    assert_eq!(
+        v["summary"]["blobs_added"], 1,
+        "only the tree may be new: {v}"
+    );
 }
 
 #[test]
@@ -150,7 +199,12 @@ fn failed_source_leaves_no_snapshot() {
         .stdin(Stdio::from(dir))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(8), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(env.snapshots().is_empty());
     // A path that does not exist.
     env.cmd()
@@ -165,14 +219,27 @@ fn failed_source_leaves_no_snapshot() {
 fn passphrase_errors() {
     let env = Env::new();
     env.init();
-    let out = env.cmd().env("COFFER_PASSWORD", "wrong").arg("snapshots").output().unwrap();
+    let out = env
+        .cmd()
+        .env("COFFER_PASSWORD", "wrong")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"));
-    env.cmd().env("COFFER_PASSWORD", "").arg("snapshots").assert().code(2);
+    env.cmd()
+        .env("COFFER_PASSWORD", "")
+        .arg("snapshots")
+        .assert()
+        .code(2);
     // No passphrase at all and no terminal.
-    env.cmd().env_remove("COFFER_PASSWORD").arg("snapshots").assert().code(2);
+    env.cmd()
+        .env_remove("COFFER_PASSWORD")
+        .arg("snapshots")
+        .assert()
+        .code(2);
     // Passphrase file.
     let pf = env.path("pw");
     fs::write(&pf, "correct horse\n").unwrap();
@@ -184,24 +251,47 @@ fn passphrase_errors() {
         .success();
     // Init refuses an empty passphrase and an existing repository.
     let other = env.path("other");
-    env.cmd().env("COFFER_REPO", &other).env("COFFER_PASSWORD", "").arg("init").assert().code(2);
+    env.cmd()
+        .env("COFFER_REPO", &other)
+        .env("COFFER_PASSWORD", "")
+        .arg("init")
+        .assert()
+        .code(2);
     env.cmd().arg("init").assert().code(2);
     // No repository there.
-    env.cmd().env("COFFER_REPO", &other).arg("snapshots").assert().code(6);
+    env.cmd()
+        .env("COFFER_REPO", &other)
+        .arg("snapshots")
+        .assert()
+        .code(6);
 }
 
 #[test]
 fn key_slots_add_remove_passwd() {
     let env = Env::new();
     env.init();
-    env.cmd().args(["key", "add"]).env("COFFER_NEW_PASSWORD", "second").assert().success();
-    env.cmd().env("COFFER_PASSWORD", "second").arg("snapshots").assert().success();
+    env.cmd()
+        .args(["key", "add"])
+        .env("COFFER_NEW_PASSWORD", "second")
+        .assert()
+        .success();
+    env.cmd()
+        .env("COFFER_PASSWORD", "second")
+        .arg("snapshots")
+        .assert()
+        .success();
     let out = env.cmd().args(["key", "list", "--json"]).output().unwrap();
     let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(keys.len(), 2);
-    let current = keys.iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    let current = keys.iter().find(|k| k["current"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The key in use cannot be removed; another key can.
-    env.cmd().args(["key", "remove", &current[..8]]).assert().code(2);
+    env.cmd()
+        .args(["key", "remove", &current[..8]])
+        .assert()
+        .code(2);
     env.cmd()
         .env("COFFER_PASSWORD", "second")
         .args(["key", "remove", &current[..8]])
@@ -214,8 +304,16 @@ fn key_slots_add_remove_passwd() {
         .args(["key", "passwd"])
         .assert()
         .success();
-    env.cmd().env("COFFER_PASSWORD", "second").arg("snapshots").assert().code(4);
-    env.cmd().env("COFFER_PASSWORD", "third").arg("snapshots").assert().success();
+    env.cmd()
+        .env("COFFER_PASSWORD", "second")
+        .arg("snapshots")
+        .assert()
+        .code(4);
+    env.cmd()
+        .env("COFFER_PASSWORD", "third")
+        .arg("snapshots")
+        .assert()
+        .success();
 }
 
 #[test]
@@ -231,15 +329,34 @@ fn default_repository_is_created_with_a_key_file() {
         .args(["backup", src.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let key = home.join("key");
     assert!(err.contains(key.to_str().unwrap()), "{err}");
     assert!(err.contains("WITHOUT THIS KEY FILE"), "{err}");
-    assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(fs::metadata(home.join("repo")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(home.join("repo"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
     for f in list_files(&home.join("repo")) {
-        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            f.display()
+        );
     }
     let target = env.path("r");
     env.cmd()
@@ -256,17 +373,34 @@ fn config_file_names_repository_and_passphrase_env_overrides() {
     let env = Env::new();
     let cfg = env.path("coffer.toml");
     fs::write(env.path("pw"), "from file\n").unwrap();
-    fs::write(&cfg, format!("repository = \"{}\"\npassword_file = \"pw\"\n", env.path("cfgrepo").display())).unwrap();
+    fs::write(
+        &cfg,
+        format!(
+            "repository = \"{}\"\npassword_file = \"pw\"\n",
+            env.path("cfgrepo").display()
+        ),
+    )
+    .unwrap();
     let cmd = || {
         let mut c = env.cmd();
-        c.env_remove("COFFER_REPO").env_remove("COFFER_PASSWORD").env("COFFER_CONFIG", &cfg);
+        c.env_remove("COFFER_REPO")
+            .env_remove("COFFER_PASSWORD")
+            .env("COFFER_CONFIG", &cfg);
         c
     };
     cmd().arg("init").assert().success();
     assert!(env.path("cfgrepo/config").exists());
     cmd().arg("snapshots").assert().success();
-    cmd().env("COFFER_PASSWORD", "other").arg("snapshots").assert().code(4);
-    cmd().env("COFFER_REPO", env.path("nowhere")).arg("snapshots").assert().code(6);
+    cmd()
+        .env("COFFER_PASSWORD", "other")
+        .arg("snapshots")
+        .assert()
+        .code(4);
+    cmd()
+        .env("COFFER_REPO", env.path("nowhere"))
+        .arg("snapshots")
+        .assert()
+        .code(6);
     fs::write(&cfg, "repository = [").unwrap();
     cmd().arg("snapshots").assert().code(2);
 }
@@ -294,7 +428,10 @@ fn corruption_is_detected_named_and_never_restored() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&name), "check does not name the pack: {err}");
-    assert!(err.contains(&id[..8]), "check does not name the snapshot: {err}");
+    assert!(
+        err.contains(&id[..8]),
+        "check does not name the snapshot: {err}"
+    );
 
     let target = env.path("r");
     let out = env
@@ -302,26 +439,59 @@ fn corruption_is_detected_named_and_never_restored() {
         .args(["restore", "latest", "--target", target.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Whatever was written is correct; the damaged file is absent, not wrong.
     let r = restored(&target, &src);
     let mut wrong = Vec::new();
     for f in list_files(&r) {
         let rel = f.strip_prefix(&r).unwrap();
         let orig = src.join(rel);
-        if fs::symlink_metadata(&f).unwrap().file_type().is_file() && fs::read(&f).unwrap() != fs::read(&orig).unwrap() {
+        if fs::symlink_metadata(&f).unwrap().file_type().is_file()
+            && fs::read(&f).unwrap() != fs::read(&orig).unwrap()
+        {
             wrong.push(rel.display().to_string());
         }
-        assert!(!f.file_name().unwrap().to_string_lossy().contains(".coffer-restore"), "temp file left: {}", f.display());
+        assert!(
+            !f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains(".coffer-restore"),
+            "temp file left: {}",
+            f.display()
+        );
     }
     assert!(wrong.is_empty(), "restore wrote wrong files: {wrong:?}");
-    assert!(!r.join("dir/big.bin").exists() || fs::read(r.join("dir/big.bin")).unwrap() == fs::read(src.join("dir/big.bin")).unwrap());
+    assert!(
+        !r.join("dir/big.bin").exists()
+            || fs::read(r.join("dir/big.bin")).unwrap()
+                == fs::read(src.join("dir/big.bin")).unwrap()
+    );
     // dump of a damaged file fails with the integrity exit code as well.
     let big = format!("{}/dir/big.bin", src.display());
     let text = format!("{}/dir/text.log", src.display());
-    let a = env.cmd().args(["dump", "latest", &big]).output().unwrap().status.code();
-    let b = env.cmd().args(["dump", "latest", &text]).output().unwrap().status.code();
-    assert!(a == Some(3) || b == Some(3), "dump did not notice the damage ({a:?}, {b:?})");
+    let a = env
+        .cmd()
+        .args(["dump", "latest", &big])
+        .output()
+        .unwrap()
+        .status
+        .code();
+    let b = env
+        .cmd()
+        .args(["dump", "latest", &text])
+        .output()
+        .unwrap()
+        .status
+        .code();
+    assert!(
+        a == Some(3) || b == Some(3),
+        "dump did not notice the damage ({a:?}, {b:?})"
+    );
 }
 
 #[test]
@@ -345,19 +515,41 @@ fn forget_applies_restic_policy() {
     assert_eq!(env.snapshots().len(), 22);
     let out = env
         .cmd()
-        .args(["forget", "--keep-daily", "3", "--keep-monthly", "3", "--json", "--dry-run"])
+        .args([
+            "forget",
+            "--keep-daily",
+            "3",
+            "--keep-monthly",
+            "3",
+            "--json",
+            "--dry-run",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(env.snapshots().len(), 22, "dry run removed snapshots");
     env.cmd()
-        .args(["forget", "--keep-last", "2", "--keep-daily", "3", "--keep-monthly", "3", "--prune"])
+        .args([
+            "forget",
+            "--keep-last",
+            "2",
+            "--keep-daily",
+            "3",
+            "--keep-monthly",
+            "3",
+            "--prune",
+        ])
         .assert()
         .success();
     let mut kept: Vec<String> = env
         .snapshots()
         .iter()
-        .map(|s| chrono::DateTime::parse_from_rfc3339(s["time"].as_str().unwrap()).unwrap().to_utc().to_rfc3339())
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s["time"].as_str().unwrap())
+                .unwrap()
+                .to_utc()
+                .to_rfc3339()
+        })
         .collect();
     kept.sort();
     assert_eq!(
@@ -375,8 +567,14 @@ fn forget_applies_restic_policy() {
     // snapshots, not calendar months.
     env.cmd().args(["check", "--read-data"]).assert().success();
     let target = env.path("r");
-    env.cmd().args(["restore", "latest", "--target", target.to_str().unwrap()]).assert().success();
-    assert_eq!(fs::read_to_string(restored(&target, &src).join("f")).unwrap(), "version 19");
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(restored(&target, &src).join("f")).unwrap(),
+        "version 19"
+    );
 }
 
 #[test]
@@ -391,14 +589,28 @@ fn prune_removes_unreferenced_data_and_keeps_the_rest() {
     fs::write(b.join("y"), noise(2, 6 << 20)).unwrap();
     let ida = env.backup(&[a.to_str().unwrap()]);
     env.backup(&[b.to_str().unwrap()]);
-    let before: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let before: u64 = env
+        .packs()
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     env.cmd().args(["forget", &ida[..8]]).assert().success();
     env.cmd().arg("prune").assert().success();
-    let after: u64 = env.packs().iter().map(|p| fs::metadata(p).unwrap().len()).sum();
-    assert!(after < before * 6 / 10, "prune freed too little: {before} -> {after}");
+    let after: u64 = env
+        .packs()
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        after < before * 6 / 10,
+        "prune freed too little: {before} -> {after}"
+    );
     env.cmd().args(["check", "--read-data"]).assert().success();
     let target = env.path("r");
-    env.cmd().args(["restore", "latest", "--target", target.to_str().unwrap()]).assert().success();
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
     assert_same_tree(&b, &restored(&target, &b));
 }
 
@@ -448,7 +660,12 @@ fn concurrent_backups_both_succeed_and_prune_waits_for_them() {
     wait_for_locks(&env, 2);
     // Both are mid-way: prune must refuse (exit 5), not delete their packs.
     let out = env.cmd().arg("prune").output().unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("locked"));
     s1.write_all(&d1[4 << 20..]).unwrap();
     s2.write_all(&d2[4 << 20..]).unwrap();
@@ -461,11 +678,17 @@ fn concurrent_backups_both_succeed_and_prune_waits_for_them() {
     env.cmd().args(["check", "--read-data"]).assert().success();
     for (name, data) in [("/one", &d1), ("/two", &d2)] {
         let snaps = env.snapshots();
-        let s = snaps.iter().find(|s| s["paths"][0] == name).expect("snapshot of each stream");
+        let s = snaps
+            .iter()
+            .find(|s| s["paths"][0] == name)
+            .expect("snapshot of each stream");
         let id = s["id"].as_str().unwrap();
         let out = env.cmd().args(["dump", id, name]).output().unwrap();
         assert!(out.status.success());
-        assert!(out.stdout == *data, "{name} differs after concurrent backups");
+        assert!(
+            out.stdout == *data,
+            "{name} differs after concurrent backups"
+        );
     }
 }
 
@@ -474,7 +697,11 @@ fn stale_lock_of_a_killed_process_is_recognised() {
     let env = Env::new();
     env.init();
     let mut b = start_stdin_backup(&env, "s");
-    b.stdin.as_mut().unwrap().write_all(&noise(3, 1 << 20)).unwrap();
+    b.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&noise(3, 1 << 20))
+        .unwrap();
     wait_for_locks(&env, 1);
     b.kill().unwrap();
     b.wait().unwrap();
@@ -489,7 +716,10 @@ fn stale_lock_of_a_killed_process_is_recognised() {
 #[test]
 fn kill_9_mid_backup_leaves_a_usable_repository() {
     let env = Env::new();
-    env.cmd().args(["init", "--pack-size", "1"]).assert().success();
+    env.cmd()
+        .args(["init", "--pack-size", "1"])
+        .assert()
+        .success();
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
     for i in 0..12 {
@@ -523,18 +753,35 @@ fn kill_9_mid_backup_leaves_a_usable_repository() {
         "the backup finished ({status}) before it could be killed: {}",
         fs::read_to_string(env.path("stderr")).unwrap()
     );
-    assert!(env.snapshots().is_empty(), "a snapshot exists after kill -9");
+    assert!(
+        env.snapshots().is_empty(),
+        "a snapshot exists after kill -9"
+    );
 
     // check accepts the repository (leftovers are only a warning) ...
     env.cmd().args(["check", "--read-data"]).assert().success();
     // ... the next backup needs no manual step and reuses what was indexed ...
-    let out = env.cmd().args(["backup", "--json", src.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .cmd()
+        .args(["backup", "--json", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["summary"]["bytes_added"].as_u64().unwrap() < 12 * (16 << 20), "nothing was reused: {v}");
+    assert!(
+        v["summary"]["bytes_added"].as_u64().unwrap() < 12 * (16 << 20),
+        "nothing was reused: {v}"
+    );
     // ... restore is exact, and prune cleans up the unindexed packs.
     let target = env.path("r");
-    env.cmd().args(["restore", "latest", "--target", target.to_str().unwrap()]).assert().success();
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
     assert_same_tree(&src, &restored(&target, &src));
     env.cmd().arg("prune").assert().success();
     let out = env.cmd().args(["check", "--read-data"]).output().unwrap();
@@ -546,7 +793,10 @@ fn kill_9_mid_backup_leaves_a_usable_repository() {
 fn usage_errors_exit_2_and_version_works() {
     let env = Env::new();
     env.cmd().arg("frobnicate").assert().code(2);
-    env.cmd().args(["backup", "--time", "yesterday", "/tmp"]).assert().code(2);
+    env.cmd()
+        .args(["backup", "--time", "yesterday", "/tmp"])
+        .assert()
+        .code(2);
     let out = env.cmd().arg("version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("coffer "));

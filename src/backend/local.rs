@@ -77,7 +77,11 @@ impl Backend for LocalBackend {
         if !dir.exists() {
             mkdir_private(dir)?;
         }
-        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), crate::Id::random().short()));
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            crate::Id::random().short()
+        ));
         let res = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -219,12 +223,20 @@ mod tests {
         let l = b.list(FileKind::Pack).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].size, 5);
-        let mode = fs::metadata(b.full(FileKind::Pack, &name)).unwrap().permissions().mode();
+        let mode = fs::metadata(b.full(FileKind::Pack, &name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let mode = fs::metadata(t.path().join("repo")).unwrap().permissions().mode();
+        let mode = fs::metadata(t.path().join("repo"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         b.remove(FileKind::Pack, &name).unwrap();
-        assert!(super::super::is_not_found(&b.read(FileKind::Pack, &name).unwrap_err()));
+        assert!(super::super::is_not_found(
+            &b.read(FileKind::Pack, &name).unwrap_err()
+        ));
         assert_eq!(b.stat(FileKind::Pack, &name).unwrap(), None);
     }
 }

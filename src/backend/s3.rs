@@ -3,7 +3,8 @@
 //! Location `s3://bucket/prefix`. The endpoint comes from `AWS_ENDPOINT_URL` (MinIO, B2,
 //! Hetzner, R2…; path-style addressing), the region from `AWS_REGION` (default
 //! `us-east-1`), credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
-//! (`AWS_SESSION_TOKEN` when set). Transient errors are retried with exponential backoff.
+//! (`AWS_SESSION_TOKEN` when set). Transient errors are retried with exponential backoff;
+//! an upload may take time in proportion to its size (see [`upload_timeout`]).
 
 use super::{Backend, FileKind, Listed};
 use crate::error::{Error, ErrorKind};
@@ -14,8 +15,52 @@ use std::time::Duration;
 pub struct S3Backend {
     bucket: String,
     prefix: String,
+    /// `AWS_ENDPOINT_URL`, for messages.
+    endpoint: Option<String>,
+    /// The service with OpenDAL's own layers only; `op` and the upload operators add ours.
+    base: Operator,
+    /// For everything but uploads.
     op: Operator,
     rt: tokio::runtime::Runtime,
+}
+
+/// Limit for control requests (stat, delete) and for each step of a read or listing.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The slowest upload we still wait for, in bytes per second (about 1 Mbit/s).
+const MIN_UPLOAD_RATE: u64 = 128 << 10;
+
+/// How long one attempt at uploading `len` bytes may take. OpenDAL sends a whole object in
+/// one PUT inside a single IO step, so a fixed IO timeout would fail every pack upload on a
+/// link too slow to move a pack within it (10 s by default: 32 MiB packs need 27 Mbit/s).
+fn upload_timeout(len: usize) -> Duration {
+    Duration::from_secs(60 + len as u64 / MIN_UPLOAD_RATE)
+}
+
+/// `base` with a timeout (IO steps limited to `io_timeout`) and retries of transient errors.
+fn layered(base: &Operator, io_timeout: Duration) -> Operator {
+    // The timeout layer goes below the retry layer, so that a timed-out attempt is retried.
+    base.clone()
+        .layer(
+            TimeoutLayer::new()
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_io_timeout(io_timeout),
+        )
+        .layer(
+            RetryLayer::new()
+                .with_max_times(5)
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .with_jitter(),
+        )
+}
+
+/// The S3 error code (`NoSuchBucket`, `SignatureDoesNotMatch`…) of a failed request, when
+/// the response had an XML error body. OpenDAL puts the parsed body in the message as
+/// `S3Error { code: "…", … }`.
+fn s3_code(e: &opendal::Error) -> Option<&str> {
+    let m = e.message();
+    let rest = &m[m.find("code: \"")? + 7..];
+    Some(&rest[..rest.find('"')?]).filter(|c| !c.is_empty())
 }
 
 fn env(name: &str) -> Option<String> {
@@ -34,11 +79,16 @@ impl S3Backend {
         let mut b = S3::default()
             .bucket(bucket)
             .root(&format!("/{prefix}"))
-            .region(&env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()))
+            .region(
+                &env("AWS_REGION")
+                    .or_else(|| env("AWS_DEFAULT_REGION"))
+                    .unwrap_or_else(|| "us-east-1".into()),
+            )
             .disable_config_load()
             .disable_ec2_metadata();
-        if let Some(ep) = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
-            b = b.endpoint(&ep);
+        let endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
+        if let Some(ep) = &endpoint {
+            b = b.endpoint(ep);
         }
         match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             (Some(id), Some(secret)) => {
@@ -54,16 +104,9 @@ impl S3Backend {
                 .into())
             }
         }
-        let op = Operator::new(b)
-            .map_err(|e| Error::usage(format!("invalid S3 configuration: {e}")))?
-            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)))
-            .layer(
-                RetryLayer::new()
-                    .with_max_times(5)
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(10))
-                    .with_jitter(),
-            );
+        let base =
+            Operator::new(b).map_err(|e| Error::usage(format!("invalid S3 configuration: {e}")))?;
+        let op = layered(&base, REQUEST_TIMEOUT);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -71,6 +114,8 @@ impl S3Backend {
         Ok(S3Backend {
             bucket: bucket.to_string(),
             prefix,
+            endpoint,
+            base,
             op,
             rt,
         })
@@ -78,36 +123,55 @@ impl S3Backend {
 
     fn err(&self, e: opendal::Error, what: &str, path: &str) -> anyhow::Error {
         let loc = format!("s3://{}/{}{}", self.bucket, self.prefix_slash(), path);
-        let (kind, hint) = match e.kind() {
-            opendal::ErrorKind::NotFound => (ErrorKind::NotFound, ""),
-            opendal::ErrorKind::PermissionDenied => (
+        tracing::debug!("S3 request failed: {what} {loc}: {e:?}");
+        let at = self
+            .endpoint
+            .as_deref()
+            .map(|ep| format!(" at {ep}"))
+            .unwrap_or_default();
+        let (kind, msg) = match (e.kind(), s3_code(&e)) {
+            // OpenDAL calls a missing bucket ConfigInvalid. It is not "object not found"
+            // either: callers take NotFound to mean that one object is absent.
+            (_, Some("NoSuchBucket")) => (
                 ErrorKind::Storage,
-                " (access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy)",
+                format!(
+                    "bucket {:?} does not exist{at}: create it, or check the location and AWS_ENDPOINT_URL",
+                    self.bucket
+                ),
             ),
-            opendal::ErrorKind::ConfigInvalid => (ErrorKind::Usage, ""),
-            _ => (ErrorKind::Storage, ""),
+            (
+                _,
+                Some(
+                    code @ ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "NotSignedUp" | "InvalidToken"
+                    | "ExpiredToken"),
+                ),
+            ) => (
+                ErrorKind::Storage,
+                format!(
+                    "the storage{at} refused the credentials ({code}): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY{}",
+                    if env("AWS_SESSION_TOKEN").is_some() { "/AWS_SESSION_TOKEN" } else { "" }
+                ),
+            ),
+            (_, Some(code @ "AuthorizationHeaderMalformed")) => (
+                ErrorKind::Storage,
+                format!("the storage{at} refused the request ({code}): check AWS_REGION and the credentials: {e}"),
+            ),
+            (_, Some(code @ "RequestTimeTooSkewed")) => (
+                ErrorKind::Storage,
+                format!("the storage{at} refused the request ({code}): this machine's clock is wrong"),
+            ),
+            (opendal::ErrorKind::PermissionDenied, code) => (
+                ErrorKind::Storage,
+                format!(
+                    "access denied{at} ({}): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy",
+                    code.unwrap_or("HTTP 403")
+                ),
+            ),
+            (opendal::ErrorKind::NotFound, _) => (ErrorKind::NotFound, e.to_string()),
+            (opendal::ErrorKind::ConfigInvalid, _) => (ErrorKind::Usage, e.to_string()),
+            _ => (ErrorKind::Storage, e.to_string()),
         };
-        let detail = if kind == ErrorKind::Storage && e.kind() != opendal::ErrorKind::PermissionDenied {
-            let msg = e.to_string();
-            if msg.contains("InvalidAccessKeyId") || msg.contains("SignatureDoesNotMatch") || msg.contains("403") {
-                return Error::new(
-                    ErrorKind::Storage,
-                    format!("cannot {what} {loc}: the storage refused the credentials (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY): {msg}"),
-                )
-                .into();
-            }
-            if msg.contains("NoSuchBucket") {
-                return Error::new(
-                    ErrorKind::NotFound,
-                    format!("cannot {what} {loc}: bucket {} does not exist", self.bucket),
-                )
-                .into();
-            }
-            msg
-        } else {
-            e.to_string()
-        };
-        Error::new(kind, format!("cannot {what} {loc}: {detail}{hint}")).into()
+        Error::new(kind, format!("cannot {what} {loc}: {msg}")).into()
     }
 
     fn prefix_slash(&self) -> String {
@@ -131,8 +195,9 @@ impl Backend for S3Backend {
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         let path = kind.path(name);
         let buf = bytes::Bytes::copy_from_slice(data);
+        let op = layered(&self.base, upload_timeout(data.len()));
         self.rt
-            .block_on(self.op.write(&path, buf))
+            .block_on(op.write(&path, buf))
             .map(|_| ())
             .map_err(|e| self.err(e, "write", &path))
     }
@@ -150,7 +215,13 @@ impl Backend for S3Backend {
         let buf = self
             .rt
             .block_on(async { self.op.read_with(&path).range(offset..offset + len).await })
-            .map_err(|e| self.err(e, "read", &path))?
+            .map_err(|e| match e.kind() {
+                // The range starts past the end: the object is shorter than the index says.
+                opendal::ErrorKind::RangeNotSatisfied => {
+                    Error::integrity(format!("{path} is shorter than the index says")).into()
+                }
+                _ => self.err(e, "read", &path),
+            })?
             .to_vec();
         if buf.len() as u64 != len {
             return Err(Error::integrity(format!("{path} is shorter than the index says")).into());

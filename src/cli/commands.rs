@@ -3,6 +3,7 @@
 use super::args::*;
 use super::context::{prompt, Context};
 use anyhow::Result;
+use coffer::backend::FileKind;
 use coffer::error::Error;
 use coffer::progress::Progress;
 use coffer::repo::check::{self, ReadData};
@@ -15,7 +16,6 @@ use coffer::restore::{self, RestoreOptions};
 use coffer::sources::files::{backup_files, FilesOptions};
 use coffer::sources::stream::backup_stream;
 use coffer::sources::CommonOptions;
-use coffer::backend::FileKind;
 use serde_json::json;
 use std::io::Write;
 use std::sync::Arc;
@@ -31,7 +31,9 @@ fn mib(b: u64) -> String {
 pub fn init(ctx: &Context, a: &InitArgs) -> Result<()> {
     let b = ctx.backend()?;
     if b.stat(FileKind::Config, "")?.is_some() {
-        return Err(Error::usage(format!("a repository already exists at {}", ctx.location)).into());
+        return Err(
+            Error::usage(format!("a repository already exists at {}", ctx.location)).into(),
+        );
     }
     if ctx.default_key.is_some() {
         let _ = ctx.open_or_create_default()?;
@@ -50,8 +52,12 @@ pub fn init(ctx: &Context, a: &InitArgs) -> Result<()> {
 fn parse_time(s: &Option<String>) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
     s.as_ref()
         .map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map_err(|e| Error::usage(format!("--time {t:?} is not RFC 3339 (e.g. 2024-05-01T02:00:00Z): {e}")).into())
+            chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+                Error::usage(format!(
+                    "--time {t:?} is not RFC 3339 (e.g. 2024-05-01T02:00:00Z): {e}"
+                ))
+                .into()
+            })
         })
         .transpose()
 }
@@ -70,7 +76,15 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
     let snap = if a.stdin {
         let p = Progress::bytes(ctx.mode, "backup stdin", None);
         let stdin = std::io::stdin().lock();
-        let s = backup_stream(repo.clone(), stdin, &a.stdin_name, "stream", &common, &p, |_| Ok(serde_json::Value::Null))?;
+        let s = backup_stream(
+            repo.clone(),
+            stdin,
+            &a.stdin_name,
+            "stream",
+            &common,
+            &p,
+            |_| Ok(serde_json::Value::Null),
+        )?;
         p.finish();
         s
     } else {
@@ -132,7 +146,11 @@ pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<10} {:<20} {:<16} {:<8} {:>11}  {:<16} paths", "id", "time", "host", "kind", "size", "tags")?;
+    writeln!(
+        out,
+        "{:<10} {:<20} {:<16} {:<8} {:>11}  {:<16} paths",
+        "id", "time", "host", "kind", "size", "tags"
+    )?;
     for s in &snaps {
         writeln!(
             out,
@@ -168,7 +186,11 @@ pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
                 NodeKind::Symlink => 'l',
                 NodeKind::Stream => 's',
             };
-            let link = n.target.as_ref().map(|t| format!(" -> {}", t.display())).unwrap_or_default();
+            let link = n
+                .target
+                .as_ref()
+                .map(|t| format!(" -> {}", t.display()))
+                .unwrap_or_default();
             writeln!(out, "{t}{:04o} {:>12} {path}{link}", n.mode, n.size)?;
         }
         Ok(())
@@ -222,10 +244,11 @@ pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {
     let read = if a.read_data {
         ReadData::All
     } else if let Some(s) = &a.read_data_subset {
-        let pct: f64 = s
-            .trim_end_matches('%')
-            .parse()
-            .map_err(|_| Error::usage(format!("--read-data-subset {s:?}: expected a percentage like 10%")))?;
+        let pct: f64 = s.trim_end_matches('%').parse().map_err(|_| {
+            Error::usage(format!(
+                "--read-data-subset {s:?}: expected a percentage like 10%"
+            ))
+        })?;
         if !(pct > 0.0 && pct <= 100.0) {
             return Err(Error::usage("--read-data-subset must be between 0% and 100%").into());
         }
@@ -248,8 +271,10 @@ pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"ok": r.ok(), "errors": r.errors, "warnings": r.warnings,
-                "damaged_packs": damaged, "snapshots": r.snapshots, "packs": r.packs, "packs_read": r.packs_read}))?
+            serde_json::to_string_pretty(
+                &json!({"ok": r.ok(), "errors": r.errors, "warnings": r.warnings,
+                "damaged_packs": damaged, "snapshots": r.snapshots, "packs": r.packs, "packs_read": r.packs_read})
+            )?
         );
     }
     for w in &r.warnings {
@@ -265,7 +290,11 @@ pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {
             if users.is_empty() {
                 "none".to_string()
             } else {
-                users.iter().map(|s| s.short()).collect::<Vec<_>>().join(" ")
+                users
+                    .iter()
+                    .map(|s| s.short())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
         );
     }
@@ -274,7 +303,11 @@ pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {
             "no errors were found ({} snapshots, {} packs{})",
             r.snapshots,
             r.packs,
-            if r.packs_read > 0 { format!(", {} read and verified", r.packs_read) } else { String::new() }
+            if r.packs_read > 0 {
+                format!(", {} read and verified", r.packs_read)
+            } else {
+                String::new()
+            }
         ));
         Ok(())
     } else {
@@ -298,15 +331,25 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
         within: a
             .keep_within
             .as_ref()
-            .map(|w| w.parse().map_err(|e: anyhow::Error| Error::usage(e.to_string())))
+            .map(|w| {
+                w.parse()
+                    .map_err(|e: anyhow::Error| Error::usage(e.to_string()))
+            })
             .transpose()?,
         keep_tags: a.keep_tag.clone(),
     };
     if policy.is_empty() && a.snapshots.is_empty() {
-        return Err(Error::usage("no policy given: use --keep-* options or name snapshots to forget").into());
+        return Err(Error::usage(
+            "no policy given: use --keep-* options or name snapshots to forget",
+        )
+        .into());
     }
     let repo = ctx.open()?;
-    let lock = if a.dry_run { None } else { Some(Lock::exclusive(&repo, "forget")?) };
+    let lock = if a.dry_run {
+        None
+    } else {
+        Some(Lock::exclusive(&repo, "forget")?)
+    };
     let all = repo.load_snapshots()?;
     let mut remove = Vec::new();
     for spec in &a.snapshots {
@@ -319,8 +362,15 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
             .filter(|s| a.tags.iter().all(|t| s.has_tag(t)))
             .filter(|s| !remove.iter().any(|r| r.id == s.id))
             .collect();
-        let keys: Vec<String> = a.group_by.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        for (group, list) in forget::group(candidates, &keys).map_err(|e| Error::usage(e.to_string()))? {
+        let keys: Vec<String> = a
+            .group_by
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for (group, list) in
+            forget::group(candidates, &keys).map_err(|e| Error::usage(e.to_string()))?
+        {
             let decisions = forget::apply(list, &policy);
             if !a.json {
                 ctx.say(&format!("group {group}:"));
@@ -339,14 +389,22 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
             report.push(json!({"group": group,
                 "keep": decisions.iter().filter(|d| d.keep).map(|d| d.snapshot.id.to_hex()).collect::<Vec<_>>(),
                 "remove": decisions.iter().filter(|d| !d.keep).map(|d| d.snapshot.id.to_hex()).collect::<Vec<_>>()}));
-            remove.extend(decisions.into_iter().filter(|d| !d.keep).map(|d| d.snapshot));
+            remove.extend(
+                decisions
+                    .into_iter()
+                    .filter(|d| !d.keep)
+                    .map(|d| d.snapshot),
+            );
         }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     if a.dry_run {
-        ctx.say(&format!("would remove {} snapshot(s) (dry run: nothing changed)", remove.len()));
+        ctx.say(&format!(
+            "would remove {} snapshot(s) (dry run: nothing changed)",
+            remove.len()
+        ));
         return Ok(());
     }
     for s in &remove {
@@ -360,7 +418,12 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_prune(ctx: &Context, repo: &Arc<Repository>, max_unused_pct: f64, dry_run: bool) -> Result<()> {
+fn run_prune(
+    ctx: &Context,
+    repo: &Arc<Repository>,
+    max_unused_pct: f64,
+    dry_run: bool,
+) -> Result<()> {
     let quiet = ctx.mode == coffer::progress::Mode::Quiet;
     let r = prune::prune(repo, max_unused_pct / 100.0, dry_run, &|m| {
         if !quiet {
@@ -384,24 +447,35 @@ fn run_prune(ctx: &Context, repo: &Arc<Repository>, max_unused_pct: f64, dry_run
 
 pub fn prune(ctx: &Context, a: &PruneArgs) -> Result<()> {
     let repo = ctx.open()?;
-    let _lock = if a.dry_run { None } else { Some(Lock::exclusive(&repo, "prune")?) };
+    let _lock = if a.dry_run {
+        None
+    } else {
+        Some(Lock::exclusive(&repo, "prune")?)
+    };
     run_prune(ctx, &repo, a.max_unused, a.dry_run)
 }
 
 fn new_passphrase(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
     if let Ok(p) = std::env::var("COFFER_NEW_PASSWORD") {
         if p.is_empty() {
-            return Err(Error::usage("COFFER_NEW_PASSWORD is empty; an empty passphrase is not allowed").into());
+            return Err(Error::usage(
+                "COFFER_NEW_PASSWORD is empty; an empty passphrase is not allowed",
+            )
+            .into());
         }
         return Ok(p.into_bytes());
     }
     if let Some(f) = file {
-        let mut v = std::fs::read(f).map_err(|e| Error::usage(format!("cannot read {}: {e}", f.display())))?;
+        let mut v = std::fs::read(f)
+            .map_err(|e| Error::usage(format!("cannot read {}: {e}", f.display())))?;
         while v.ends_with(b"\n") || v.ends_with(b"\r") {
             v.pop();
         }
         if v.is_empty() {
-            return Err(Error::usage("the new passphrase is empty; an empty passphrase is not allowed").into());
+            return Err(Error::usage(
+                "the new passphrase is empty; an empty passphrase is not allowed",
+            )
+            .into());
         }
         return Ok(v);
     }
@@ -444,7 +518,8 @@ pub fn key(ctx: &Context, k: &KeyCommand) -> Result<()> {
         }
         KeyCommand::Passwd { new_password_file } => {
             let pw = new_passphrase(new_password_file)?;
-            let mut repo = Arc::try_unwrap(repo).map_err(|_| anyhow::anyhow!("repository in use"))?;
+            let mut repo =
+                Arc::try_unwrap(repo).map_err(|_| anyhow::anyhow!("repository in use"))?;
             let name = repo.change_passphrase(&pw, KdfParams::default())?;
             ctx.say(&format!("passphrase changed (new key {})", &name[..8]));
         }
@@ -458,4 +533,3 @@ pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
     ctx.say(&format!("removed {n} lock(s)"));
     Ok(())
 }
-

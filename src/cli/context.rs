@@ -29,8 +29,9 @@ pub fn default_home() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("coffer"));
     }
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| Error::usage("no repository given and HOME is not set: use --repo or COFFER_REPO"))?;
+    let home = std::env::var_os("HOME").ok_or_else(|| {
+        Error::usage("no repository given and HOME is not set: use --repo or COFFER_REPO")
+    })?;
     Ok(PathBuf::from(home).join(".local/share/coffer"))
 }
 
@@ -44,7 +45,11 @@ fn read_password_file(p: &std::path::Path) -> Result<Vec<u8>> {
         }
     }
     if v.is_empty() {
-        return Err(Error::usage(format!("passphrase file {} is empty; an empty passphrase is not allowed", p.display())).into());
+        return Err(Error::usage(format!(
+            "passphrase file {} is empty; an empty passphrase is not allowed",
+            p.display()
+        ))
+        .into());
     }
     Ok(v)
 }
@@ -59,7 +64,10 @@ impl Context {
             Some(l) if !l.is_empty() => (l, None),
             _ => {
                 let home = default_home()?;
-                (home.join("repo").display().to_string(), Some(home.join("key")))
+                (
+                    home.join("repo").display().to_string(),
+                    Some(home.join("key")),
+                )
             }
         };
         Ok(Context {
@@ -85,7 +93,10 @@ impl Context {
         }
         if let Ok(p) = std::env::var("COFFER_PASSWORD") {
             if p.is_empty() {
-                return Err(Error::usage("COFFER_PASSWORD is empty; an empty passphrase is not allowed").into());
+                return Err(Error::usage(
+                    "COFFER_PASSWORD is empty; an empty passphrase is not allowed",
+                )
+                .into());
             }
             return Ok(Some(p.into_bytes()));
         }
@@ -158,7 +169,10 @@ impl Context {
             return Ok(repo);
         }
         let home = key.parent().unwrap();
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home)?;
         let pw = if key.exists() {
             read_password_file(key)?
         } else {

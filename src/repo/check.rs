@@ -58,7 +58,9 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
     progress("loading index");
     let mut index = MasterIndex::default();
     for f in repo.backend.list(FileKind::Index)? {
-        let Ok(id) = f.name.parse::<Id>() else { continue };
+        let Ok(id) = f.name.parse::<Id>() else {
+            continue;
+        };
         match repo.load_json::<IndexFile>(FileKind::Index, &f.name) {
             Ok(file) => index.add_file(id, file),
             Err(e) => r.errors.push(format!("index file {}: {e:#}", id.short())),
@@ -82,7 +84,11 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
     }
     let unindexed = listed
         .keys()
-        .filter(|n| n.parse::<Id>().map(|id| !index.has_pack(&id)).unwrap_or(false))
+        .filter(|n| {
+            n.parse::<Id>()
+                .map(|id| !index.has_pack(&id))
+                .unwrap_or(false)
+        })
         .count();
     if unindexed > 0 {
         r.warnings.push(format!(
@@ -181,7 +187,9 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
         std::thread::scope(|sc| {
             for _ in 0..threads {
                 sc.spawn(|| loop {
-                    let Some(i) = next.lock().unwrap().next() else { break };
+                    let Some(i) = next.lock().unwrap().next() else {
+                        break;
+                    };
                     let p = &index.packs[i];
                     if let Err(msg) = verify_pack(repo, p) {
                         damaged.lock().unwrap().push((p.id, msg));
@@ -241,16 +249,22 @@ impl Repository {
     pub fn load_snapshots_lenient(&self, errors: &mut Vec<String>) -> Result<Vec<Snapshot>> {
         let mut out = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = f.name.parse::<Id>() else { continue };
+            let Ok(id) = f.name.parse::<Id>() else {
+                continue;
+            };
             match self.load_json::<Snapshot>(FileKind::Snapshot, &f.name) {
                 Ok(mut s) => {
                     s.id = id;
                     out.push(s);
                 }
-                Err(e) => errors.push(format!("snapshot {}: {e:#}", id.short())),
+                Err(e) if crate::backend::is_not_found(&e) => {} // removed meanwhile
+                Err(e) if crate::error::kind_of(&e) == crate::error::ErrorKind::Integrity => {
+                    errors.push(format!("snapshot {}: {e:#}", id.short()))
+                }
+                Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.time.cmp(&b.time));
+        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 }

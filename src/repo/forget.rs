@@ -228,9 +228,15 @@ mod tests {
 
     #[test]
     fn keep_last_and_daily() {
-        let p = Policy { last: 3, ..Default::default() };
+        let p = Policy {
+            last: 3,
+            ..Default::default()
+        };
         assert_eq!(kept(series(), &p).len(), 3);
-        let p = Policy { daily: 5, ..Default::default() };
+        let p = Policy {
+            daily: 5,
+            ..Default::default()
+        };
         let k = kept(series(), &p);
         assert_eq!(k.len(), 5);
         // The newest of each day is the one kept.
@@ -240,7 +246,11 @@ mod tests {
 
     #[test]
     fn rules_combine_as_union() {
-        let p = Policy { last: 2, daily: 3, ..Default::default() };
+        let p = Policy {
+            last: 2,
+            daily: 3,
+            ..Default::default()
+        };
         // last 2 = 20th 14:00 and 02:00; daily 3 = 20th, 19th, 18th (14:00).
         assert_eq!(kept(series(), &p).len(), 4);
     }
@@ -248,9 +258,19 @@ mod tests {
     #[test]
     fn weekly_uses_iso_weeks() {
         // 2024-01-01 is a Monday: weeks 1, 2, 3 (up to 21st).
-        let p = Policy { weekly: 10, ..Default::default() };
+        let p = Policy {
+            weekly: 10,
+            ..Default::default()
+        };
         let k = kept(series(), &p);
-        assert_eq!(k, vec!["2024-01-07T14:00:00+00:00", "2024-01-14T14:00:00+00:00", "2024-01-20T14:00:00+00:00"]);
+        assert_eq!(
+            k,
+            vec![
+                "2024-01-07T14:00:00+00:00",
+                "2024-01-14T14:00:00+00:00",
+                "2024-01-20T14:00:00+00:00"
+            ]
+        );
     }
 
     #[test]
@@ -258,27 +278,51 @@ mod tests {
         let mut v = series();
         v.push(snap("2023-12-31T10:00:00+00:00"));
         v.push(snap("2022-06-01T10:00:00+00:00"));
-        let p = Policy { monthly: -1, ..Default::default() };
+        let p = Policy {
+            monthly: -1,
+            ..Default::default()
+        };
         assert_eq!(kept(v.clone(), &p).len(), 3);
-        let p = Policy { yearly: 2, ..Default::default() };
-        assert_eq!(kept(v, &p), vec!["2023-12-31T10:00:00+00:00", "2024-01-20T14:00:00+00:00"]);
+        let p = Policy {
+            yearly: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(v, &p),
+            vec!["2023-12-31T10:00:00+00:00", "2024-01-20T14:00:00+00:00"]
+        );
     }
 
     #[test]
     fn within_is_relative_to_newest() {
-        let p = Policy { within: Some("2d".parse().unwrap()), ..Default::default() };
+        let p = Policy {
+            within: Some("2d".parse().unwrap()),
+            ..Default::default()
+        };
         // Newest is 20th 14:00; within 2 days: after 18th 14:00 → 19th 02:00, 19th 14:00, 20th ×2.
         assert_eq!(kept(series(), &p).len(), 4);
         assert!("5x".parse::<Within>().is_err());
         assert!("5".parse::<Within>().is_err());
-        assert_eq!("1y2m3d4h".parse::<Within>().unwrap(), Within { years: 1, months: 2, days: 3, hours: 4 });
+        assert_eq!(
+            "1y2m3d4h".parse::<Within>().unwrap(),
+            Within {
+                years: 1,
+                months: 2,
+                days: 3,
+                hours: 4
+            }
+        );
     }
 
     #[test]
     fn tags_keep() {
         let mut v = series();
         v[0].tags.push("keep".into());
-        let p = Policy { last: 1, keep_tags: vec!["keep".into()], ..Default::default() };
+        let p = Policy {
+            last: 1,
+            keep_tags: vec!["keep".into()],
+            ..Default::default()
+        };
         assert_eq!(kept(v, &p).len(), 2);
     }
 }

@@ -56,7 +56,10 @@ impl MasterIndex {
         let pos = self.packs.len() as u32;
         self.pack_pos.insert(p.id, pos);
         for e in &p.blobs {
-            self.blobs.entry(e.id).or_insert(BlobLoc { pack: pos, entry: *e });
+            self.blobs.entry(e.id).or_insert(BlobLoc {
+                pack: pos,
+                entry: *e,
+            });
         }
         self.packs.push(p);
     }

@@ -93,7 +93,12 @@ fn derive(passphrase: &[u8], kdf: &Kdf) -> Result<WrappingKey> {
 }
 
 impl KeyFile {
-    pub fn create(passphrase: &[u8], repo_id: Id, master: &MasterKey, params: KdfParams) -> Result<KeyFile> {
+    pub fn create(
+        passphrase: &[u8],
+        repo_id: Id,
+        master: &MasterKey,
+        params: KdfParams,
+    ) -> Result<KeyFile> {
         if passphrase.is_empty() {
             return Err(Error::usage("an empty passphrase is not allowed").into());
         }
@@ -128,8 +133,9 @@ impl KeyFile {
         let wk = derive(passphrase, &self.kdf)?;
         match wk.open(&self.data) {
             Ok(plain) => {
-                let w: Wrapped = serde_json::from_slice(&plain)
-                    .map_err(|e| Error::new(ErrorKind::Integrity, format!("key slot is malformed: {e}")))?;
+                let w: Wrapped = serde_json::from_slice(&plain).map_err(|e| {
+                    Error::new(ErrorKind::Integrity, format!("key slot is malformed: {e}"))
+                })?;
                 Ok(Some((w.repository, w.master)))
             }
             Err(_) => Ok(None),

@@ -120,9 +120,9 @@ impl Lock {
             operation: operation.to_string(),
         };
         let name = write_lock(repo, &info)?;
-        let conflict = list_locks(repo)?.into_iter().find(|(n, l)| {
-            n != &name && (exclusive || l.exclusive) && !l.is_stale()
-        });
+        let conflict = list_locks(repo)?
+            .into_iter()
+            .find(|(n, l)| n != &name && (exclusive || l.exclusive) && !l.is_stale());
         if let Some((_, other)) = conflict {
             let _ = repo.backend.remove(FileKind::Lock, &name);
             return Err(Error::new(

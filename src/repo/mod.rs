@@ -97,7 +97,11 @@ pub struct Repository {
 
 impl Repository {
     /// Create a new repository at an empty location.
-    pub fn init(backend: Arc<dyn Backend>, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        opts: &InitOptions,
+    ) -> Result<Repository> {
         if backend.stat(FileKind::Config, "")?.is_some() {
             return Err(Error::usage(format!(
                 "a repository already exists at {}",
@@ -175,7 +179,10 @@ impl Repository {
                 // A slot that opens but belongs elsewhere (a stray slot from an interrupted
                 // init, a copied file) must not hide the right one: try the next.
                 let Ok(plain) = key.open(&config_bytes) else {
-                    tracing::warn!("key slot {} does not belong to this repository; skipped", k.name);
+                    tracing::warn!(
+                        "key slot {} does not belong to this repository; skipped",
+                        k.name
+                    );
                     continue;
                 };
                 let config: RepoConfig = serde_json::from_slice(&compress::decode(&plain)?)?;
@@ -200,7 +207,10 @@ impl Repository {
         }
         Err(Error::new(
             ErrorKind::WrongPassword,
-            format!("wrong passphrase: no key of {} opens with it", backend.location()),
+            format!(
+                "wrong passphrase: no key of {} opens with it",
+                backend.location()
+            ),
         )
         .into())
     }
@@ -263,22 +273,16 @@ impl Repository {
     }
 
     fn load_snapshots_with(&self, strict: bool) -> Result<Vec<Snapshot>> {
-        let mut out = Vec::new();
-        for f in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = f.name.parse::<Id>() else { continue };
-            let mut s: Snapshot = match self.load_json(FileKind::Snapshot, &f.name) {
-                Ok(s) => s,
-                Err(e) if backend::is_not_found(&e) => continue, // removed meanwhile
-                Err(e) if !strict && crate::error::kind_of(&e) == ErrorKind::Integrity => {
-                    tracing::warn!("skipping unreadable snapshot {}: {e:#} (run `coffer check`)", id.short());
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            s.id = id;
-            out.push(s);
+        let mut errors = Vec::new();
+        let out = self.load_snapshots_lenient(&mut errors)?;
+        if strict && !errors.is_empty() {
+            return Err(
+                Error::integrity(format!("{} (run `coffer check`)", errors.join("; "))).into(),
+            );
         }
-        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        for e in errors {
+            tracing::warn!("skipping {e} (run `coffer check`)");
+        }
         Ok(out)
     }
 
@@ -295,16 +299,23 @@ impl Repository {
             .filter(|s| s.id.to_hex().starts_with(&spec.to_ascii_lowercase()))
             .collect();
         match matches.len() {
-            0 => Err(Error::new(ErrorKind::NotFound, format!("no snapshot matches {spec:?}")).into()),
+            0 => {
+                Err(Error::new(ErrorKind::NotFound, format!("no snapshot matches {spec:?}")).into())
+            }
             1 => Ok(matches.into_iter().next().unwrap()),
-            n => Err(Error::usage(format!("{spec:?} matches {n} snapshots; give more digits")).into()),
+            n => Err(
+                Error::usage(format!("{spec:?} matches {n} snapshots; give more digits")).into(),
+            ),
         }
     }
 
     /// Read one blob, verifying authenticity, length and identifier.
     pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| {
-            Error::integrity(format!("blob {} is not in the index (repository damaged)", id.short()))
+            Error::integrity(format!(
+                "blob {} is not in the index (repository damaged)",
+                id.short()
+            ))
         })?;
         let pack = index.pack_id(&loc);
         let sealed = self.backend.read_range(
@@ -353,7 +364,7 @@ impl Repository {
                 out.push((k.name, slot));
             }
         }
-        out.sort_by(|a, b| a.1.created.cmp(&b.1.created));
+        out.sort_by_key(|k| k.1.created);
         Ok(out)
     }
 
@@ -369,10 +380,18 @@ impl Repository {
     /// Remove a key slot by name prefix. The slot in use and the last slot cannot be removed.
     pub fn remove_key(&self, prefix: &str) -> Result<String> {
         let keys = self.list_keys()?;
-        let m: Vec<&String> = keys.iter().map(|k| &k.0).filter(|n| n.starts_with(prefix)).collect();
+        let m: Vec<&String> = keys
+            .iter()
+            .map(|k| &k.0)
+            .filter(|n| n.starts_with(prefix))
+            .collect();
         let name = match m.as_slice() {
             [one] => (*one).clone(),
-            [] => return Err(Error::new(ErrorKind::NotFound, format!("no key matches {prefix:?}")).into()),
+            [] => {
+                return Err(
+                    Error::new(ErrorKind::NotFound, format!("no key matches {prefix:?}")).into(),
+                )
+            }
             _ => return Err(Error::usage(format!("{prefix:?} matches several keys")).into()),
         };
         if name == self.key_name {
@@ -411,24 +430,4 @@ pub fn walk_tree(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-pub(crate) mod testutil {
-    use super::*;
-    use crate::backend::LocalBackend;
-
-    pub fn new_repo(dir: &std::path::Path) -> Repository {
-        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.join("repo")));
-        Repository::init(
-            b,
-            b"test",
-            &InitOptions {
-                kdf: KdfParams::insecure_for_tests(),
-                compression: 3,
-                pack_size: 1 << 20,
-            },
-        )
-        .unwrap()
-    }
 }

@@ -32,7 +32,9 @@ impl BlobType {
         match b {
             0 => Ok(BlobType::Data),
             1 => Ok(BlobType::Tree),
-            _ => Err(Error::integrity(format!("unknown blob type {b} in pack header"))),
+            _ => Err(Error::integrity(format!(
+                "unknown blob type {b} in pack header"
+            ))),
         }
     }
 }
@@ -137,7 +139,9 @@ pub fn read_header(
 }
 
 fn parse_header(key: &MasterKey, sealed: &[u8], data_end: u64) -> Result<Vec<PackEntry>> {
-    let plain = key.open(sealed).map_err(|e| Error::integrity(format!("pack header: {e}")))?;
+    let plain = key
+        .open(sealed)
+        .map_err(|e| Error::integrity(format!("pack header: {e}")))?;
     if plain.len() % ENTRY_LEN != 0 {
         return Err(Error::integrity("pack header has a partial entry").into());
     }

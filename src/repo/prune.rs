@@ -5,6 +5,7 @@
 //! 2. write a new index covering every pack that stays and the new ones;
 //! 3. delete the old index files;
 //! 4. delete packs that are unused, repacked, or in no index (left by interrupted runs).
+//!
 //! A crash after step 2 leaves duplicate index entries (harmless); after step 3, packs in
 //! no index, which the next prune deletes. No step deletes anything a snapshot needs.
 
@@ -75,7 +76,12 @@ pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>>
     Ok(used)
 }
 
-pub fn prune(repo: &Arc<Repository>, max_unused: f64, dry_run: bool, progress: &dyn Fn(&str)) -> Result<PruneReport> {
+pub fn prune(
+    repo: &Arc<Repository>,
+    max_unused: f64,
+    dry_run: bool,
+    progress: &dyn Fn(&str),
+) -> Result<PruneReport> {
     let mut r = PruneReport::default();
     progress("loading index");
     let index = repo.load_index()?;
@@ -91,7 +97,10 @@ pub fn prune(repo: &Arc<Repository>, max_unused: f64, dry_run: bool, progress: &
         let mut used_bytes = 0u64;
         for b in &p.blobs {
             // A blob counts as used only at its canonical location (duplicates elsewhere are not).
-            let canonical = index.get(&b.id).map(|l| l.pack as usize == i).unwrap_or(false);
+            let canonical = index
+                .get(&b.id)
+                .map(|l| l.pack as usize == i)
+                .unwrap_or(false);
             if canonical && used.contains(&b.id) {
                 used_bytes += b.length as u64;
                 r.blobs_used += 1;
@@ -125,7 +134,9 @@ pub fn prune(repo: &Arc<Repository>, max_unused: f64, dry_run: bool, progress: &
     }
     let partial = repo.backend.remove_partial()?;
     if partial > 0 {
-        progress(&format!("removed {partial} partial file(s) left by interrupted writes"));
+        progress(&format!(
+            "removed {partial} partial file(s) left by interrupted writes"
+        ));
     }
     if delete.is_empty() && repack.is_empty() && unindexed.is_empty() {
         return Ok(r);

@@ -27,8 +27,17 @@ use std::thread::JoinHandle;
 const PACKS_PER_INDEX: usize = 16;
 
 enum Job {
-    Raw { tpe: BlobType, id: Id, data: Vec<u8> },
-    Sealed { tpe: BlobType, id: Id, raw_length: u32, sealed: Vec<u8> },
+    Raw {
+        tpe: BlobType,
+        id: Id,
+        data: Vec<u8>,
+    },
+    Sealed {
+        tpe: BlobType,
+        id: Id,
+        raw_length: u32,
+        sealed: Vec<u8>,
+    },
 }
 
 struct Sealed {
@@ -55,6 +64,7 @@ struct Written {
 struct Shared {
     repo: Arc<Repository>,
     error: Mutex<Option<anyhow::Error>>,
+    failed: std::sync::atomic::AtomicBool,
     written: Mutex<Written>,
     stats: Arc<SaverStats>,
     write_index: bool,
@@ -62,13 +72,12 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, e: anyhow::Error) {
-        let mut g = self.error.lock().unwrap();
-        if g.is_none() {
-            *g = Some(e);
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            *self.error.lock().unwrap() = Some(e);
         }
     }
     fn failed(&self) -> bool {
-        self.error.lock().unwrap().is_some()
+        self.failed.load(Ordering::SeqCst)
     }
     fn flush_index(&self, all: bool) -> Result<()> {
         let mut w = self.written.lock().unwrap();
@@ -77,8 +86,12 @@ impl Shared {
         }
         let packs = std::mem::take(&mut w.pending);
         if self.write_index {
-            self.repo
-                .save_json(FileKind::Index, &IndexFile { packs: packs.clone() })?;
+            self.repo.save_json(
+                FileKind::Index,
+                &IndexFile {
+                    packs: packs.clone(),
+                },
+            )?;
         }
         w.all.extend(packs);
         Ok(())
@@ -97,12 +110,15 @@ pub struct BlobSaver {
 impl BlobSaver {
     /// Start the pipeline. `write_index` false leaves index writing to the caller (prune).
     pub fn new(repo: Arc<Repository>, index: Arc<MasterIndex>, write_index: bool) -> BlobSaver {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let uploaders = repo.backend.concurrency();
         let stats = Arc::new(SaverStats::default());
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             error: Mutex::new(None),
+            failed: Default::default(),
             written: Mutex::new(Written::default()),
             stats: stats.clone(),
             write_index,
@@ -134,9 +150,17 @@ impl BlobSaver {
         }
     }
 
+    /// The pipeline's first error, with its kind intact (taken once; later calls report
+    /// a generic failure).
     fn check_error(&self) -> Result<()> {
-        if let Some(e) = self.shared.error.lock().unwrap().as_ref() {
-            return Err(anyhow!("{e:#}"));
+        if self.shared.failed() {
+            return Err(self
+                .shared
+                .error
+                .lock()
+                .unwrap()
+                .take()
+                .unwrap_or_else(|| anyhow!("the blob pipeline stopped after an earlier error")));
         }
         Ok(())
     }
@@ -167,11 +191,22 @@ impl BlobSaver {
     }
 
     /// Store a blob that is already sealed (prune copies blobs between packs this way).
-    pub fn save_sealed(&mut self, tpe: BlobType, id: Id, raw_length: u32, sealed: Vec<u8>) -> Result<()> {
+    pub fn save_sealed(
+        &mut self,
+        tpe: BlobType,
+        id: Id,
+        raw_length: u32,
+        sealed: Vec<u8>,
+    ) -> Result<()> {
         if !self.known.insert(id) {
             return Ok(());
         }
-        self.send(Job::Sealed { tpe, id, raw_length, sealed })
+        self.send(Job::Sealed {
+            tpe,
+            id,
+            raw_length,
+            sealed,
+        })
     }
 
     /// Flush everything; returns the packs written (all durable and, when the saver writes
@@ -217,7 +252,17 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
                     sealed: sh.repo.key.seal(&enc),
                 }
             }
-            Job::Sealed { tpe, id, raw_length, sealed } => Sealed { tpe, id, raw_length, sealed },
+            Job::Sealed {
+                tpe,
+                id,
+                raw_length,
+                sealed,
+            } => Sealed {
+                tpe,
+                id,
+                raw_length,
+                sealed,
+            },
         };
         if out.send(s).is_err() {
             return;
@@ -225,14 +270,22 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
     }
 }
 
-fn packer(rx: Receiver<Sealed>, out: Sender<(Vec<u8>, Vec<super::pack::PackEntry>)>, sh: Arc<Shared>) {
+fn packer(
+    rx: Receiver<Sealed>,
+    out: Sender<(Vec<u8>, Vec<super::pack::PackEntry>)>,
+    sh: Arc<Shared>,
+) {
     let target = sh.repo.config.pack_size as usize;
     let mut data = PackWriter::default();
     let mut trees = PackWriter::default();
     for s in rx {
         sh.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
-        sh.stats.bytes_added.fetch_add(s.raw_length as u64, Ordering::Relaxed);
-        sh.stats.bytes_stored.fetch_add(s.sealed.len() as u64, Ordering::Relaxed);
+        sh.stats
+            .bytes_added
+            .fetch_add(s.raw_length as u64, Ordering::Relaxed);
+        sh.stats
+            .bytes_stored
+            .fetch_add(s.sealed.len() as u64, Ordering::Relaxed);
         let w = match s.tpe {
             BlobType::Data => &mut data,
             BlobType::Tree => &mut trees,

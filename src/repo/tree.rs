@@ -135,7 +135,11 @@ mod tests {
     use super::*;
     #[test]
     fn odd_names_round_trip() {
-        for name in [b"plain".to_vec(), vec![0xff, 0xfe, b'x'], b"\n\t \\\"".to_vec()] {
+        for name in [
+            b"plain".to_vec(),
+            vec![0xff, 0xfe, b'x'],
+            b"\n\t \\\"".to_vec(),
+        ] {
             let n = OsBytes(name.clone());
             let j = serde_json::to_string(&n).unwrap();
             assert_eq!(serde_json::from_str::<OsBytes>(&j).unwrap().0, name);

@@ -61,7 +61,11 @@ impl Excluder {
         })
     }
     fn excluded(&self, path: &Path) -> bool {
-        self.full.is_match(path) || path.file_name().map(|n| self.name.is_match(n)).unwrap_or(false)
+        self.full.is_match(path)
+            || path
+                .file_name()
+                .map(|n| self.name.is_match(n))
+                .unwrap_or(false)
     }
 }
 
@@ -97,7 +101,14 @@ fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
 }
 
 fn read_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
-    Error::new(ErrorKind::Source, format!("cannot read {}: {e}; no snapshot was written", path.display())).into()
+    Error::new(
+        ErrorKind::Source,
+        format!(
+            "cannot read {}: {e}; no snapshot was written",
+            path.display()
+        ),
+    )
+    .into()
 }
 
 impl Archiver<'_> {
@@ -136,7 +147,10 @@ impl Archiver<'_> {
         let rd = match fs::read_dir(path) {
             Ok(rd) => rd,
             Err(e) if e.kind() == IoKind::NotFound => {
-                self.progress.log(&format!("warning: {} vanished during the backup; stored empty", path.display()));
+                self.progress.log(&format!(
+                    "warning: {} vanished during the backup; stored empty",
+                    path.display()
+                ));
                 return self.session.save_tree(Tree::default());
             }
             Err(e) => return Err(read_err(path, e)),
@@ -164,7 +178,10 @@ impl Archiver<'_> {
         let m = match fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == IoKind::NotFound => {
-                self.progress.log(&format!("warning: {} vanished during the backup; skipped", path.display()));
+                self.progress.log(&format!(
+                    "warning: {} vanished during the backup; skipped",
+                    path.display()
+                ));
                 return Ok(None);
             }
             Err(e) => return Err(read_err(path, e)),
@@ -201,7 +218,10 @@ impl Archiver<'_> {
             let f = match fs::File::open(path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == IoKind::NotFound => {
-                    self.progress.log(&format!("warning: {} vanished during the backup; skipped", path.display()));
+                    self.progress.log(&format!(
+                        "warning: {} vanished during the backup; skipped",
+                        path.display()
+                    ));
                     return Ok(None);
                 }
                 Err(e) => return Err(read_err(path, e)),
@@ -212,7 +232,8 @@ impl Archiver<'_> {
                 let chunk = chunk.map_err(|e| read_err(path, e))?;
                 size += chunk.len() as u64;
                 self.progress.inc(chunk.len() as u64);
-                n.content.push(self.session.saver.save(BlobType::Data, chunk)?.0);
+                n.content
+                    .push(self.session.saver.save(BlobType::Data, chunk)?.0);
             }
             n.size = size;
             self.size += size;
@@ -237,11 +258,14 @@ fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option
     Ok(repo
         .load_snapshots()?
         .into_iter()
-        .filter(|s| s.kind == "files" && s.hostname == host && s.paths == paths)
-        .next_back())
+        .rfind(|s| s.kind == "files" && s.hostname == host && s.paths == paths))
 }
 
-pub fn backup_files(repo: Arc<Repository>, opts: &FilesOptions, progress: &Progress) -> Result<Snapshot> {
+pub fn backup_files(
+    repo: Arc<Repository>,
+    opts: &FilesOptions,
+    progress: &Progress,
+) -> Result<Snapshot> {
     if opts.paths.is_empty() {
         return Err(Error::usage("nothing to back up: give at least one path").into());
     }
@@ -264,7 +288,11 @@ pub fn backup_files(repo: Arc<Repository>, opts: &FilesOptions, progress: &Progr
         t.leaf = true;
     }
     let paths: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
-    let host = opts.common.hostname.clone().unwrap_or_else(crate::repo::hostname);
+    let host = opts
+        .common
+        .hostname
+        .clone()
+        .unwrap_or_else(crate::repo::hostname);
     let parent = find_parent(&repo, &host, &paths)?;
     let session = Session::start(repo.clone())?;
     let mut a = Archiver {

@@ -8,12 +8,12 @@
 pub mod files;
 pub mod stream;
 
+use crate::backend::FileKind;
 use crate::id::Id;
 use crate::repo::index::MasterIndex;
 use crate::repo::saver::BlobSaver;
 use crate::repo::snapshot::{Snapshot, SourceInfo, Summary};
 use crate::repo::{pack::BlobType, tree::Tree, Repository};
-use crate::backend::FileKind;
 use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 use std::sync::Arc;
@@ -78,7 +78,9 @@ pub fn commit(mut session: Session, f: Finished, opts: &CommonOptions) -> Result
     session.summary.duration_secs = session.started.elapsed().as_secs_f64();
     let mut snap = Snapshot {
         id: Id::default(),
-        time: opts.time.unwrap_or_else(|| chrono::Local::now().fixed_offset()),
+        time: opts
+            .time
+            .unwrap_or_else(|| chrono::Local::now().fixed_offset()),
         hostname: opts.hostname.clone().unwrap_or_else(crate::repo::hostname),
         username: crate::repo::username(),
         tags: opts.tags.clone(),

@@ -13,12 +13,18 @@ use std::io::Read;
 use std::sync::Arc;
 
 /// Chunk and store a stream; returns its chunk ids and length. A read error fails.
-pub fn save_stream(session: &mut Session, reader: impl Read, progress: &Progress) -> Result<(Vec<crate::Id>, u64)> {
+pub fn save_stream(
+    session: &mut Session,
+    reader: impl Read,
+    progress: &Progress,
+) -> Result<(Vec<crate::Id>, u64)> {
     let mut content = Vec::new();
     let mut size = 0u64;
     let params = session.repo.config.chunker;
     for chunk in Chunker::new(&params, reader) {
-        let chunk = chunk.map_err(|e| Error::new(ErrorKind::Source, format!("reading the stream failed: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            Error::new(ErrorKind::Source, format!("reading the stream failed: {e}"))
+        })?;
         size += chunk.len() as u64;
         progress.inc(chunk.len() as u64);
         content.push(session.saver.save(BlobType::Data, chunk)?.0);

@@ -35,20 +35,37 @@ impl Env {
     }
 
     pub fn init(&self) {
-        self.cmd().args(["init", "--pack-size", "4"]).assert().success();
+        self.cmd()
+            .args(["init", "--pack-size", "4"])
+            .assert()
+            .success();
     }
 
     /// Run a backup and return the snapshot id from its JSON output.
     pub fn backup(&self, args: &[&str]) -> String {
-        let out = self.cmd().arg("backup").arg("--json").args(args).output().unwrap();
-        assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .cmd()
+            .arg("backup")
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "backup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["id"].as_str().unwrap().to_string()
     }
 
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
         let out = self.cmd().args(["snapshots", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -68,7 +85,9 @@ pub fn clean_env(c: &mut Command) {
 
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else { return out };
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if e.file_type().unwrap().is_dir() {
@@ -83,7 +102,10 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Deterministic pseudo-random bytes.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
         x ^= x << 13;
@@ -124,15 +146,33 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let mb = fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
     assert_eq!(ma.file_type(), mb.file_type(), "type of {}", b.display());
     if ma.file_type().is_symlink() {
-        assert_eq!(fs::read_link(a).unwrap(), fs::read_link(b).unwrap(), "target of {}", b.display());
+        assert_eq!(
+            fs::read_link(a).unwrap(),
+            fs::read_link(b).unwrap(),
+            "target of {}",
+            b.display()
+        );
         return;
     }
-    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", b.display());
+    assert_eq!(
+        ma.mode() & 0o7777,
+        mb.mode() & 0o7777,
+        "mode of {}",
+        b.display()
+    );
     assert_eq!(ma.mtime(), mb.mtime(), "mtime of {}", b.display());
-    assert_eq!(ma.mtime_nsec(), mb.mtime_nsec(), "mtime ns of {}", b.display());
+    assert_eq!(
+        ma.mtime_nsec(),
+        mb.mtime_nsec(),
+        "mtime ns of {}",
+        b.display()
+    );
     if ma.is_dir() {
         let names = |p: &Path| {
-            let mut v: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            let mut v: Vec<_> = fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
             v.sort();
             v
         };
@@ -142,7 +182,11 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
             assert_same_tree(&a.join(&n), &b.join(&n));
         }
     } else {
-        assert!(fs::read(a).unwrap() == fs::read(b).unwrap(), "content of {}", b.display());
+        assert!(
+            fs::read(a).unwrap() == fs::read(b).unwrap(),
+            "content of {}",
+            b.display()
+        );
     }
 }
 

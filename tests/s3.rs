@@ -1,0 +1,677 @@
+//! The `coffer` binary against real S3-protocol servers on 127.0.0.1:
+//!
+//! - moto (Python; does not check signatures, lists nested keys): the whole life of a
+//!   repository, wrong passphrase, missing bucket, slow uploads.
+//! - s3s-fs (Rust; checks SigV4 signatures, buckets are directories): backup and restore with
+//!   the right credentials, exit code 7 and a clear message with wrong ones.
+//!
+//! Each test starts its own server on a free port and kills it when done. The servers are
+//! installed under `.tools/` by `scripts/s3-test-servers`; without them these tests fail.
+
+use assert_cmd::Command;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const PASSWORD: &str = "correct horse battery staple";
+/// Longest any one coffer command may run before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+// --- servers ----------------------------------------------------------------------------
+
+fn tool(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/s3-test-servers to install the S3 test servers \
+         (moto and s3s-fs under .tools/), then run the tests again",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running server, killed when dropped.
+struct Server {
+    name: &'static str,
+    port: u16,
+    log: PathBuf,
+    _child: Killed,
+    /// Holds the log (and, for s3s-fs, the stored objects).
+    dir: TempDir,
+}
+
+fn tail(log: &Path) -> String {
+    let t = std::fs::read_to_string(log).unwrap_or_default();
+    let start = t.len().saturating_sub(4000);
+    let start = (start..t.len())
+        .find(|&i| t.is_char_boundary(i))
+        .unwrap_or(t.len());
+    t[start..].to_string()
+}
+
+impl Server {
+    /// Start `make(port)` on a free port and wait until it accepts connections. Tries a
+    /// few ports: another process may take one between our probe and the server's bind.
+    fn start(
+        name: &'static str,
+        dir: TempDir,
+        make: impl Fn(u16) -> std::process::Command,
+    ) -> Server {
+        let log = dir.path().join(format!("{name}.log"));
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let out = std::fs::File::create(&log).unwrap();
+            let mut cmd = make(port);
+            cmd.stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out);
+            let mut child = Killed(
+                cmd.spawn()
+                    .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}")),
+            );
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                if let Some(status) = child.0.try_wait().unwrap() {
+                    last = format!(
+                        "{name} exited with {status} on port {port}:\n{}",
+                        tail(&log)
+                    );
+                    break;
+                }
+                if TcpStream::connect_timeout(
+                    &([127, 0, 0, 1], port).into(),
+                    Duration::from_secs(1),
+                )
+                .is_ok()
+                {
+                    return Server {
+                        name,
+                        port,
+                        log,
+                        _child: child,
+                        dir,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} did not listen on port {port} within 90 s:\n{}",
+                    tail(&log)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("could not start {name}: {last}");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- end of the {} log ---\n{}", self.name, tail(&self.log));
+        }
+    }
+}
+
+/// moto's S3 server: any credentials, buckets created with [`http`].
+fn moto() -> Server {
+    let python = tool("moto-venv/bin/python");
+    Server::start("moto", TempDir::new().unwrap(), |port| {
+        let mut c = std::process::Command::new(&python);
+        c.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]);
+        c
+    })
+}
+
+const S3S_KEY: &str = "coffer-test-key";
+const S3S_SECRET: &str = "coffer-test-secret-0123456789";
+
+/// s3s-fs with credentials [`S3S_KEY`]/[`S3S_SECRET`] and the bucket `bucket`.
+fn s3s_fs() -> Server {
+    let bin = tool("bin/s3s-fs");
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bucket")).unwrap();
+    Server::start("s3s-fs", dir, |port| {
+        let mut c = std::process::Command::new(&bin);
+        c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3S_KEY, "--secret-key", S3S_SECRET])
+            .arg(&root);
+        c
+    })
+}
+
+/// One HTTP/1.1 request without a signature (fine for moto): status and whole response.
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    // moto's development server occasionally resets a connection under load: retry.
+    let mut last = String::new();
+    for _ in 0..10 {
+        match http_once(port, method, path, body) {
+            Ok(r) if r.0 != 0 => return r,
+            Ok(r) => last = r.1,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{method} {path} to the S3 server failed: {last}");
+}
+
+fn http_once(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+fn create_bucket(port: u16, bucket: &str) {
+    let (status, resp) = http(port, "PUT", &format!("/{bucket}"), b"");
+    assert_eq!(status, 200, "creating bucket {bucket} failed:\n{resp}");
+}
+
+/// Number and total size of the objects under `prefix` (one listing page, ≤ 1000 keys).
+fn objects_under(port: u16, bucket: &str, prefix: &str) -> (usize, u64) {
+    let (status, resp) = http(
+        port,
+        "GET",
+        &format!("/{bucket}?list-type=2&prefix={prefix}"),
+        b"",
+    );
+    assert_eq!(status, 200, "listing {bucket}/{prefix} failed:\n{resp}");
+    assert!(
+        !resp.contains("<IsTruncated>true"),
+        "listing is paged: {resp}"
+    );
+    let sizes: Vec<u64> = resp
+        .split("<Size>")
+        .skip(1)
+        .map(|s| s[..s.find('<').unwrap()].parse().unwrap())
+        .collect();
+    (sizes.len(), sizes.iter().sum())
+}
+
+/// Forwards 127.0.0.1 connections to `target`, passing uploads (client to server) at
+/// `rate` bytes per second. Stops accepting when dropped.
+struct SlowProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl SlowProxy {
+    fn new(target: u16, rate: u64) -> SlowProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump(client, server, Some(rate)));
+                std::thread::spawn(move || pump(s2, c2, None));
+            }
+        });
+        SlowProxy { port, stop }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wake up accept()
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, rate: Option<u64>) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+// --- coffer -----------------------------------------------------------------------------
+
+/// How the child process reaches the S3 server.
+struct S3Env {
+    endpoint: String,
+    key: String,
+    secret: String,
+    password: String,
+    home: TempDir,
+}
+
+impl S3Env {
+    fn new(endpoint: String, key: &str, secret: &str) -> S3Env {
+        S3Env {
+            endpoint,
+            key: key.into(),
+            secret: secret.into(),
+            password: PASSWORD.into(),
+            home: TempDir::new().unwrap(),
+        }
+    }
+
+    /// `coffer --repo REPO ARGS…` with only this environment's COFFER_*/AWS_* variables.
+    fn coffer(&self, repo: &str, args: &[&str]) -> Command {
+        let mut c = Command::cargo_bin("coffer").unwrap();
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("COFFER_") || k.starts_with("AWS_") || k == "XDG_DATA_HOME" {
+                c.env_remove(k.as_ref());
+            }
+        }
+        c.env("COFFER_HOME", self.home.path())
+            .env("COFFER_PASSWORD", &self.password)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", &self.key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .arg("--repo")
+            .arg(repo)
+            .args(args)
+            .timeout(COMMAND_TIMEOUT);
+        c
+    }
+
+    /// Run and require exit code 0; stdout.
+    fn ok(&self, repo: &str, args: &[&str]) -> String {
+        let out = self.coffer(repo, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "coffer {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run and require exit code `code`; stderr.
+    fn fails(&self, repo: &str, args: &[&str], code: i32) -> String {
+        let out = self.coffer(repo, args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "coffer {args:?}: expected exit code {code}, got {}\nstdout: {}\nstderr: {stderr}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "coffer {args:?} panicked:\n{stderr}"
+        );
+        stderr
+    }
+
+    fn snapshots(&self, repo: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(repo, &["snapshots", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("snapshots --json is not JSON ({e}): {out}"))
+            .as_array()
+            .expect("snapshots --json is an array")
+            .clone()
+    }
+
+    fn backup(&self, repo: &str, src: &Path) -> serde_json::Value {
+        let out = self.ok(repo, &["backup", "--json", src.to_str().unwrap()]);
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("backup --json is not JSON ({e}): {out}"))
+    }
+}
+
+// --- data -------------------------------------------------------------------------------
+
+/// Deterministic incompressible bytes (xorshift64*).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A directory to back up, with its absolute (canonical) path.
+fn source_tree(files: &[(&str, Vec<u8>)]) -> (TempDir, PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let src = dir.path().canonicalize().unwrap().join("src");
+    for (name, data) in files {
+        let p = src.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    (dir, src)
+}
+
+/// Every regular file under `root`, by relative path.
+fn files_in(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                walk(root, &e.path(), out);
+            } else {
+                assert!(
+                    t.is_file(),
+                    "unexpected file type at {}",
+                    e.path().display()
+                );
+                out.insert(
+                    e.path().strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(e.path()).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Restore the latest snapshot and compare it byte for byte with `src`.
+fn restore_and_compare(env: &S3Env, repo: &str, src: &Path) {
+    let target = TempDir::new().unwrap();
+    env.ok(
+        repo,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            target.path().to_str().unwrap(),
+        ],
+    );
+    // Snapshots keep absolute paths: the tree comes back under target/<src>.
+    let restored = target.path().join(src.strip_prefix("/").unwrap());
+    let want = files_in(src);
+    let got = files_in(&restored);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "restored files differ from the source"
+    );
+    for (name, data) in &want {
+        assert!(
+            got[name] == *data,
+            "restored {} differs from the source",
+            name.display()
+        );
+    }
+}
+
+// --- moto -------------------------------------------------------------------------------
+
+#[test]
+fn moto_full_lifecycle() {
+    let server = moto();
+    create_bucket(server.port, "bucket");
+    let env = S3Env::new(server.endpoint(), "test-key", "test-secret");
+    let repo = "s3://bucket/some/prefix";
+
+    let (_keep, src) = source_tree(&[
+        ("big.bin", random_bytes((41 << 20) + 12345, 1)),
+        ("doomed.bin", random_bytes(10 << 20, 2)),
+        ("small.txt", b"hello, object storage\n".to_vec()),
+        ("sub/dir/notes.md", b"# notes\n".repeat(1000)),
+        ("sub/empty", Vec::new()),
+    ]);
+
+    env.ok(repo, &["init", "--pack-size", "8"]);
+    // Everything lives under the prefix.
+    assert_eq!(
+        objects_under(server.port, "bucket", "some/prefix/config").0,
+        1
+    );
+
+    let first = env.backup(repo, &src);
+    let (packs, stored) = objects_under(server.port, "bucket", "some/prefix/data/");
+    assert!(
+        packs >= 5,
+        "51 MiB in 8 MiB packs should make several packs, found {packs}"
+    );
+    assert!(
+        stored > 51 << 20,
+        "{stored} bytes stored for 51 MiB of random data"
+    );
+
+    let snaps = env.snapshots(repo);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["id"], first["id"]);
+    assert_eq!(snaps[0]["paths"][0], src.to_str().unwrap());
+
+    restore_and_compare(&env, repo, &src);
+    env.ok(repo, &["check", "--read-data"]);
+
+    // Nothing changed: the second backup stores (almost) nothing new.
+    let second = env.backup(repo, &src);
+    let added = second["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(
+        added < 64 << 10,
+        "an unchanged second backup added {added} bytes: {second}"
+    );
+    assert_eq!(second["summary"]["files_unchanged"], 5, "{second}");
+    // At most a small pack of changed directory metadata (the parents of `src` in /tmp).
+    let (_, stored2) = objects_under(server.port, "bucket", "some/prefix/data/");
+    assert!(
+        stored2 - stored < 64 << 10,
+        "packs grew from {stored} to {stored2} bytes"
+    );
+
+    // Drop a 10 MiB file and change another: after forgetting the older snapshots, prune
+    // has data to delete or repack.
+    std::fs::remove_file(src.join("doomed.bin")).unwrap();
+    std::fs::write(src.join("small.txt"), b"changed\n").unwrap();
+    env.backup(repo, &src);
+    assert_eq!(env.snapshots(repo).len(), 3);
+    env.ok(repo, &["forget", "--keep-last", "1", "--prune"]);
+    let snaps = env.snapshots(repo);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let (_, stored_after) = objects_under(server.port, "bucket", "some/prefix/data/");
+    assert!(
+        stored_after + (5 << 20) < stored,
+        "prune freed too little: {stored} bytes of packs before, {stored_after} after"
+    );
+
+    env.ok(repo, &["check", "--read-data"]);
+    restore_and_compare(&env, repo, &src);
+}
+
+#[test]
+fn moto_wrong_passphrase_exits_4() {
+    let server = moto();
+    create_bucket(server.port, "bucket");
+    let mut env = S3Env::new(server.endpoint(), "test-key", "test-secret");
+    let repo = "s3://bucket/repo";
+    env.ok(repo, &["init"]);
+    env.password = "not the passphrase".into();
+    let err = env.fails(repo, &["snapshots"], 4);
+    assert!(err.contains("passphrase"), "{err}");
+}
+
+#[test]
+fn moto_missing_bucket_is_a_clear_error() {
+    let server = moto();
+    create_bucket(server.port, "other");
+    let env = S3Env::new(server.endpoint(), "test-key", "test-secret");
+    let repo = "s3://no-such-bucket/prefix";
+    for args in [&["snapshots"][..], &["init"][..]] {
+        let out = env.coffer(repo, args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code();
+        assert!(
+            code.is_some() && code != Some(0) && code != Some(101),
+            "coffer {args:?} on a missing bucket: {}\n{err}",
+            out.status
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("bucket \"no-such-bucket\" does not exist"),
+            "coffer {args:?}: the message should name the missing bucket:\n{err}"
+        );
+        assert_eq!(code, Some(7), "{err}");
+    }
+    // init did not create the bucket or anything else.
+    let (_, list) = http(server.port, "GET", "/", b"");
+    assert!(!list.contains("no-such-bucket"), "{list}");
+}
+
+/// A pack is uploaded in one PUT; on a link slower than pack size / 10 s that used to hit
+/// OpenDAL's default 10 s IO timeout on every try, so backups could never finish.
+#[test]
+fn moto_slow_uploads_finish() {
+    let server = moto();
+    create_bucket(server.port, "bucket");
+    let proxy = SlowProxy::new(server.port, 1 << 20);
+    let env = S3Env::new(
+        format!("http://127.0.0.1:{}", proxy.port),
+        "test-key",
+        "test-secret",
+    );
+    let repo = "s3://bucket/slow";
+    let (_keep, src) = source_tree(&[("twelve.bin", random_bytes(12 << 20, 3))]);
+    env.ok(repo, &["init", "--pack-size", "16"]);
+    let started = Instant::now();
+    env.backup(repo, &src);
+    assert!(
+        started.elapsed() > Duration::from_secs(10),
+        "the proxy did not slow the upload down ({:?})",
+        started.elapsed()
+    );
+    let (_, stored) = objects_under(server.port, "bucket", "slow/data/");
+    assert!(stored > 12 << 20, "{stored}");
+    drop(proxy);
+    // Read back directly.
+    let env = S3Env::new(server.endpoint(), "test-key", "test-secret");
+    restore_and_compare(&env, repo, &src);
+}
+
+#[test]
+fn unreachable_endpoint_is_a_storage_error() {
+    let port = free_port(); // nothing listens there
+    let env = S3Env::new(format!("http://127.0.0.1:{port}"), "k", "s");
+    let err = env.fails("s3://bucket/x", &["snapshots"], 7);
+    assert!(err.contains("s3://bucket/x/config"), "{err}");
+}
+
+// --- s3s-fs -----------------------------------------------------------------------------
+
+#[test]
+fn s3s_fs_backup_and_restore_with_signed_requests() {
+    let server = s3s_fs();
+    let env = S3Env::new(server.endpoint(), S3S_KEY, S3S_SECRET);
+    let repo = "s3://bucket/nested/prefix";
+    let (_keep, src) = source_tree(&[
+        ("a.bin", random_bytes(12 << 20, 4)),
+        ("b/c.txt", b"signed\n".to_vec()),
+    ]);
+    env.ok(repo, &["init", "--pack-size", "4"]);
+    env.backup(repo, &src);
+    // s3s-fs lists only one level, so no `check` (it lists data/xx/); snapshots and
+    // restore list only the flat folders.
+    let snaps = env.snapshots(repo);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    restore_and_compare(&env, repo, &src);
+    // The objects really are under the prefix on the server's disk.
+    assert!(server
+        .dir
+        .path()
+        .join("root/bucket/nested/prefix/config")
+        .is_file());
+}
+
+#[test]
+fn s3s_fs_wrong_credentials_exit_7() {
+    let server = s3s_fs();
+    let good = S3Env::new(server.endpoint(), S3S_KEY, S3S_SECRET);
+    let repo = "s3://bucket/repo";
+    good.ok(repo, &["init"]);
+
+    let wrong_secret = S3Env::new(server.endpoint(), S3S_KEY, "not-the-secret");
+    let wrong_key = S3Env::new(server.endpoint(), "no-such-key", S3S_SECRET);
+    for env in [&wrong_secret, &wrong_key] {
+        let err = env.fails(repo, &["snapshots"], 7);
+        assert!(
+            err.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+            "{err}"
+        );
+        let err = env.fails("s3://bucket/fresh", &["init"], 7);
+        assert!(
+            err.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+            "{err}"
+        );
+    }
+    assert!(!server.dir.path().join("root/bucket/fresh").exists());
+    // The repository is still fine for the right credentials.
+    assert!(good.snapshots(repo).is_empty());
+}
