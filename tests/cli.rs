@@ -801,3 +801,84 @@ fn usage_errors_exit_2_and_version_works() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("coffer "));
 }
+
+#[test]
+fn a_stray_key_slot_does_not_block_opening() {
+    let env = Env::new();
+    env.init();
+    let other = env.path("other");
+    env.cmd()
+        .env("COFFER_REPO", &other)
+        .arg("init")
+        .assert()
+        .success();
+    // A slot that opens with the same passphrase but wraps another repository's key.
+    for f in list_files(&other.join("keys")) {
+        fs::copy(
+            &f,
+            env.repo
+                .join("keys")
+                .join(format!("00{}", f.file_name().unwrap().to_str().unwrap())),
+        )
+        .unwrap();
+    }
+    env.cmd().arg("snapshots").assert().success();
+}
+
+#[test]
+fn default_repository_honours_an_explicit_passphrase() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let cmd = || {
+        let mut c = env.cmd();
+        c.env_remove("COFFER_REPO");
+        c
+    };
+    cmd()
+        .args(["backup", src.to_str().unwrap()])
+        .assert()
+        .success();
+    assert!(
+        !env.path("home/key").exists(),
+        "a key file was generated despite COFFER_PASSWORD"
+    );
+    cmd().arg("snapshots").assert().success();
+    cmd()
+        .env("COFFER_PASSWORD", "other")
+        .arg("snapshots")
+        .assert()
+        .code(4);
+}
+
+#[test]
+fn restore_of_many_files_needs_few_file_descriptors() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..600 {
+        fs::write(src.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    env.backup(&[src.to_str().unwrap()]);
+    let target = env.path("r");
+    let bin = assert_cmd::cargo::cargo_bin("coffer");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec '{}' restore latest --target '{}'",
+            bin.display(),
+            target.display()
+        ))
+        .env("COFFER_REPO", &env.repo)
+        .env("COFFER_PASSWORD", "correct horse")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &restored(&target, &src));
+}

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Benchmark coffer against restic on the same generated tree, in one run.
+#
+#   bench/files.sh [SIZE_MIB]     (default 1200; needs restic and GNU time: apt-get install restic time)
+#
+# The tree: half incompressible files (random, 1–32 MiB), half text (log-like lines), plus
+# 3000 small files. Each tool gets its own fresh local repository; every measurement is run
+# RUNS times (default 3) and the median is reported. Prints a Markdown table for
+# docs/BENCHMARKS.md. The page cache is warm for both tools (the tree is read once first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${1:-1200}
+RUNS=${RUNS:-3}
+WORK=${BENCH_DIR:-/tmp/coffer-bench}
+COFFER=${COFFER:-$PWD/target/release/coffer}
+TIME=/usr/bin/time
+[ -x "$COFFER" ] || cargo build --release
+command -v restic >/dev/null || { echo "restic is not installed (apt-get install restic)" >&2; exit 1; }
+[ -x $TIME ] || { echo "GNU time is not installed (apt-get install time)" >&2; exit 1; }
+
+DATA=$WORK/data
+mkdir -p "$WORK"
+if [ ! -f "$DATA/.done-$SIZE_MIB" ]; then
+  rm -rf "$DATA"; mkdir -p "$DATA/bin" "$DATA/text" "$DATA/small"
+  echo "generating ${SIZE_MIB} MiB of test data in $DATA" >&2
+  python3 - "$DATA" "$SIZE_MIB" <<'PY'
+import os, random, sys
+root, size = sys.argv[1], int(sys.argv[2]) << 20
+rnd = random.Random(42)
+half, done, i = size // 2, 0, 0
+while done < half:
+    n = min(rnd.randint(1, 32) << 20, half - done)
+    with open(f"{root}/bin/blob{i:04d}.bin", "wb") as f:
+        f.write(os.urandom(n))
+    done += n; i += 1
+words = "GET POST PUT /api/v1/users /api/v1/orders /static/app.js 200 201 404 500 user_id order_id session latency_ms bytes ok error timeout retry".split()
+done, i = 0, 0
+while done < half - (3000 * 16 << 10):
+    lines = []
+    for _ in range(40000):
+        lines.append(f"2024-05-{rnd.randint(1,28):02d}T{rnd.randint(0,23):02d}:{rnd.randint(0,59):02d}:{rnd.randint(0,59):02d}Z "
+                     f"{rnd.choice(words)} {rnd.choice(words)} id={rnd.randint(0, 10**9)} "
+                     f"{' '.join(rnd.choice(words) for _ in range(rnd.randint(3, 9)))}\n")
+    chunk = "".join(lines).encode()
+    with open(f"{root}/text/log{i:04d}.log", "wb") as f:
+        f.write(chunk)
+    done += len(chunk); i += 1
+for j in range(3000):
+    d = f"{root}/small/d{j % 50:02d}"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{j:04d}", "wb") as f:
+        f.write(os.urandom(rnd.randint(1, 32) << 10) if j % 2 else ("config line %d\n" % j).encode() * rnd.randint(50, 2000))
+PY
+  touch "$DATA/.done-$SIZE_MIB"
+fi
+cat $(find "$DATA" -type f) >/dev/null  # warm the page cache for both tools
+DATA_BYTES=$(du -sb --exclude='.done-*' "$DATA" | cut -f1)
+
+export RESTIC_PASSWORD=bench COFFER_PASSWORD=bench
+unset COFFER_REPO COFFER_PASSWORD_FILE
+# run NAME CMD... : prints "seconds maxrss_kib"
+run() { local out; out=$($TIME -f '%e %M' "$@" 2>&1 >/dev/null | tail -1); echo "$out"; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+declare -A T M S
+for tool in restic coffer; do
+  for op in first second restore; do : >"$WORK/$tool.$op"; done
+  for r in $(seq "$RUNS"); do
+    repo=$WORK/repo-$tool; target=$WORK/restore-$tool
+    rm -rf "$repo" "$target"
+    if [ $tool = restic ]; then
+      restic -q init -r "$repo" >/dev/null
+      first=(restic -q -r "$repo" backup "$DATA")
+      restore=(restic -q -r "$repo" restore latest --target "$target")
+    else
+      "$COFFER" -q init --repo "$repo"
+      first=("$COFFER" -q --repo "$repo" backup "$DATA")
+      restore=("$COFFER" -q --repo "$repo" restore latest --target "$target")
+    fi
+    run "${first[@]}" >>"$WORK/$tool.first"
+    run "${first[@]}" >>"$WORK/$tool.second"
+    run "${restore[@]}" >>"$WORK/$tool.restore"
+    S[$tool]=$(du -sb "$repo" | cut -f1)
+    if [ "$r" = 1 ]; then
+      diff -r "$DATA" "$target/$DATA" >/dev/null || { echo "$tool restored different data" >&2; exit 1; }
+    fi
+  done
+  for op in first second restore; do
+    T[$tool.$op]=$(cut -d' ' -f1 "$WORK/$tool.$op" | median)
+    M[$tool.$op]=$(cut -d' ' -f2 "$WORK/$tool.$op" | sort -n | tail -1)
+  done
+  rm -rf "$WORK/repo-$tool" "$WORK/restore-$tool"
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+mib() { awk -v b="$1" 'BEGIN { printf "%.0f MiB", b / 1048576 }'; }
+echo
+echo "Data: $(mib "$DATA_BYTES") ($(find "$DATA" -type f | wc -l) files), $(nproc) cores, runs: $RUNS (median time, max RSS)"
+echo "coffer $("$COFFER" version | cut -d' ' -f2), $(restic version | cut -d' ' -f1-2)"
+echo
+echo "| measurement | restic | coffer | coffer / restic |"
+echo "|---|---|---|---|"
+for op in first second restore; do
+  echo "| $op: time (s) | ${T[restic.$op]} | ${T[coffer.$op]} | $(ratio "${T[coffer.$op]}" "${T[restic.$op]}") |"
+done
+for op in first second restore; do
+  echo "| $op: peak memory (MiB) | $((${M[restic.$op]} / 1024)) | $((${M[coffer.$op]} / 1024)) | $(ratio "${M[coffer.$op]}" "${M[restic.$op]}") |"
+done
+echo "| repository size | $(mib "${S[restic]}") | $(mib "${S[coffer]}") | $(ratio "${S[coffer]}" "${S[restic]}") |"
