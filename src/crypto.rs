@@ -67,6 +67,20 @@ impl MasterKey {
         out.extend_from_slice(&tag);
     }
 
+    /// Seal compressed plaintext in place (its buffer has the nonce room reserved).
+    pub fn seal_encoded(&self, enc: compress::Encoded) -> Vec<u8> {
+        let mut buf = enc.0;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        let tag = self
+            .cipher()
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut buf[NONCE_LEN..])
+            .expect("XChaCha20-Poly1305 encrypts any length coffer produces");
+        buf.extend_from_slice(&tag);
+        buf
+    }
+
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
         self.seal_into(plaintext, &mut out);
@@ -120,6 +134,7 @@ impl WrappingKey {
 
 /// Compression of blob and metadata plaintext: the payload, then one flag byte.
 pub mod compress {
+    use super::{NONCE_LEN, TAG_LEN};
     use crate::error::Error;
 
     const RAW: u8 = 0;
@@ -147,8 +162,9 @@ pub mod compress {
         }
 
         /// Encode `data` as `payload || flag`, choosing raw storage when compression does
-        /// not pay.
-        pub fn encode(&mut self, data: &[u8]) -> Vec<u8> {
+        /// not pay. The result has room for the nonce in front and the tag behind, so
+        /// [`MasterKey::seal_encoded`] encrypts it without another copy.
+        pub fn encode(&mut self, data: &[u8]) -> Encoded {
             if let Some(c) = self.inner.as_mut() {
                 let worth_trying = data.len() < SAMPLE_THRESHOLD
                     || {
@@ -156,20 +172,41 @@ pub mod compress {
                         matches!(self.sampler.compress(sample), Ok(z) if z.len() < sample.len() * 97 / 100)
                     };
                 if worth_trying {
-                    let mut out =
-                        Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + 1);
-                    if let Ok(n) = c.compress_to_buffer(data, &mut out) {
+                    let bound = zstd::zstd_safe::compress_bound(data.len());
+                    let mut buf = Vec::with_capacity(NONCE_LEN + bound + 1 + TAG_LEN);
+                    buf.extend_from_slice(&[0u8; NONCE_LEN]);
+                    let mut cur = std::io::Cursor::new(buf);
+                    cur.set_position(NONCE_LEN as u64);
+                    if let Ok(n) = c.compress_to_buffer(data, &mut cur) {
+                        let mut buf = cur.into_inner();
+                        debug_assert_eq!(buf.len(), NONCE_LEN + n);
                         if n < data.len() {
-                            out.push(ZSTD);
-                            return out;
+                            buf.push(ZSTD);
+                            // Packs hold many of these: do not keep the worst-case capacity.
+                            if buf.capacity() > buf.len() + buf.len() / 4 + 4096 {
+                                buf.reserve_exact(TAG_LEN);
+                                buf.shrink_to(buf.len() + TAG_LEN);
+                            }
+                            return Encoded(buf);
                         }
                     }
                 }
             }
-            let mut out = Vec::with_capacity(data.len() + 1);
-            out.extend_from_slice(data);
-            out.push(RAW);
-            out
+            let mut buf = Vec::with_capacity(NONCE_LEN + data.len() + 1 + TAG_LEN);
+            buf.extend_from_slice(&[0u8; NONCE_LEN]);
+            buf.extend_from_slice(data);
+            buf.push(RAW);
+            Encoded(buf)
+        }
+    }
+
+    /// Encoded plaintext with room reserved for a nonce in front.
+    pub struct Encoded(pub(crate) Vec<u8>);
+
+    impl Encoded {
+        /// The encoded bytes (`payload || flag`).
+        pub fn payload(&self) -> &[u8] {
+            &self.0[NONCE_LEN..]
         }
     }
 
@@ -258,14 +295,17 @@ mod tests {
         let mut c = compress::Compressor::new(3);
         let text = b"abcabcabc".repeat(100_000);
         let enc = c.encode(&text);
-        assert!(enc.len() < text.len() / 10);
-        assert_eq!(compress::decode(&enc).unwrap(), text);
+        assert!(enc.payload().len() < text.len() / 10);
+        assert_eq!(compress::decode(enc.payload()).unwrap(), text);
+        let k = MasterKey::generate();
+        let sealed = k.seal_encoded(c.encode(&text));
+        assert_eq!(compress::decode(&k.open(&sealed).unwrap()).unwrap(), text);
         let mut noise = vec![0u8; 300_000];
         rand::thread_rng().fill_bytes(&mut noise);
         let enc = c.encode(&noise);
-        assert_eq!(enc.len(), noise.len() + 1);
-        assert_eq!(compress::decode(&enc).unwrap(), noise);
+        assert_eq!(enc.payload().len(), noise.len() + 1);
+        assert_eq!(compress::decode(enc.payload()).unwrap(), noise);
         let mut off = compress::Compressor::new(0);
-        assert_eq!(compress::decode(&off.encode(&text)).unwrap(), text);
+        assert_eq!(compress::decode(off.encode(&text).payload()).unwrap(), text);
     }
 }

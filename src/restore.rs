@@ -292,85 +292,128 @@ pub fn restore(
             }
         }
     }
-    let work: Vec<(u32, PackWork)> = by_pack.into_iter().collect();
+    // Work items: runs of blobs from one pack spanning at most SPAN bytes, read with one
+    // request each. Small items keep memory low and all workers busy.
+    const SPAN: u64 = 8 << 20;
+    let mut work: Vec<(u32, PackWork)> = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|b| b.0.entry.offset);
+        let mut cur: PackWork = Vec::new();
+        let mut start = 0u64;
+        for b in blobs {
+            let off = b.0.entry.offset as u64;
+            if !cur.is_empty() && off + b.0.entry.length as u64 - start > SPAN {
+                work.push((pack, std::mem::take(&mut cur)));
+            }
+            if cur.is_empty() {
+                start = off;
+            }
+            cur.push(b);
+        }
+        if !cur.is_empty() {
+            work.push((pack, cur));
+        }
+    }
     let next = AtomicUsize::new(0);
+    // Twice the cores: a worker waiting on storage or the page cache leaves a core idle.
     let threads = repo.backend.concurrency().max(
-        std::thread::available_parallelism()
+        2 * std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
     );
     std::thread::scope(|sc| {
         for _ in 0..threads {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((pack, blobs)) = work.get(i) else {
-                    break;
-                };
-                let pack_id = index.packs[*pack as usize].id;
-                let start = blobs
-                    .iter()
-                    .map(|b| b.0.entry.offset as u64)
-                    .min()
-                    .unwrap_or(0);
-                let end = blobs
-                    .iter()
-                    .map(|b| b.0.entry.offset as u64 + b.0.entry.length as u64)
-                    .max()
-                    .unwrap_or(0);
-                let span =
-                    repo.backend
-                        .read_range(FileKind::Pack, &pack_id.to_hex(), start, end - start);
-                for (loc, uses) in blobs {
-                    let data = match &span {
-                        Ok(span) => {
-                            let s = (loc.entry.offset as u64 - start) as usize;
-                            let sealed = &span[s..s + loc.entry.length as usize];
-                            repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length)
-                                .map_err(|e| {
-                                    damaged.store(true, Ordering::SeqCst);
-                                    format!("{e:#} (pack {pack_id})")
-                                })
-                        }
-                        Err(e) => {
-                            if coffer_kind(e) == ErrorKind::Integrity {
-                                damaged.store(true, Ordering::SeqCst);
-                            } else {
-                                io_failed.store(true, Ordering::SeqCst);
-                            }
-                            Err(format!("{e:#}"))
-                        }
+            sc.spawn(|| {
+                let mut handles: HashMap<usize, std::fs::File> = HashMap::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((pack, blobs)) = work.get(i) else {
+                        break;
                     };
-                    for u in uses {
-                        let job = &p.files[u.file];
-                        if job.failed.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        let res = match &data {
-                            Ok(d) => OpenOptions::new()
-                                .write(true)
-                                .open(&job.tmp)
-                                .and_then(|f| f.write_all_at(d, u.offset))
-                                .map(|()| {
-                                    job.written.fetch_add(d.len() as u64, Ordering::SeqCst);
-                                })
-                                .map_err(|e| {
+                    let pack_id = index.packs[*pack as usize].id;
+                    let start = blobs
+                        .iter()
+                        .map(|b| b.0.entry.offset as u64)
+                        .min()
+                        .unwrap_or(0);
+                    let end = blobs
+                        .iter()
+                        .map(|b| b.0.entry.offset as u64 + b.0.entry.length as u64)
+                        .max()
+                        .unwrap_or(0);
+                    let span = repo.backend.read_range(
+                        FileKind::Pack,
+                        &pack_id.to_hex(),
+                        start,
+                        end - start,
+                    );
+                    for (loc, uses) in blobs {
+                        let data = match &span {
+                            Ok(span) => {
+                                let s = (loc.entry.offset as u64 - start) as usize;
+                                let sealed = &span[s..s + loc.entry.length as usize];
+                                repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length)
+                                    .map_err(|e| {
+                                        damaged.store(true, Ordering::SeqCst);
+                                        format!("{e:#} (pack {pack_id})")
+                                    })
+                            }
+                            Err(e) => {
+                                if coffer_kind(e) == ErrorKind::Integrity {
+                                    damaged.store(true, Ordering::SeqCst);
+                                } else {
                                     io_failed.store(true, Ordering::SeqCst);
-                                    format!("cannot write {}: {e}", job.tmp.display())
-                                }),
-                            Err(m) => Err(m.clone()),
-                        };
-                        match res {
-                            Ok(()) => {
-                                if let Ok(d) = &data {
-                                    progress.inc(d.len() as u64);
                                 }
-                                if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-                                    if let Err(e) = finalize(job) {
-                                        fail(job, e.to_string());
+                                Err(format!("{e:#}"))
+                            }
+                        };
+                        for u in uses {
+                            let job = &p.files[u.file];
+                            if job.failed.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            let res = match &data {
+                                Ok(d) => {
+                                    // A few handles per worker, so many small files do not
+                                    // exhaust file descriptors and big files are not reopened.
+                                    if !handles.contains_key(&u.file) && handles.len() >= 16 {
+                                        handles.clear();
+                                    }
+                                    let f = match handles.entry(u.file) {
+                                        std::collections::hash_map::Entry::Occupied(e) => {
+                                            Ok(e.into_mut())
+                                        }
+                                        std::collections::hash_map::Entry::Vacant(v) => {
+                                            OpenOptions::new()
+                                                .write(true)
+                                                .open(&job.tmp)
+                                                .map(|f| v.insert(f))
+                                        }
+                                    };
+                                    f.and_then(|f| f.write_all_at(d, u.offset))
+                                        .map(|()| {
+                                            job.written.fetch_add(d.len() as u64, Ordering::SeqCst);
+                                        })
+                                        .map_err(|e| {
+                                            io_failed.store(true, Ordering::SeqCst);
+                                            format!("cannot write {}: {e}", job.tmp.display())
+                                        })
+                                }
+                                Err(m) => Err(m.clone()),
+                            };
+                            match res {
+                                Ok(()) => {
+                                    if let Ok(d) = &data {
+                                        progress.inc(d.len() as u64);
+                                    }
+                                    if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                                        if let Err(e) = finalize(job) {
+                                            fail(job, e.to_string());
+                                        }
                                     }
                                 }
+                                Err(m) => fail(job, m),
                             }
-                            Err(m) => fail(job, m),
                         }
                     }
                 }

@@ -25,6 +25,37 @@ impl LocalBackend {
     fn full(&self, kind: FileKind, name: &str) -> PathBuf {
         self.root.join(kind.path(name))
     }
+
+    /// Write to a temporary name, fsync, rename into place, fsync the folder.
+    fn write_slices(&self, kind: FileKind, name: &str, data: &[&[u8]]) -> Result<()> {
+        let path = self.full(kind, name);
+        let dir = path.parent().expect("object paths have a parent");
+        if !dir.exists() {
+            mkdir_private(dir)?;
+        }
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            crate::Id::random().short()
+        ));
+        let res = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            for d in data {
+                f.write_all(d)?;
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(e, "write", &path));
+        }
+        sync_dir(dir)
+    }
 }
 
 fn mkdir_private(p: &Path) -> Result<()> {
@@ -72,31 +103,12 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        let path = self.full(kind, name);
-        let dir = path.parent().expect("object paths have a parent");
-        if !dir.exists() {
-            mkdir_private(dir)?;
-        }
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            crate::Id::random().short()
-        ));
-        let res = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(e, "write", &path));
-        }
-        sync_dir(dir)
+        self.write_slices(kind, name, &[data])
+    }
+
+    fn write_parts(&self, kind: FileKind, name: &str, parts: Vec<Vec<u8>>) -> Result<()> {
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        self.write_slices(kind, name, &slices)
     }
 
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
@@ -172,6 +184,12 @@ impl Backend for LocalBackend {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// One writer: a local disk gains nothing from parallel fsyncs, and each pack in
+    /// flight costs memory.
+    fn concurrency(&self) -> usize {
+        1
     }
 
     fn remove_partial(&self) -> Result<usize> {

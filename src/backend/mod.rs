@@ -78,6 +78,10 @@ pub trait Backend: Send + Sync {
     /// Store an object durably. Objects are immutable: writing an existing name with the
     /// same bytes is allowed (content-named objects), different bytes never happen.
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// Store an object given as consecutive parts (a pack without concatenating it).
+    fn write_parts(&self, kind: FileKind, name: &str, parts: Vec<Vec<u8>>) -> Result<()> {
+        self.write(kind, name, &parts.concat())
+    }
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
     /// Size of an object, or `None` when it does not exist.

@@ -193,9 +193,20 @@ impl Backend for S3Backend {
     }
 
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.write_parts(kind, name, vec![data.to_vec()])
+    }
+
+    fn write_parts(&self, kind: FileKind, name: &str, parts: Vec<Vec<u8>>) -> Result<()> {
         let path = kind.path(name);
-        let buf = bytes::Bytes::copy_from_slice(data);
-        let op = layered(&self.base, upload_timeout(data.len()));
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        // Non-contiguous buffer: the parts are sent without being concatenated.
+        let buf = opendal::Buffer::from(
+            parts
+                .into_iter()
+                .map(bytes::Bytes::from)
+                .collect::<Vec<_>>(),
+        );
+        let op = layered(&self.base, upload_timeout(len));
         self.rt
             .block_on(op.write(&path, buf))
             .map(|_| ())

@@ -218,7 +218,7 @@ impl Repository {
     fn seal_json<T: Serialize>(&self, v: &T) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(v)?;
         let enc = compress::Compressor::new(self.config.compression.max(1)).encode(&json);
-        Ok(self.key.seal(&enc))
+        Ok(self.key.seal_encoded(enc))
     }
 
     /// Seal and store a JSON object, named by the hash of its stored bytes.

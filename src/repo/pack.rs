@@ -56,39 +56,58 @@ const ENTRY_LEN: usize = 1 + 4 + 4 + 32;
 /// Maximum size of a pack header we are willing to read.
 const MAX_HEADER: usize = 64 << 20;
 
-/// Accumulates sealed blobs into one pack.
+/// Accumulates sealed blobs into one pack. The blobs are kept as separate buffers and
+/// written out in sequence, so a pack is never copied into one contiguous buffer.
 #[derive(Default)]
 pub struct PackWriter {
-    buf: Vec<u8>,
+    parts: Vec<Vec<u8>>,
+    len: usize,
     entries: Vec<PackEntry>,
 }
 
-impl PackWriter {
-    pub fn with_capacity(n: usize) -> Self {
-        PackWriter {
-            buf: Vec::with_capacity(n),
-            entries: Vec::new(),
+/// A finished pack: its bytes in order, their total length, and its blobs.
+pub struct FinishedPack {
+    pub parts: Vec<Vec<u8>>,
+    pub len: usize,
+    pub entries: Vec<PackEntry>,
+}
+
+impl FinishedPack {
+    /// The pack's name: BLAKE3 of all its bytes.
+    pub fn id(&self) -> Id {
+        let mut h = blake3::Hasher::new();
+        for p in &self.parts {
+            h.update(p);
         }
+        Id(*h.finalize().as_bytes())
     }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts.concat()
+    }
+}
+
+impl PackWriter {
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-    pub fn add(&mut self, tpe: BlobType, id: Id, raw_length: u32, sealed: &[u8]) {
+    pub fn add(&mut self, tpe: BlobType, id: Id, raw_length: u32, sealed: Vec<u8>) {
         self.entries.push(PackEntry {
             id,
             tpe,
-            offset: self.buf.len() as u32,
+            offset: self.len as u32,
             length: sealed.len() as u32,
             raw_length,
         });
-        self.buf.extend_from_slice(sealed);
+        self.len += sealed.len();
+        self.parts.push(sealed);
     }
 
-    /// Append the sealed header; returns the pack bytes and its entries.
-    pub fn finish(mut self, key: &MasterKey) -> (Vec<u8>, Vec<PackEntry>) {
+    /// Append the sealed header and its length.
+    pub fn finish(mut self, key: &MasterKey) -> FinishedPack {
         let mut header = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
         for e in &self.entries {
             header.push(e.tpe.byte());
@@ -96,11 +115,16 @@ impl PackWriter {
             header.extend_from_slice(&e.raw_length.to_le_bytes());
             header.extend_from_slice(&e.id.0);
         }
-        let before = self.buf.len();
-        key.seal_into(&header, &mut self.buf);
-        let hlen = (self.buf.len() - before) as u32;
-        self.buf.extend_from_slice(&hlen.to_le_bytes());
-        (self.buf, self.entries)
+        let mut trailer = key.seal(&header);
+        let hlen = trailer.len() as u32;
+        trailer.extend_from_slice(&hlen.to_le_bytes());
+        self.len += trailer.len();
+        self.parts.push(trailer);
+        FinishedPack {
+            parts: self.parts,
+            len: self.len,
+            entries: self.entries,
+        }
     }
 }
 
@@ -176,9 +200,13 @@ mod tests {
         let mut w = PackWriter::default();
         let a = k.seal(b"aaaa");
         let b = k.seal(b"bbbbbbbb");
-        w.add(BlobType::Data, k.blob_id(b"aaaa"), 4, &a);
-        w.add(BlobType::Tree, k.blob_id(b"bbbbbbbb"), 8, &b);
-        let (bytes, entries) = w.finish(&k);
+        w.add(BlobType::Data, k.blob_id(b"aaaa"), 4, a);
+        w.add(BlobType::Tree, k.blob_id(b"bbbbbbbb"), 8, b);
+        let fin = w.finish(&k);
+        let bytes = fin.to_vec();
+        assert_eq!(fin.len, bytes.len());
+        assert_eq!(fin.id(), Id::of_bytes(&bytes));
+        let entries = fin.entries;
         let parsed = parse_pack(&k, &bytes).unwrap();
         assert_eq!(parsed, entries);
         let e = parsed[1];

@@ -11,7 +11,7 @@
 //! backup reusable by the next one.
 
 use super::index::{IndexFile, IndexPack, MasterIndex};
-use super::pack::{BlobType, PackWriter};
+use super::pack::{BlobType, FinishedPack, PackWriter};
 use super::Repository;
 use crate::backend::FileKind;
 use crate::crypto::compress::Compressor;
@@ -125,7 +125,7 @@ impl BlobSaver {
         });
         let (tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 4);
-        let (pack_tx, pack_rx) = bounded::<(Vec<u8>, Vec<super::pack::PackEntry>)>(0);
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
         let mut threads = Vec::new();
         for _ in 0..workers {
             let (rx, out, sh) = (job_rx.clone(), sealed_tx.clone(), shared.clone());
@@ -244,12 +244,14 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
         }
         let s = match job {
             Job::Raw { tpe, id, data } => {
+                let raw_length = data.len() as u32;
                 let enc = comp.encode(&data);
+                drop(data);
                 Sealed {
                     tpe,
                     id,
-                    raw_length: data.len() as u32,
-                    sealed: sh.repo.key.seal(&enc),
+                    raw_length,
+                    sealed: sh.repo.key.seal_encoded(enc),
                 }
             }
             Job::Sealed {
@@ -270,11 +272,7 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
     }
 }
 
-fn packer(
-    rx: Receiver<Sealed>,
-    out: Sender<(Vec<u8>, Vec<super::pack::PackEntry>)>,
-    sh: Arc<Shared>,
-) {
+fn packer(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: Arc<Shared>) {
     let target = sh.repo.config.pack_size as usize;
     let mut data = PackWriter::default();
     let mut trees = PackWriter::default();
@@ -290,10 +288,7 @@ fn packer(
             BlobType::Data => &mut data,
             BlobType::Tree => &mut trees,
         };
-        if w.is_empty() {
-            *w = PackWriter::with_capacity(target + (target >> 3));
-        }
-        w.add(s.tpe, s.id, s.raw_length, &s.sealed);
+        w.add(s.tpe, s.id, s.raw_length, s.sealed);
         if w.len() >= target {
             let full = std::mem::take(w);
             if out.send(full.finish(&sh.repo.key)).is_err() {
@@ -311,22 +306,27 @@ fn packer(
     }
 }
 
-fn uploader(rx: Receiver<(Vec<u8>, Vec<super::pack::PackEntry>)>, sh: Arc<Shared>) {
-    for (bytes, blobs) in rx {
+fn uploader(rx: Receiver<FinishedPack>, sh: Arc<Shared>) {
+    for pack in rx {
         if sh.failed() {
             return;
         }
-        let id = Id::of_bytes(&bytes);
-        if let Err(e) = sh.repo.backend.write(FileKind::Pack, &id.to_hex(), &bytes) {
+        let id = pack.id();
+        let (size, blobs) = (pack.len as u64, pack.entries);
+        if let Err(e) = sh
+            .repo
+            .backend
+            .write_parts(FileKind::Pack, &id.to_hex(), pack.parts)
+        {
             sh.fail(e);
             return;
         }
         sh.stats.packs_written.fetch_add(1, Ordering::Relaxed);
-        sh.written.lock().unwrap().pending.push(IndexPack {
-            id,
-            size: bytes.len() as u64,
-            blobs,
-        });
+        sh.written
+            .lock()
+            .unwrap()
+            .pending
+            .push(IndexPack { id, size, blobs });
         if let Err(e) = sh.flush_index(false) {
             sh.fail(e);
             return;

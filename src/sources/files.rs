@@ -80,6 +80,8 @@ struct Archiver<'a> {
     excluder: Excluder,
     progress: &'a Progress,
     size: u64,
+    /// The chunker's read window, reused from file to file.
+    window: Vec<u8>,
 }
 
 fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
@@ -228,13 +230,15 @@ impl Archiver<'_> {
             };
             let params = self.session.repo.config.chunker;
             let mut size = 0u64;
-            for chunk in Chunker::new(&params, f) {
+            let mut chunker = Chunker::with_buffer(&params, f, std::mem::take(&mut self.window));
+            for chunk in &mut chunker {
                 let chunk = chunk.map_err(|e| read_err(path, e))?;
                 size += chunk.len() as u64;
                 self.progress.inc(chunk.len() as u64);
                 n.content
                     .push(self.session.saver.save(BlobType::Data, chunk)?.0);
             }
+            self.window = chunker.into_buffer();
             n.size = size;
             self.size += size;
             if parent.is_some() {
@@ -300,6 +304,7 @@ pub fn backup_files(
         excluder: Excluder::new(&opts.excludes)?,
         progress,
         size: 0,
+        window: Vec::new(),
     };
     let parent_tree = match &parent {
         Some(p) => repo.load_tree(&a.session.index, &p.tree).ok(),
