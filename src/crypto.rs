@@ -88,6 +88,22 @@ impl MasterKey {
     }
 
     /// Open a sealed object; fails if a single bit was changed.
+    /// Open a sealed object in place; returns the plaintext part of the buffer.
+    pub fn open_in_place<'a>(&self, sealed: &'a mut [u8]) -> Result<&'a [u8], Error> {
+        if sealed.len() < OVERHEAD {
+            return Err(Error::integrity("encrypted object is truncated"));
+        }
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let n = rest.len() - TAG_LEN;
+        let (ct, tag) = rest.split_at_mut(n);
+        self.cipher()
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), b"", ct, Tag::from_slice(tag))
+            .map_err(|_| {
+                Error::integrity("authentication failed: the object was modified or damaged")
+            })?;
+        Ok(ct)
+    }
+
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, Error> {
         if sealed.len() < OVERHEAD {
             return Err(Error::integrity("encrypted object is truncated"));
@@ -207,6 +223,14 @@ pub mod compress {
         /// The encoded bytes (`payload || flag`).
         pub fn payload(&self) -> &[u8] {
             &self.0[NONCE_LEN..]
+        }
+    }
+
+    /// Decode without copying stored (uncompressed) data.
+    pub fn decode_ref(data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+        match data.split_last() {
+            Some((&RAW, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
+            _ => decode(data).map(std::borrow::Cow::Owned),
         }
     }
 

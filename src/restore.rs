@@ -341,18 +341,18 @@ pub fn restore(
                         .map(|b| b.0.entry.offset as u64 + b.0.entry.length as u64)
                         .max()
                         .unwrap_or(0);
-                    let span = repo.backend.read_range(
+                    let mut span = repo.backend.read_range(
                         FileKind::Pack,
                         &pack_id.to_hex(),
                         start,
                         end - start,
                     );
                     for (loc, uses) in blobs {
-                        let data = match &span {
+                        let data = match &mut span {
                             Ok(span) => {
                                 let s = (loc.entry.offset as u64 - start) as usize;
-                                let sealed = &span[s..s + loc.entry.length as usize];
-                                repo.open_blob(sealed, &loc.entry.id, loc.entry.raw_length)
+                                let sealed = &mut span[s..s + loc.entry.length as usize];
+                                repo.open_blob_in_place(sealed, &loc.entry.id, loc.entry.raw_length)
                                     .map_err(|e| {
                                         damaged.store(true, Ordering::SeqCst);
                                         format!("{e:#} (pack {pack_id})")

@@ -345,6 +345,29 @@ impl Repository {
         Ok(data)
     }
 
+    /// Like [`open_blob`](Self::open_blob), decrypting in the caller's buffer; stored
+    /// (uncompressed) data is returned without a copy.
+    pub fn open_blob_in_place<'a>(
+        &self,
+        sealed: &'a mut [u8],
+        id: &Id,
+        raw_length: u32,
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        let plain = self
+            .key
+            .open_in_place(sealed)
+            .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
+        let data = compress::decode_ref(plain)?;
+        if data.len() != raw_length as usize || self.key.blob_id(&data) != *id {
+            return Err(Error::integrity(format!(
+                "blob {} does not match its identifier",
+                id.short()
+            ))
+            .into());
+        }
+        Ok(data)
+    }
+
     pub fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
         if index.blob_type(id) != Some(BlobType::Tree) && index.has(id) {
             return Err(Error::integrity(format!("blob {} is not a tree", id.short())).into());
