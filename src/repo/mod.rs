@@ -335,14 +335,20 @@ impl Repository {
             .open(sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
         let data = compress::decode(&plain)?;
-        if data.len() != raw_length as usize || self.key.blob_id(&data) != *id {
+        self.verify_blob(&data, id, raw_length)?;
+        Ok(data)
+    }
+
+    /// The plaintext must have the recorded length and hash to its identifier.
+    fn verify_blob(&self, data: &[u8], id: &Id, raw_length: u32) -> Result<()> {
+        if data.len() != raw_length as usize || self.key.blob_id(data) != *id {
             return Err(Error::integrity(format!(
                 "blob {} does not match its identifier",
                 id.short()
             ))
             .into());
         }
-        Ok(data)
+        Ok(())
     }
 
     /// Like [`open_blob`](Self::open_blob), decrypting in the caller's buffer; stored
@@ -358,13 +364,7 @@ impl Repository {
             .open_in_place(sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
         let data = compress::decode_ref(plain)?;
-        if data.len() != raw_length as usize || self.key.blob_id(&data) != *id {
-            return Err(Error::integrity(format!(
-                "blob {} does not match its identifier",
-                id.short()
-            ))
-            .into());
-        }
+        self.verify_blob(&data, id, raw_length)?;
         Ok(data)
     }
 
