@@ -78,6 +78,13 @@ pub struct BackupArgs {
     /// Read the data to back up from standard input
     #[arg(long, conflicts_with = "paths")]
     pub stdin: bool,
+    /// Dump a PostgreSQL database with pg_dump (URL like postgresql://user@host:5432/db;
+    /// without one, DATABASE_URL and then PGHOST/PGPORT/PGUSER/PGDATABASE)
+    #[arg(long, value_name = "URL", num_args = 0..=1, conflicts_with_all = ["paths", "stdin"])]
+    pub postgres: Option<Option<String>>,
+    /// With --postgres: dump every database of the server, plus roles and tablespaces
+    #[arg(long, requires = "postgres")]
+    pub all_databases: bool,
     /// File name for the stdin stream inside the snapshot
     #[arg(long, default_value = "stdin", requires = "stdin")]
     pub stdin_name: String,
@@ -120,19 +127,62 @@ pub struct RestoreArgs {
     /// Snapshot id (prefix) or "latest"
     pub snapshot: String,
     /// Directory to restore into
-    #[arg(long, short = 't')]
-    pub target: PathBuf,
+    #[arg(
+        long,
+        short = 't',
+        required_unless_present = "to_postgres",
+        conflicts_with = "to_postgres"
+    )]
+    pub target: Option<PathBuf>,
     /// Restore only this path of the snapshot (repeatable)
     #[arg(long = "include")]
     pub includes: Vec<String>,
+    /// Restore a PostgreSQL dump into the database named by this URL (created if missing)
+    #[arg(long, value_name = "URL", num_args = 0..=1)]
+    pub to_postgres: Option<Option<String>>,
+    /// Which database of a multi-database snapshot to restore
+    #[arg(long, requires = "to_postgres")]
+    pub database: Option<String>,
+    /// Parallel pg_restore jobs
+    #[arg(long, short = 'j', default_value_t = 1, requires = "to_postgres",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// Replace a non-empty database without asking
+    #[arg(long, short = 'y', requires = "to_postgres")]
+    pub yes: bool,
+    /// Do not back up a non-empty target database before replacing it
+    #[arg(long, requires = "to_postgres")]
+    pub no_safety_backup: bool,
+    /// Restore only this table (NAME or SCHEMA.NAME, repeatable) beside the live one, as NAME_restore
+    #[arg(long = "table", requires = "to_postgres")]
+    pub tables: Vec<String>,
+    /// With one --table: the name to restore it as
+    #[arg(long = "as", value_name = "NEWNAME", requires = "tables")]
+    pub rename: Option<String>,
+    /// Read and verify everything, show what would be done, change nothing
+    #[arg(long, requires = "to_postgres")]
+    pub dry_run: bool,
+    /// pg_restore --no-owner: do not set object owners
+    #[arg(long, requires = "to_postgres")]
+    pub no_owner: bool,
+    /// pg_restore --no-privileges: do not restore grants
+    #[arg(long, requires = "to_postgres")]
+    pub no_privileges: bool,
+    /// Directory for the verified dump that pg_restore reads (default: the temp directory)
+    #[arg(long, requires = "to_postgres")]
+    pub spool_dir: Option<PathBuf>,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
     /// Snapshot id (prefix) or "latest"
     pub snapshot: String,
-    /// Path of the file or stream inside the snapshot
-    pub path: String,
+    /// Path of the file or stream inside the snapshot (may be left out when the snapshot
+    /// holds a single stream, e.g. one database dump)
+    pub path: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! One function per command: call the library, print the result.
 
 use super::args::*;
-use super::context::{prompt, Context};
+use super::context::{prompt, prompt_line, Context};
 use anyhow::Result;
 use coffer::backend::FileKind;
 use coffer::error::Error;
@@ -14,6 +14,8 @@ use coffer::repo::tree::NodeKind;
 use coffer::repo::{prune, walk_tree, Repository};
 use coffer::restore::{self, RestoreOptions};
 use coffer::sources::files::{backup_files, FilesOptions};
+use coffer::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
+use coffer::sources::postgres::{backup_postgres, DumpInfo, PostgresOptions};
 use coffer::sources::stream::backup_stream;
 use coffer::sources::CommonOptions;
 use serde_json::json;
@@ -68,12 +70,41 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         time: parse_time(&a.time)?,
         hostname: a.host.clone(),
     };
-    if !a.stdin && a.paths.is_empty() {
-        return Err(Error::usage("give paths to back up, or --stdin").into());
+    if !a.stdin && a.paths.is_empty() && a.postgres.is_none() {
+        return Err(Error::usage("give paths to back up, --stdin, or --postgres URL").into());
     }
     let repo = ctx.open_or_create_default()?;
     let _lock = Lock::shared(&repo, "backup")?;
-    let snap = if a.stdin {
+    let snap = if let Some(conn) = &a.postgres {
+        let p = Progress::bytes(ctx.mode, "backup postgres", None);
+        let s = backup_postgres(
+            repo.clone(),
+            &PostgresOptions {
+                conn: conn.clone(),
+                all_databases: a.all_databases,
+                common,
+            },
+            &p,
+        );
+        p.finish();
+        let s = s?;
+        if !a.json {
+            for src in &s.sources {
+                if let Ok(info) = serde_json::from_value::<DumpInfo>(src.metadata.clone()) {
+                    ctx.say(&format!(
+                        "dumped database {:?} from PostgreSQL {} at {} with pg_dump {}: {} in {} tables",
+                        info.database,
+                        info.server_version,
+                        info.server,
+                        info.pg_dump_version,
+                        mib(info.dump_size),
+                        info.tables.len()
+                    ));
+                }
+            }
+        }
+        s
+    } else if a.stdin {
         let p = Progress::bytes(ctx.mode, "backup stdin", None);
         let stdin = std::io::stdin().lock();
         let s = backup_stream(
@@ -109,8 +140,13 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
                    "size": snap.size, "summary": sm, "parent": snap.parent.map(|p| p.to_hex())})
         );
     } else {
+        let what = if snap.kind == "postgres" {
+            "streams"
+        } else {
+            "files"
+        };
         ctx.say(&format!(
-            "snapshot {} saved: {} files ({} new, {} changed, {} unchanged), {} total; added {} ({} stored) in {:.1}s",
+            "snapshot {} saved: {} {what} ({} new, {} changed, {} unchanged), {} total; added {} ({} stored) in {:.1}s",
             snap.id.short(),
             sm.files_new + sm.files_changed + sm.files_unchanged,
             sm.files_new,
@@ -203,23 +239,35 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     let _lock = Lock::shared(&repo, "restore")?;
     let snap = repo.find_snapshot(&a.snapshot)?;
     let index = repo.load_index()?;
+    if let Some(conn) = &a.to_postgres {
+        return restore_to_postgres(ctx, a, &repo, &index, &snap, conn.clone());
+    }
+    let target = a.target.clone().expect("clap requires --target");
     let p = Progress::bytes(ctx.mode, "restore", Some(snap.size));
     let r = restore::restore(
         &repo,
         &index,
         &snap,
         &RestoreOptions {
-            target: a.target.clone(),
+            target: target.clone(),
             includes: a.includes.clone(),
         },
         &p,
     );
     p.finish();
     let r = r?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"snapshot": snap.id.to_hex(), "target": target, "files": r.files, "dirs": r.dirs,
+                   "symlinks": r.symlinks, "bytes": r.bytes})
+        );
+        return Ok(());
+    }
     ctx.say(&format!(
         "restored snapshot {} to {}: {} files, {} directories, {} symlinks, {} (every chunk verified)",
         snap.id.short(),
-        a.target.display(),
+        target.display(),
         r.files,
         r.dirs,
         r.symlinks,
@@ -228,13 +276,115 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     Ok(())
 }
 
+fn restore_to_postgres(
+    ctx: &Context,
+    a: &RestoreArgs,
+    repo: &Arc<Repository>,
+    index: &coffer::repo::index::MasterIndex,
+    snap: &coffer::repo::snapshot::Snapshot,
+    conn: Option<String>,
+) -> Result<()> {
+    if !a.includes.is_empty() {
+        return Err(Error::usage("--include restores files; use --table for tables").into());
+    }
+    let opts = PgRestoreOptions {
+        conn,
+        database: a.database.clone(),
+        jobs: a.jobs,
+        yes: a.yes,
+        safety_backup: !a.no_safety_backup,
+        tables: a.tables.clone(),
+        rename: a.rename.clone(),
+        dry_run: a.dry_run,
+        no_owner: a.no_owner,
+        no_privileges: a.no_privileges,
+        spool_dir: a.spool_dir.clone(),
+    };
+    let p = Progress::bytes(ctx.mode, "restore postgres", None);
+    let mut confirm = |question: &str, db: &str| -> Result<bool> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Ok(false);
+        }
+        p.log(question);
+        let answer = prompt_line(&format!("Type the database name ({db}) to go on: "))?;
+        Ok(answer.trim() == db)
+    };
+    let r = restore_postgres(repo, index, snap, &opts, &p, &mut confirm);
+    p.finish();
+    let r = r?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        ctx.say(&format!(
+            "{} snapshot {} into database {:?} on {}{}",
+            if r.dry_run {
+                "dry run, nothing changed: restoring"
+            } else {
+                "restored"
+            },
+            snap.id.short(),
+            r.target_database,
+            r.server,
+            if r.dry_run { " would:" } else { ":" }
+        ));
+        for line in &r.plan {
+            ctx.say(&format!("  - {line}"));
+        }
+        if let Some(s) = &r.safety_snapshot {
+            ctx.say(&format!(
+                "safety backup of the previous {:?}: snapshot {} (tag safety-backup)",
+                r.target_database,
+                &s[..8]
+            ));
+        }
+        if !r.checks.is_empty() {
+            ctx.say("row counts (at backup → restored):");
+            for c in &r.checks {
+                let actual = c.actual.map(|n| n.to_string()).unwrap_or("missing".into());
+                let mark = if c.ok() { "ok" } else { "MISMATCH" };
+                ctx.say(&format!(
+                    "  {:<40} {:>12} → {:>12}  {mark}",
+                    c.table, c.expected, actual
+                ));
+            }
+        }
+    }
+    let bad = r.mismatches();
+    if bad > 0 {
+        return Err(Error::integrity(format!(
+            "{bad} of {} tables have a different row count than at backup time",
+            r.checks.len()
+        ))
+        .into());
+    }
+    if !r.dry_run && !a.json {
+        ctx.say(&format!(
+            "row counts match for all {} tables (every chunk verified)",
+            r.checks.len()
+        ));
+    }
+    Ok(())
+}
+
 pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
     let repo = ctx.open()?;
     let snap = repo.find_snapshot(&a.snapshot)?;
     let index = repo.load_index()?;
+    let path = match &a.path {
+        Some(p) => p.clone(),
+        None => match snap.sources.as_slice() {
+            [one] if snap.kind != "files" => one.path.clone(),
+            _ => return Err(Error::usage(format!(
+                "snapshot {} holds several files or streams; name one (coffer ls {0} lists them)",
+                snap.id.short()
+            ))
+            .into()),
+        },
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    restore::dump(&repo, &index, &snap, &a.path, &mut out)?;
+    restore::dump(&repo, &index, &snap, &path, &mut out)?;
     Ok(())
 }
 

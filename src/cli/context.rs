@@ -232,3 +232,11 @@ pub fn prompt(label: &str, confirm: bool) -> Result<Vec<u8>> {
     }
     Ok(p.into_bytes())
 }
+
+/// Read one line from the terminal.
+pub fn prompt_line(label: &str) -> Result<String> {
+    eprint!("{label}");
+    let mut s = String::new();
+    std::io::stdin().read_line(&mut s)?;
+    Ok(s)
+}

@@ -111,6 +111,16 @@ impl Node {
             target: None,
         }
     }
+
+    /// A directory made by coffer itself (not from a file system), holding `subtree`.
+    pub fn dir(name: &str, subtree: Id, mtime_ns: i64) -> Node {
+        Node {
+            kind: NodeKind::Dir,
+            mode: 0o700,
+            subtree: Some(subtree),
+            ..Node::stream(name, 0, Vec::new(), mtime_ns)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! durable ([`commit`]); a failing source returns an error and no snapshot exists.
 
 pub mod files;
+pub mod postgres;
 pub mod stream;
 
 use crate::backend::FileKind;
