@@ -2,6 +2,8 @@
 //! generated trees, and a strict tree comparison.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use assert_cmd::Command;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -1,0 +1,655 @@
+//! PostgreSQL logical backups and restores against real, throwaway PostgreSQL clusters.
+
+mod common;
+
+use common::pg::{PgCluster, RICH_SCHEMA_ITEMS, RICH_SCHEMA_ORDERS};
+use common::Env;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// `coffer` with no PostgreSQL settings inherited from the environment.
+fn coffer(env: &Env) -> assert_cmd::Command {
+    let mut c = env.cmd();
+    for k in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGSERVICE",
+        "PGPASSFILE",
+        "DATABASE_URL",
+        "COFFER_PG_BINDIR",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+fn run(env: &Env, args: &[&str]) -> std::process::Output {
+    coffer(env).args(args).output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "coffer failed ({:?}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn backup(env: &Env, url: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["backup", "--json", "--postgres", url];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&run(env, &args))).unwrap()
+}
+
+fn snapshot_count(env: &Env) -> usize {
+    env.snapshots().len()
+}
+
+fn assert_same_db(pg: &PgCluster, a: &str, b: &str) {
+    assert_eq!(
+        pg.schema_dump(a),
+        pg.schema_dump(b),
+        "schemas of {a} and {b} differ"
+    );
+    assert_eq!(
+        pg.data_checksums(a),
+        pg.data_checksums(b),
+        "data of {a} and {b} differs"
+    );
+}
+
+#[test]
+fn rich_schema_round_trips_through_the_repository() {
+    let pg = PgCluster::start();
+    pg.create_db("src");
+    pg.load_rich_schema("src");
+    // Enough data (about 25 MB of dump) that dedup is measurable with 1 MiB chunks.
+    pg.psql(
+        "src",
+        "CREATE TABLE public.bulk AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 600000) g",
+    );
+    let env = Env::new();
+    env.init();
+
+    let first = backup(&env, &pg.url("src"), &["--tag", "nightly"]);
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 1);
+    let s = &snaps[0];
+    assert_eq!(s["kind"], "postgres");
+    assert_eq!(s["paths"][0], "/postgres/src.dump");
+    let meta = &s["sources"][0]["metadata"];
+    assert_eq!(meta["database"], "src");
+    assert_eq!(meta["format"], "custom");
+    assert!(meta["server_version"].as_str().unwrap().starts_with("15."));
+    assert!(meta["pg_dump_version"].as_str().unwrap().starts_with("15."));
+    assert!(meta["database_size"].as_i64().unwrap() > 0);
+    assert_eq!(meta["dump_size"], s["size"]);
+    assert!(meta["started_at"].is_string() && meta["snapshot_time"].is_string());
+    let rows = |schema: &str, name: &str| {
+        meta["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["schema"] == schema && t["name"] == name)
+            .unwrap_or_else(|| panic!("{schema}.{name} not recorded: {meta}"))["rows"]
+            .clone()
+    };
+    assert_eq!(rows("sales", "orders"), RICH_SCHEMA_ORDERS);
+    assert_eq!(rows("inventory", "items"), RICH_SCHEMA_ITEMS);
+    assert_eq!(rows("public", "Mixed Case"), 50);
+    assert_eq!(rows("inventory", "item_stats"), 4);
+    assert!(rows("sales", "events").is_null(), "partitioned parent");
+    assert_eq!(
+        rows("sales", "events_2023").as_i64().unwrap()
+            + rows("sales", "events_2024").as_i64().unwrap()
+            + rows("sales", "events_2025").as_i64().unwrap(),
+        3000
+    );
+
+    // An unchanged database costs little the second time: only the chunk holding the
+    // archive header and table of contents (which carry the dump's time) is new.
+    let second = backup(&env, &pg.url("src"), &[]);
+    let added = second["summary"]["bytes_added"].as_u64().unwrap();
+    let size = second["size"].as_u64().unwrap();
+    assert!(
+        added * 10 < size,
+        "second backup added {added} of {size} bytes (first: {first})"
+    );
+
+    // Restore into a database that does not exist yet, sequentially and in parallel.
+    let out = run(
+        &env,
+        &["restore", "latest", "--to-postgres", &pg.url("copy1")],
+    );
+    let said = stderr(&out);
+    ok(&out);
+    assert!(said.contains("row counts match"), "{said}");
+    assert!(said.contains("sales.orders"), "{said}");
+    assert_same_db(&pg, "src", "copy1");
+
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("copy2"),
+            "--jobs",
+            "2",
+            "--json",
+        ],
+    );
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(report["created"], true);
+    assert!(report["checks"].as_array().unwrap().len() > 10);
+    assert_same_db(&pg, "src", "copy2");
+
+    // The raw dump for pg_restore by hand.
+    let out = coffer(&env).args(["dump", "latest"]).output().unwrap();
+    let raw = out.stdout;
+    assert!(raw.starts_with(b"PGDMP"));
+    let dump = env.path("by-hand.dump");
+    std::fs::write(&dump, &raw).unwrap();
+    let list = pg
+        .client("pg_restore")
+        .arg("--list")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    assert!(String::from_utf8_lossy(&list.stdout).contains("TABLE DATA sales orders"));
+
+    ok(&run(&env, &["check", "--read-data"]));
+}
+
+#[test]
+fn replacing_a_database_asks_first_and_keeps_a_safety_backup() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    pg.load_rich_schema("app");
+    pg.create_db("pristine");
+    pg.load_rich_schema("pristine");
+    let env = Env::new();
+    env.init();
+    backup(&env, &pg.url("app"), &[]);
+    let snap = env.snapshots()[0]["id"].as_str().unwrap().to_string();
+
+    // Damage the live database.
+    pg.psql(
+        "app",
+        "DELETE FROM sales.order_audit; UPDATE inventory.items SET name = 'oops' WHERE id < 10;
+         CREATE TABLE public.added_later (x int); INSERT INTO public.added_later VALUES (7);",
+    );
+    let damaged = pg.data_checksums("app");
+
+    // Dry run: reads everything, changes nothing, writes no snapshot.
+    let out = run(
+        &env,
+        &[
+            "restore",
+            &snap,
+            "--to-postgres",
+            &pg.url("app"),
+            "--dry-run",
+        ],
+    );
+    let said = stderr(&out);
+    ok(&out);
+    assert!(said.contains("dry run"), "{said}");
+    assert!(said.contains("drop and recreate"), "{said}");
+    assert_eq!(pg.data_checksums("app"), damaged);
+    assert_eq!(snapshot_count(&env), 1);
+    let out = run(
+        &env,
+        &[
+            "restore",
+            &snap,
+            "--to-postgres",
+            &pg.url("newdb"),
+            "--dry-run",
+        ],
+    );
+    ok(&out);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'newdb'"
+        ),
+        "0"
+    );
+
+    // Without --yes and without a terminal: refused, nothing touched.
+    let out = run(&env, &["restore", &snap, "--to-postgres", &pg.url("app")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    assert_eq!(pg.data_checksums("app"), damaged);
+    assert_eq!(snapshot_count(&env), 1);
+
+    // With --yes: a safety backup first, then the database is exactly the dump again.
+    let out = run(
+        &env,
+        &["restore", &snap, "--to-postgres", &pg.url("app"), "--yes"],
+    );
+    let said = stderr(&out);
+    ok(&out);
+    assert!(said.contains("safety backup"), "{said}");
+    assert_same_db(&pg, "pristine", "app");
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 2);
+    let safety = &snaps[1];
+    assert!(safety["tags"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("safety-backup")));
+    let safety_id = safety["id"].as_str().unwrap();
+    assert!(said.contains(&safety_id[..8]), "{said}");
+
+    // The safety backup holds the damaged state.
+    let out = run(
+        &env,
+        &["restore", safety_id, "--to-postgres", &pg.url("before")],
+    );
+    ok(&out);
+    assert_eq!(pg.data_checksums("before"), damaged);
+}
+
+#[test]
+fn single_tables_come_back_beside_the_live_ones() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    pg.load_rich_schema("app");
+    let env = Env::new();
+    env.init();
+    backup(&env, &pg.url("app"), &[]);
+    let orders_before = pg.psql(
+        "app",
+        "SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM sales.orders t",
+    );
+    // The accident: most orders deleted, and a live table changed elsewhere.
+    pg.psql(
+        "app",
+        "ALTER TABLE sales.orders DISABLE TRIGGER USER; DELETE FROM sales.orders WHERE id > 10;",
+    );
+    let live = pg.data_checksums("app");
+
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("app"),
+            "--table",
+            "orders",
+            "--table",
+            "public.Mixed Case",
+        ],
+    );
+    let said = stderr(&out);
+    ok(&out);
+    assert!(said.contains("sales.orders_restore"), "{said}");
+    let restored = pg.psql(
+        "app",
+        "SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM sales.orders_restore t",
+    );
+    assert_eq!(restored, orders_before);
+    assert_eq!(
+        pg.psql("app", "SELECT count(*) FROM public.\"Mixed Case_restore\""),
+        "50"
+    );
+    // The live tables are untouched.
+    let mut now = pg.data_checksums("app");
+    now.remove("sales.orders_restore");
+    now.remove("public.Mixed Case_restore");
+    assert_eq!(now, live);
+    // Definition yes, foreign keys and triggers no.
+    let fks = pg.psql(
+        "app",
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'sales.orders_restore'::regclass AND contype = 'f'",
+    );
+    assert_eq!(fks, "0");
+    let triggers = pg.psql(
+        "app",
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sales.orders_restore'::regclass",
+    );
+    assert_eq!(triggers, "0");
+
+    // --as, a name that exists, a table that does not, an ambiguous --as.
+    ok(&run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("app"),
+            "--table",
+            "inventory.items",
+            "--as",
+            "items_may",
+        ],
+    ));
+    assert_eq!(
+        pg.psql("app", "SELECT count(*) FROM inventory.items_may"),
+        RICH_SCHEMA_ITEMS.to_string()
+    );
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("app"),
+            "--table",
+            "orders",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("app"),
+            "--table",
+            "nope",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("app"),
+            "--table",
+            "events",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("partitioned"), "{}", stderr(&out));
+    // Dry run of a table restore changes nothing.
+    ok(&run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("app"),
+            "--table",
+            "customers",
+            "--dry-run",
+        ],
+    ));
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT to_regclass('sales.customers_restore') IS NULL"
+        ),
+        "t"
+    );
+}
+
+/// A directory with a `pg_dump` that runs the real one through `script`.
+fn fake_bindir(pg: &PgCluster, dir: &Path, script: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let real = pg.bindir();
+    for tool in ["pg_dumpall", "pg_restore", "psql"] {
+        std::os::unix::fs::symlink(real.join(tool), dir.join(tool)).unwrap();
+    }
+    let body = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real}/pg_dump --version; fi\n{script}\n",
+        real = real.display()
+    );
+    let p = dir.join("pg_dump");
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_failing_pg_dump_leaves_no_snapshot() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    pg.load_rich_schema("app");
+    pg.psql(
+        "app",
+        "CREATE ROLE limited LOGIN PASSWORD 'limited-pw';
+         GRANT USAGE ON SCHEMA sales, inventory TO limited;
+         GRANT SELECT ON ALL TABLES IN SCHEMA sales, inventory, public TO limited;
+         GRANT SELECT ON ALL SEQUENCES IN SCHEMA sales, inventory, public TO limited;
+         REVOKE SELECT ON sales.customers FROM limited;",
+    );
+    let env = Env::new();
+    env.init();
+
+    // A role lacking permission on one table.
+    let out = run(
+        &env,
+        &[
+            "backup",
+            "--postgres",
+            &pg.url_as("limited", "limited-pw", "app"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("permission denied for table customers"),
+        "{said}"
+    );
+    assert!(said.contains("no snapshot"), "{said}");
+    assert_eq!(snapshot_count(&env), 0);
+
+    // pg_dump killed half-way: the stream is cut.
+    let bin = env.path("killed-bin");
+    fake_bindir(
+        &pg,
+        &bin,
+        &format!(
+            "{}/pg_dump \"$@\" | head -c 200000\nkill -9 $$",
+            pg.bindir().display()
+        ),
+    );
+    let out = coffer(&env)
+        .env("COFFER_PG_BINDIR", &bin)
+        .args(["backup", "--postgres", &pg.url("app")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("signal 9"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&env), 0);
+
+    // pg_dump exits 0 but writes something that is not an archive.
+    let bin = env.path("garbage-bin");
+    fake_bindir(&pg, &bin, "echo not a dump");
+    let out = coffer(&env)
+        .env("COFFER_PG_BINDIR", &bin)
+        .args(["backup", "--postgres", &pg.url("app")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("custom-format"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&env), 0);
+
+    // The password reaches pg_dump through the environment, never its command line.
+    let bin = env.path("spy-bin");
+    let log = env.path("spy.log");
+    fake_bindir(
+        &pg,
+        &bin,
+        &format!(
+            "echo \"ARGS $*\" >> {log}\necho \"ENV $PGPASSWORD\" >> {log}\nexec {}/pg_dump \"$@\"",
+            pg.bindir().display(),
+            log = log.display()
+        ),
+    );
+    let out = coffer(&env)
+        .env("COFFER_PG_BINDIR", &bin)
+        .args(["backup", "--postgres", &pg.url("app")])
+        .output()
+        .unwrap();
+    ok(&out);
+    let spied = std::fs::read_to_string(&log).unwrap();
+    let args = spied.lines().find(|l| l.starts_with("ARGS")).unwrap();
+    assert!(!args.contains(common::pg::PG_PASSWORD), "{args}");
+    assert!(args.contains("--format=custom") && args.contains("--compress=0"));
+    assert!(args.contains("--snapshot="), "{args}");
+    assert!(spied.contains(&format!("ENV {}", common::pg::PG_PASSWORD)));
+    assert_eq!(snapshot_count(&env), 1);
+}
+
+#[test]
+fn unreachable_servers_bad_logins_and_missing_tools_are_plain_errors() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    let env = Env::new();
+    env.init();
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = run(
+        &env,
+        &[
+            "backup",
+            "--postgres",
+            &format!("postgresql://postgres:x@127.0.0.1:{dead_port}/app"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(8));
+    let said = stderr(&out);
+    assert!(said.contains("cannot connect to PostgreSQL"), "{said}");
+    assert!(said.contains("Connection refused"), "{said}");
+    assert!(!said.contains("panicked") && !said.contains("backtrace"));
+
+    let out = run(
+        &env,
+        &[
+            "backup",
+            "--postgres",
+            &pg.url_as("postgres", "wrong", "app"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(8));
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("wrong"),
+        "password echoed: {}",
+        stderr(&out)
+    );
+
+    let empty = env.path("no-tools");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = coffer(&env)
+        .env("COFFER_PG_BINDIR", &empty)
+        .args(["backup", "--postgres", &pg.url("app")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8));
+    assert!(
+        stderr(&out).contains("apt-get install postgresql-client-15"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The libpq environment variables are used when no URL is given.
+    let out = coffer(&env)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port().to_string())
+        .env("PGUSER", "postgres")
+        .env("PGPASSWORD", common::pg::PG_PASSWORD)
+        .env("PGDATABASE", "app")
+        .args(["backup", "--postgres"])
+        .output()
+        .unwrap();
+    ok(&out);
+    // And DATABASE_URL before them.
+    let out = coffer(&env)
+        .env("DATABASE_URL", pg.url("app"))
+        .env("PGDATABASE", "nonexistent")
+        .args(["backup", "--postgres"])
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(snapshot_count(&env), 2);
+    assert_eq!(snapshot_count(&env), 2);
+}
+
+#[test]
+fn all_databases_come_with_the_globals() {
+    let pg = PgCluster::start();
+    pg.ensure_roles();
+    pg.create_db("shop");
+    pg.load_rich_schema("shop");
+    pg.create_db("blog");
+    pg.psql(
+        "blog",
+        "CREATE TABLE posts (id int PRIMARY KEY, body text);
+         INSERT INTO posts SELECT g, repeat('post ', g) FROM generate_series(1, 300) g;",
+    );
+    let env = Env::new();
+    env.init();
+    backup(&env, &pg.url(""), &["--all-databases"]);
+    let snap = &env.snapshots()[0];
+    let mut names: Vec<&str> = snap["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["blog", "globals", "postgres", "shop"]);
+    let globals = coffer(&env)
+        .args(["dump", "latest", "/postgres/globals.sql"])
+        .output()
+        .unwrap();
+    let globals = String::from_utf8_lossy(&globals.stdout);
+    assert!(globals.contains("CREATE ROLE app_writer"), "{globals}");
+
+    // One database at a time.
+    let out = run(&env, &["restore", "latest", "--to-postgres", &pg.url("x")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--database"), "{}", stderr(&out));
+    ok(&run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("blog_copy"),
+            "--database",
+            "blog",
+        ],
+    ));
+    assert_same_db(&pg, "blog", "blog_copy");
+    ok(&run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("shop_copy"),
+            "--database",
+            "shop",
+            "-j",
+            "2",
+        ],
+    ));
+    assert_same_db(&pg, "shop", "shop_copy");
+}
