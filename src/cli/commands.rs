@@ -375,11 +375,13 @@ pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => match snap.sources.as_slice() {
             [one] if snap.kind != "files" => one.path.clone(),
-            _ => return Err(Error::usage(format!(
+            _ => {
+                return Err(Error::usage(format!(
                 "snapshot {} holds several files or streams; name one (coffer ls {0} lists them)",
                 snap.id.short()
             ))
-            .into()),
+                .into())
+            }
         },
     };
     let stdout = std::io::stdout();
