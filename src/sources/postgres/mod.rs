@@ -230,6 +230,15 @@ pub fn backup_target(
     )
 }
 
+/// Grow a pipe from its 64 KiB default to 1 MiB: far fewer wake-ups between pg_dump and
+/// the chunker. Best effort (the limit is /proc/sys/fs/pipe-max-size).
+fn widen_pipe(p: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; failure only leaves the default size.
+    unsafe {
+        libc::fcntl(p.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
 /// Reads through to the inner reader, keeping the first bytes for a format check.
 struct Head<R> {
     inner: R,
@@ -350,6 +359,7 @@ fn dump_database(
     })?;
     let stderr = Stderr::collect(child.stderr.take().unwrap());
     let stdout = child.stdout.take().unwrap();
+    widen_pipe(&stdout);
 
     // Count rows in the exported snapshot while pg_dump runs. The transaction stays open
     // until pg_dump has finished, so pg_dump can always import the snapshot.
@@ -451,7 +461,9 @@ fn dump_globals(
         )
     })?;
     let stderr = Stderr::collect(child.stderr.take().unwrap());
-    let saved = save_stream(session, child.stdout.take().unwrap(), progress);
+    let stdout = child.stdout.take().unwrap();
+    widen_pipe(&stdout);
+    let saved = save_stream(session, stdout, progress);
     if saved.is_err() {
         let _ = child.kill();
     }

@@ -793,6 +793,20 @@ CREATE TABLE sales.orders_x (id int);\n";
     }
 
     #[test]
+    fn a_missing_or_different_count_is_a_mismatch() {
+        let check = |expected, actual| RowCheck {
+            table: "t".into(),
+            expected,
+            actual,
+        };
+        let r = PgRestoreReport {
+            checks: vec![check(5, Some(5)), check(5, Some(4)), check(0, None)],
+            ..Default::default()
+        };
+        assert_eq!(r.mismatches(), 2);
+    }
+
+    #[test]
     fn toc_lines_for_a_table() {
         let list = ";\n; Archive created at 2024\n\
 215; 1259 16390 TABLE public Mixed Case alice\n\
