@@ -24,8 +24,15 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    let fetching = matches!(cli.command, cli::args::Command::WalFetch(_));
     if let Err(e) = cli::run(cli) {
+        if e.downcast_ref::<cli::WalNotFound>().is_some() {
+            std::process::exit(1);
+        }
         eprintln!("coffer: error: {e:#}");
+        if fetching {
+            std::process::exit(cli::WAL_FETCH_FAILED);
+        }
         std::process::exit(coffer::error::kind_of(&e).exit_code());
     }
 }

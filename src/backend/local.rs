@@ -166,7 +166,7 @@ impl Backend for LocalBackend {
                 let name = ent.file_name().to_string_lossy().into_owned();
                 let ft = ent.file_type().map_err(|e| io_err(e, "list", &d))?;
                 if ft.is_dir() {
-                    if kind == FileKind::Pack {
+                    if kind == FileKind::Pack || kind == FileKind::Wal {
                         dirs.push(ent.path());
                     }
                     continue;

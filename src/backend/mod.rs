@@ -30,6 +30,9 @@ pub enum FileKind {
     Snapshot,
     /// `locks/` — lock objects.
     Lock,
+    /// `wal/` — the PostgreSQL WAL archive: one object per archived file, named by the
+    /// file (segments under `wal/<timeline and log id>/`).
+    Wal,
 }
 
 impl FileKind {
@@ -41,6 +44,7 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
+            FileKind::Wal => "wal",
         }
     }
 
@@ -53,12 +57,13 @@ impl FileKind {
         }
     }
 
-    pub const ALL_DIRS: [FileKind; 5] = [
+    pub const ALL_DIRS: [FileKind; 6] = [
         FileKind::Key,
         FileKind::Pack,
         FileKind::Index,
         FileKind::Snapshot,
         FileKind::Lock,
+        FileKind::Wal,
     ];
 }
 

@@ -57,6 +57,10 @@ pub enum Command {
     Key(KeyCommand),
     /// Remove stale locks
     Unlock(UnlockArgs),
+    /// Archive a WAL file: PostgreSQL's archive_command (`coffer wal-push %p`)
+    WalPush(WalPushArgs),
+    /// Fetch an archived WAL file: PostgreSQL's restore_command (`coffer wal-fetch %f %p`)
+    WalFetch(WalFetchArgs),
     /// Print the version
     Version,
 }
@@ -271,4 +275,24 @@ pub struct UnlockArgs {
     /// Remove all locks, not only stale ones
     #[arg(long)]
     pub remove_all: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WalPushArgs {
+    /// The file to archive (%p: a path relative to the data directory)
+    pub path: PathBuf,
+    /// Also archive up to N-1 other ready segments in parallel (1 = only PATH)
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct WalFetchArgs {
+    /// The archived file's name (%f)
+    pub name: String,
+    /// Where to write it (%p)
+    pub dest: PathBuf,
+    /// Fetch this many following segments ahead, in parallel
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub prefetch: u32,
 }

@@ -17,6 +17,7 @@ use coffer::sources::files::{backup_files, FilesOptions};
 use coffer::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
 use coffer::sources::postgres::{backup_postgres, DumpInfo, PostgresOptions};
 use coffer::sources::stream::backup_stream;
+use coffer::sources::wal;
 use coffer::sources::CommonOptions;
 use serde_json::json;
 use std::io::Write;
@@ -684,4 +685,28 @@ pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
     let n = lock::unlock(&repo, a.remove_all)?;
     ctx.say(&format!("removed {n} lock(s)"));
     Ok(())
+}
+
+pub fn wal_push(ctx: &Context, a: &WalPushArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    let n = wal::push_with_ahead(&repo, &a.path, a.jobs as usize)?;
+    if ctx.verbose() {
+        ctx.say(&format!(
+            "archived {} ({n} file(s) in this call)",
+            a.path.display()
+        ));
+    }
+    Ok(())
+}
+
+pub fn wal_fetch(ctx: &Context, a: &WalFetchArgs) -> Result<()> {
+    let repo = ctx.open()?;
+    if wal::fetch(&repo, &a.name, &a.dest, a.prefetch as usize)? {
+        Ok(())
+    } else {
+        if ctx.verbose() {
+            ctx.say(&format!("{} is not in the archive", a.name));
+        }
+        Err(super::WalNotFound.into())
+    }
 }

@@ -19,6 +19,7 @@ pub struct Context {
     pub password_file: Option<PathBuf>,
     pub config: Config,
     pub mode: Mode,
+    pub verbose: u8,
 }
 
 /// Where the default repository and its key file live.
@@ -76,7 +77,12 @@ impl Context {
             password_file: cli.password_file.clone(),
             config,
             mode: Mode::detect(cli.quiet),
+            verbose: cli.verbose,
         })
+    }
+
+    pub fn verbose(&self) -> bool {
+        self.verbose > 0 && self.mode != Mode::Quiet
     }
 
     pub fn say(&self, line: &str) {

@@ -21,9 +21,29 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prune(a) => commands::prune(&ctx, a),
         Command::Key(k) => commands::key(&ctx, k),
         Command::Unlock(a) => commands::unlock(&ctx, a),
+        Command::WalPush(a) => commands::wal_push(&ctx, a),
+        Command::WalFetch(a) => commands::wal_fetch(&ctx, a),
         Command::Version => {
             println!("coffer {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
     }
 }
+
+/// `wal-fetch` found no such file: exit 1 without a message (PostgreSQL asks for files past
+/// the end of the archive as a matter of course, and takes 1 as "not there").
+#[derive(Debug)]
+pub struct WalNotFound;
+
+impl std::fmt::Display for WalNotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not in the archive")
+    }
+}
+
+impl std::error::Error for WalNotFound {}
+
+/// Exit status of `wal-fetch` for every failure other than "not archived": above 125, so
+/// that PostgreSQL aborts recovery instead of taking the failure for the end of the archive
+/// and finishing recovery early.
+pub const WAL_FETCH_FAILED: i32 = 126;

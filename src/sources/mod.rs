@@ -8,6 +8,7 @@
 pub mod files;
 pub mod postgres;
 pub mod stream;
+pub mod wal;
 
 use crate::backend::FileKind;
 use crate::id::Id;

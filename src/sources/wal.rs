@@ -1,0 +1,500 @@
+//! The PostgreSQL WAL archive: `archive_command` (`coffer wal-push %p`) and
+//! `restore_command` (`coffer wal-fetch %f %p`).
+//!
+//! Each archived file (a WAL segment, a `.history` or a `.backup` file) is one immutable
+//! object under `wal/`, outside the deduplicated store: segments are written once and
+//! never share content. The object is `seal(encode(header ‖ bytes))` where the header
+//! names the file, so an object moved to another name does not pass for it. Segments live
+//! under `wal/<timeline and log id>/NAME`, other files directly under `wal/`.
+//!
+//! `wal/archive` records the cluster's system identifier and segment size on the first
+//! push; a segment of another cluster is refused. A name that already exists is accepted
+//! again only with identical content.
+
+use crate::backend::{is_not_found, FileKind};
+use crate::crypto::compress;
+use crate::error::{Error, ErrorKind};
+use crate::repo::Repository;
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The object recording which cluster this archive belongs to.
+pub const ARCHIVE_INFO: &str = "archive";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArchiveInfo {
+    /// pg_control's system identifier (as a decimal string: it does not fit a JSON number).
+    pub system_identifier: String,
+    pub segment_size: u32,
+    pub created: chrono::DateTime<chrono::FixedOffset>,
+}
+
+/// A segment's long page header (the first page of every segment file).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SegmentHeader {
+    pub timeline: u32,
+    pub page_addr: u64,
+    pub system_identifier: u64,
+    pub segment_size: u32,
+    pub block_size: u32,
+}
+
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// Parse the long page header at the start of a segment.
+pub fn segment_header(data: &[u8]) -> Option<SegmentHeader> {
+    if data.len() < 40 {
+        return None;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
+    // XLogLongPageHeaderData: magic(2) info(2) tli(4) pageaddr(8) rem_len(4) pad(4)
+    // sysid(8) seg_size(4) xlog_blcksz(4).
+    if u16_at(2) & XLP_LONG_HEADER == 0 {
+        return None;
+    }
+    Some(SegmentHeader {
+        timeline: u32_at(4),
+        page_addr: u64_at(8),
+        system_identifier: u64_at(24),
+        segment_size: u32_at(32),
+        block_size: u32_at(36),
+    })
+}
+
+/// What kind of file PostgreSQL archives under this name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalFileKind {
+    Segment,
+    Partial,
+    History,
+    Backup,
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+}
+
+/// Classify an archive file name; `None` for anything PostgreSQL would not archive.
+pub fn classify(name: &str) -> Option<WalFileKind> {
+    if name.len() == 24 && is_hex(name) {
+        return Some(WalFileKind::Segment);
+    }
+    if let Some(seg) = name.strip_suffix(".partial") {
+        return (seg.len() == 24 && is_hex(seg)).then_some(WalFileKind::Partial);
+    }
+    if let Some(tli) = name.strip_suffix(".history") {
+        return (tli.len() == 8 && is_hex(tli)).then_some(WalFileKind::History);
+    }
+    if let Some(rest) = name.strip_suffix(".backup") {
+        let (seg, off) = rest.split_once('.')?;
+        return (seg.len() == 24 && is_hex(seg) && off.len() == 8 && is_hex(off))
+            .then_some(WalFileKind::Backup);
+    }
+    None
+}
+
+/// The object name (below `wal/`) of an archive file.
+pub fn object_name(name: &str) -> String {
+    match classify(name) {
+        Some(WalFileKind::Segment | WalFileKind::Partial | WalFileKind::Backup) => {
+            format!("{}/{name}", &name[..16])
+        }
+        _ => name.to_string(),
+    }
+}
+
+fn seal_file(repo: &Repository, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(2 + name.len() + data.len());
+    plain.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    plain.extend_from_slice(name.as_bytes());
+    plain.extend_from_slice(data);
+    let enc = compress::Compressor::new(repo.config.compression.max(1)).encode(&plain);
+    repo.key.seal_encoded(enc)
+}
+
+fn open_file(repo: &Repository, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    let path = FileKind::Wal.path(&object_name(name));
+    let plain = repo
+        .key
+        .open(sealed)
+        .map_err(|e| Error::integrity(format!("{path}: {e}")))?;
+    let plain = compress::decode(&plain).map_err(|e| Error::integrity(format!("{path}: {e}")))?;
+    let n = plain
+        .get(..2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        .unwrap_or(usize::MAX);
+    match plain.get(2..2 + n) {
+        Some(stored) if stored == name.as_bytes() => Ok(plain[2 + n..].to_vec()),
+        _ => Err(Error::integrity(format!(
+            "{path} holds another file's content (the object was moved or replaced)"
+        ))
+        .into()),
+    }
+}
+
+/// The archive's cluster record, if any push happened yet.
+pub fn archive_info(repo: &Repository) -> Result<Option<ArchiveInfo>> {
+    match repo.backend.read(FileKind::Wal, ARCHIVE_INFO) {
+        Ok(sealed) => {
+            let data = open_file(repo, ARCHIVE_INFO, &sealed)?;
+            Ok(Some(serde_json::from_slice(&data).map_err(|e| {
+                Error::integrity(format!("wal/{ARCHIVE_INFO} is malformed: {e}"))
+            })?))
+        }
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Stored,
+    /// The same content was archived before.
+    AlreadyArchived,
+}
+
+/// Archive one file given by path (`%p`, relative to the data directory). Returns once
+/// the object is durable.
+pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::usage(format!("{} is not a WAL file path", path.display())))?;
+    let kind = classify(name).ok_or_else(|| {
+        Error::usage(format!(
+            "{name:?} is not a WAL segment, .partial, .history or .backup file name"
+        ))
+    })?;
+    let data = std::fs::read(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Source,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    push_bytes(repo, name, kind, &data)
+}
+
+/// The `archive_command` entry point: archive `path`, and with `jobs > 1` also push
+/// ahead up to `jobs - 1` other segments that PostgreSQL has marked ready
+/// (`archive_status/*.ready`), in parallel. A segment pushed ahead gets a marker in
+/// `pg_wal/.coffer-pushed/`, written only after its object is durable; when PostgreSQL
+/// asks for it, the marker answers at once. Returns how many files this call archived.
+pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<usize> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::usage(format!("{} is not a WAL file path", path.display())))?
+        .to_string();
+    let wal_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let status = wal_dir.join("archive_status");
+    let markers = wal_dir.join(".coffer-pushed");
+    if std::fs::remove_file(markers.join(&name)).is_ok() {
+        return Ok(0);
+    }
+    let mut ahead = Vec::new();
+    if jobs > 1 && classify(&name) == Some(WalFileKind::Segment) {
+        if let Ok(rd) = std::fs::read_dir(&status) {
+            let mut ready: Vec<String> = rd
+                .flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".ready").map(str::to_string)
+                })
+                .filter(|n| *n != name && classify(n) == Some(WalFileKind::Segment))
+                .filter(|n| !markers.join(n).exists())
+                .collect();
+            ready.sort();
+            ready.truncate(jobs - 1);
+            ahead = ready;
+        }
+        // Markers whose segment is no longer waiting are stale.
+        if let Ok(rd) = std::fs::read_dir(&markers) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !status.join(format!("{n}.ready")).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    let (this, others) = std::thread::scope(|s| {
+        let workers: Vec<_> = ahead
+            .iter()
+            .map(|n| {
+                let (wal_dir, markers) = (&wal_dir, &markers);
+                s.spawn(move || -> Result<()> {
+                    push(repo, &wal_dir.join(n))?;
+                    std::fs::create_dir_all(markers)?;
+                    std::fs::File::create(markers.join(n))?;
+                    Ok(())
+                })
+            })
+            .collect();
+        let this = push(repo, path);
+        let others: Vec<bool> = workers
+            .into_iter()
+            .map(|w| matches!(w.join(), Ok(Ok(()))))
+            .collect();
+        (this, others)
+    });
+    this?;
+    Ok(1 + others.iter().filter(|ok| **ok).count())
+}
+
+/// Archive `data` under `name`.
+pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8]) -> Result<Pushed> {
+    if matches!(kind, WalFileKind::Segment | WalFileKind::Partial) {
+        let h = segment_header(data).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Source,
+                format!("{name} does not start with a WAL long page header"),
+            )
+        })?;
+        if kind == WalFileKind::Segment && data.len() as u64 != h.segment_size as u64 {
+            return Err(Error::new(
+                ErrorKind::Source,
+                format!(
+                    "{name} is {} bytes but its header says segments are {} bytes (a torn copy?)",
+                    data.len(),
+                    h.segment_size
+                ),
+            )
+            .into());
+        }
+        let sysid = h.system_identifier.to_string();
+        match archive_info(repo)? {
+            Some(info) if info.system_identifier != sysid => {
+                return Err(Error::usage(format!(
+                    "{name} comes from the cluster with system identifier {sysid}, but this \
+                     archive belongs to cluster {}; give each cluster its own repository",
+                    info.system_identifier
+                ))
+                .into())
+            }
+            Some(_) => {}
+            None => {
+                let info = ArchiveInfo {
+                    system_identifier: sysid,
+                    segment_size: h.segment_size,
+                    created: chrono::Local::now().fixed_offset(),
+                };
+                let sealed = seal_file(repo, ARCHIVE_INFO, &serde_json::to_vec(&info)?);
+                repo.backend.write(FileKind::Wal, ARCHIVE_INFO, &sealed)?;
+            }
+        }
+    }
+    let obj = object_name(name);
+    match repo.backend.read(FileKind::Wal, &obj) {
+        Ok(existing) => {
+            let old = open_file(repo, name, &existing)?;
+            if old == data {
+                return Ok(Pushed::AlreadyArchived);
+            }
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{name} is already archived with different content; refusing to overwrite it \
+                     (is another cluster archiving into this repository, or was the data \
+                     directory restored without a new timeline?)"
+                ),
+            )
+            .into());
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e),
+    }
+    repo.backend
+        .write(FileKind::Wal, &obj, &seal_file(repo, name, data))?;
+    Ok(Pushed::Stored)
+}
+
+/// Read an archived file, verified. `Ok(None)` when it is not archived.
+pub fn read(repo: &Repository, name: &str) -> Result<Option<Vec<u8>>> {
+    if classify(name).is_none() {
+        return Err(Error::usage(format!("{name:?} is not a WAL file name")).into());
+    }
+    match repo.backend.read(FileKind::Wal, &object_name(name)) {
+        Ok(sealed) => open_file(repo, name, &sealed).map(Some),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `data` to `dest` through a temporary file in the same directory and a rename,
+/// so `dest` never exists partly written.
+fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".coffer-wal-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, data)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    tmp.persist(dest)
+        .map_err(|e| anyhow::anyhow!("cannot rename into {}: {}", dest.display(), e.error))?;
+    Ok(())
+}
+
+/// Segment names following `name` (same timeline), for prefetching.
+pub fn next_segments(name: &str, segment_size: u32, n: usize) -> Vec<String> {
+    if classify(name) != Some(WalFileKind::Segment) || segment_size == 0 {
+        return Vec::new();
+    }
+    let tli = &name[..8];
+    let log = u64::from_str_radix(&name[8..16], 16).unwrap_or(0);
+    let seg = u64::from_str_radix(&name[16..24], 16).unwrap_or(0);
+    let per_log = 0x1_0000_0000u64 / segment_size as u64;
+    let mut no = log * per_log + seg;
+    (0..n)
+        .map(|_| {
+            no += 1;
+            format!("{tli}{:08X}{:08X}", no / per_log, no % per_log)
+        })
+        .collect()
+}
+
+/// Where prefetched segments wait, next to the destination (inside pg_wal).
+fn prefetch_dir(dest: &Path) -> PathBuf {
+    dest.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(".coffer-prefetch")
+}
+
+/// Restore one archived file to `dest` (`%f %p`). `Ok(false)` when it is not archived;
+/// then nothing is written. Fetches up to `prefetch` following segments in parallel and
+/// keeps them beside `dest` for the next calls.
+pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Result<bool> {
+    let dir = prefetch_dir(dest);
+    let ready = dir.join(name);
+    if ready.exists() {
+        // Verified when it was fetched; renamed, never copied partly.
+        std::fs::rename(&ready, dest)
+            .with_context(|| format!("cannot move {} to {}", ready.display(), dest.display()))?;
+        return Ok(true);
+    }
+    let segment_size = match (prefetch, classify(name)) {
+        (p, Some(WalFileKind::Segment)) if p > 0 => {
+            archive_info(repo)?.map(|i| i.segment_size).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let ahead = next_segments(name, segment_size, prefetch);
+    let (this, _) = std::thread::scope(|s| {
+        let workers: Vec<_> = ahead
+            .iter()
+            .map(|n| {
+                let dir = &dir;
+                s.spawn(move || -> Result<()> {
+                    if let Some(data) = read(repo, n)? {
+                        std::fs::create_dir_all(dir)?;
+                        write_atomic(&dir.join(n), &data)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let this = read(repo, name);
+        // A failed prefetch only means the next call fetches that segment itself.
+        let done: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        (this, done)
+    });
+    // Drop stale prefetched segments (older than this one).
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.as_str() < name && classify(&n).is_some() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    match this? {
+        Some(data) => {
+            write_atomic(dest, &data)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            classify("000000010000000000000003"),
+            Some(WalFileKind::Segment)
+        );
+        assert_eq!(classify("00000002.history"), Some(WalFileKind::History));
+        assert_eq!(
+            classify("000000010000000000000003.00000028.backup"),
+            Some(WalFileKind::Backup)
+        );
+        assert_eq!(
+            classify("000000010000000000000003.partial"),
+            Some(WalFileKind::Partial)
+        );
+        assert_eq!(classify("00000001000000000000000g"), None);
+        assert_eq!(classify("000000010000000000000003a"), None);
+        assert_eq!(classify("../etc/passwd"), None);
+        assert_eq!(
+            object_name("000000010000000A00000003"),
+            "000000010000000A/000000010000000A00000003"
+        );
+        assert_eq!(object_name("00000002.history"), "00000002.history");
+    }
+
+    #[test]
+    fn following_segments() {
+        assert_eq!(
+            next_segments("0000000100000000000000FE", 16 << 20, 3),
+            [
+                "0000000100000000000000FF",
+                "000000010000000100000000",
+                "000000010000000100000001"
+            ]
+        );
+        assert_eq!(
+            next_segments("000000020000000300000001", 1 << 30, 4),
+            [
+                "000000020000000300000002",
+                "000000020000000300000003",
+                "000000020000000400000000",
+                "000000020000000400000001"
+            ]
+        );
+        assert!(next_segments("00000002.history", 16 << 20, 3).is_empty());
+    }
+
+    #[test]
+    fn long_header() {
+        let mut page = vec![0u8; 8192];
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&7u16.to_le_bytes());
+        page[4..8].copy_from_slice(&1u32.to_le_bytes());
+        page[24..32].copy_from_slice(&7710896918539192691u64.to_le_bytes());
+        page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        page[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        let h = segment_header(&page).unwrap();
+        assert_eq!(h.system_identifier, 7710896918539192691);
+        assert_eq!(h.segment_size, 16 << 20);
+        assert_eq!(h.timeline, 1);
+        page[2] = 0;
+        assert!(segment_header(&page).is_none());
+    }
+}
