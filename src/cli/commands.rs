@@ -688,6 +688,10 @@ pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
 }
 
 pub fn wal_push(ctx: &Context, a: &WalPushArgs) -> Result<()> {
+    if wal::take_marker(&a.path) {
+        // Pushed ahead by an earlier call, durably.
+        return Ok(());
+    }
     let repo = ctx.open()?;
     let n = wal::push_with_ahead(&repo, &a.path, a.jobs as usize)?;
     if ctx.verbose() {

@@ -198,7 +198,7 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
         .to_path_buf();
     let status = wal_dir.join("archive_status");
     let markers = wal_dir.join(".coffer-pushed");
-    if std::fs::remove_file(markers.join(&name)).is_ok() {
+    if take_marker(path) {
         return Ok(0);
     }
     let mut ahead = Vec::new();
@@ -249,6 +249,15 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
     });
     this?;
     Ok(1 + others.iter().filter(|ok| **ok).count())
+}
+
+/// True (and the marker is gone) when an earlier call already pushed `path` ahead. Cheap:
+/// callers check this before opening the repository (which costs a key derivation).
+pub fn take_marker(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    std::fs::remove_file(dir.join(".coffer-pushed").join(name)).is_ok()
 }
 
 /// Archive `data` under `name`.
