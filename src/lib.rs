@@ -8,8 +8,9 @@
 //! * [`crypto`] — the master key, keyed BLAKE3 blob identifiers, XChaCha20-Poly1305 sealing.
 //! * [`repo`] — the repository engine: key slots, packs, index, trees, snapshots, locks,
 //!   check, prune and the retention policy.
-//! * [`sources`] — what gets backed up: directory trees and byte streams (stdin, later
-//!   pg_dump, WAL, Redis and command output).
+//! * [`sources`] — what gets backed up: directory trees, byte streams (stdin), PostgreSQL
+//!   logical dumps and restores (`sources::postgres`), and the WAL archive behind
+//!   `archive_command`/`restore_command` (`sources::wal`); later Redis and command output.
 //! * [`restore`] — writing a snapshot back to disk, verifying every byte it writes.
 //!
 //! The `coffer` binary (`src/main.rs`, `src/cli/`) only parses arguments, calls into this
