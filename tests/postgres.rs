@@ -51,6 +51,13 @@ fn backup(env: &Env, url: &str, extra: &[&str]) -> Value {
     serde_json::from_str(&ok(&run(env, &args))).unwrap()
 }
 
+/// `coffer restore latest --to-postgres URL --table TABLE [extra…]`.
+fn restore_table(env: &Env, url: &str, table: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["restore", "latest", "--to-postgres", url, "--table", table];
+    args.extend_from_slice(extra);
+    run(env, &args)
+}
+
 fn snapshot_count(env: &Env) -> usize {
     env.snapshots().len()
 }
@@ -342,42 +349,12 @@ fn single_tables_come_back_beside_the_live_ones() {
         pg.psql("app", "SELECT count(*) FROM inventory.items_may"),
         RICH_SCHEMA_ITEMS.to_string()
     );
-    let out = run(
-        &env,
-        &[
-            "restore",
-            "latest",
-            "--to-postgres",
-            &pg.url("app"),
-            "--table",
-            "orders",
-        ],
-    );
+    let out = restore_table(&env, &pg.url("app"), "orders", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
-    let out = run(
-        &env,
-        &[
-            "restore",
-            "latest",
-            "--to-postgres",
-            &pg.url("app"),
-            "--table",
-            "nope",
-        ],
-    );
+    let out = restore_table(&env, &pg.url("app"), "nope", &[]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    let out = run(
-        &env,
-        &[
-            "restore",
-            "latest",
-            "--to-postgres",
-            &pg.url("app"),
-            "--table",
-            "events",
-        ],
-    );
+    let out = restore_table(&env, &pg.url("app"), "events", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("partitioned"), "{}", stderr(&out));
     // Dry run of a table restore changes nothing.

@@ -30,9 +30,8 @@ use chrono::{DateTime, FixedOffset};
 use conn::{describe, qualified, PgTarget};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
-use std::process::Stdio;
 use std::sync::Arc;
-use tools::{status_text, Stderr, Tool};
+use tools::{status_text, Tool};
 
 /// Source kind of a database dump in [`SourceInfo::kind`].
 pub const KIND_DUMP: &str = "postgres";
@@ -230,15 +229,6 @@ pub fn backup_target(
     )
 }
 
-/// Grow a pipe from its 64 KiB default to 1 MiB: far fewer wake-ups between pg_dump and
-/// the chunker. Best effort (the limit is /proc/sys/fs/pipe-max-size).
-fn widen_pipe(p: &impl std::os::fd::AsRawFd) {
-    // SAFETY: F_SETPIPE_SZ on a descriptor we own; failure only leaves the default size.
-    unsafe {
-        libc::fcntl(p.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
-}
-
 /// Reads through to the inner reader, keeping the first bytes for a format check.
 struct Head<R> {
     inner: R,
@@ -350,16 +340,7 @@ fn dump_database(
     cmd.args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--snapshot={snapshot_id}"));
     target.configure(&mut cmd);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        Error::new(
-            ErrorKind::Source,
-            format!("cannot run {}: {e}", pg_dump.path.display()),
-        )
-    })?;
-    let stderr = Stderr::collect(child.stderr.take().unwrap());
-    let stdout = child.stdout.take().unwrap();
-    widen_pipe(&stdout);
+    let (mut child, stdout, stderr) = pg_dump.spawn_reader(cmd)?;
 
     // Count rows in the exported snapshot while pg_dump runs. The transaction stays open
     // until pg_dump has finished, so pg_dump can always import the snapshot.
@@ -453,16 +434,7 @@ fn dump_globals(
     cmd.args(["--globals-only", "--no-password"])
         .arg(format!("--database={}", target.db()));
     target.configure(&mut cmd);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        Error::new(
-            ErrorKind::Source,
-            format!("cannot run {}: {e}", tool.path.display()),
-        )
-    })?;
-    let stderr = Stderr::collect(child.stderr.take().unwrap());
-    let stdout = child.stdout.take().unwrap();
-    widen_pipe(&stdout);
+    let (mut child, stdout, stderr) = tool.spawn_reader(cmd)?;
     let saved = save_stream(session, stdout, progress);
     if saved.is_err() {
         let _ = child.kill();

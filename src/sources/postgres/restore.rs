@@ -196,6 +196,32 @@ fn spool(
     Ok(file)
 }
 
+/// The pg_restore for this server and dump, the verified spool file, and its table of
+/// contents (checked by pg_restore itself).
+#[allow(clippy::too_many_arguments)]
+fn fetch_dump(
+    repo: &Repository,
+    index: &MasterIndex,
+    snap: &Snapshot,
+    source: &SourceInfo,
+    info: &DumpInfo,
+    server: &ServerInfo,
+    opts: &PgRestoreOptions,
+    progress: &Progress,
+) -> Result<(Tool, tempfile::NamedTempFile, String)> {
+    let pg_restore = tools::find("pg_restore", server.major().max(info.pg_dump_major))?;
+    let file = spool(
+        repo,
+        index,
+        snap,
+        &source.path,
+        opts.spool_dir.as_deref(),
+        progress,
+    )?;
+    let list = toc(&pg_restore, file.path())?;
+    Ok((pg_restore, file, list))
+}
+
 /// `pg_restore --list`: the archive's table of contents, or an error if it is not a
 /// valid archive.
 fn toc(pg_restore: &Tool, file: &Path) -> Result<String> {
@@ -296,16 +322,8 @@ pub fn restore_postgres(
     }
     let (mut maint, maint_target) = connect_maintenance(&target)?;
     let server = ServerInfo::query(&mut maint, &maint_target)?;
-    let pg_restore = tools::find("pg_restore", server.major().max(info.pg_dump_major))?;
-    let file = spool(
-        repo,
-        index,
-        snap,
-        &source.path,
-        opts.spool_dir.as_deref(),
-        progress,
-    )?;
-    let list = toc(&pg_restore, file.path())?;
+    let (pg_restore, file, list) =
+        fetch_dump(repo, index, snap, &source, &info, &server, opts, progress)?;
     let db = target.db().to_string();
     let mut report = PgRestoreReport {
         source_database: info.database.clone(),
@@ -586,17 +604,9 @@ fn restore_tables(
         .collect::<Result<_>>()?;
     let mut c = target.connect()?;
     let server = ServerInfo::query(&mut c, target)?;
-    let pg_restore = tools::find("pg_restore", server.major().max(info.pg_dump_major))?;
     let psql = tools::find("psql", server.major()).or_else(|_| tools::find("psql", 0))?;
-    let file = spool(
-        repo,
-        index,
-        snap,
-        &source.path,
-        opts.spool_dir.as_deref(),
-        progress,
-    )?;
-    let list = toc(&pg_restore, file.path())?;
+    let (pg_restore, file, list) =
+        fetch_dump(repo, index, snap, source, info, &server, opts, progress)?;
     let mut report = PgRestoreReport {
         source_database: info.database.clone(),
         target_database: target.db().to_string(),

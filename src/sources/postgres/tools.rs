@@ -26,6 +26,35 @@ impl Tool {
         c.stdin(std::process::Stdio::null());
         c
     }
+
+    /// Start `cmd` (made by [`Tool::command`]) with its output in a 1 MiB pipe and its
+    /// standard error collected.
+    pub fn spawn_reader(
+        &self,
+        mut cmd: Command,
+    ) -> Result<(std::process::Child, std::process::ChildStdout, Stderr)> {
+        use std::process::Stdio;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::new(
+                ErrorKind::Source,
+                format!("cannot run {}: {e}", self.path.display()),
+            )
+        })?;
+        let stderr = Stderr::collect(child.stderr.take().unwrap());
+        let stdout = child.stdout.take().unwrap();
+        widen_pipe(&stdout);
+        Ok((child, stdout, stderr))
+    }
+}
+
+/// Grow a pipe from its 64 KiB default to 1 MiB: far fewer wake-ups between the child and
+/// the chunker. Best effort (the limit is /proc/sys/fs/pipe-max-size).
+fn widen_pipe(p: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; failure only leaves the default size.
+    unsafe {
+        libc::fcntl(p.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
 }
 
 fn version_of(path: &Path) -> Option<(String, u32)> {
