@@ -65,7 +65,13 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A T M S
 for tool in restic coffer; do
   for op in first second restore; do : >"$WORK/$tool.$op"; done
-  for r in $(seq "$RUNS"); do
+done
+# The tools take turns run by run rather than one after the other: the state of the file
+# system drifts over a run of the script (on ext4 without a journal, creating a file skips
+# every inode deleted in the last minutes, and each run deletes the previous trees), so
+# running one tool's three runs after the other's would favour whichever goes first.
+for r in $(seq "$RUNS"); do
+  for tool in restic coffer; do
     repo=$WORK/repo-$tool; target=$WORK/restore-$tool
     rm -rf "$repo" "$target"
     if [ $tool = restic ]; then
@@ -85,6 +91,8 @@ for tool in restic coffer; do
       diff -r "$DATA" "$target/$DATA" >/dev/null || { echo "$tool restored different data" >&2; exit 1; }
     fi
   done
+done
+for tool in restic coffer; do
   for op in first second restore; do
     T[$tool.$op]=$(cut -d' ' -f1 "$WORK/$tool.$op" | median)
     M[$tool.$op]=$(cut -d' ' -f2 "$WORK/$tool.$op" | sort -n | tail -1)

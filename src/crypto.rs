@@ -8,6 +8,7 @@
 
 use crate::error::Error;
 use crate::id::Id;
+use aws_lc_rs::aead;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
@@ -94,14 +95,30 @@ impl MasterKey {
             return Err(Error::integrity("encrypted object is truncated"));
         }
         let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-        let n = rest.len() - TAG_LEN;
-        let (ct, tag) = rest.split_at_mut(n);
-        self.cipher()
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), b"", ct, Tag::from_slice(tag))
+        // XChaCha20-Poly1305 is ChaCha20-Poly1305 (RFC 8439) under the subkey HChaCha20
+        // derives from the key and the first 16 nonce bytes, with the nonce
+        // `0000 || last 8 bytes`. AWS-LC's assembly opens it about twice as fast as the
+        // portable crates.
+        let subkey = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+            (&self.encrypt).into(),
+            chacha20::cipher::generic_array::GenericArray::from_slice(&nonce[..16]),
+        );
+        let mut short = [0u8; 12];
+        short[4..].copy_from_slice(&nonce[16..]);
+        let key = aead::LessSafeKey::new(
+            aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &subkey)
+                .expect("ChaCha20-Poly1305 takes a 32-byte key"),
+        );
+        let plain = key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(short),
+                aead::Aad::empty(),
+                rest,
+            )
             .map_err(|_| {
                 Error::integrity("authentication failed: the object was modified or damaged")
             })?;
-        Ok(ct)
+        Ok(plain)
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, Error> {
@@ -226,12 +243,49 @@ pub mod compress {
         }
     }
 
-    /// Decode without copying stored (uncompressed) data.
-    pub fn decode_ref(data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
-        match data.split_last() {
-            Some((&RAW, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
-            _ => decode(data).map(std::borrow::Cow::Owned),
+    /// A reusable decompression context and output buffer (one per restore worker), so
+    /// decoding a chunk allocates nothing once the buffer has grown to the largest chunk.
+    #[derive(Default)]
+    pub struct Decoder {
+        ctx: Option<zstd::bulk::Decompressor<'static>>,
+        out: Vec<u8>,
+    }
+
+    impl Decoder {
+        /// Decode `payload || flag`; stored (uncompressed) data is returned without a copy.
+        pub fn decode<'a>(&'a mut self, data: &'a [u8]) -> Result<&'a [u8], Error> {
+            match data.split_last() {
+                Some((&RAW, rest)) => Ok(rest),
+                Some((&ZSTD, rest)) => {
+                    let size = content_size(rest)?;
+                    let ctx = match &mut self.ctx {
+                        Some(c) => c,
+                        None => self
+                            .ctx
+                            .insert(zstd::bulk::Decompressor::new().map_err(|e| {
+                                Error::integrity(format!("cannot set up decompression: {e}"))
+                            })?),
+                    };
+                    self.out.clear();
+                    self.out.reserve(size);
+                    ctx.decompress_to_buffer(rest, &mut self.out)
+                        .map_err(|e| Error::integrity(format!("decompression failed: {e}")))?;
+                    Ok(&self.out)
+                }
+                _ => Err(Error::integrity("unknown compression flag")),
+            }
         }
+    }
+
+    fn content_size(frame: &[u8]) -> Result<usize, Error> {
+        let size = zstd::zstd_safe::get_frame_content_size(frame)
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::integrity("compressed data has no size"))?;
+        if size > 1 << 32 {
+            return Err(Error::integrity("compressed object claims an absurd size"));
+        }
+        Ok(size as usize)
     }
 
     /// Decode `payload || flag`.
@@ -239,14 +293,8 @@ pub mod compress {
         match data.split_last() {
             Some((&RAW, rest)) => Ok(rest.to_vec()),
             Some((&ZSTD, rest)) => {
-                let size = zstd::zstd_safe::get_frame_content_size(rest)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| Error::integrity("compressed data has no size"))?;
-                if size > 1 << 32 {
-                    return Err(Error::integrity("compressed object claims an absurd size"));
-                }
-                zstd::bulk::decompress(rest, size as usize)
+                let size = content_size(rest)?;
+                zstd::bulk::decompress(rest, size)
                     .map_err(|e| Error::integrity(format!("decompression failed: {e}")))
             }
             _ => Err(Error::integrity("unknown compression flag")),
@@ -304,6 +352,30 @@ mod tests {
             assert!(k.open(&t).is_err(), "flip at {i} not detected");
         }
         assert!(MasterKey::generate().open(&s).is_err());
+    }
+
+    #[test]
+    fn open_in_place_matches_the_portable_cipher() {
+        let k = MasterKey::generate();
+        for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 1000, 4096, 100_000] {
+            let mut plain = vec![0u8; len];
+            rand::thread_rng().fill_bytes(&mut plain);
+            let sealed = k.seal(&plain);
+            assert_eq!(k.open(&sealed).unwrap(), plain);
+            let mut buf = sealed.clone();
+            assert_eq!(k.open_in_place(&mut buf).unwrap(), &plain[..]);
+            for i in [0, NONCE_LEN, sealed.len() / 2, sealed.len() - 1] {
+                let mut t = sealed.clone();
+                t[i] ^= 0x80;
+                assert!(
+                    k.open_in_place(&mut t).is_err(),
+                    "flip at {i} of {len} not detected"
+                );
+            }
+            let mut short = sealed[..sealed.len() - 1].to_vec();
+            assert!(k.open_in_place(&mut short).is_err());
+        }
+        assert!(k.open_in_place(&mut [0u8; OVERHEAD - 1]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! grouped by pack: each pack is read once, by one of several parallel workers.
 
 use crate::backend::FileKind;
+use crate::crypto::compress;
 use crate::error::{Error, ErrorKind};
 use crate::id::Id;
 use crate::progress::Progress;
@@ -47,6 +48,8 @@ struct FileJob {
     node: Node,
     /// The temporary file exists (and must be removed if the restore of it fails).
     created: AtomicBool,
+    /// Held while the temporary file is created, so exactly one worker creates it.
+    create_lock: Mutex<()>,
     written: AtomicU64,
     remaining: AtomicUsize,
     failed: AtomicBool,
@@ -64,14 +67,18 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+fn mtime_of(n: &Node) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
+        n.mtime_ns.div_euclid(1_000_000_000),
+        n.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
 fn set_meta(path: &Path, n: &Node, symlink: bool) -> std::io::Result<()> {
     if is_root() {
         std::os::unix::fs::lchown(path, Some(n.uid), Some(n.gid))?;
     }
-    let mtime = filetime::FileTime::from_unix_time(
-        n.mtime_ns.div_euclid(1_000_000_000),
-        n.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
+    let mtime = mtime_of(n);
     if symlink {
         filetime::set_symlink_file_times(path, mtime, mtime)
     } else {
@@ -148,6 +155,7 @@ fn plan(
                     remaining: AtomicUsize::new(n.content.len()),
                     node: n,
                     created: AtomicBool::new(false),
+                    create_lock: Mutex::new(()),
                     written: AtomicU64::new(0),
                     failed: AtomicBool::new(false),
                 });
@@ -157,7 +165,25 @@ fn plan(
     Ok(())
 }
 
-fn finalize(job: &FileJob) -> std::io::Result<()> {
+/// Create the temporary file (replacing a stale one) or, once created, open it again.
+fn open_tmp(job: &FileJob) -> std::io::Result<fs::File> {
+    let _guard = job.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+    if job.created.load(Ordering::SeqCst) {
+        return OpenOptions::new().write(true).open(&job.tmp);
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&job.tmp)?;
+    job.created.store(true, Ordering::SeqCst);
+    Ok(f)
+}
+
+/// Check the size, set metadata (through `file` when the caller has it open) and rename
+/// the temporary file into place.
+fn finalize(job: &FileJob, file: Option<&fs::File>) -> std::io::Result<()> {
     let written = job.written.load(Ordering::SeqCst);
     if written != job.node.size {
         return Err(std::io::Error::other(format!(
@@ -165,7 +191,18 @@ fn finalize(job: &FileJob) -> std::io::Result<()> {
             job.node.size
         )));
     }
-    set_meta(&job.tmp, &job.node, false)?;
+    match file {
+        Some(f) => {
+            let n = &job.node;
+            if is_root() {
+                std::os::unix::fs::fchown(f, Some(n.uid), Some(n.gid))?;
+            }
+            f.set_permissions(fs::Permissions::from_mode(n.mode & 0o7777))?;
+            let mtime = mtime_of(n);
+            filetime::set_file_handle_times(f, Some(mtime), Some(mtime))?;
+        }
+        None => set_meta(&job.tmp, &job.node, false)?,
+    }
     fs::rename(&job.tmp, &job.dest)
 }
 
@@ -213,65 +250,41 @@ pub fn restore(
         report.symlinks += 1;
     }
 
-    // Files: create temporaries, map every chunk to its places.
+    // Files: map every chunk to its places. Nothing is created before the whole plan is
+    // known to be complete; the workers create each temporary file on its first write.
     let mut by_pack: HashMap<u32, PackWork> = HashMap::new();
     let mut blob_slot: HashMap<Id, (u32, usize)> = HashMap::new();
-    let prepared = (|| -> Result<()> {
-        for (i, job) in p.files.iter().enumerate() {
-            if let Some(parent) = job.dest.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&job.tmp)
-                .with_context(|| format!("cannot create {}", job.tmp.display()))?;
-            job.created.store(true, Ordering::SeqCst);
-            f.set_len(job.node.size)
-                .with_context(|| format!("cannot create {}", job.tmp.display()))?;
-            drop(f);
-            let mut off = 0u64;
-            for c in &job.node.content {
-                let loc = index.get(c).ok_or_else(|| {
-                    Error::integrity(format!(
-                        "chunk {} of {} is not in the index (repository damaged)",
-                        c.short(),
-                        job.dest.display()
-                    ))
-                })?;
-                let use_ = BlobUse {
-                    file: i,
-                    offset: off,
-                };
-                off += loc.entry.raw_length as u64;
-                match blob_slot.get(c) {
-                    Some(&(pack, k)) => by_pack.get_mut(&pack).unwrap()[k].1.push(use_),
-                    None => {
-                        let v = by_pack.entry(loc.pack).or_default();
-                        blob_slot.insert(*c, (loc.pack, v.len()));
-                        v.push((loc, vec![use_]));
-                    }
-                }
-            }
-            if off != job.node.size {
-                return Err(Error::integrity(format!(
-                    "{}: chunk sizes do not add up to the file size",
+    for (i, job) in p.files.iter().enumerate() {
+        let mut off = 0u64;
+        for c in &job.node.content {
+            let loc = index.get(c).ok_or_else(|| {
+                Error::integrity(format!(
+                    "chunk {} of {} is not in the index (repository damaged)",
+                    c.short(),
                     job.dest.display()
                 ))
-                .into());
+            })?;
+            let use_ = BlobUse {
+                file: i,
+                offset: off,
+            };
+            off += loc.entry.raw_length as u64;
+            match blob_slot.get(c) {
+                Some(&(pack, k)) => by_pack.get_mut(&pack).unwrap()[k].1.push(use_),
+                None => {
+                    let v = by_pack.entry(loc.pack).or_default();
+                    blob_slot.insert(*c, (loc.pack, v.len()));
+                    v.push((loc, vec![use_]));
+                }
             }
         }
-        Ok(())
-    })();
-    if let Err(e) = prepared {
-        for job in &p.files {
-            if job.created.load(Ordering::SeqCst) {
-                let _ = fs::remove_file(&job.tmp);
-            }
+        if off != job.node.size {
+            return Err(Error::integrity(format!(
+                "{}: chunk sizes do not add up to the file size",
+                job.dest.display()
+            ))
+            .into());
         }
-        return Err(e);
     }
     let errors = Mutex::new(Vec::<String>::new());
     let io_failed = AtomicBool::new(false);
@@ -284,11 +297,11 @@ pub fn restore(
                 .push(format!("{}: {msg}", job.dest.display()));
         }
     };
-    // Empty files are complete already.
+    // Empty files are complete once created.
     for job in &p.files {
         if job.node.content.is_empty() {
-            if let Err(e) = finalize(job) {
-                fail(job, e.to_string());
+            if let Err(e) = open_tmp(job).and_then(|f| finalize(job, Some(&f))) {
+                fail(job, format!("cannot create {}: {e}", job.tmp.display()));
             }
         }
     }
@@ -325,6 +338,8 @@ pub fn restore(
         for _ in 0..threads {
             sc.spawn(|| {
                 let mut handles: HashMap<usize, std::fs::File> = HashMap::new();
+                let mut buf: Vec<u8> = Vec::new();
+                let mut decoder = compress::Decoder::default();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((pack, blobs)) = work.get(i) else {
@@ -341,22 +356,32 @@ pub fn restore(
                         .map(|b| b.0.entry.offset as u64 + b.0.entry.length as u64)
                         .max()
                         .unwrap_or(0);
-                    let mut span = repo.backend.read_range(
+                    let len = (end - start) as usize;
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    let span = &mut buf[..len];
+                    let read = repo.backend.read_range_into(
                         FileKind::Pack,
                         &pack_id.to_hex(),
                         start,
-                        end - start,
+                        span,
                     );
                     for (loc, uses) in blobs {
-                        let data = match &mut span {
-                            Ok(span) => {
+                        let data = match &read {
+                            Ok(()) => {
                                 let s = (loc.entry.offset as u64 - start) as usize;
                                 let sealed = &mut span[s..s + loc.entry.length as usize];
-                                repo.open_blob_in_place(sealed, &loc.entry.id, loc.entry.raw_length)
-                                    .map_err(|e| {
-                                        damaged.store(true, Ordering::SeqCst);
-                                        format!("{e:#} (pack {pack_id})")
-                                    })
+                                repo.open_blob_in_place(
+                                    sealed,
+                                    &loc.entry.id,
+                                    loc.entry.raw_length,
+                                    &mut decoder,
+                                )
+                                .map_err(|e| {
+                                    damaged.store(true, Ordering::SeqCst);
+                                    format!("{e:#} (pack {pack_id})")
+                                })
                             }
                             Err(e) => {
                                 if coffer_kind(e) == ErrorKind::Integrity {
@@ -372,47 +397,40 @@ pub fn restore(
                             if job.failed.load(Ordering::Relaxed) {
                                 continue;
                             }
-                            let res = match &data {
-                                Ok(d) => {
-                                    // A few handles per worker, so many small files do not
-                                    // exhaust file descriptors and big files are not reopened.
-                                    if !handles.contains_key(&u.file) && handles.len() >= 16 {
-                                        handles.clear();
-                                    }
-                                    let f = match handles.entry(u.file) {
-                                        std::collections::hash_map::Entry::Occupied(e) => {
-                                            Ok(e.into_mut())
-                                        }
-                                        std::collections::hash_map::Entry::Vacant(v) => {
-                                            OpenOptions::new()
-                                                .write(true)
-                                                .open(&job.tmp)
-                                                .map(|f| v.insert(f))
-                                        }
-                                    };
-                                    f.and_then(|f| f.write_all_at(d, u.offset))
-                                        .map(|()| {
-                                            job.written.fetch_add(d.len() as u64, Ordering::SeqCst);
-                                        })
-                                        .map_err(|e| {
-                                            io_failed.store(true, Ordering::SeqCst);
-                                            format!("cannot write {}: {e}", job.tmp.display())
-                                        })
+                            let d = match &data {
+                                Ok(d) => *d,
+                                Err(m) => {
+                                    fail(job, m.clone());
+                                    continue;
                                 }
-                                Err(m) => Err(m.clone()),
                             };
-                            match res {
-                                Ok(()) => {
-                                    if let Ok(d) = &data {
-                                        progress.inc(d.len() as u64);
-                                    }
-                                    if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-                                        if let Err(e) = finalize(job) {
-                                            fail(job, e.to_string());
-                                        }
-                                    }
+                            // A few handles per worker, so many small files do not exhaust
+                            // file descriptors and big files are not reopened.
+                            if !handles.contains_key(&u.file) && handles.len() >= 16 {
+                                handles.clear();
+                            }
+                            let f = match handles.entry(u.file) {
+                                std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                                std::collections::hash_map::Entry::Vacant(v) => {
+                                    open_tmp(job).map(|f| v.insert(f))
                                 }
-                                Err(m) => fail(job, m),
+                            };
+                            let res = f.and_then(|f| f.write_all_at(d, u.offset)).map_err(|e| {
+                                io_failed.store(true, Ordering::SeqCst);
+                                format!("cannot write {}: {e}", job.tmp.display())
+                            });
+                            if let Err(m) = res {
+                                fail(job, m);
+                                continue;
+                            }
+                            job.written.fetch_add(d.len() as u64, Ordering::SeqCst);
+                            progress.inc(d.len() as u64);
+                            if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                                // The last chunk: this worker has the file open.
+                                let f = handles.remove(&u.file);
+                                if let Err(e) = finalize(job, f.as_ref()) {
+                                    fail(job, e.to_string());
+                                }
                             }
                         }
                     }
@@ -422,7 +440,9 @@ pub fn restore(
     });
     for job in &p.files {
         if job.failed.load(Ordering::SeqCst) {
-            let _ = fs::remove_file(&job.tmp);
+            if job.created.load(Ordering::SeqCst) {
+                let _ = fs::remove_file(&job.tmp);
+            }
         } else {
             report.files += 1;
             report.bytes += job.node.size;

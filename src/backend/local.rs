@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorKind};
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind as IoKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub struct LocalBackend {
@@ -140,6 +140,27 @@ impl Backend for LocalBackend {
             .into(),
             _ => io_err(e, "read", &path),
         })
+    }
+
+    fn read_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let path = self.full(kind, name);
+        File::open(&path)
+            .and_then(|f| f.read_exact_at(out, offset))
+            .map_err(|e| match e.kind() {
+                IoKind::NotFound => not_found(kind, name),
+                IoKind::UnexpectedEof => Error::integrity(format!(
+                    "{} is shorter than the index says (truncated pack)",
+                    path.display()
+                ))
+                .into(),
+                _ => io_err(e, "read", &path),
+            })
     }
 
     fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {

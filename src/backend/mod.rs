@@ -89,6 +89,25 @@ pub trait Backend: Send + Sync {
     }
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Read `out.len()` bytes at `offset` into the caller's buffer (reused across reads).
+    fn read_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let data = self.read_range(kind, name, offset, out.len() as u64)?;
+        if data.len() != out.len() {
+            return Err(Error::integrity(format!(
+                "{} is shorter than the index says (truncated pack)",
+                kind.path(name)
+            ))
+            .into());
+        }
+        out.copy_from_slice(&data);
+        Ok(())
+    }
     /// Size of an object, or `None` when it does not exist.
     fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>>;
     fn list(&self, kind: FileKind) -> Result<Vec<Listed>>;

@@ -351,20 +351,21 @@ impl Repository {
         Ok(())
     }
 
-    /// Like [`open_blob`](Self::open_blob), decrypting in the caller's buffer; stored
-    /// (uncompressed) data is returned without a copy.
+    /// Like [`open_blob`](Self::open_blob), decrypting in the caller's buffer and
+    /// decompressing into `decoder`'s; stored (uncompressed) data is returned without a copy.
     pub fn open_blob_in_place<'a>(
         &self,
         sealed: &'a mut [u8],
         id: &Id,
         raw_length: u32,
-    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        decoder: &'a mut compress::Decoder,
+    ) -> Result<&'a [u8]> {
         let plain = self
             .key
             .open_in_place(sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
-        let data = compress::decode_ref(plain)?;
-        self.verify_blob(&data, id, raw_length)?;
+        let data = decoder.decode(plain)?;
+        self.verify_blob(data, id, raw_length)?;
         Ok(data)
     }
 
