@@ -242,6 +242,33 @@ fn replacing_a_database_asks_first_and_keeps_a_safety_backup() {
     assert_eq!(pg.data_checksums("app"), damaged);
     assert_eq!(snapshot_count(&env), 1);
 
+    // On a terminal coffer asks for the database name; a wrong answer stops it.
+    let cmdline = format!(
+        "'{}' restore {snap} --to-postgres '{}'",
+        assert_cmd::cargo::cargo_bin("coffer").display(),
+        pg.url("app")
+    );
+    let mut tty = std::process::Command::new("script");
+    tty.args(["-qec", &cmdline, "/dev/null"])
+        .env("COFFER_REPO", &env.repo)
+        .env("COFFER_PASSWORD", "correct horse")
+        .env("COFFER_HOME", env.path("home"));
+    let out = tty
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"not-the-name\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("Type the database name"), "{screen}");
+    assert_eq!(out.status.code(), Some(2), "{screen}");
+    assert_eq!(pg.data_checksums("app"), damaged);
+    assert_eq!(snapshot_count(&env), 1);
+
     // With --yes: a safety backup first, then the database is exactly the dump again.
     let out = run(
         &env,
