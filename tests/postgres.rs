@@ -288,6 +288,13 @@ fn replacing_a_database_asks_first_and_keeps_a_safety_backup() {
     let safety_id = safety["id"].as_str().unwrap();
     assert!(said.contains(&safety_id[..8]), "{said}");
 
+    // `latest` skips the safety backup: restoring it again gives the pristine state.
+    ok(&run(
+        &env,
+        &["restore", "latest", "--to-postgres", &pg.url("again")],
+    ));
+    assert_same_db(&pg, "pristine", "again");
+
     // The safety backup holds the damaged state.
     let out = run(
         &env,

@@ -238,7 +238,11 @@ pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
 pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     let repo = ctx.open()?;
     let _lock = Lock::shared(&repo, "restore")?;
-    let snap = repo.find_snapshot(&a.snapshot)?;
+    let snap = if a.to_postgres.is_some() && a.snapshot == "latest" {
+        latest_dump(&repo, a.database.as_deref())?
+    } else {
+        repo.find_snapshot(&a.snapshot)?
+    };
     let index = repo.load_index()?;
     if let Some(conn) = &a.to_postgres {
         return restore_to_postgres(ctx, a, &repo, &index, &snap, conn.clone());
@@ -275,6 +279,31 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
         mib(r.bytes)
     ));
     Ok(())
+}
+
+/// `latest` for a database restore: the newest snapshot holding a dump (of `database`,
+/// when given) that is not a safety backup taken by an earlier restore.
+fn latest_dump(
+    repo: &Repository,
+    database: Option<&str>,
+) -> Result<coffer::repo::snapshot::Snapshot> {
+    repo.load_snapshots()?
+        .into_iter()
+        .filter(|s| !s.has_tag("safety-backup"))
+        .filter(|s| {
+            s.sources.iter().any(|src| {
+                src.kind == coffer::sources::postgres::KIND_DUMP
+                    && database.is_none_or(|d| src.name == d)
+            })
+        })
+        .max_by_key(|s| s.time)
+        .ok_or_else(|| {
+            Error::new(
+                coffer::error::ErrorKind::NotFound,
+                "no snapshot holds a PostgreSQL dump (safety backups aside); name one by id",
+            )
+            .into()
+        })
 }
 
 fn restore_to_postgres(
