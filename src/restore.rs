@@ -31,6 +31,8 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Paths inside the snapshot to restore (everything when empty).
     pub includes: Vec<String>,
+    /// Restore this tree of the snapshot (a directory inside it) instead of the root.
+    pub tree: Option<Id>,
 }
 
 #[derive(Debug, Default)]
@@ -223,7 +225,8 @@ pub fn restore(
         links: vec![],
         files: vec![],
     };
-    plan(repo, index, &snap.tree, "", &opts.target, &includes, &mut p)?;
+    let root = opts.tree.unwrap_or(snap.tree);
+    plan(repo, index, &root, "", &opts.target, &includes, &mut p)?;
     if !includes.is_empty() && p.files.is_empty() && p.links.is_empty() && p.dirs.is_empty() {
         return Err(Error::new(
             ErrorKind::NotFound,

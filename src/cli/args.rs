@@ -89,6 +89,16 @@ pub struct BackupArgs {
     /// With --postgres: dump every database of the server, plus roles and tablespaces
     #[arg(long, requires = "postgres")]
     pub all_databases: bool,
+    /// With --postgres: a physical base backup of the data directory (for point-in-time
+    /// recovery with the WAL archive) instead of a pg_dump
+    #[arg(long, requires = "postgres", conflicts_with = "all_databases")]
+    pub physical: bool,
+    /// With --physical: the server's data directory (default: its data_directory setting)
+    #[arg(long, requires = "physical")]
+    pub pgdata: Option<PathBuf>,
+    /// With --physical: seconds to wait for the backup's last WAL segment to be archived
+    #[arg(long, default_value_t = 300, requires = "physical")]
+    pub archive_timeout: u64,
     /// File name for the stdin stream inside the snapshot
     #[arg(long, default_value = "stdin", requires = "stdin")]
     pub stdin_name: String,
@@ -128,16 +138,49 @@ pub struct LsArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Snapshot id (prefix) or "latest"
-    pub snapshot: String,
+    /// Snapshot id (prefix) or "latest"; with --pgdata it may be left out (the newest base
+    /// backup that finished before the target)
+    #[arg(required_unless_present = "pgdata")]
+    pub snapshot: Option<String>,
     /// Directory to restore into
     #[arg(
         long,
         short = 't',
-        required_unless_present = "to_postgres",
-        conflicts_with = "to_postgres"
+        required_unless_present_any = ["to_postgres", "pgdata"],
+        conflicts_with_all = ["to_postgres", "pgdata"]
     )]
     pub target: Option<PathBuf>,
+    /// Lay out a physical base backup as a PostgreSQL data directory here, set up for
+    /// point-in-time recovery from the WAL archive (start PostgreSQL on it to recover)
+    #[arg(long, value_name = "DIR", conflicts_with = "to_postgres")]
+    pub pgdata: Option<PathBuf>,
+    /// Recover up to this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS[+TZ]"; local time without a zone)
+    #[arg(long, requires = "pgdata", group = "recovery_target")]
+    pub target_time: Option<String>,
+    /// Recover up to this WAL location (e.g. 0/3000060)
+    #[arg(long, requires = "pgdata", group = "recovery_target")]
+    pub target_lsn: Option<String>,
+    /// Recover up to this transaction id
+    #[arg(long, requires = "pgdata", group = "recovery_target")]
+    pub target_xid: Option<String>,
+    /// Recover up to this named restore point (pg_create_restore_point)
+    #[arg(long, requires = "pgdata", group = "recovery_target")]
+    pub target_name: Option<String>,
+    /// Stop as soon as the base backup is consistent
+    #[arg(long, requires = "pgdata", group = "recovery_target")]
+    pub target_immediate: bool,
+    /// Stop just before the target instead of just after it
+    #[arg(long, requires = "recovery_target")]
+    pub target_exclusive: bool,
+    /// What the server does at the target
+    #[arg(long, requires = "pgdata", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: Option<String>,
+    /// Timeline to recover along: a number, current or latest (PostgreSQL's default)
+    #[arg(long, requires = "pgdata")]
+    pub target_timeline: Option<String>,
+    /// With --pgdata: replace the contents of a non-empty data directory
+    #[arg(long, requires = "pgdata")]
+    pub force: bool,
     /// Restore only this path of the snapshot (repeatable)
     #[arg(long = "include")]
     pub includes: Vec<String>,

@@ -14,6 +14,7 @@ use coffer::repo::tree::NodeKind;
 use coffer::repo::{prune, walk_tree, Repository};
 use coffer::restore::{self, RestoreOptions};
 use coffer::sources::files::{backup_files, FilesOptions};
+use coffer::sources::postgres::physical::{backup_physical, base_backup_info, PhysicalOptions};
 use coffer::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
 use coffer::sources::postgres::{backup_postgres, DumpInfo, PostgresOptions};
 use coffer::sources::stream::backup_stream;
@@ -76,7 +77,37 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
     }
     let repo = ctx.open_or_create_default()?;
     let _lock = Lock::shared(&repo, "backup")?;
-    let snap = if let Some(conn) = &a.postgres {
+    let snap = if let (Some(conn), true) = (&a.postgres, a.physical) {
+        let p = Progress::bytes(ctx.mode, "base backup", None);
+        let s = backup_physical(
+            repo.clone(),
+            &PhysicalOptions {
+                conn: conn.clone(),
+                pgdata: a.pgdata.clone(),
+                archive_timeout: std::time::Duration::from_secs(a.archive_timeout),
+                common,
+            },
+            &p,
+        );
+        p.finish();
+        let s = s?;
+        if !a.json {
+            if let Some(info) = base_backup_info(&s) {
+                ctx.say(&format!(
+                    "base backup of {} (PostgreSQL {}, cluster {}, timeline {}): WAL {} to {} ({} to {})",
+                    info.data_directory,
+                    info.server_version,
+                    info.system_identifier,
+                    info.timeline,
+                    info.start_lsn,
+                    info.stop_lsn,
+                    info.start_wal,
+                    info.stop_wal
+                ));
+            }
+        }
+        s
+    } else if let Some(conn) = &a.postgres {
         let p = Progress::bytes(ctx.mode, "backup postgres", None);
         let s = backup_postgres(
             repo.clone(),
@@ -238,10 +269,14 @@ pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
 pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     let repo = ctx.open()?;
     let _lock = Lock::shared(&repo, "restore")?;
-    let snap = if a.to_postgres.is_some() && a.snapshot == "latest" {
+    if let Some(dir) = &a.pgdata {
+        return restore_pgdata(ctx, a, &repo, dir);
+    }
+    let spec = a.snapshot.as_deref().unwrap_or("latest");
+    let snap = if a.to_postgres.is_some() && spec == "latest" {
         latest_dump(&repo, a.database.as_deref())?
     } else {
-        repo.find_snapshot(&a.snapshot)?
+        repo.find_snapshot(spec)?
     };
     let index = repo.load_index()?;
     if let Some(conn) = &a.to_postgres {
@@ -256,6 +291,7 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
         &RestoreOptions {
             target: target.clone(),
             includes: a.includes.clone(),
+            tree: None,
         },
         &p,
     );
@@ -304,6 +340,111 @@ fn latest_dump(
             )
             .into()
         })
+}
+
+/// Parse a recovery target time: RFC 3339, or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f][+TZ]`
+/// (local time when no zone is given).
+fn parse_target_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
+    use chrono::TimeZone;
+    let t = s.trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(d);
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(d) = chrono::DateTime::parse_from_str(t, f) {
+            return Ok(d);
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(n) = chrono::NaiveDateTime::parse_from_str(t, f) {
+            if let Some(d) = chrono::Local.from_local_datetime(&n).earliest() {
+                return Ok(d.fixed_offset());
+            }
+        }
+    }
+    Err(Error::usage(format!(
+        "--target-time {s:?} is not a time (e.g. 2024-05-01T14:03:00+02:00 or \"2024-05-01 14:03:00\")"
+    ))
+    .into())
+}
+
+fn restore_pgdata(
+    ctx: &Context,
+    a: &RestoreArgs,
+    repo: &Repository,
+    dir: &std::path::Path,
+) -> Result<()> {
+    use coffer::sources::postgres::pitr::{restore_pitr, PitrOptions, Target};
+    let target = if let Some(t) = &a.target_time {
+        Target::Time(parse_target_time(t)?)
+    } else if let Some(l) = &a.target_lsn {
+        Target::Lsn(coffer::sources::wal::parse_lsn(l).ok_or_else(|| {
+            Error::usage(format!("--target-lsn {l:?} is not an LSN (e.g. 0/3000060)"))
+        })?)
+    } else if let Some(x) = &a.target_xid {
+        if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::usage(format!("--target-xid {x:?} is not a transaction id")).into());
+        }
+        Target::Xid(x.clone())
+    } else if let Some(n) = &a.target_name {
+        Target::Name(n.clone())
+    } else if a.target_immediate {
+        Target::Immediate
+    } else {
+        Target::End
+    };
+    let opts = PitrOptions {
+        snapshot: a.snapshot.clone(),
+        pgdata: dir.to_path_buf(),
+        target,
+        exclusive: a.target_exclusive,
+        action: a.target_action.clone(),
+        timeline: a.target_timeline.clone(),
+        force: a.force,
+        fetch: ctx.fetch_config()?,
+    };
+    let index = repo.load_index()?;
+    let p = Progress::bytes(ctx.mode, "restore pgdata", None);
+    let r = restore_pitr(repo, &index, &opts, &p);
+    p.finish();
+    let r = r?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"snapshot": r.snapshot.id.to_hex(), "pgdata": dir, "files": r.restored.files,
+                   "bytes": r.restored.bytes, "start_lsn": r.info.start_lsn, "stop_lsn": r.info.stop_lsn,
+                   "timeline": r.info.timeline, "newest_wal": r.newest_wal, "settings": r.settings})
+        );
+        return Ok(());
+    }
+    ctx.say(&format!(
+        "restored base backup {} (PostgreSQL {}, taken {}, WAL {} to {}) to {}: {} files, {} (every chunk verified)",
+        r.snapshot.id.short(),
+        r.info.server_version,
+        r.info.started_at.to_rfc3339(),
+        r.info.start_lsn,
+        r.info.stop_lsn,
+        dir.display(),
+        r.restored.files,
+        mib(r.restored.bytes)
+    ));
+    ctx.say(&format!(
+        "recovery settings in {}/postgresql.auto.conf:",
+        dir.display()
+    ));
+    for s in &r.settings {
+        ctx.say(&format!("  {s}"));
+    }
+    if let Some(n) = &r.newest_wal {
+        ctx.say(&format!("newest archived WAL segment: {n}"));
+    }
+    ctx.say(&format!(
+        "start PostgreSQL on {} to recover; then delete {}/{} (it can read the repository)",
+        dir.display(),
+        dir.display(),
+        coffer::sources::postgres::pitr::RECOVERY_CONFIG
+    ));
+    Ok(())
 }
 
 fn restore_to_postgres(

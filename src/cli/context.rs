@@ -131,6 +131,41 @@ impl Context {
         prompt("Passphrase: ", confirm)
     }
 
+    /// How a `restore_command` run by PostgreSQL reaches this repository: the same
+    /// location and passphrase source, as absolute paths. A passphrase from the
+    /// environment or a prompt has no file, so it is handed over itself.
+    pub fn fetch_config(&self) -> Result<coffer::sources::postgres::pitr::FetchConfig> {
+        let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let repository = if self.location.contains("://") {
+            self.location.clone()
+        } else {
+            abs(std::path::Path::new(&self.location))
+                .display()
+                .to_string()
+        };
+        let mut c = coffer::sources::postgres::pitr::FetchConfig {
+            repository,
+            ..Default::default()
+        };
+        if let Some(f) = &self.password_file {
+            c.password_file = Some(abs(f));
+        } else if let Ok(p) = std::env::var("COFFER_PASSWORD") {
+            c.password = Some(p);
+        } else if let Some(f) = &self.config.password_file {
+            c.password_file = Some(abs(f));
+        } else if let Some(p) = &self.config.password {
+            c.password = Some(p.clone());
+        } else if let Some(k) = self.default_key.as_ref().filter(|k| k.exists()) {
+            c.password_file = Some(abs(k));
+        } else {
+            let p = prompt("Passphrase for the restore_command: ", false)?;
+            c.password = Some(String::from_utf8(p).map_err(|_| {
+                Error::usage("the passphrase is not UTF-8; give it with COFFER_PASSWORD_FILE")
+            })?);
+        }
+        Ok(c)
+    }
+
     pub fn backend(&self) -> Result<Arc<dyn backend::Backend>> {
         backend::open(&self.location)
     }

@@ -75,16 +75,26 @@ struct Trie {
     leaf: bool,
 }
 
-struct Archiver<'a> {
+/// Source-specific rules for a directory's entries (e.g. what PostgreSQL leaves out of a
+/// base backup): remove entries to skip them, reorder them to change the reading order.
+pub(crate) trait EntryRules {
+    fn filter(&self, dir: &Path, entries: &mut Vec<(Vec<u8>, PathBuf)>);
+}
+
+pub(crate) struct Archiver<'a> {
     session: Session,
     excluder: Excluder,
     progress: &'a Progress,
     size: u64,
     /// The chunker's read window, reused from file to file.
     window: Vec<u8>,
+    rules: Option<&'a dyn EntryRules>,
+    /// A parent's file is reused unchanged only when its mtime and ctime are before this
+    /// (nanoseconds since the epoch): see [`Archiver::new`].
+    reuse_before_ns: i64,
 }
 
-fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
+pub(crate) fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
     Node {
         name: OsBytes(name.to_vec()),
         kind,
@@ -113,8 +123,39 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
     .into()
 }
 
-impl Archiver<'_> {
-    fn parent_tree(&self, node: Option<&Node>) -> Option<Tree> {
+impl<'a> Archiver<'a> {
+    /// An archiver for a source other than `backup PATH…`. `reuse_before_ns`: a file
+    /// whose mtime or ctime is not before this instant is read again even when its
+    /// metadata matches the parent; the caller passes the parent backup's start (minus the
+    /// file system's timestamp granularity), so a file written again during or right
+    /// after the parent backup, in the same timestamp tick, is never taken as unchanged.
+    pub(crate) fn new(
+        session: Session,
+        progress: &'a Progress,
+        rules: Option<&'a dyn EntryRules>,
+        reuse_before_ns: i64,
+    ) -> Result<Archiver<'a>> {
+        Ok(Archiver {
+            session,
+            excluder: Excluder::new(&[])?,
+            progress,
+            size: 0,
+            window: Vec::new(),
+            rules,
+            reuse_before_ns,
+        })
+    }
+
+    pub(crate) fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The session back, with the bytes of all files archived.
+    pub(crate) fn finish(self) -> (Session, u64) {
+        (self.session, self.size)
+    }
+
+    pub(crate) fn parent_tree(&self, node: Option<&Node>) -> Option<Tree> {
         let sub = node.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
         self.session.repo.load_tree(&self.session.index, &sub).ok()
     }
@@ -162,6 +203,9 @@ impl Archiver<'_> {
             entries.push((ent.file_name().as_bytes().to_vec(), ent.path()));
         }
         entries.sort();
+        if let Some(r) = self.rules {
+            r.filter(path, &mut entries);
+        }
         let mut nodes = Vec::with_capacity(entries.len());
         for (name, p) in entries {
             let pnode = parent.and_then(|t| t.find(&name));
@@ -173,7 +217,13 @@ impl Archiver<'_> {
         self.session.save_tree(Tree { nodes })
     }
 
-    fn archive(&mut self, path: &Path, name: &[u8], parent: Option<&Node>) -> Result<Option<Node>> {
+    /// Archive one entry (recursively for a directory); `None` when it is skipped.
+    pub(crate) fn archive(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        parent: Option<&Node>,
+    ) -> Result<Option<Node>> {
         if self.excluder.excluded(path) {
             return Ok(None);
         }
@@ -207,6 +257,8 @@ impl Archiver<'_> {
                     && p.mtime_ns == n.mtime_ns
                     && p.ctime_ns == n.ctime_ns
                     && p.inode == n.inode
+                    && p.mtime_ns < self.reuse_before_ns
+                    && p.ctime_ns < self.reuse_before_ns
                     && p.content.iter().all(|c| self.session.saver.contains(c));
                 if unchanged {
                     n.size = p.size;
@@ -305,6 +357,8 @@ pub fn backup_files(
         progress,
         size: 0,
         window: Vec::new(),
+        rules: None,
+        reuse_before_ns: i64::MAX,
     };
     let parent_tree = match &parent {
         Some(p) => repo.load_tree(&a.session.index, &p.tree).ok(),

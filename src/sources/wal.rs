@@ -357,21 +357,76 @@ fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The names of every archived file (segments, `.partial`, `.history`, `.backup`).
+pub fn list_archive(repo: &Repository) -> Result<Vec<String>> {
+    let mut names: Vec<String> = repo
+        .backend
+        .list(FileKind::Wal)?
+        .into_iter()
+        .filter_map(|l| {
+            let base = l.name.rsplit('/').next().unwrap_or("").to_string();
+            classify(&base).map(|_| base)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The parent timelines of a timeline, from its `.history` file: `(parent, switch LSN)`
+/// per line, oldest first.
+pub fn parse_history(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') {
+                return None;
+            }
+            let mut f = l.split_whitespace();
+            let tli = f.next()?.parse().ok()?;
+            let lsn = parse_lsn(f.next()?)?;
+            Some((tli, lsn))
+        })
+        .collect()
+}
+
+/// Parse an LSN as PostgreSQL prints it (`16/B374D848`).
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+        return None;
+    }
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// The name of segment number `segno` on timeline `tli`.
+pub fn segment_name(tli: u32, segno: u64, segment_size: u32) -> String {
+    let per_log = 0x1_0000_0000u64 / segment_size as u64;
+    format!("{tli:08X}{:08X}{:08X}", segno / per_log, segno % per_log)
+}
+
+/// Timeline and segment number of a segment name.
+pub fn parse_segment(name: &str, segment_size: u32) -> Option<(u32, u64)> {
+    if classify(name) != Some(WalFileKind::Segment) || segment_size == 0 {
+        return None;
+    }
+    let tli = u32::from_str_radix(&name[..8], 16).ok()?;
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some((tli, log * (0x1_0000_0000u64 / segment_size as u64) + seg))
+}
+
 /// Segment names following `name` (same timeline), for prefetching.
 pub fn next_segments(name: &str, segment_size: u32, n: usize) -> Vec<String> {
-    if classify(name) != Some(WalFileKind::Segment) || segment_size == 0 {
+    let Some((tli, no)) = parse_segment(name, segment_size) else {
         return Vec::new();
-    }
-    let tli = &name[..8];
-    let log = u64::from_str_radix(&name[8..16], 16).unwrap_or(0);
-    let seg = u64::from_str_radix(&name[16..24], 16).unwrap_or(0);
-    let per_log = 0x1_0000_0000u64 / segment_size as u64;
-    let mut no = log * per_log + seg;
-    (0..n)
-        .map(|_| {
-            no += 1;
-            format!("{tli}{:08X}{:08X}", no / per_log, no % per_log)
-        })
+    };
+    (1..=n as u64)
+        .map(|i| segment_name(tli, no + i, segment_size))
         .collect()
 }
 
@@ -488,6 +543,31 @@ mod tests {
             ]
         );
         assert!(next_segments("00000002.history", 16 << 20, 3).is_empty());
+    }
+
+    #[test]
+    fn history() {
+        let h =
+            "1\t0/3000000\tno recovery target specified\n\n2\t0/5000A0\tat restore point \"x\"\n";
+        assert_eq!(parse_history(h), [(1, 0x300_0000), (2, 0x50_00A0)]);
+    }
+
+    #[test]
+    fn lsns() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("16B374D848"), None);
+        assert_eq!(parse_lsn("x/1"), None);
+        let seg = 16 << 20;
+        assert_eq!(
+            segment_name(1, 0x1_0000_0000 / seg + 2, seg as u32),
+            "000000010000000100000002"
+        );
+        assert_eq!(
+            parse_segment("000000030000000100000002", seg as u32),
+            Some((3, 0x1_0000_0000 / seg + 2))
+        );
     }
 
     #[test]

@@ -200,6 +200,53 @@ impl PgCluster {
         pg
     }
 
+    /// Start a server on an existing data directory (e.g. one `coffer restore --pgdata` laid
+    /// out), with extra settings appended to its `postgresql.conf`. Waits until it accepts
+    /// connections (for a recovering server: until recovery ended and it was promoted). The
+    /// socket and log live in a new temporary directory.
+    pub fn start_on(data: &Path, extra_conf: &[(&str, &str)]) -> PgCluster {
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let dir = tempfile::Builder::new()
+            .prefix("coffer-pg-")
+            .tempdir()
+            .unwrap();
+        let socket_dir = dir.path().join("sock");
+        fs::create_dir(&socket_dir).unwrap();
+        if as_root {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+            let (uid, gid) = server_user_ids();
+            std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid)).unwrap();
+        }
+        let mut conf = String::from("\n# Added by the coffer test harness (start_on).\n");
+        let mut settings: Vec<(&str, String)> = vec![(
+            "unix_socket_directories",
+            socket_dir.to_str().unwrap().into(),
+        )];
+        settings.extend(extra_conf.iter().map(|(k, v)| (*k, v.to_string())));
+        for (k, v) in settings {
+            let v = v.replace('\\', "\\\\").replace('\'', "''");
+            conf.push_str(&format!("{k} = '{v}'\n"));
+        }
+        OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        let mut pg = PgCluster {
+            log: dir.path().join("postgres.log"),
+            dir,
+            bindir: pg_bindir(),
+            data: data.to_path_buf(),
+            socket_dir,
+            port: 0,
+            as_root,
+            server: None,
+        };
+        pg.launch();
+        pg
+    }
+
     /// Start the server on the data directory and wait until it accepts connections. Picks a
     /// new port when the chosen one was taken in the meantime.
     fn launch(&mut self) {

@@ -15,6 +15,8 @@
 //! metadata is a [`DumpInfo`].
 
 pub mod conn;
+pub mod physical;
+pub mod pitr;
 pub mod restore;
 pub mod tools;
 

@@ -1,0 +1,547 @@
+//! Point-in-time recovery: a base backup laid out as a data directory, set up to recover
+//! through `coffer wal-fetch` to a target.
+//!
+//! `coffer restore [SNAPSHOT] --pgdata DIR --target-…` picks the base backup (the newest
+//! that finished before the target when none is named), checks the WAL archive (the
+//! backup's own segments, no gap up to the target, the target not past the archive, the
+//! timeline), restores the data directory verified, then writes `recovery.signal`, a
+//! `restore_command` calling this coffer with a config file in DIR
+//! (`coffer-recovery.toml`, 0600, left out of later base backups) and the target into
+//! `postgresql.auto.conf`. Starting PostgreSQL on DIR then recovers to the target.
+
+use super::physical::{base_backup_info, BaseBackupInfo, KIND_PHYSICAL, PGDATA, TABLESPACES};
+use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
+use crate::repo::index::MasterIndex;
+use crate::repo::snapshot::Snapshot;
+use crate::repo::tree::Node;
+use crate::repo::Repository;
+use crate::restore::{restore, RestoreOptions, RestoreReport};
+use crate::sources::wal;
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, FixedOffset};
+use std::collections::HashSet;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The recovery config file coffer writes into a restored data directory.
+pub const RECOVERY_CONFIG: &str = "coffer-recovery.toml";
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Replay all archived WAL.
+    End,
+    Time(DateTime<FixedOffset>),
+    Lsn(u64),
+    Xid(String),
+    Name(String),
+    Immediate,
+}
+
+impl Target {
+    /// The `postgresql.auto.conf` setting for this target.
+    fn setting(&self) -> Option<(&'static str, String)> {
+        match self {
+            Target::End => None,
+            Target::Time(t) => Some((
+                "recovery_target_time",
+                t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string(),
+            )),
+            Target::Lsn(l) => Some(("recovery_target_lsn", wal::format_lsn(*l))),
+            Target::Xid(x) => Some(("recovery_target_xid", x.clone())),
+            Target::Name(n) => Some(("recovery_target_name", n.clone())),
+            Target::Immediate => Some(("recovery_target", "immediate".into())),
+        }
+    }
+}
+
+/// How `restore_command` reaches this repository.
+#[derive(Debug, Clone, Default)]
+pub struct FetchConfig {
+    pub repository: String,
+    pub password_file: Option<PathBuf>,
+    /// Only when the passphrase came from the environment or a prompt.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PitrOptions {
+    /// A snapshot id, `latest`, or none to pick by target.
+    pub snapshot: Option<String>,
+    pub pgdata: PathBuf,
+    pub target: Target,
+    /// `recovery_target_inclusive = off`.
+    pub exclusive: bool,
+    /// `promote`, `pause` or `shutdown`.
+    pub action: Option<String>,
+    /// `recovery_target_timeline`: a number, `current` or `latest`.
+    pub timeline: Option<String>,
+    /// Replace the contents of a non-empty DIR (and tablespace directories).
+    pub force: bool,
+    pub fetch: FetchConfig,
+}
+
+pub struct PitrReport {
+    pub snapshot: Snapshot,
+    pub info: BaseBackupInfo,
+    pub restored: RestoreReport,
+    /// The lines added to `postgresql.auto.conf`.
+    pub settings: Vec<String>,
+    /// The newest archived segment.
+    pub newest_wal: Option<String>,
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    Error::usage(msg).into()
+}
+
+fn not_found(msg: String) -> anyhow::Error {
+    Error::new(ErrorKind::NotFound, msg).into()
+}
+
+/// Pick the base backup: the named one, or the newest that finished before the target.
+fn pick(
+    repo: &Repository,
+    spec: Option<&str>,
+    target: &Target,
+) -> Result<(Snapshot, BaseBackupInfo)> {
+    let all: Vec<(Snapshot, BaseBackupInfo)> = repo
+        .load_snapshots()?
+        .into_iter()
+        .filter(|s| s.kind == KIND_PHYSICAL)
+        .filter_map(|s| base_backup_info(&s).map(|i| (s, i)))
+        .collect();
+    if let Some(spec) = spec.filter(|s| *s != "latest") {
+        let snap = repo.find_snapshot(spec)?;
+        let info = base_backup_info(&snap).ok_or_else(|| {
+            usage(format!(
+                "snapshot {} is not a physical base backup (kind {}); --pgdata needs one made with \
+                 `coffer backup --postgres --physical`",
+                snap.id.short(),
+                snap.kind
+            ))
+        })?;
+        return Ok((snap, info));
+    }
+    if all.is_empty() {
+        return Err(not_found(
+            "the repository has no physical base backup (`coffer backup --postgres --physical`)"
+                .into(),
+        ));
+    }
+    let fits = |i: &BaseBackupInfo| match target {
+        Target::Time(t) => i.stopped_at <= *t,
+        Target::Lsn(l) => i.stop() <= *l,
+        _ => true,
+    };
+    if let Some(found) = all.iter().rev().find(|(_, i)| fits(i)) {
+        return Ok(found.clone());
+    }
+    let oldest = &all[0].1;
+    Err(usage(match target {
+        Target::Time(t) => format!(
+            "the target time {} is before the oldest base backup, which finished at {}",
+            t.to_rfc3339(),
+            oldest.stopped_at.to_rfc3339()
+        ),
+        Target::Lsn(l) => format!(
+            "the target LSN {} is before the end of the oldest base backup ({})",
+            wal::format_lsn(*l),
+            oldest.stop_lsn
+        ),
+        _ => unreachable!("every base backup fits other targets"),
+    }))
+}
+
+/// Check the archive holds what recovery to `target` needs from this base backup.
+fn check_archive(
+    repo: &Repository,
+    info: &BaseBackupInfo,
+    opts: &PitrOptions,
+) -> Result<Option<String>> {
+    let names = wal::list_archive(repo)?;
+    let seg = info.wal_segment_size;
+    let segnos: HashSet<u64> = names
+        .iter()
+        .filter_map(|n| wal::parse_segment(n, seg).map(|(_, s)| s))
+        .collect();
+    let segno_of = |name: &str| {
+        wal::parse_segment(name, seg)
+            .map(|(_, s)| s)
+            .ok_or_else(|| Error::integrity(format!("bad segment name {name:?} in the snapshot")))
+    };
+    let start = segno_of(&info.start_wal)?;
+    let stop = segno_of(&info.stop_wal)?;
+    let names_set: HashSet<&str> = names.iter().map(String::as_str).collect();
+    for s in start..=stop {
+        let n = wal::segment_name(info.timeline, s, seg);
+        if !names_set.contains(n.as_str()) {
+            return Err(not_found(format!(
+                "WAL segment {n}, part of base backup {}, is missing from the archive; this \
+                 backup cannot be restored (pick another snapshot)",
+                info.label
+            )));
+        }
+    }
+    let newest = names
+        .iter()
+        .filter_map(|n| wal::parse_segment(n, seg).map(|(_, s)| (s, n)))
+        .max()
+        .map(|(s, n)| (s, n.clone()));
+    let newest_segno = newest.as_ref().map(|(s, _)| *s).unwrap_or(stop);
+    if let Target::Lsn(l) = opts.target {
+        if l < info.stop() {
+            return Err(usage(format!(
+                "the target LSN {} is before the end of base backup {} ({}); pick an older snapshot \
+                 or leave SNAPSHOT out",
+                wal::format_lsn(l),
+                info.label,
+                info.stop_lsn
+            )));
+        }
+        let end = (newest_segno + 1) * seg as u64;
+        if l > end {
+            return Err(usage(format!(
+                "the target LSN {} is after the newest archived WAL (which ends at {})",
+                wal::format_lsn(l),
+                wal::format_lsn(end)
+            )));
+        }
+    }
+    if let Target::Time(t) = opts.target {
+        if t < info.stopped_at {
+            return Err(usage(format!(
+                "the target time {} is before base backup {} finished ({}); pick an older snapshot \
+                 or leave SNAPSHOT out",
+                t.to_rfc3339(),
+                info.label,
+                info.stopped_at.to_rfc3339()
+            )));
+        }
+        if t > chrono::Local::now().fixed_offset() {
+            return Err(usage(format!(
+                "the target time {} is in the future",
+                t.to_rfc3339()
+            )));
+        }
+    }
+    // No gap between the backup's end and what recovery must replay.
+    let last_needed = match opts.target {
+        Target::Lsn(l) => l.saturating_sub(1) / seg as u64,
+        Target::Immediate => stop,
+        _ => newest_segno,
+    };
+    for s in stop..=last_needed {
+        if !segnos.contains(&s) {
+            let n = wal::segment_name(info.timeline, s, seg);
+            return Err(not_found(format!(
+                "WAL segment {n} is missing from the archive, so recovery from base backup {} \
+                 cannot pass LSN {}; give --target-lsn before that point to accept it",
+                info.label,
+                wal::format_lsn(s * seg as u64)
+            )));
+        }
+    }
+    // A numbered target timeline must descend from the backup's.
+    if let Some(tl) = opts.timeline.as_deref() {
+        if tl != "latest" && tl != "current" {
+            let n: u32 = tl.parse().map_err(|_| {
+                usage(format!(
+                    "--target-timeline {tl:?}: give a number, current or latest"
+                ))
+            })?;
+            if n != info.timeline {
+                let hist = format!("{n:08X}.history");
+                let text = wal::read(repo, &hist)?.ok_or_else(|| {
+                    not_found(format!(
+                        "timeline {n} is not in the archive (no {hist}); the backup is on timeline {}",
+                        info.timeline
+                    ))
+                })?;
+                let parents = wal::parse_history(&String::from_utf8_lossy(&text));
+                match parents.iter().find(|(p, _)| *p == info.timeline) {
+                    Some((_, switch)) if *switch >= info.stop() => {}
+                    Some((_, switch)) => {
+                        return Err(usage(format!(
+                            "timeline mismatch: timeline {n} left timeline {} at {} , before base \
+                             backup {} ended ({}); pick an older base backup",
+                            info.timeline,
+                            wal::format_lsn(*switch),
+                            info.label,
+                            info.stop_lsn
+                        )))
+                    }
+                    None => {
+                        return Err(usage(format!(
+                            "timeline mismatch: timeline {n} does not descend from timeline {} of \
+                             base backup {}",
+                            info.timeline, info.label
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(newest.map(|(_, n)| n))
+}
+
+/// DIR must be empty or missing, unless `force` (then its contents are removed).
+fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut rd) => {
+            if rd.next().is_none() {
+                return Ok(());
+            }
+            if !force {
+                return Err(usage(format!(
+                    "{} is not empty; restore into an empty directory, or give --force to replace \
+                     its contents",
+                    dir.display()
+                )));
+            }
+            if let Ok(pid) = std::fs::read_to_string(dir.join("postmaster.pid")) {
+                let alive = pid
+                    .lines()
+                    .next()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                    .map(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0)
+                    .unwrap_or(false);
+                if alive {
+                    return Err(usage(format!(
+                        "a PostgreSQL server is running on {}; stop it first",
+                        dir.display()
+                    )));
+                }
+            }
+            for e in std::fs::read_dir(dir)? {
+                let p = e?.path();
+                let r = if std::fs::symlink_metadata(&p)?.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                r.with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", dir.display()))),
+    }
+}
+
+fn chown_like(path: &Path, n: &Node) -> Result<()> {
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(path, Some(n.uid), Some(n.gid))
+            .with_context(|| format!("cannot change the owner of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8], owner: &Node) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut f, data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    chown_like(path, owner)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Comment out earlier recovery settings (a backup of a restored cluster carries them).
+fn strip_recovery_settings(conf: &str) -> String {
+    conf.lines()
+        .map(|l| {
+            let key = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
+            if key == "restore_command" || key.starts_with("recovery_target") {
+                format!("# {l}  (replaced by coffer restore)\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Restore a base backup into `opts.pgdata`, set up to recover to `opts.target`.
+pub fn restore_pitr(
+    repo: &Repository,
+    index: &MasterIndex,
+    opts: &PitrOptions,
+    progress: &Progress,
+) -> Result<PitrReport> {
+    let (snap, info) = pick(repo, opts.snapshot.as_deref(), &opts.target)?;
+    let newest_wal = check_archive(repo, &info, opts)?;
+    let root = repo.load_tree(index, &snap.tree)?;
+    let pg_node = root.find(PGDATA.as_bytes()).cloned().ok_or_else(|| {
+        Error::integrity(format!("snapshot {} has no /{PGDATA}", snap.id.short()))
+    })?;
+    let spc_tree = match root.find(TABLESPACES.as_bytes()).and_then(|n| n.subtree) {
+        Some(id) => Some(repo.load_tree(index, &id)?),
+        None => None,
+    };
+    let dir = std::path::absolute(&opts.pgdata)?;
+    let mut spc_dirs = Vec::new();
+    for t in &info.tablespaces {
+        let node = spc_tree
+            .as_ref()
+            .and_then(|s| s.find(t.oid.to_string().as_bytes()))
+            .cloned()
+            .ok_or_else(|| {
+                Error::integrity(format!(
+                    "snapshot {} lacks tablespace {} ({})",
+                    snap.id.short(),
+                    t.name,
+                    t.oid
+                ))
+            })?;
+        let loc = PathBuf::from(&t.location);
+        if loc.starts_with(&dir) || dir.starts_with(&loc) {
+            return Err(usage(format!(
+                "tablespace {} lives at {}, which overlaps {}",
+                t.name,
+                loc.display(),
+                dir.display()
+            )));
+        }
+        spc_dirs.push((loc, node));
+    }
+    prepare_dir(&dir, opts.force)?;
+    for (loc, _) in &spc_dirs {
+        prepare_dir(loc, opts.force)?;
+    }
+    let restored = restore(
+        repo,
+        index,
+        &snap,
+        &RestoreOptions {
+            target: dir.clone(),
+            includes: vec![],
+            tree: pg_node.subtree,
+        },
+        progress,
+    )?;
+    let mut total = restored;
+    for (loc, node) in &spc_dirs {
+        let r = restore(
+            repo,
+            index,
+            &snap,
+            &RestoreOptions {
+                target: loc.clone(),
+                includes: vec![],
+                tree: node.subtree,
+            },
+            progress,
+        )?;
+        total.files += r.files;
+        total.dirs += r.dirs;
+        total.symlinks += r.symlinks;
+        total.bytes += r.bytes;
+        chown_like(loc, node)?;
+        std::fs::set_permissions(loc, std::fs::Permissions::from_mode(0o700))?;
+    }
+    chown_like(&dir, &pg_node)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+
+    // restore_command: this coffer, with a config file naming the repository.
+    let conf_path = dir.join(RECOVERY_CONFIG);
+    let mut conf = String::from(
+        "# Written by `coffer restore --pgdata` for PostgreSQL's restore_command.\n\
+         # It can read the repository: delete it once recovery has finished.\n",
+    );
+    conf.push_str(&format!(
+        "repository = {}\n",
+        toml_string(&opts.fetch.repository)
+    ));
+    if let Some(f) = &opts.fetch.password_file {
+        conf.push_str(&format!(
+            "password_file = {}\n",
+            toml_string(&f.display().to_string())
+        ));
+    } else if let Some(p) = &opts.fetch.password {
+        conf.push_str(&format!("password = {}\n", toml_string(p)));
+    }
+    write_private(&conf_path, conf.as_bytes(), &pg_node)?;
+    let exe = std::env::current_exe().context("cannot find the coffer executable")?;
+    let command = format!(
+        "{} --config {} wal-fetch %f %p",
+        shell_quote(&exe.display().to_string()),
+        shell_quote(&conf_path.display().to_string())
+    );
+    let mut settings = vec![format!("restore_command = {}", conf_quote(&command))];
+    if let Some((k, v)) = opts.target.setting() {
+        settings.push(format!("{k} = {}", conf_quote(&v)));
+        if opts.exclusive {
+            settings.push("recovery_target_inclusive = 'off'".into());
+        }
+    }
+    if let Some(a) = &opts.action {
+        settings.push(format!("recovery_target_action = {}", conf_quote(a)));
+    }
+    if let Some(t) = &opts.timeline {
+        settings.push(format!("recovery_target_timeline = {}", conf_quote(t)));
+    }
+    let auto = dir.join("postgresql.auto.conf");
+    let old = std::fs::read_to_string(&auto).unwrap_or_default();
+    let mut text = strip_recovery_settings(&old);
+    text.push_str(&format!(
+        "# Recovery set up by coffer restore from snapshot {} ({})\n",
+        snap.id.short(),
+        chrono::Local::now().to_rfc3339()
+    ));
+    for s in &settings {
+        text.push_str(s);
+        text.push('\n');
+    }
+    write_private(&auto, text.as_bytes(), &pg_node)?;
+    write_private(&dir.join("recovery.signal"), b"", &pg_node)?;
+    Ok(PitrReport {
+        snapshot: snap,
+        info,
+        restored: total,
+        settings,
+        newest_wal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_recovery_settings_are_commented_out() {
+        let c = "shared_buffers = '1GB'\nrestore_command = 'x'\n  recovery_target_time = 'y'\n";
+        let out = strip_recovery_settings(c);
+        assert!(out.starts_with("shared_buffers = '1GB'\n# restore_command"));
+        assert!(out.contains("#   recovery_target_time"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(
+            Target::Lsn(0x1_0000_0028).setting(),
+            Some(("recovery_target_lsn", "1/28".to_string()))
+        );
+    }
+}
