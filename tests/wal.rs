@@ -273,3 +273,53 @@ fn postgres_archives_through_coffer() {
         }
     }
 }
+
+#[test]
+fn one_call_pushes_the_whole_ready_backlog() {
+    let pg = PgCluster::start();
+    let env = Env::new();
+    env.init();
+    let pg_wal = env.path("data/pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let n = finished_segment(&pg);
+        copy_segment(&pg, &n, &pg_wal);
+        std::fs::write(pg_wal.join("archive_status").join(format!("{n}.ready")), "").unwrap();
+        names.push(n);
+    }
+    // PostgreSQL asks for the oldest; the call pushes all six with two workers.
+    let out = env
+        .cmd()
+        .current_dir(env.path("data"))
+        .args(["wal-push", "-j", "2"])
+        .arg(format!("pg_wal/{}", names[0]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = common::list_files(&env.repo.join("wal"));
+    for n in &names {
+        assert!(
+            stored.iter().any(|p| p.ends_with(n)),
+            "{n} not archived: {stored:?}"
+        );
+    }
+    for n in &names[1..] {
+        assert!(
+            pg_wal.join(".coffer-pushed").join(n).exists(),
+            "no marker for {n}"
+        );
+    }
+    // Asking for a segment pushed ahead answers from its marker, even with a wrong
+    // passphrase (the repository is not opened), and consumes the marker.
+    let out = env
+        .cmd()
+        .env("COFFER_PASSWORD", "wrong")
+        .current_dir(env.path("data"))
+        .arg("wal-push")
+        .arg(format!("pg_wal/{}", names[1]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!pg_wal.join(".coffer-pushed").join(&names[1]).exists());
+}

@@ -324,7 +324,7 @@ pub struct UnlockArgs {
 pub struct WalPushArgs {
     /// The file to archive (%p: a path relative to the data directory)
     pub path: PathBuf,
-    /// Also archive up to N-1 other ready segments in parallel (1 = only PATH)
+    /// Parallel workers; above 1, also archive the other ready segments ahead (1 = only PATH)
     #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
 }

@@ -181,8 +181,9 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
 }
 
 /// The `archive_command` entry point: archive `path`, and with `jobs > 1` also push
-/// ahead up to `jobs - 1` other segments that PostgreSQL has marked ready
-/// (`archive_status/*.ready`), in parallel. A segment pushed ahead gets a marker in
+/// ahead the other segments that PostgreSQL has marked ready (`archive_status/*.ready`,
+/// looking again while there are more, up to [`MAX_AHEAD`]), with `jobs` parallel
+/// workers, so one key derivation serves a whole backlog. A segment pushed ahead gets a marker in
 /// `pg_wal/.coffer-pushed/`, written only after its object is durable; when PostgreSQL
 /// asks for it, the marker answers at once. Returns how many files this call archived.
 pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<usize> {
@@ -201,22 +202,8 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
     if take_marker(path) {
         return Ok(0);
     }
-    let mut ahead = Vec::new();
-    if jobs > 1 && classify(&name) == Some(WalFileKind::Segment) {
-        if let Ok(rd) = std::fs::read_dir(&status) {
-            let mut ready: Vec<String> = rd
-                .flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_suffix(".ready").map(str::to_string)
-                })
-                .filter(|n| *n != name && classify(n) == Some(WalFileKind::Segment))
-                .filter(|n| !markers.join(n).exists())
-                .collect();
-            ready.sort();
-            ready.truncate(jobs - 1);
-            ahead = ready;
-        }
+    let ahead_on = jobs > 1 && classify(&name) == Some(WalFileKind::Segment);
+    if ahead_on {
         // Markers whose segment is no longer waiting are stale.
         if let Ok(rd) = std::fs::read_dir(&markers) {
             for e in rd.flatten() {
@@ -227,29 +214,84 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
             }
         }
     }
-    let (this, others) = std::thread::scope(|s| {
-        let workers: Vec<_> = ahead
-            .iter()
-            .map(|n| {
-                let (wal_dir, markers) = (&wal_dir, &markers);
-                s.spawn(move || -> Result<()> {
-                    push(repo, &wal_dir.join(n))?;
-                    std::fs::create_dir_all(markers)?;
-                    std::fs::File::create(markers.join(n))?;
-                    Ok(())
-                })
+    // Ready segments not yet pushed nor taken by this call, oldest first.
+    let scan = |taken: &std::collections::HashSet<String>| -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&status) else {
+            return Vec::new();
+        };
+        let mut ready: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".ready").map(str::to_string)
             })
+            .filter(|n| classify(n) == Some(WalFileKind::Segment) && !taken.contains(n))
+            .filter(|n| !markers.join(n).exists())
             .collect();
+        ready.sort();
+        ready
+    };
+    struct Queue {
+        todo: std::collections::VecDeque<String>,
+        taken: std::collections::HashSet<String>,
+        rescans: usize,
+    }
+    let queue = std::sync::Mutex::new(Queue {
+        todo: Default::default(),
+        taken: [name.clone()].into_iter().collect(),
+        rescans: 0,
+    });
+    if ahead_on {
+        let mut q = queue.lock().unwrap();
+        let first = scan(&q.taken);
+        q.taken.extend(first.iter().cloned());
+        q.todo.extend(first);
+    }
+    // The next segment to push ahead; when the queue is empty, look again for segments
+    // that became ready meanwhile (a busy server), up to MAX_AHEAD in one call.
+    let next = || -> Option<String> {
+        let mut q = queue.lock().unwrap();
+        if let Some(n) = q.todo.pop_front() {
+            return Some(n);
+        }
+        if !ahead_on || q.taken.len() > MAX_AHEAD || q.rescans > MAX_AHEAD {
+            return None;
+        }
+        q.rescans += 1;
+        let more = scan(&q.taken);
+        q.taken.extend(more.iter().cloned());
+        q.todo.extend(more);
+        q.todo.pop_front()
+    };
+    let pushed_ahead = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        while let Some(n) = next() {
+            let ok = push(repo, &wal_dir.join(&n)).is_ok()
+                && std::fs::create_dir_all(&markers).is_ok()
+                && std::fs::File::create(markers.join(&n)).is_ok();
+            if ok {
+                pushed_ahead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    };
+    let this = std::thread::scope(|s| {
+        if ahead_on {
+            for _ in 1..jobs {
+                s.spawn(work);
+            }
+        }
         let this = push(repo, path);
-        let others: Vec<bool> = workers
-            .into_iter()
-            .map(|w| matches!(w.join(), Ok(Ok(()))))
-            .collect();
-        (this, others)
+        if this.is_ok() && ahead_on {
+            work();
+        }
+        this
     });
     this?;
-    Ok(1 + others.iter().filter(|ok| **ok).count())
+    Ok(1 + pushed_ahead.into_inner())
 }
+
+/// At most this many segments are pushed ahead by one `wal-push` call.
+const MAX_AHEAD: usize = 256;
 
 /// True (and the marker is gone) when an earlier call already pushed `path` ahead. Cheap:
 /// callers check this before opening the repository (which costs a key derivation).
