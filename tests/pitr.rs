@@ -343,6 +343,14 @@ fn point_in_time_recovery_lands_on_each_target() {
         "{}",
         stderr(&out)
     );
+    let now = pg.psql("postgres", "SELECT clock_timestamp()");
+    let (_, out) = a.restore("too-late-time", &["--target-time", &now]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("after the newest archived WAL"),
+        "{}",
+        stderr(&out)
+    );
     let busy = a.holder.path().join("busy");
     std::fs::create_dir_all(&busy).unwrap();
     std::fs::write(busy.join("keep-me"), "x").unwrap();
@@ -350,6 +358,24 @@ fn point_in_time_recovery_lands_on_each_target() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     assert!(busy.join("keep-me").exists());
+
+    // A segment missing from the archive after the backup: replay-to-end is refused and
+    // names it, and nothing is written.
+    let gap = pg.psql(
+        "postgres",
+        &format!("SELECT pg_walfile_name('{}')", lsn_after[5]),
+    );
+    pg.psql("postgres", "INSERT INTO marker (id) VALUES (7)");
+    a.archive_all();
+    std::fs::remove_file(a.repo.join("wal").join(&gap[..16]).join(&gap)).unwrap();
+    let (dir, out) = a.restore("gap", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("{gap} is missing")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.exists());
 }
 
 #[test]
