@@ -108,12 +108,17 @@ pub fn object_name(name: &str) -> String {
     }
 }
 
+/// zstd level for archived WAL: the fastest, so that archiving keeps up with a busy server
+/// (WAL is written once and never deduplicated; the repository's level applies to the
+/// store). A repository created with compression off still compresses WAL at this level.
+const WAL_ZSTD_LEVEL: i32 = 1;
+
 fn seal_file(repo: &Repository, name: &str, data: &[u8]) -> Vec<u8> {
     let mut plain = Vec::with_capacity(2 + name.len() + data.len());
     plain.extend_from_slice(&(name.len() as u16).to_le_bytes());
     plain.extend_from_slice(name.as_bytes());
     plain.extend_from_slice(data);
-    let enc = compress::Compressor::new(repo.config.compression.max(1)).encode(&plain);
+    let enc = compress::Compressor::new(WAL_ZSTD_LEVEL).encode(&plain);
     repo.key.seal_encoded(enc)
 }
 
