@@ -100,28 +100,8 @@ impl Archived {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Switch to a new segment and wait until everything up to it is archived.
     fn archive_all(&self) {
-        let seg = self
-            .pg
-            .psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-        self.pg.psql("postgres", "SELECT pg_switch_wal()");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let last = self.pg.psql(
-                "postgres",
-                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-            );
-            if last.as_str() >= seg.as_str() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{seg} not archived (last {last}):\n{}",
-                self.pg.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        archive_all(&self.pg);
     }
 
     /// `coffer restore --pgdata DIR ARGS…` into a new directory.
@@ -184,6 +164,37 @@ fn pgbench(pg: &PgCluster, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+fn pgbench_init(pg: &PgCluster, scale: u32) {
+    let out = pg
+        .client("pgbench")
+        .args(["-i", "-q", "-s", &scale.to_string(), "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Switch `pg` to a new segment and wait until everything up to it is archived.
+fn archive_all(pg: &PgCluster) {
+    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = pg.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.as_str() >= seg.as_str() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{seg} not archived (last {last}):\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn amcheck(pg: &PgCluster) {
     pg.psql("postgres", "CREATE EXTENSION IF NOT EXISTS amcheck");
     let checked = pg.psql(
@@ -199,12 +210,7 @@ fn amcheck(pg: &PgCluster) {
 fn point_in_time_recovery_lands_on_each_target() {
     let a = Archived::new();
     let pg = &a.pg;
-    let init = pg
-        .client("pgbench")
-        .args(["-i", "-q", "-s", "5", "postgres"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", stderr(&init));
+    pgbench_init(pg, 5);
     pg.psql(
         "postgres",
         "CREATE TABLE marker (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
@@ -382,12 +388,7 @@ fn point_in_time_recovery_lands_on_each_target() {
 fn unchanged_base_backup_costs_little_and_timelines_are_followed() {
     let a = Archived::new();
     let pg = &a.pg;
-    let init = pg
-        .client("pgbench")
-        .args(["-i", "-q", "-s", "10", "postgres"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", stderr(&init));
+    pgbench_init(pg, 10);
     pg.psql("postgres", "CREATE TABLE marker (id int PRIMARY KEY)");
     pg.psql("postgres", "CHECKPOINT");
     std::thread::sleep(Duration::from_millis(1100));
@@ -425,21 +426,7 @@ fn unchanged_base_backup_costs_little_and_timelines_are_followed() {
         "00000002"
     );
     r.psql("postgres", "INSERT INTO marker VALUES (100)");
-    let seg = r.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-    r.psql("postgres", "SELECT pg_switch_wal()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while r.psql(
-        "postgres",
-        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-    ) < seg
-    {
-        assert!(
-            Instant::now() < deadline,
-            "timeline 2 not archived:\n{}",
-            r.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    archive_all(&r);
     drop(r);
 
     // latest (the default) follows timeline 2; timeline 1 is the original history.

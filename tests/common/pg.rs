@@ -174,27 +174,17 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let mut conf = String::from("\n# Added by the coffer test harness.\n");
-        let mut settings: Vec<(&str, String)> = vec![
-            ("listen_addresses", "127.0.0.1".into()),
-            (
-                "unix_socket_directories",
-                pg.socket_dir.to_str().unwrap().into(),
-            ),
-            ("fsync", "off".into()),
-            ("max_connections", "50".into()),
-        ];
-        settings.extend(extra_conf.iter().map(|(k, v)| (*k, v.to_string())));
-        for (k, v) in settings {
-            let v = v.replace('\\', "\\\\").replace('\'', "''");
-            conf.push_str(&format!("{k} = '{v}'\n"));
-        }
-        OpenOptions::new()
-            .append(true)
-            .open(pg.data.join("postgresql.conf"))
-            .unwrap()
-            .write_all(conf.as_bytes())
-            .unwrap();
+        let socket = pg.socket_dir.to_str().unwrap();
+        append_conf(
+            &pg.data,
+            &[
+                ("listen_addresses", "127.0.0.1"),
+                ("unix_socket_directories", socket),
+                ("fsync", "off"),
+                ("max_connections", "50"),
+            ],
+            extra_conf,
+        );
 
         pg.launch();
         pg
@@ -217,22 +207,11 @@ impl PgCluster {
             let (uid, gid) = server_user_ids();
             std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid)).unwrap();
         }
-        let mut conf = String::from("\n# Added by the coffer test harness (start_on).\n");
-        let mut settings: Vec<(&str, String)> = vec![(
-            "unix_socket_directories",
-            socket_dir.to_str().unwrap().into(),
-        )];
-        settings.extend(extra_conf.iter().map(|(k, v)| (*k, v.to_string())));
-        for (k, v) in settings {
-            let v = v.replace('\\', "\\\\").replace('\'', "''");
-            conf.push_str(&format!("{k} = '{v}'\n"));
-        }
-        OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap()
-            .write_all(conf.as_bytes())
-            .unwrap();
+        append_conf(
+            data,
+            &[("unix_socket_directories", socket_dir.to_str().unwrap())],
+            extra_conf,
+        );
         let mut pg = PgCluster {
             log: dir.path().join("postgres.log"),
             dir,
@@ -668,6 +647,21 @@ impl Drop for PgCluster {
         // Immediate shutdown: nothing of a throwaway cluster needs to be flushed.
         self.signal_and_wait(libc::SIGQUIT, Duration::from_secs(10));
     }
+}
+
+/// Append settings to a data directory's `postgresql.conf`, quoted (later lines win).
+fn append_conf(data: &Path, base: &[(&str, &str)], extra: &[(&str, &str)]) {
+    let mut conf = String::from("\n# Added by the coffer test harness.\n");
+    for (k, v) in base.iter().chain(extra) {
+        let v = v.replace('\\', "\\\\").replace('\'', "''");
+        conf.push_str(&format!("{k} = '{v}'\n"));
+    }
+    OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
 }
 
 fn remove_pg_env(c: &mut Command) {
