@@ -575,7 +575,10 @@ fn wal_verify_follows_a_new_timeline() {
     // Replay everything and promote: timeline 2, archived into the same repository.
     let r = a.recover("tl2", &["--target-action", "promote"], true);
     assert_eq!(markers(&r), [1]);
+    // Two segments on timeline 2.
     r.psql("postgres", "INSERT INTO marker VALUES (2)");
+    r.psql("postgres", "SELECT pg_switch_wal()");
+    r.psql("postgres", "INSERT INTO marker VALUES (3)");
     let seg = r.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
     assert!(seg.starts_with("00000002"), "{seg}");
     r.psql("postgres", "SELECT pg_switch_wal()");
@@ -592,6 +595,13 @@ fn wal_verify_follows_a_new_timeline() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let out = a.wal_verify(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("follows timeline(s) 1 → 2): ok"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let (code, v) = a.wal_verify_json();
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["backups"][0]["timelines"], serde_json::json!([1, 2]));
@@ -606,7 +616,7 @@ fn wal_verify_follows_a_new_timeline() {
     assert_eq!(tl2["parent"], 1);
     assert_eq!(tl2["history_file"], true);
 
-    // Timeline 2's first segment lost: a gap on the new timeline.
+    // Timeline 2's first segment lost: a gap on the new timeline (its second one follows).
     let first = tl2["first_segment"].as_str().unwrap().to_string();
     let obj = a
         .wal_objects()

@@ -324,6 +324,12 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
                  recover it: restore with --target-timeline {newest_chain}"
             ));
         }
+        if newest_chain != b.timeline && !by_tli.contains_key(&newest_chain) {
+            bnotes.push(format!(
+                "timeline {newest_chain} has a history file but no archived segment yet (a \
+                 recent promotion, or its WAL is lost): recovery ends on an older timeline"
+            ));
+        }
         let window = match reach {
             Some(r) if !incomplete => {
                 let tli = present.get(&r).copied().unwrap_or(b.timeline);
@@ -674,6 +680,14 @@ mod tests {
             "0/9000000"
         );
         assert!(r.backups[0].notes[0].contains("--target-timeline 1"));
+
+        // Promoted, but nothing of timeline 2 archived yet: not a gap, a note.
+        let a = archive(&range(1, 1..=4), &[(2, "1\t0/50000A0\tx\n")]);
+        let r = analyze(&a, &[backup("aaaa", 1, 2, 3)]);
+        assert!(r.ok);
+        assert_eq!(r.backups[0].timelines, [1, 2]);
+        assert!(r.backups[0].notes[0].contains("no archived segment yet"));
+        assert_eq!(r.window.unwrap().latest_segment, "000000010000000000000004");
     }
 
     #[test]
