@@ -466,19 +466,22 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
 /// Gather the archive's listing, its `.history` files and the base backups, and analyze.
 pub fn verify(repo: &Repository) -> Result<Report> {
     let info = wal::archive_info(repo)?;
-    let backups: Vec<Backup> = repo
-        .load_snapshots()?
-        .iter()
-        .filter_map(Backup::of_snapshot)
-        .collect();
+    let snapshots = repo.load_snapshots()?;
+    let mut unreadable = Vec::new();
+    let mut backups = Vec::new();
+    for s in snapshots.iter().filter(|s| s.kind == KIND_PHYSICAL) {
+        match Backup::of_snapshot(s) {
+            Some(b) => backups.push(b),
+            None => unreadable.push(s.id.short()),
+        }
+    }
     let segment_size = info
         .as_ref()
         .map(|i| i.segment_size)
         .or_else(|| {
-            repo.load_snapshots().ok().and_then(|s| {
-                s.iter()
-                    .find_map(|s| base_backup_info(s).map(|i| i.wal_segment_size))
-            })
+            snapshots
+                .iter()
+                .find_map(|s| base_backup_info(s).map(|i| i.wal_segment_size))
         })
         .unwrap_or(16 << 20);
     let mut archive = Archive {
@@ -517,7 +520,14 @@ pub fn verify(repo: &Repository) -> Result<Report> {
                 .insert(tli, wal::parse_history(&String::from_utf8_lossy(&text)));
         }
     }
-    Ok(analyze(&archive, &backups))
+    let mut report = analyze(&archive, &backups);
+    for id in unreadable {
+        report.notes.push(format!(
+            "snapshot {id} is a physical base backup whose record cannot be read; it was not \
+             checked (and cannot be restored with --pgdata)"
+        ));
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
