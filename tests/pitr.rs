@@ -702,6 +702,23 @@ fn forget_removes_wal_no_kept_base_backup_needs() {
     assert_eq!(snaps.len(), 1);
     assert_ne!(snaps[0]["id"], first["id"]);
 
+    // Forgetting the last base backup would leave the WAL alone.
+    let out = a
+        .cmd()
+        .args([
+            "forget",
+            "--dry-run",
+            snaps[0]["short_id"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no physical base backup of the archived cluster is kept"),
+        "{}",
+        stderr(&out)
+    );
+
     // The kept backup still verifies and recovers.
     let (code, v) = a.wal_verify_json();
     assert_eq!(code, Some(0), "{v:#}");
