@@ -467,3 +467,274 @@ fn base_backup_needs_archiving() {
     );
     assert!(env.snapshots().is_empty());
 }
+
+impl Archived {
+    /// The objects of the WAL archive, by file name.
+    fn wal_objects(&self) -> Vec<PathBuf> {
+        common::list_files(&self.repo.join("wal"))
+    }
+
+    /// Fill and finish `n` segments (a row each, then a switch), archived.
+    fn more_segments(&self, n: usize) {
+        self.pg
+            .psql("postgres", "CREATE TABLE IF NOT EXISTS filler (x int)");
+        for i in 0..n {
+            self.pg.psql("postgres", "INSERT INTO filler VALUES (1)");
+            if i + 1 < n {
+                self.pg.psql("postgres", "SELECT pg_switch_wal()");
+            }
+        }
+        // The last switch, and waiting for the archiver.
+        self.archive_all();
+    }
+
+    /// `coffer wal-verify ARGS…`.
+    fn wal_verify(&self, args: &[&str]) -> Output {
+        self.cmd().arg("wal-verify").args(args).output().unwrap()
+    }
+
+    fn wal_verify_json(&self) -> (Option<i32>, serde_json::Value) {
+        let out = self.wal_verify(&["--json"]);
+        let v =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        (out.status.code(), v)
+    }
+}
+
+fn segno(name: &str) -> u64 {
+    u64::from_str_radix(&name[8..16], 16).unwrap() * 256
+        + u64::from_str_radix(&name[16..24], 16).unwrap()
+}
+
+fn is_segment(p: &Path) -> bool {
+    let n = p.file_name().unwrap().to_str().unwrap();
+    n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[test]
+fn wal_verify_names_a_missing_segment() {
+    let a = Archived::new();
+    // Nothing archived and no base backup yet: fine, with a note.
+    let out = a.wal_verify(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let backup = a.base_backup();
+    let short = &backup["id"].as_str().unwrap()[..8];
+    a.more_segments(3);
+    let (code, v) = a.wal_verify_json();
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["backups"][0]["status"], "ok");
+    assert_eq!(v["backups"][0]["short_id"], short);
+    let window = &v["window"];
+    assert_eq!(window["earliest_backup"], backup["id"]);
+    let latest = window["latest_segment"].as_str().unwrap().to_string();
+    let stop = v["backups"][0]["stop_wal"].as_str().unwrap().to_string();
+    assert!(segno(&latest) >= segno(&stop) + 3, "{v:#}");
+    assert!(window["latest_archived_at"].is_string(), "{v:#}");
+    let text = a.wal_verify(&[]);
+    assert!(text.status.success());
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("recoverable window: from"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+
+    // Lose a segment between the backup's end and the newest one.
+    let victim = a
+        .wal_objects()
+        .into_iter()
+        .filter(|p| is_segment(p))
+        .find(|p| segno(p.file_name().unwrap().to_str().unwrap()) == segno(&stop) + 2)
+        .expect("a segment after the backup");
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(&victim).unwrap();
+    let out = a.wal_verify(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&name), "{}", stderr(&out));
+    assert!(stderr(&out).contains(short), "{}", stderr(&out));
+    let (code, v) = a.wal_verify_json();
+    assert_eq!(code, Some(3));
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["gaps"][0]["first"], name.as_str());
+    assert_eq!(v["gaps"][0]["count"], 1);
+    assert_eq!(v["gaps"][0]["backups"][0], short);
+    assert_eq!(v["backups"][0]["status"], "gap");
+    // Recoverable up to the missing segment.
+    assert_eq!(
+        segno(v["window"]["latest_segment"].as_str().unwrap()),
+        segno(&name) - 1
+    );
+
+    // Losing one of the backup's own segments makes it unrestorable.
+    let own = a
+        .wal_objects()
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_str().unwrap() == stop)
+        .unwrap();
+    std::fs::remove_file(own).unwrap();
+    let (code, v) = a.wal_verify_json();
+    assert_eq!(code, Some(3));
+    assert_eq!(v["backups"][0]["status"], "incomplete");
+    assert!(v["window"].is_null());
+}
+
+#[test]
+fn wal_verify_follows_a_new_timeline() {
+    let a = Archived::new();
+    a.base_backup();
+    a.pg.psql("postgres", "CREATE TABLE marker (id int PRIMARY KEY)");
+    a.pg.psql("postgres", "INSERT INTO marker VALUES (1)");
+    a.archive_all();
+    // Replay everything and promote: timeline 2, archived into the same repository.
+    let r = a.recover("tl2", &["--target-action", "promote"], true);
+    assert_eq!(markers(&r), [1]);
+    // Two segments on timeline 2.
+    r.psql("postgres", "INSERT INTO marker VALUES (2)");
+    r.psql("postgres", "SELECT pg_switch_wal()");
+    r.psql("postgres", "INSERT INTO marker VALUES (3)");
+    let seg = r.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    r.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while r.psql(
+        "postgres",
+        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+    ) < seg
+    {
+        assert!(
+            Instant::now() < deadline,
+            "timeline 2 not archived:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = a.wal_verify(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("follows timeline(s) 1 → 2): ok"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (code, v) = a.wal_verify_json();
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["backups"][0]["timelines"], serde_json::json!([1, 2]));
+    assert_eq!(v["window"]["latest_timeline"], 2);
+    assert!(segno(v["window"]["latest_segment"].as_str().unwrap()) >= segno(&seg));
+    let tl2 = v["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["timeline"] == 2)
+        .unwrap();
+    assert_eq!(tl2["parent"], 1);
+    assert_eq!(tl2["history_file"], true);
+
+    // Timeline 2's first segment lost: a gap on the new timeline (its second one follows).
+    let first = tl2["first_segment"].as_str().unwrap().to_string();
+    let obj = a
+        .wal_objects()
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_str().unwrap() == first)
+        .unwrap();
+    std::fs::remove_file(obj).unwrap();
+    let (code, v) = a.wal_verify_json();
+    assert_eq!(code, Some(3), "{v:#}");
+    assert_eq!(v["gaps"][0]["first"], first.as_str());
+}
+
+#[test]
+fn forget_removes_wal_no_kept_base_backup_needs() {
+    let a = Archived::new();
+    a.pg.psql("postgres", "CREATE TABLE marker (id int PRIMARY KEY)");
+    a.pg.psql("postgres", "INSERT INTO marker VALUES (1)");
+    let first = a.base_backup();
+    a.more_segments(3);
+    let second = a.base_backup();
+    a.pg.psql("postgres", "INSERT INTO marker VALUES (2)");
+    a.archive_all();
+    let snaps = a.cmd().args(["snapshots", "--json"]).output().unwrap();
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&snaps.stdout).unwrap();
+    let start2 = snaps.iter().find(|s| s["id"] == second["id"]).unwrap()["sources"][0]["metadata"]
+        ["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = a.wal_objects();
+    let old = |objs: &[PathBuf]| -> Vec<PathBuf> {
+        objs.iter()
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_str().unwrap();
+                n.len() >= 24 && !n.ends_with(".history") && segno(n) < segno(&start2)
+            })
+            .cloned()
+            .collect()
+    };
+    assert!(old(&before).len() >= 4, "{before:?}");
+
+    // Dry run: lists, deletes nothing.
+    let out = a
+        .cmd()
+        .args(["forget", "--keep-last", "1", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("would remove"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&start2), "{}", stderr(&out));
+    assert_eq!(a.wal_objects(), before);
+
+    let out = a
+        .cmd()
+        .args(["forget", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WAL archive: removed"),
+        "{}",
+        stderr(&out)
+    );
+    let after = a.wal_objects();
+    assert!(old(&after).is_empty(), "{after:?}");
+    assert_eq!(after.len(), before.len() - old(&before).len());
+    assert!(after.iter().any(|p| p.ends_with("wal/archive")));
+    // Nothing left to remove on a second run.
+    let out = a
+        .cmd()
+        .args(["forget", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to remove"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(a.wal_objects(), after);
+    let snaps = a.cmd().args(["snapshots", "--json"]).output().unwrap();
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_ne!(snaps[0]["id"], first["id"]);
+
+    // Forgetting the last base backup would leave the WAL alone.
+    let out = a
+        .cmd()
+        .args([
+            "forget",
+            "--dry-run",
+            snaps[0]["short_id"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no physical base backup of the archived cluster is kept"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The kept backup still verifies and recovers.
+    let (code, v) = a.wal_verify_json();
+    assert_eq!(code, Some(0), "{v:#}");
+    let r = a.recover("kept", &["--target-action", "promote"], false);
+    assert_eq!(markers(&r), [1, 2]);
+}

@@ -195,12 +195,16 @@ impl Backend for LocalBackend {
                 if name.starts_with(".tmp-") || kind == FileKind::Config {
                     continue;
                 }
-                let size = match ent.metadata() {
-                    Ok(m) => m.len(),
+                let (size, modified) = match ent.metadata() {
+                    Ok(m) => (m.len(), m.modified().ok().map(chrono::DateTime::from)),
                     Err(e) if e.kind() == IoKind::NotFound => continue,
                     Err(e) => return Err(io_err(e, "stat", &ent.path())),
                 };
-                out.push(Listed { name, size });
+                out.push(Listed {
+                    name,
+                    size,
+                    modified,
+                });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -72,6 +72,8 @@ impl FileKind {
 pub struct Listed {
     pub name: String,
     pub size: u64,
+    /// When the object was written (file mtime, S3 `LastModified`), when the storage says.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The operations the engine needs from storage.

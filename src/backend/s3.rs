@@ -269,7 +269,15 @@ impl Backend for S3Backend {
                 continue;
             }
             let size = e.metadata().content_length();
-            out.push(Listed { name, size });
+            let modified = e.metadata().last_modified().and_then(|t| {
+                let t = t.into_inner();
+                chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
+            });
+            out.push(Listed {
+                name,
+                size,
+                modified,
+            });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -61,6 +61,9 @@ pub enum Command {
     WalPush(WalPushArgs),
     /// Fetch an archived WAL file: PostgreSQL's restore_command (`coffer wal-fetch %f %p`)
     WalFetch(WalFetchArgs),
+    /// Check the WAL archive for gaps from each physical base backup to the newest segment,
+    /// across timelines, and print the recoverable window (exit 3 on a gap)
+    WalVerify(WalVerifyArgs),
     /// Print the version
     Version,
 }
@@ -338,4 +341,11 @@ pub struct WalFetchArgs {
     /// Fetch this many following segments ahead, in parallel
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub prefetch: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct WalVerifyArgs {
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }

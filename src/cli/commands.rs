@@ -728,16 +728,101 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
             "would remove {} snapshot(s) (dry run: nothing changed)",
             remove.len()
         ));
-        return Ok(());
+        let kept: Vec<_> = repo
+            .load_snapshots()?
+            .into_iter()
+            .filter(|s| !remove.iter().any(|r| r.id == s.id))
+            .collect();
+        return wal_retention(ctx, &repo, &kept, true);
     }
     for s in &remove {
         repo.backend.remove(FileKind::Snapshot, &s.id.to_hex())?;
     }
     ctx.say(&format!("removed {} snapshot(s)", remove.len()));
+    wal_retention(ctx, &repo, &repo.load_snapshots()?, false)?;
     if a.prune {
         run_prune(ctx, &repo, 10.0, false)?;
     }
     drop(lock);
+    Ok(())
+}
+
+/// Remove (or with `dry_run` list) the archived WAL that none of the `kept` snapshots needs.
+fn wal_retention(
+    ctx: &Context,
+    repo: &Repository,
+    kept: &[coffer::repo::snapshot::Snapshot],
+    dry_run: bool,
+) -> Result<()> {
+    use coffer::sources::walretention;
+    let plan = walretention::plan(repo, kept)?;
+    if let Some(why) = &plan.skipped {
+        if wal::archive_info(repo)?.is_some() {
+            ctx.say(&format!("WAL archive: {why}"));
+        }
+        return Ok(());
+    }
+    let from = format!(
+        "older than {}, the start of the oldest kept base backup {}",
+        plan.keep_from.as_deref().unwrap_or("?"),
+        plan.oldest_backup.as_deref().unwrap_or("?")
+    );
+    if plan.remove.is_empty() {
+        ctx.say(&format!(
+            "WAL archive: nothing to remove ({} file(s) kept; none {from})",
+            plan.kept
+        ));
+        return Ok(());
+    }
+    if dry_run {
+        ctx.say(&format!(
+            "WAL archive: would remove {} file(s), {}, {from} (dry run: nothing changed):",
+            plan.remove.len(),
+            mib(plan.bytes())
+        ));
+        // Consecutive segments of a timeline as one line; other files one by one.
+        let mut runs: std::collections::BTreeMap<u32, Vec<(u64, u64)>> = Default::default();
+        for f in plan
+            .remove
+            .iter()
+            .filter(|f| f.kind == wal::WalFileKind::Segment)
+        {
+            let r = runs.entry(f.timeline).or_default();
+            match r.last_mut() {
+                Some((_, last)) if *last + 1 == f.segno => *last = f.segno,
+                _ => r.push((f.segno, f.segno)),
+            }
+        }
+        let seg = wal::archive_info(repo)?
+            .map(|i| i.segment_size)
+            .unwrap_or(16 << 20);
+        for (tli, r) in &runs {
+            for (a, z) in r {
+                ctx.say(&format!(
+                    "  {}",
+                    segment_run(
+                        &wal::segment_name(*tli, *a, seg),
+                        &wal::segment_name(*tli, *z, seg),
+                        z - a + 1
+                    )
+                ));
+            }
+        }
+        for f in plan
+            .remove
+            .iter()
+            .filter(|f| f.kind != wal::WalFileKind::Segment)
+        {
+            ctx.say(&format!("  {}", f.name));
+        }
+        return Ok(());
+    }
+    let (n, bytes) = walretention::apply(repo, &plan)?;
+    ctx.say(&format!(
+        "WAL archive: removed {n} file(s), {}, {from}; {} file(s) kept",
+        mib(bytes),
+        plan.kept
+    ));
     Ok(())
 }
 
@@ -883,4 +968,153 @@ pub fn wal_fetch(ctx: &Context, a: &WalFetchArgs) -> Result<()> {
         }
         Err(super::WalNotFound.into())
     }
+}
+
+fn segment_run(first: &str, last: &str, count: u64) -> String {
+    if count == 1 {
+        first.to_string()
+    } else {
+        format!("{first} to {last} ({count} segments)")
+    }
+}
+
+fn window_text(w: &coffer::sources::walverify::Window) -> String {
+    let latest_time = match w.latest_archived_at {
+        Some(t) => format!(
+            "archived {}; the last commit in it is no later",
+            t.with_timezone(&chrono::Local).to_rfc3339()
+        ),
+        None => "time unknown: the storage gives no write time".to_string(),
+    };
+    format!(
+        "from {} ({}, end of base backup {}) to {} on timeline {} (end of segment {}, {latest_time})",
+        w.earliest_lsn,
+        w.earliest_time.to_rfc3339(),
+        &w.earliest_backup[..w.earliest_backup.len().min(8)],
+        w.latest_lsn,
+        w.latest_timeline,
+        w.latest_segment,
+    )
+}
+
+pub fn wal_verify(ctx: &Context, a: &WalVerifyArgs) -> Result<()> {
+    use coffer::sources::walverify;
+    let repo = ctx.open()?;
+    let _lock = Lock::shared(&repo, "wal-verify")?;
+    let r = walverify::verify(&repo)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "WAL archive{}: {} segment(s), {} history file(s), {} partial, {} backup label(s); {} MiB segments",
+            r.system_identifier
+                .as_ref()
+                .map(|s| format!(" of cluster {s}"))
+                .unwrap_or_default(),
+            r.segments,
+            r.history_files,
+            r.partial_files,
+            r.backup_files,
+            r.segment_size >> 20
+        )?;
+        for t in &r.timelines {
+            let from = match (&t.parent, &t.switch_lsn) {
+                (Some(p), Some(l)) => format!(" (from timeline {p} at {l})"),
+                _ => String::new(),
+            };
+            let extent = match (&t.first_segment, &t.last_segment) {
+                (Some(f), Some(l)) => format!(
+                    "{} ({} segment(s){})",
+                    if f == l {
+                        f.clone()
+                    } else {
+                        format!("{f} to {l}")
+                    },
+                    t.segments,
+                    if t.holes > 0 {
+                        format!(", {} missing in between", t.holes)
+                    } else {
+                        String::new()
+                    }
+                ),
+                _ => "no segment".to_string(),
+            };
+            writeln!(out, "  timeline {}{from}: {extent}", t.timeline)?;
+        }
+        for b in &r.backups {
+            let verdict = match (b.status, &b.window) {
+                ("ok", Some(w)) => format!(
+                    "ok, recoverable from {} to {} on timeline {}",
+                    w.earliest_lsn, w.latest_lsn, w.latest_timeline
+                ),
+                (_, Some(w)) => format!(
+                    "GAP at {}: recoverable from {} only up to {} on timeline {}",
+                    b.first_missing.as_deref().unwrap_or("?"),
+                    w.earliest_lsn,
+                    w.latest_lsn,
+                    w.latest_timeline
+                ),
+                _ => format!(
+                    "INCOMPLETE: its segment {} is missing; it cannot be restored",
+                    b.first_missing.as_deref().unwrap_or("?")
+                ),
+            };
+            let tls: Vec<String> = b.timelines.iter().map(|t| t.to_string()).collect();
+            writeln!(
+                out,
+                "base backup {} (timeline {}, WAL {} to {}, finished {}; follows timeline(s) {}): {verdict}",
+                b.short_id,
+                b.timeline,
+                b.start_lsn,
+                b.stop_lsn,
+                b.stopped_at.to_rfc3339(),
+                tls.join(" → ")
+            )?;
+            for n in &b.notes {
+                writeln!(out, "  note: {n}")?;
+            }
+        }
+        for g in &r.gaps {
+            writeln!(
+                out,
+                "missing: {} (WAL {} to {}), needed by base backup(s) {}",
+                segment_run(&g.first, &g.last, g.count),
+                g.start_lsn,
+                g.end_lsn,
+                g.backups.join(", ")
+            )?;
+        }
+        match &r.window {
+            Some(w) => writeln!(out, "recoverable window: {}", window_text(w))?,
+            None if !r.backups.is_empty() => {
+                writeln!(out, "recoverable window: none (no base backup is complete)")?
+            }
+            None => {}
+        }
+        for n in &r.notes {
+            writeln!(out, "note: {n}")?;
+        }
+    }
+    if r.ok {
+        return Ok(());
+    }
+    let gaps: Vec<String> = r
+        .gaps
+        .iter()
+        .map(|g| {
+            format!(
+                "{} (base backup(s) {})",
+                segment_run(&g.first, &g.last, g.count),
+                g.backups.join(", ")
+            )
+        })
+        .collect();
+    Err(Error::integrity(format!(
+        "the WAL archive has {} gap(s) affecting base backups: missing {}",
+        r.gaps.len(),
+        gaps.join("; ")
+    ))
+    .into())
 }

@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Unlock(a) => commands::unlock(&ctx, a),
         Command::WalPush(a) => commands::wal_push(&ctx, a),
         Command::WalFetch(a) => commands::wal_fetch(&ctx, a),
+        Command::WalVerify(a) => commands::wal_verify(&ctx, a),
         Command::Version => {
             println!("coffer {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -9,6 +9,8 @@ pub mod files;
 pub mod postgres;
 pub mod stream;
 pub mod wal;
+pub mod walretention;
+pub mod walverify;
 
 use crate::backend::FileKind;
 use crate::id::Id;
