@@ -1087,7 +1087,16 @@ pub fn wal_verify(ctx: &Context, a: &WalVerifyArgs) -> Result<()> {
             )?;
         }
         match &r.window {
-            Some(w) => writeln!(out, "recoverable window: {}", window_text(w))?,
+            Some(w) => {
+                writeln!(out, "recoverable window: {}", window_text(w))?;
+                if let Some(t) = r.latest_commit_time {
+                    writeln!(
+                        out,
+                        "newest archived commit: {} (the latest --target-time that recovery can reach)",
+                        t.to_rfc3339()
+                    )?;
+                }
+            }
             None if !r.backups.is_empty() => {
                 writeln!(out, "recoverable window: none (no base backup is complete)")?
             }

@@ -168,6 +168,10 @@ pub struct Report {
     pub backup_files: usize,
     /// Over all usable base backups: the oldest one's end to the newest reachable segment.
     pub window: Option<Window>,
+    /// The newest commit (or abort) time in the segments at the end of that window, read
+    /// with `pg_waldump`: the latest time a `--target-time` recovery can reach. None when
+    /// pg_waldump is missing or those segments hold no commit.
+    pub latest_commit_time: Option<DateTime<FixedOffset>>,
     pub backups: Vec<BackupStatus>,
     pub gaps: Vec<Gap>,
     pub timelines: Vec<TimelineInfo>,
@@ -456,6 +460,7 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
         partial_files: archive.partial_files,
         backup_files: archive.backup_files,
         window,
+        latest_commit_time: None,
         backups: statuses,
         gaps,
         timelines,
@@ -521,6 +526,27 @@ pub fn verify(repo: &Repository) -> Result<Report> {
         }
     }
     let mut report = analyze(&archive, &backups);
+    if let Some(w) = &report.window {
+        let major = snapshots
+            .iter()
+            .rev()
+            .find_map(base_backup_info)
+            .map(|i| i.server_version_num / 10000)
+            .unwrap_or(15);
+        let end = wal::parse_segment(&w.latest_segment, segment_size).map(|(_, s)| s);
+        let reachable: Vec<String> = archive
+            .segments
+            .iter()
+            .filter(|s| s.timeline <= w.latest_timeline && Some(s.segno) <= end)
+            .map(|s| wal::segment_name(s.timeline, s.segno, segment_size))
+            .collect();
+        report.latest_commit_time = crate::sources::postgres::pitr::newest_commit_time(
+            repo,
+            &reachable,
+            segment_size,
+            major,
+        )?;
+    }
     for id in unreadable {
         report.notes.push(format!(
             "snapshot {id} is a physical base backup whose record cannot be read; it was not \

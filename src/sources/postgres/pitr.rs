@@ -315,7 +315,7 @@ fn commit_times(text: &str) -> impl Iterator<Item = DateTime<FixedOffset>> + '_ 
 /// The time of the newest commit or abort in the archived WAL, read with `pg_waldump` from
 /// the newest segments (the newest few, until one has a commit). `None` when pg_waldump is
 /// not installed or no commit is found.
-fn newest_commit_time(
+pub(crate) fn newest_commit_time(
     repo: &Repository,
     names: &[String],
     seg: u32,
