@@ -89,9 +89,8 @@ pub(crate) struct Archiver<'a> {
     /// The chunker's read window, reused from file to file.
     window: Vec<u8>,
     rules: Option<&'a dyn EntryRules>,
-    /// A parent's file is reused unchanged only when its mtime and ctime are before this
-    /// (nanoseconds since the epoch): see [`Archiver::new`].
-    reuse_before_ns: i64,
+    /// See [`Archiver::new`]; 0 for `backup PATH…`.
+    racy_window_ns: i64,
 }
 
 pub(crate) fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
@@ -124,16 +123,16 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 impl<'a> Archiver<'a> {
-    /// An archiver for a source other than `backup PATH…`. `reuse_before_ns`: a file
-    /// whose mtime or ctime is not before this instant is read again even when its
-    /// metadata matches the parent; the caller passes the parent backup's start (minus the
-    /// file system's timestamp granularity), so a file written again during or right
-    /// after the parent backup, in the same timestamp tick, is never taken as unchanged.
+    /// An archiver for a source other than `backup PATH…`. `racy_window_ns`: a file whose
+    /// mtime or ctime is less than this before the moment coffer starts reading it is
+    /// "racy" (as git calls it): a write right after the read could keep the same
+    /// timestamps. Its node is stored with inode 0, so the next backup never takes it as
+    /// unchanged and reads it again (by then it is usually old enough to be reused later).
     pub(crate) fn new(
         session: Session,
         progress: &'a Progress,
         rules: Option<&'a dyn EntryRules>,
-        reuse_before_ns: i64,
+        racy_window_ns: i64,
     ) -> Result<Archiver<'a>> {
         Ok(Archiver {
             session,
@@ -142,7 +141,7 @@ impl<'a> Archiver<'a> {
             size: 0,
             window: Vec::new(),
             rules,
-            reuse_before_ns,
+            racy_window_ns,
         })
     }
 
@@ -257,8 +256,6 @@ impl<'a> Archiver<'a> {
                     && p.mtime_ns == n.mtime_ns
                     && p.ctime_ns == n.ctime_ns
                     && p.inode == n.inode
-                    && p.mtime_ns < self.reuse_before_ns
-                    && p.ctime_ns < self.reuse_before_ns
                     && p.content.iter().all(|c| self.session.saver.contains(c));
                 if unchanged {
                     n.size = p.size;
@@ -267,6 +264,12 @@ impl<'a> Archiver<'a> {
                     self.session.summary.files_unchanged += 1;
                     self.progress.inc(n.size);
                     return Ok(Some(n));
+                }
+            }
+            if self.racy_window_ns > 0 {
+                let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+                if n.mtime_ns.max(n.ctime_ns) > now - self.racy_window_ns {
+                    n.inode = 0;
                 }
             }
             let f = match fs::File::open(path) {
@@ -358,7 +361,7 @@ pub fn backup_files(
         size: 0,
         window: Vec::new(),
         rules: None,
-        reuse_before_ns: i64::MAX,
+        racy_window_ns: 0,
     };
     let parent_tree = match &parent {
         Some(p) => repo.load_tree(&a.session.index, &p.tree).ok(),

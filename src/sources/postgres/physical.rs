@@ -16,9 +16,9 @@
 //! [`BaseBackupInfo`].
 //!
 //! A file is read again unless its size, mtime, ctime and inode match the previous base
-//! backup of the same cluster *and* its timestamps are older than that backup's start: a
-//! file rewritten during the previous copy, within one timestamp tick of being read, is
-//! never taken as unchanged.
+//! backup of the same cluster. A file whose timestamps were less than a second old when it
+//! was read is stored with inode 0, so the next backup reads it again: a file rewritten
+//! right after being read, within one timestamp tick, is never taken as unchanged.
 
 use super::conn::PgTarget;
 use super::{pg_err, ServerInfo};
@@ -368,14 +368,11 @@ pub fn backup_physical(
         Some((s, _)) => repo.load_tree(&session.index, &s.tree).ok(),
         None => None,
     };
-    let reuse_before_ns = match &parent {
-        Some((_, i)) => i.started_at.timestamp_nanos_opt().unwrap_or(0) - 1_000_000_000,
-        None => i64::MIN,
-    };
     let rules = PgRules {
         root: pgdata.clone(),
     };
-    let mut a = Archiver::new(session, progress, Some(&rules), reuse_before_ns)?;
+    // A file written less than a second before coffer reads it is read again next time.
+    let mut a = Archiver::new(session, progress, Some(&rules), 1_000_000_000)?;
 
     let started_at = chrono::Local::now().fixed_offset();
     let label = format!("coffer {}", started_at.format("%Y-%m-%dT%H:%M:%S%:z"));
