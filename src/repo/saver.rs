@@ -140,7 +140,10 @@ impl BlobSaver {
         });
         let (tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 4);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
+        // A pack kept in memory is handed over only when an uploader is free (each one
+        // waiting would cost a pack of memory); a spooled one is just a file handle.
+        let (pack_tx, pack_rx) =
+            bounded::<FinishedPack>(if repo.backend.spools() { uploaders } else { 0 });
         let mut threads = Vec::new();
         for _ in 0..workers {
             let (rx, out, sh) = (job_rx.clone(), sealed_tx.clone(), shared.clone());
@@ -325,7 +328,14 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
 }
 
 fn packer(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: Arc<Shared>) {
+    if let Err(e) = pack_all(rx, out, &sh) {
+        sh.fail(e);
+    }
+}
+
+fn pack_all(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: &Shared) -> Result<()> {
     let target = sh.repo.config.pack_size as usize;
+    let backend = &sh.repo.backend;
     let mut data = PackWriter::default();
     let mut trees = PackWriter::default();
     for s in rx {
@@ -340,36 +350,37 @@ fn packer(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: Arc<Shared>) {
             BlobType::Data => &mut data,
             BlobType::Tree => &mut trees,
         };
-        w.add(s.tpe, s.id, s.raw_length, s.sealed);
+        if w.is_empty() && backend.spools() {
+            *w = PackWriter::new(Some(backend.spool(FileKind::Pack)?));
+        }
+        w.add(s.tpe, s.id, s.raw_length, s.sealed)?;
         if w.len() >= target {
             let full = std::mem::take(w);
-            if out.send(full.finish(&sh.repo.key)).is_err() {
-                return;
+            if out.send(full.finish(&sh.repo.key)?).is_err() {
+                return Ok(());
             }
         }
     }
     if sh.failed() {
-        return;
+        return Ok(());
     }
     for w in [data, trees] {
-        if !w.is_empty() && out.send(w.finish(&sh.repo.key)).is_err() {
-            return;
+        if !w.is_empty() && out.send(w.finish(&sh.repo.key)?).is_err() {
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 fn uploader(rx: Receiver<FinishedPack>, sh: Arc<Shared>) {
-    for pack in rx {
+    for mut pack in rx {
         if sh.failed() {
             return;
         }
         let id = pack.id();
-        let (size, blobs) = (pack.len as u64, pack.entries);
-        if let Err(e) = sh
-            .repo
-            .backend
-            .write_parts(FileKind::Pack, &id.to_hex(), pack.parts)
-        {
+        let size = pack.len as u64;
+        let blobs = std::mem::take(&mut pack.entries);
+        if let Err(e) = pack.store(sh.repo.backend.as_ref()) {
             sh.fail(e);
             return;
         }
