@@ -344,4 +344,34 @@ mod tests {
         ));
         assert_eq!(b.stat(FileKind::Pack, &name).unwrap(), None);
     }
+
+    #[test]
+    fn spooled_object_appears_only_when_committed() {
+        let t = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(t.path().join("repo"));
+        b.create().unwrap();
+        let name = "cd".to_string() + &"1".repeat(62);
+        let mut s = b.spool(FileKind::Pack).unwrap();
+        s.append(b"hel").unwrap();
+        s.append(b"lo").unwrap();
+        assert!(b.list(FileKind::Pack).unwrap().is_empty());
+        s.commit(FileKind::Pack, &name).unwrap();
+        assert_eq!(b.read(FileKind::Pack, &name).unwrap(), b"hello");
+        let mode = fs::metadata(b.full(FileKind::Pack, &name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // An abandoned spool leaves no file behind.
+        let mut s = b.spool(FileKind::Pack).unwrap();
+        s.append(b"partial").unwrap();
+        drop(s);
+        let leftovers: Vec<_> = fs::read_dir(t.path().join("repo/data"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_file())
+            .collect();
+        assert!(leftovers.is_empty());
+        assert_eq!(b.list(FileKind::Pack).unwrap().len(), 1);
+    }
 }
