@@ -212,7 +212,7 @@ pub mod compress {
         pub fn encode(&mut self, data: &[u8]) -> Encoded {
             match self.compress(data) {
                 Some(enc) => enc,
-                None => Encoded(Framed::copy_from(data).0),
+                None => Framed::copy_from(data).into_raw(),
             }
         }
 
@@ -220,11 +220,7 @@ pub mod compress {
         pub fn encode_framed(&mut self, data: Framed) -> Encoded {
             match self.compress(data.data()) {
                 Some(enc) => enc,
-                None => {
-                    let mut buf = data.0;
-                    buf.push(RAW);
-                    Encoded(buf)
-                }
+                None => data.into_raw(),
             }
         }
 
@@ -274,6 +270,11 @@ pub mod compress {
         }
         pub fn data(&self) -> &[u8] {
             &self.0[NONCE_LEN..]
+        }
+        /// The raw encoding: the data where it lies, then the flag.
+        fn into_raw(mut self) -> Encoded {
+            self.0.push(RAW);
+            Encoded(self.0)
         }
         pub fn len(&self) -> usize {
             self.0.len() - NONCE_LEN
@@ -455,6 +456,17 @@ mod tests {
         let enc = c.encode(&noise);
         assert_eq!(enc.payload().len(), noise.len() + 1);
         assert_eq!(compress::decode(enc.payload()).unwrap(), noise);
+        // Chunks framed for sealing in place encode to the same bytes.
+        for data in [&noise[..], &text[..], &noise[..100], b""] {
+            let framed = compress::Framed::copy_from(data);
+            assert_eq!(framed.data(), data);
+            assert_eq!(
+                c.encode_framed(framed).payload(),
+                c.encode(data).payload(),
+                "{} bytes",
+                data.len()
+            );
+        }
         let mut off = compress::Compressor::new(0);
         assert_eq!(compress::decode(off.encode(&text).payload()).unwrap(), text);
     }
