@@ -1,12 +1,14 @@
 //! Content-defined chunking (FastCDC 2020 with a secret gear seed).
 
+use crate::crypto::compress::Framed;
 use crate::repo::ChunkerParams;
 use std::io::Read;
 
 /// Bytes read ahead; at least twice the largest chunk, so the window is moved rarely.
 const WINDOW: usize = 16 << 20;
 
-/// Split a reader into content-defined chunks. Yields owned chunk buffers.
+/// Split a reader into content-defined chunks. Yields owned chunk buffers, each with room
+/// for the nonce and tag around it, so a chunk stored raw is sealed without another copy.
 ///
 /// Reads into one large window and cuts chunks from it, so each byte is copied once (into
 /// its chunk) instead of the window being shifted after every chunk.
@@ -62,7 +64,7 @@ impl<R: Read> Chunker<R> {
 }
 
 impl<R: Read> Iterator for Chunker<R> {
-    type Item = std::io::Result<Vec<u8>>;
+    type Item = std::io::Result<Framed>;
     fn next(&mut self) -> Option<Self::Item> {
         if !self.eof && self.end - self.start < self.params.max_size as usize {
             if let Err(e) = self.fill() {
@@ -85,7 +87,7 @@ impl<R: Read> Iterator for Chunker<R> {
         .next()
         .map(|c| c.length)
         .unwrap_or(window.len());
-        let chunk = window[..len].to_vec();
+        let chunk = Framed::copy_from(&window[..len]);
         self.start += len;
         Some(Ok(chunk))
     }
@@ -106,12 +108,16 @@ mod tests {
         };
         let mut data = vec![0u8; 40 << 20];
         rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut data);
-        let a: Vec<Vec<u8>> = Chunker::new(&p, &data[..]).map(|c| c.unwrap()).collect();
+        let a: Vec<Vec<u8>> = Chunker::new(&p, &data[..])
+            .map(|c| c.unwrap().data().to_vec())
+            .collect();
         assert_eq!(a.concat(), data);
         assert!(a.len() > 10);
         let mut shifted = b"inserted bytes".to_vec();
         shifted.extend_from_slice(&data);
-        let b: Vec<Vec<u8>> = Chunker::new(&p, &shifted[..]).map(|c| c.unwrap()).collect();
+        let b: Vec<Vec<u8>> = Chunker::new(&p, &shifted[..])
+            .map(|c| c.unwrap().data().to_vec())
+            .collect();
         // Same cut points as fastcdc's own streaming chunker (the format depends on them).
         let reference: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::with_level_and_seed(
             &data[..],

@@ -5,7 +5,7 @@
 //! temporary name, `fsync`ed, renamed into place and its directory `fsync`ed (so a crash
 //! leaves either the whole object or none), and files are created 0600 in 0700 folders.
 
-use super::{not_found, Backend, FileKind, Listed};
+use super::{not_found, Backend, FileKind, Listed, Spool};
 use crate::error::{Error, ErrorKind};
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +26,28 @@ impl LocalBackend {
         self.root.join(kind.path(name))
     }
 
+    fn tmp_name(dir: &Path) -> PathBuf {
+        dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            crate::Id::random().short()
+        ))
+    }
+
+    /// fsync a written temporary file, rename it into place, fsync the folder.
+    fn commit_tmp(&self, f: &File, tmp: &Path, kind: FileKind, name: &str) -> Result<()> {
+        let path = self.full(kind, name);
+        let dir = path.parent().expect("object paths have a parent");
+        if !dir.exists() {
+            mkdir_private(dir)?;
+        }
+        if let Err(e) = f.sync_all().and_then(|()| fs::rename(tmp, &path)) {
+            let _ = fs::remove_file(tmp);
+            return Err(io_err(e, "write", &path));
+        }
+        sync_dir(dir)
+    }
+
     /// Write to a temporary name, fsync, rename into place, fsync the folder.
     fn write_slices(&self, kind: FileKind, name: &str, data: &[&[u8]]) -> Result<()> {
         let path = self.full(kind, name);
@@ -33,11 +55,7 @@ impl LocalBackend {
         if !dir.exists() {
             mkdir_private(dir)?;
         }
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            crate::Id::random().short()
-        ));
+        let tmp = Self::tmp_name(dir);
         let res = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -55,6 +73,34 @@ impl LocalBackend {
             return Err(io_err(e, "write", &path));
         }
         sync_dir(dir)
+    }
+}
+
+/// A pack being written to `.tmp-…` in its kind's folder (`data/`), renamed into
+/// `data/xx/` when committed.
+struct LocalSpool {
+    backend: LocalBackend,
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl Spool for LocalSpool {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        let f = self.file.as_mut().expect("spool used after commit");
+        f.write_all(data).map_err(|e| io_err(e, "write", &self.tmp))
+    }
+
+    fn commit(mut self: Box<Self>, kind: FileKind, name: &str) -> Result<()> {
+        let f = self.file.take().expect("spool committed twice");
+        self.backend.commit_tmp(&f, &self.tmp, kind, name)
+    }
+}
+
+impl Drop for LocalSpool {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -211,6 +257,26 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn spools(&self) -> bool {
+        true
+    }
+
+    fn spool(&self, kind: FileKind) -> Result<Box<dyn Spool>> {
+        let dir = self.root.join(kind.dir());
+        let tmp = Self::tmp_name(&dir);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_err(e, "create", &tmp))?;
+        Ok(Box::new(LocalSpool {
+            backend: LocalBackend::new(self.root.clone()),
+            tmp,
+            file: Some(file),
+        }))
+    }
+
     /// One writer: a local disk gains nothing from parallel fsyncs, and each pack in
     /// flight costs memory.
     fn concurrency(&self) -> usize {
@@ -281,5 +347,35 @@ mod tests {
             &b.read(FileKind::Pack, &name).unwrap_err()
         ));
         assert_eq!(b.stat(FileKind::Pack, &name).unwrap(), None);
+    }
+
+    #[test]
+    fn spooled_object_appears_only_when_committed() {
+        let t = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(t.path().join("repo"));
+        b.create().unwrap();
+        let name = "cd".to_string() + &"1".repeat(62);
+        let mut s = b.spool(FileKind::Pack).unwrap();
+        s.append(b"hel").unwrap();
+        s.append(b"lo").unwrap();
+        assert!(b.list(FileKind::Pack).unwrap().is_empty());
+        s.commit(FileKind::Pack, &name).unwrap();
+        assert_eq!(b.read(FileKind::Pack, &name).unwrap(), b"hello");
+        let mode = fs::metadata(b.full(FileKind::Pack, &name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // An abandoned spool leaves no file behind.
+        let mut s = b.spool(FileKind::Pack).unwrap();
+        s.append(b"partial").unwrap();
+        drop(s);
+        let leftovers: Vec<_> = fs::read_dir(t.path().join("repo/data"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_file())
+            .collect();
+        assert!(leftovers.is_empty());
+        assert_eq!(b.list(FileKind::Pack).unwrap().len(), 1);
     }
 }

@@ -76,6 +76,15 @@ pub struct Listed {
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// An object written piece by piece to a temporary place and named only when complete
+/// (local storage), so a pack in progress holds no memory. Dropped without
+/// [`commit`](Spool::commit), it leaves nothing behind.
+pub trait Spool: Send {
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// Make the object durable under its name, as [`Backend::write`] would.
+    fn commit(self: Box<Self>, kind: FileKind, name: &str) -> Result<()>;
+}
+
 /// The operations the engine needs from storage.
 pub trait Backend: Send + Sync {
     /// A human-readable location, for messages.
@@ -118,6 +127,15 @@ pub trait Backend: Send + Sync {
     /// (only called under an exclusive lock). Object stores have none: a PUT is atomic.
     fn remove_partial(&self) -> Result<usize> {
         Ok(0)
+    }
+    /// Whether [`spool`](Backend::spool) is available.
+    fn spools(&self) -> bool {
+        false
+    }
+    /// Start an object of this kind whose name is known only at the end.
+    fn spool(&self, kind: FileKind) -> Result<Box<dyn Spool>> {
+        let _ = kind;
+        Err(anyhow::anyhow!("{} cannot spool objects", self.location()))
     }
     /// How many writes to run at once.
     fn concurrency(&self) -> usize {

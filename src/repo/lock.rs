@@ -81,7 +81,9 @@ impl LockInfo {
 pub struct Lock {
     repo: Arc<Repository>,
     name: Arc<Mutex<String>>,
-    stop: Arc<AtomicBool>,
+    /// Dropping this wakes the refresher at once (it waits on the channel, not in sleeps,
+    /// so releasing a lock does not wait for a sleep to end).
+    stop: Option<crossbeam_channel::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -136,22 +138,29 @@ impl Lock {
             .into());
         }
         let name = Arc::new(Mutex::new(name));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let refresher = {
-            let (repo, name, stop) = (repo.clone(), name.clone(), stop.clone());
+            let (repo, name) = (repo.clone(), name.clone());
             std::thread::spawn(move || {
-                let mut waited = 0u64;
+                let started = std::time::Instant::now();
                 let mut last_ok = std::time::Instant::now();
-                while !stop.load(Ordering::Relaxed) {
+                let mut next_refresh = std::time::Duration::from_secs(REFRESH_EVERY_SECS);
+                loop {
+                    // Wake at least every second to notice a lost lock; at once when stopped.
+                    let until_refresh = next_refresh.saturating_sub(started.elapsed());
+                    match stopped.recv_timeout(until_refresh.min(std::time::Duration::from_secs(1)))
+                    {
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
                     if last_ok.elapsed().as_secs() > LOST_AFTER_SECS {
                         LOST.store(true, Ordering::SeqCst);
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    waited += 200;
-                    if waited < REFRESH_EVERY_SECS * 1000 {
+                    if started.elapsed() < next_refresh {
                         continue;
                     }
-                    waited = 0;
+                    next_refresh =
+                        started.elapsed() + std::time::Duration::from_secs(REFRESH_EVERY_SECS);
                     let fresh = LockInfo {
                         time: Utc::now(),
                         ..info.clone()
@@ -171,7 +180,7 @@ impl Lock {
         Ok(Lock {
             repo: repo.clone(),
             name,
-            stop,
+            stop: Some(stop),
             refresher: Some(refresher),
         })
     }
@@ -179,7 +188,7 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }

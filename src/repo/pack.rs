@@ -8,6 +8,7 @@
 //! follow from the order. A pack is named by the BLAKE3 hash of all its bytes, so storage
 //! corruption is detectable without the key, and the index can be rebuilt from the packs.
 
+use crate::backend::{Backend, FileKind, Spool};
 use crate::crypto::MasterKey;
 use crate::error::Error;
 use crate::id::Id;
@@ -56,18 +57,30 @@ const ENTRY_LEN: usize = 1 + 4 + 4 + 32;
 /// Maximum size of a pack header we are willing to read.
 const MAX_HEADER: usize = 64 << 20;
 
-/// Accumulates sealed blobs into one pack. The blobs are kept as separate buffers and
-/// written out in sequence, so a pack is never copied into one contiguous buffer.
+/// Accumulates sealed blobs into one pack: either kept as separate buffers and written out
+/// in sequence at the end (never copied into one contiguous buffer), or appended to a
+/// [`Spool`] as they come (local storage), so the pack holds no memory.
 #[derive(Default)]
 pub struct PackWriter {
     parts: Vec<Vec<u8>>,
+    spool: Option<Box<dyn Spool>>,
+    hasher: blake3::Hasher,
     len: usize,
     entries: Vec<PackEntry>,
 }
 
-/// A finished pack: its bytes in order, their total length, and its blobs.
+/// Where a finished pack's bytes are.
+pub enum PackBody {
+    /// In memory, in order.
+    Parts(Vec<Vec<u8>>),
+    /// Written to storage under a temporary name; committing names it.
+    Spooled(Box<dyn Spool>),
+}
+
+/// A finished pack: its name, bytes, total length, and its blobs.
 pub struct FinishedPack {
-    pub parts: Vec<Vec<u8>>,
+    id: Id,
+    pub body: PackBody,
     pub len: usize,
     pub entries: Vec<PackEntry>,
 }
@@ -75,26 +88,34 @@ pub struct FinishedPack {
 impl FinishedPack {
     /// The pack's name: BLAKE3 of all its bytes.
     pub fn id(&self) -> Id {
-        let mut h = blake3::Hasher::new();
-        for p in &self.parts {
-            h.update(p);
-        }
-        Id(*h.finalize().as_bytes())
+        self.id
     }
 
-    pub fn to_vec(&self) -> Vec<u8> {
-        self.parts.concat()
+    /// Store the pack under its name.
+    pub fn store(self, backend: &dyn Backend) -> Result<()> {
+        let name = self.id.to_hex();
+        match self.body {
+            PackBody::Parts(parts) => backend.write_parts(FileKind::Pack, &name, parts),
+            PackBody::Spooled(spool) => spool.commit(FileKind::Pack, &name),
+        }
     }
 }
 
 impl PackWriter {
+    /// A pack written to `spool` as it grows (`None`: kept in memory).
+    pub fn new(spool: Option<Box<dyn Spool>>) -> Self {
+        PackWriter {
+            spool,
+            ..Default::default()
+        }
+    }
     pub fn len(&self) -> usize {
         self.len
     }
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-    pub fn add(&mut self, tpe: BlobType, id: Id, raw_length: u32, sealed: Vec<u8>) {
+    pub fn add(&mut self, tpe: BlobType, id: Id, raw_length: u32, sealed: Vec<u8>) -> Result<()> {
         self.entries.push(PackEntry {
             id,
             tpe,
@@ -103,11 +124,22 @@ impl PackWriter {
             raw_length,
         });
         self.len += sealed.len();
-        self.parts.push(sealed);
+        self.push(sealed)
+    }
+
+    fn push(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.hasher.update(&bytes);
+        match &mut self.spool {
+            Some(s) => s.append(&bytes),
+            None => {
+                self.parts.push(bytes);
+                Ok(())
+            }
+        }
     }
 
     /// Append the sealed header and its length.
-    pub fn finish(mut self, key: &MasterKey) -> FinishedPack {
+    pub fn finish(mut self, key: &MasterKey) -> Result<FinishedPack> {
         let mut header = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
         for e in &self.entries {
             header.push(e.tpe.byte());
@@ -119,12 +151,16 @@ impl PackWriter {
         let hlen = trailer.len() as u32;
         trailer.extend_from_slice(&hlen.to_le_bytes());
         self.len += trailer.len();
-        self.parts.push(trailer);
-        FinishedPack {
-            parts: self.parts,
+        self.push(trailer)?;
+        Ok(FinishedPack {
+            id: Id(*self.hasher.finalize().as_bytes()),
+            body: match self.spool {
+                Some(s) => PackBody::Spooled(s),
+                None => PackBody::Parts(self.parts),
+            },
             len: self.len,
             entries: self.entries,
-        }
+        })
     }
 }
 
@@ -148,7 +184,6 @@ pub fn read_header(
     name: &str,
     size: u64,
 ) -> Result<Vec<PackEntry>> {
-    use crate::backend::FileKind;
     if size < 4 {
         return Err(Error::integrity("pack is shorter than its trailer").into());
     }
@@ -200,10 +235,13 @@ mod tests {
         let mut w = PackWriter::default();
         let a = k.seal(b"aaaa");
         let b = k.seal(b"bbbbbbbb");
-        w.add(BlobType::Data, k.blob_id(b"aaaa"), 4, a);
-        w.add(BlobType::Tree, k.blob_id(b"bbbbbbbb"), 8, b);
-        let fin = w.finish(&k);
-        let bytes = fin.to_vec();
+        w.add(BlobType::Data, k.blob_id(b"aaaa"), 4, a).unwrap();
+        w.add(BlobType::Tree, k.blob_id(b"bbbbbbbb"), 8, b).unwrap();
+        let fin = w.finish(&k).unwrap();
+        let PackBody::Parts(parts) = &fin.body else {
+            panic!("a pack without a spool is kept in memory")
+        };
+        let bytes = parts.concat();
         assert_eq!(fin.len, bytes.len());
         assert_eq!(fin.id(), Id::of_bytes(&bytes));
         let entries = fin.entries;

@@ -1,12 +1,14 @@
 //! The blob saver: the write pipeline every backup goes through.
 //!
 //! ```text
-//! caller ──(new blobs)──▶ N seal workers ──▶ packer ──(full packs)──▶ M uploaders
-//!  hash + dedup            compress+encrypt   per-type packs          write, then index
+//! caller ──(chunks)──▶ N workers ──────────────────▶ packer ──(full packs)──▶ M uploaders
+//!                      hash, dedup, compress+encrypt  per-type packs          write, then index
 //! ```
-//! The caller hashes each chunk (keyed BLAKE3) and skips what the index or this run already
-//! has, so duplicates never reach the workers. Channels are bounded, so memory stays at a
-//! few packs whatever the input size. Uploaders write index files only after the packs they
+//! Data chunks ([`BlobSaver::save_later`]) are hashed (keyed BLAKE3) in the workers, which
+//! hand the id back at once and skip what the index or this run already has; the caller
+//! only reads and cuts, so reading overlaps everything else. Trees ([`BlobSaver::save`])
+//! are hashed by the caller, which needs their id at once. Channels are bounded, so memory
+//! stays at a few packs whatever the input size. Uploaders write index files only after the packs they
 //! list are durable (every 16 packs and at the end), which is what makes an interrupted
 //! backup reusable by the next one.
 
@@ -14,7 +16,7 @@ use super::index::{IndexFile, IndexPack, MasterIndex};
 use super::pack::{BlobType, FinishedPack, PackWriter};
 use super::Repository;
 use crate::backend::FileKind;
-use crate::crypto::compress::Compressor;
+use crate::crypto::compress::{Compressor, Framed};
 use crate::id::Id;
 use anyhow::{anyhow, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -31,6 +33,12 @@ enum Job {
         tpe: BlobType,
         id: Id,
         data: Vec<u8>,
+    },
+    /// Not hashed yet: the worker hashes, replies with the id, then stores it unless known.
+    Unhashed {
+        tpe: BlobType,
+        data: Framed,
+        reply: Sender<Id>,
     },
     Sealed {
         tpe: BlobType,
@@ -63,6 +71,9 @@ struct Written {
 
 struct Shared {
     repo: Arc<Repository>,
+    index: Arc<MasterIndex>,
+    /// Blobs sent to the workers in this run (claimed by whoever hashed them first).
+    known: Mutex<HashSet<Id>>,
     error: Mutex<Option<anyhow::Error>>,
     failed: std::sync::atomic::AtomicBool,
     written: Mutex<Written>,
@@ -78,6 +89,10 @@ impl Shared {
     }
     fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
+    }
+    /// Claim a blob for storing: false if the repository or this run already has it.
+    fn claim(&self, id: Id) -> bool {
+        !self.index.has(&id) && self.known.lock().unwrap().insert(id)
     }
     fn flush_index(&self, all: bool) -> Result<()> {
         let mut w = self.written.lock().unwrap();
@@ -100,8 +115,6 @@ impl Shared {
 
 pub struct BlobSaver {
     shared: Arc<Shared>,
-    index: Arc<MasterIndex>,
-    known: HashSet<Id>,
     tx: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<SaverStats>,
@@ -117,6 +130,8 @@ impl BlobSaver {
         let stats = Arc::new(SaverStats::default());
         let shared = Arc::new(Shared {
             repo: repo.clone(),
+            index,
+            known: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
             failed: Default::default(),
             written: Mutex::new(Written::default()),
@@ -125,7 +140,10 @@ impl BlobSaver {
         });
         let (tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 4);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
+        // A pack kept in memory is handed over only when an uploader is free (each one
+        // waiting would cost a pack of memory); a spooled one is just a file handle.
+        let (pack_tx, pack_rx) =
+            bounded::<FinishedPack>(if repo.backend.spools() { uploaders } else { 0 });
         let mut threads = Vec::new();
         for _ in 0..workers {
             let (rx, out, sh) = (job_rx.clone(), sealed_tx.clone(), shared.clone());
@@ -142,8 +160,6 @@ impl BlobSaver {
         }
         BlobSaver {
             shared,
-            index,
-            known: HashSet::new(),
             tx: Some(tx),
             threads,
             stats,
@@ -176,18 +192,39 @@ impl BlobSaver {
 
     /// True if the repository or this run already has the blob.
     pub fn contains(&self, id: &Id) -> bool {
-        self.index.has(id) || self.known.contains(id)
+        self.shared.index.has(id) || self.shared.known.lock().unwrap().contains(id)
     }
 
     /// Store a blob unless it is already there; returns its id and whether it was new.
     pub fn save(&mut self, tpe: BlobType, data: Vec<u8>) -> Result<(Id, bool)> {
         let id = self.shared.repo.key.blob_id(&data);
-        if self.contains(&id) {
+        if !self.shared.claim(id) {
             return Ok((id, false));
         }
-        self.known.insert(id);
         self.send(Job::Raw { tpe, id, data })?;
         Ok((id, true))
+    }
+
+    /// Store a blob unless it is already there, hashing it in a worker; the id comes
+    /// later, through [`BlobSaver::resolve`].
+    pub fn save_later(&mut self, tpe: BlobType, data: Framed) -> Result<PendingId> {
+        let (reply, rx) = bounded(1);
+        self.send(Job::Unhashed { tpe, data, reply })?;
+        Ok(PendingId(rx))
+    }
+
+    /// Wait for the ids of blobs given to [`save_later`](Self::save_later), in order.
+    pub fn resolve(&self, pending: Vec<PendingId>) -> Result<Vec<Id>> {
+        pending
+            .into_iter()
+            .map(|p| match p.0.recv() {
+                Ok(id) => Ok(id),
+                Err(_) => {
+                    self.check_error()?;
+                    Err(anyhow!("the blob pipeline stopped"))
+                }
+            })
+            .collect()
     }
 
     /// Store a blob that is already sealed (prune copies blobs between packs this way).
@@ -198,7 +235,7 @@ impl BlobSaver {
         raw_length: u32,
         sealed: Vec<u8>,
     ) -> Result<()> {
-        if !self.known.insert(id) {
+        if !self.shared.known.lock().unwrap().insert(id) {
             return Ok(());
         }
         self.send(Job::Sealed {
@@ -223,6 +260,9 @@ impl BlobSaver {
         Ok(std::mem::take(&mut self.shared.written.lock().unwrap().all))
     }
 }
+
+/// The id of a blob a worker is hashing.
+pub struct PendingId(Receiver<Id>);
 
 impl Drop for BlobSaver {
     fn drop(&mut self) {
@@ -254,6 +294,21 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
                     sealed: sh.repo.key.seal_encoded(enc),
                 }
             }
+            Job::Unhashed { tpe, data, reply } => {
+                let id = sh.repo.key.blob_id(data.data());
+                // The caller may have given up (an error elsewhere): storing goes on.
+                let _ = reply.send(id);
+                if !sh.claim(id) {
+                    continue;
+                }
+                let raw_length = data.len() as u32;
+                Sealed {
+                    tpe,
+                    id,
+                    raw_length,
+                    sealed: sh.repo.key.seal_encoded(comp.encode_framed(data)),
+                }
+            }
             Job::Sealed {
                 tpe,
                 id,
@@ -273,7 +328,14 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
 }
 
 fn packer(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: Arc<Shared>) {
+    if let Err(e) = pack_all(rx, out, &sh) {
+        sh.fail(e);
+    }
+}
+
+fn pack_all(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: &Shared) -> Result<()> {
     let target = sh.repo.config.pack_size as usize;
+    let backend = &sh.repo.backend;
     let mut data = PackWriter::default();
     let mut trees = PackWriter::default();
     for s in rx {
@@ -288,36 +350,37 @@ fn packer(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: Arc<Shared>) {
             BlobType::Data => &mut data,
             BlobType::Tree => &mut trees,
         };
-        w.add(s.tpe, s.id, s.raw_length, s.sealed);
+        if w.is_empty() && backend.spools() {
+            *w = PackWriter::new(Some(backend.spool(FileKind::Pack)?));
+        }
+        w.add(s.tpe, s.id, s.raw_length, s.sealed)?;
         if w.len() >= target {
             let full = std::mem::take(w);
-            if out.send(full.finish(&sh.repo.key)).is_err() {
-                return;
+            if out.send(full.finish(&sh.repo.key)?).is_err() {
+                return Ok(());
             }
         }
     }
     if sh.failed() {
-        return;
+        return Ok(());
     }
     for w in [data, trees] {
-        if !w.is_empty() && out.send(w.finish(&sh.repo.key)).is_err() {
-            return;
+        if !w.is_empty() && out.send(w.finish(&sh.repo.key)?).is_err() {
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 fn uploader(rx: Receiver<FinishedPack>, sh: Arc<Shared>) {
-    for pack in rx {
+    for mut pack in rx {
         if sh.failed() {
             return;
         }
         let id = pack.id();
-        let (size, blobs) = (pack.len as u64, pack.entries);
-        if let Err(e) = sh
-            .repo
-            .backend
-            .write_parts(FileKind::Pack, &id.to_hex(), pack.parts)
-        {
+        let size = pack.len as u64;
+        let blobs = std::mem::take(&mut pack.entries);
+        if let Err(e) = pack.store(sh.repo.backend.as_ref()) {
             sh.fail(e);
             return;
         }

@@ -13,6 +13,7 @@ use crate::error::{Error, ErrorKind};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repo::pack::BlobType;
+use crate::repo::saver::PendingId;
 use crate::repo::snapshot::{Snapshot, SourceInfo};
 use crate::repo::tree::{Node, NodeKind, OsBytes, Tree};
 use crate::repo::Repository;
@@ -111,6 +112,21 @@ pub(crate) fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
     }
 }
 
+/// A node whose file content ids are still being hashed by the saver's workers.
+struct PendingNode {
+    node: Node,
+    content: Vec<PendingId>,
+}
+
+impl From<Node> for PendingNode {
+    fn from(node: Node) -> Self {
+        PendingNode {
+            node,
+            content: Vec::new(),
+        }
+    }
+}
+
 fn read_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
     Error::new(
         ErrorKind::Source,
@@ -178,8 +194,21 @@ impl<'a> Archiver<'a> {
                 let sub_parent = self.parent_tree(pnode);
                 let mut n = meta_node(name, NodeKind::Dir, &m);
                 n.subtree = Some(self.save_trie(child, &p, sub_parent.as_ref())?);
-                nodes.push(n);
+                nodes.push(n.into());
             }
+        }
+        self.save_tree(nodes)
+    }
+
+    /// Wait for the files' content ids, then store the tree.
+    fn save_tree(&mut self, pending: Vec<PendingNode>) -> Result<Id> {
+        let mut nodes = Vec::with_capacity(pending.len());
+        for p in pending {
+            let mut n = p.node;
+            if !p.content.is_empty() {
+                n.content = self.session.saver.resolve(p.content)?;
+            }
+            nodes.push(n);
         }
         self.session.save_tree(Tree { nodes })
     }
@@ -213,16 +242,33 @@ impl<'a> Archiver<'a> {
             }
         }
         self.session.summary.dirs += 1;
-        self.session.save_tree(Tree { nodes })
+        self.save_tree(nodes)
     }
 
-    /// Archive one entry (recursively for a directory); `None` when it is skipped.
-    pub(crate) fn archive(
+    /// Archive one entry and wait for its content ids (recursively for a directory);
+    /// `None` when it is skipped.
+    pub(crate) fn archive_node(
         &mut self,
         path: &Path,
         name: &[u8],
         parent: Option<&Node>,
     ) -> Result<Option<Node>> {
+        let Some(p) = self.archive(path, name, parent)? else {
+            return Ok(None);
+        };
+        let mut n = p.node;
+        if !p.content.is_empty() {
+            n.content = self.session.saver.resolve(p.content)?;
+        }
+        Ok(Some(n))
+    }
+
+    fn archive(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        parent: Option<&Node>,
+    ) -> Result<Option<PendingNode>> {
         if self.excluder.excluded(path) {
             return Ok(None);
         }
@@ -242,12 +288,12 @@ impl<'a> Archiver<'a> {
             let sub_parent = self.parent_tree(parent);
             let mut n = meta_node(name, NodeKind::Dir, &m);
             n.subtree = Some(self.save_dir(path, sub_parent.as_ref())?);
-            Ok(Some(n))
+            Ok(Some(n.into()))
         } else if ft.is_symlink() {
             let target = fs::read_link(path).map_err(|e| read_err(path, e))?;
             let mut n = meta_node(name, NodeKind::Symlink, &m);
             n.target = Some(OsBytes::from_os(target.as_os_str()));
-            Ok(Some(n))
+            Ok(Some(n.into()))
         } else if ft.is_file() {
             let mut n = meta_node(name, NodeKind::File, &m);
             if let Some(p) = parent {
@@ -263,7 +309,7 @@ impl<'a> Archiver<'a> {
                     self.size += n.size;
                     self.session.summary.files_unchanged += 1;
                     self.progress.inc(n.size);
-                    return Ok(Some(n));
+                    return Ok(Some(n.into()));
                 }
             }
             if self.racy_window_ns > 0 {
@@ -285,13 +331,13 @@ impl<'a> Archiver<'a> {
             };
             let params = self.session.repo.config.chunker;
             let mut size = 0u64;
+            let mut content = Vec::new();
             let mut chunker = Chunker::with_buffer(&params, f, std::mem::take(&mut self.window));
             for chunk in &mut chunker {
                 let chunk = chunk.map_err(|e| read_err(path, e))?;
                 size += chunk.len() as u64;
                 self.progress.inc(chunk.len() as u64);
-                n.content
-                    .push(self.session.saver.save(BlobType::Data, chunk)?.0);
+                content.push(self.session.saver.save_later(BlobType::Data, chunk)?);
             }
             self.window = chunker.into_buffer();
             n.size = size;
@@ -301,7 +347,7 @@ impl<'a> Archiver<'a> {
             } else {
                 self.session.summary.files_new += 1;
             }
-            Ok(Some(n))
+            Ok(Some(PendingNode { node: n, content }))
         } else {
             self.progress.log(&format!(
                 "warning: {} is not a regular file, directory or symlink; skipped",

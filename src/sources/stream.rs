@@ -18,7 +18,7 @@ pub fn save_stream(
     reader: impl Read,
     progress: &Progress,
 ) -> Result<(Vec<crate::Id>, u64)> {
-    let mut content = Vec::new();
+    let mut pending = Vec::new();
     let mut size = 0u64;
     let params = session.repo.config.chunker;
     for chunk in Chunker::new(&params, reader) {
@@ -27,9 +27,9 @@ pub fn save_stream(
         })?;
         size += chunk.len() as u64;
         progress.inc(chunk.len() as u64);
-        content.push(session.saver.save(BlobType::Data, chunk)?.0);
+        pending.push(session.saver.save_later(BlobType::Data, chunk)?);
     }
-    Ok((content, size))
+    Ok((session.saver.resolve(pending)?, size))
 }
 
 /// Back up one stream as `/NAME`. `finish` runs after end-of-stream and before the

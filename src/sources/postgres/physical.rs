@@ -412,13 +412,13 @@ pub fn backup_physical(
                 let oid = t.oid.to_string();
                 let loc = Path::new(&t.location);
                 let pnode = parent_spc.as_ref().and_then(|p| p.find(oid.as_bytes()));
-                if let Some(n) = a.archive(loc, oid.as_bytes(), pnode)? {
+                if let Some(n) = a.archive_node(loc, oid.as_bytes(), pnode)? {
                     spc_nodes.push(n);
                 }
             }
         }
         let pnode = parent_pgdata.as_ref().and_then(|p| p.find(name));
-        if let Some(n) = a.archive(path, name, pnode)? {
+        if let Some(n) = a.archive_node(path, name, pnode)? {
             root_nodes.push(n);
         }
     }
