@@ -463,19 +463,10 @@ pub fn backup_physical(
     let start_wal = wal::segment_name(timeline, start_segno, segment_size);
     let stop_wal = wal::segment_name(timeline, stop_segno.max(start_segno), segment_size);
 
-    wait_for_wal(&repo, &stop_wal, opts.archive_timeout, progress)?;
-    for segno in start_segno..=stop_segno.max(start_segno) {
-        let name = wal::segment_name(timeline, segno, segment_size);
-        if repo
-            .backend
-            .stat(crate::backend::FileKind::Wal, &wal::object_name(&name))?
-            .is_none()
-        {
-            return Err(source_err(format!(
-                "WAL segment {name}, needed by this base backup, is not in the archive; no snapshot was written"
-            )));
-        }
-    }
+    let needed: Vec<String> = (start_segno..=stop_segno.max(start_segno))
+        .map(|n| wal::segment_name(timeline, n, segment_size))
+        .collect();
+    wait_for_wal(&repo, needed, opts.archive_timeout, progress)?;
 
     let mtime_ns = stopped_at.timestamp_nanos_opt().unwrap_or(0);
     let mut root_dir = meta_node(PGDATA.as_bytes(), NodeKind::Dir, &root_meta);
@@ -544,35 +535,44 @@ pub fn backup_physical(
     )
 }
 
-/// Wait until `segment` is in the archive (PostgreSQL archives it once pg_backup_stop
-/// switched to the next segment).
+/// Wait until every segment the backup needs is in the archive. PostgreSQL archives them
+/// once pg_backup_stop switched to the next segment; with push-ahead they become durable in
+/// any order, so the last one arriving says nothing about the others.
 fn wait_for_wal(
     repo: &Repository,
-    segment: &str,
+    mut missing: Vec<String>,
     timeout: Duration,
     progress: &Progress,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let obj = wal::object_name(segment);
     let mut said = false;
     loop {
-        if repo
-            .backend
-            .stat(crate::backend::FileKind::Wal, &obj)?
-            .is_some()
-        {
-            return Ok(());
+        let mut still = Vec::new();
+        for name in missing {
+            let obj = wal::object_name(&name);
+            if repo
+                .backend
+                .stat(crate::backend::FileKind::Wal, &obj)?
+                .is_none()
+            {
+                still.push(name);
+            }
         }
+        missing = still;
+        let Some(first) = missing.first() else {
+            return Ok(());
+        };
         if Instant::now() >= deadline {
             return Err(source_err(format!(
-                "WAL segment {segment}, the last one this base backup needs, did not reach the \
+                "WAL segment {first} (and {} more), needed by this base backup, did not reach the \
                  archive within {} s; check that archive_command is 'coffer wal-push %p' with \
                  this repository and look at pg_stat_archiver; no snapshot was written",
+                missing.len() - 1,
                 timeout.as_secs()
             )));
         }
         if !said {
-            progress.log(&format!("waiting for WAL segment {segment} to be archived"));
+            progress.log(&format!("waiting for WAL segment {first} to be archived"));
             said = true;
         }
         std::thread::sleep(Duration::from_millis(100));
