@@ -20,6 +20,21 @@ pub struct Context {
     pub config: Config,
     pub mode: Mode,
     pub verbose: u8,
+    /// A passphrase typed at the prompt, so one command never asks twice.
+    prompted: std::cell::OnceCell<Vec<u8>>,
+}
+
+/// Where the passphrase comes from, in order of precedence.
+enum PassSource<'a> {
+    /// `--password-file`/`COFFER_PASSWORD_FILE`, or the config file's `password_file`.
+    File(&'a std::path::Path),
+    /// `COFFER_PASSWORD`.
+    Env(String),
+    /// The config file's `password`.
+    Inline(&'a str),
+    /// The default repository's generated key file.
+    DefaultKey(&'a std::path::Path),
+    Prompt,
 }
 
 /// Where the default repository and its key file live.
@@ -78,6 +93,7 @@ impl Context {
             config,
             mode: Mode::detect(cli.quiet),
             verbose: cli.verbose,
+            prompted: std::cell::OnceCell::new(),
         })
     }
 
@@ -91,44 +107,55 @@ impl Context {
         }
     }
 
+    fn source(&self) -> PassSource<'_> {
+        if let Some(f) = &self.password_file {
+            PassSource::File(f)
+        } else if let Ok(p) = std::env::var("COFFER_PASSWORD") {
+            PassSource::Env(p)
+        } else if let Some(f) = &self.config.password_file {
+            PassSource::File(f)
+        } else if let Some(p) = &self.config.password {
+            PassSource::Inline(p)
+        } else if let Some(k) = self.default_key.as_deref().filter(|k| k.exists()) {
+            PassSource::DefaultKey(k)
+        } else {
+            PassSource::Prompt
+        }
+    }
+
     /// A passphrase given explicitly: `--password-file`/`COFFER_PASSWORD_FILE`, then
     /// `COFFER_PASSWORD`, then the config file's `password_file` and `password`.
     pub fn explicit_passphrase(&self) -> Result<Option<Vec<u8>>> {
-        if let Some(f) = &self.password_file {
-            return read_password_file(f).map(Some);
-        }
-        if let Ok(p) = std::env::var("COFFER_PASSWORD") {
-            if p.is_empty() {
-                return Err(Error::usage(
-                    "COFFER_PASSWORD is empty; an empty passphrase is not allowed",
-                )
-                .into());
+        match self.source() {
+            PassSource::File(f) => read_password_file(f).map(Some),
+            PassSource::Env(p) if p.is_empty() => Err(Error::usage(
+                "COFFER_PASSWORD is empty; an empty passphrase is not allowed",
+            )
+            .into()),
+            PassSource::Env(p) => Ok(Some(p.into_bytes())),
+            PassSource::Inline("") => {
+                Err(Error::usage("the config file's password is empty").into())
             }
-            return Ok(Some(p.into_bytes()));
+            PassSource::Inline(p) => Ok(Some(p.as_bytes().to_vec())),
+            PassSource::DefaultKey(_) | PassSource::Prompt => Ok(None),
         }
-        if let Some(f) = &self.config.password_file {
-            return read_password_file(f).map(Some);
-        }
-        if let Some(p) = &self.config.password {
-            if p.is_empty() {
-                return Err(Error::usage("the config file's password is empty").into());
-            }
-            return Ok(Some(p.clone().into_bytes()));
-        }
-        Ok(None)
     }
 
-    /// The passphrase: explicit sources, then the default key file, then a prompt.
+    /// The passphrase: explicit sources, then the default key file, then a prompt (asked
+    /// at most once per command).
     pub fn passphrase(&self, confirm: bool) -> Result<Vec<u8>> {
-        if let Some(p) = self.explicit_passphrase()? {
-            return Ok(p);
-        }
-        if let Some(k) = &self.default_key {
-            if k.exists() {
-                return read_password_file(k);
+        match self.source() {
+            PassSource::DefaultKey(k) => read_password_file(k),
+            PassSource::Prompt => {
+                if let Some(p) = self.prompted.get() {
+                    return Ok(p.clone());
+                }
+                let p = prompt("Passphrase: ", confirm)?;
+                let _ = self.prompted.set(p.clone());
+                Ok(p)
             }
+            _ => Ok(self.explicit_passphrase()?.expect("an explicit source")),
         }
-        prompt("Passphrase: ", confirm)
     }
 
     /// How a `restore_command` run by PostgreSQL reaches this repository: the same
@@ -147,21 +174,14 @@ impl Context {
             repository,
             ..Default::default()
         };
-        if let Some(f) = &self.password_file {
-            c.password_file = Some(abs(f));
-        } else if let Ok(p) = std::env::var("COFFER_PASSWORD") {
-            c.password = Some(p);
-        } else if let Some(f) = &self.config.password_file {
-            c.password_file = Some(abs(f));
-        } else if let Some(p) = &self.config.password {
-            c.password = Some(p.clone());
-        } else if let Some(k) = self.default_key.as_ref().filter(|k| k.exists()) {
-            c.password_file = Some(abs(k));
-        } else {
-            let p = prompt("Passphrase for the restore_command: ", false)?;
-            c.password = Some(String::from_utf8(p).map_err(|_| {
-                Error::usage("the passphrase is not UTF-8; give it with COFFER_PASSWORD_FILE")
-            })?);
+        match self.source() {
+            PassSource::File(f) | PassSource::DefaultKey(f) => c.password_file = Some(abs(f)),
+            _ => {
+                let p = self.passphrase(false)?;
+                c.password = Some(String::from_utf8(p).map_err(|_| {
+                    Error::usage("the passphrase is not UTF-8; give it with COFFER_PASSWORD_FILE")
+                })?);
+            }
         }
         Ok(c)
     }
