@@ -156,6 +156,30 @@ pub fn archive_info(repo: &Repository) -> Result<Option<ArchiveInfo>> {
     }
 }
 
+/// [`archive_info`], read once per repository and process: the object is immutable once
+/// written, and a push-ahead call checks it for every segment.
+fn known_archive_info(repo: &Repository) -> Result<Option<ArchiveInfo>> {
+    static KNOWN: std::sync::Mutex<Vec<(String, ArchiveInfo)>> = std::sync::Mutex::new(Vec::new());
+    let location = repo.backend.location();
+    let cached = KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(l, _)| *l == location)
+        .map(|(_, i)| i.clone());
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    let info = archive_info(repo)?;
+    if let Some(i) = &info {
+        KNOWN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((location, i.clone()));
+    }
+    Ok(info)
+}
+
 /// What [`push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -328,7 +352,7 @@ pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8])
             .into());
         }
         let sysid = h.system_identifier.to_string();
-        match archive_info(repo)? {
+        match known_archive_info(repo)? {
             Some(info) if info.system_identifier != sysid => {
                 return Err(Error::usage(format!(
                     "{name} comes from the cluster with system identifier {sysid}, but this \
