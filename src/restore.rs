@@ -33,6 +33,11 @@ pub struct RestoreOptions {
     pub includes: Vec<String>,
     /// Restore this tree of the snapshot (a directory inside it) instead of the root.
     pub tree: Option<Id>,
+    /// Restore into a directory that already holds an older copy: a file whose content
+    /// already matches (same size, and the same chunk ids when read and hashed here) is
+    /// kept and only its metadata set; whatever the snapshot does not hold is removed
+    /// (only when everything is restored, not with `includes`).
+    pub delta: bool,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +46,12 @@ pub struct RestoreReport {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// Files of `bytes` found already in place with the right content (`delta`).
+    pub unchanged: u64,
+    /// Bytes of those files.
+    pub unchanged_bytes: u64,
+    /// Entries removed from the target because the snapshot does not hold them (`delta`).
+    pub removed: u64,
     pub errors: Vec<String>,
 }
 
@@ -55,6 +66,8 @@ struct FileJob {
     written: AtomicU64,
     remaining: AtomicUsize,
     failed: AtomicBool,
+    /// `delta`: the destination already holds exactly this content.
+    unchanged: AtomicBool,
 }
 
 struct BlobUse {
@@ -110,6 +123,75 @@ struct Plan {
     dirs: Vec<(PathBuf, Node)>,
     links: Vec<(PathBuf, Node)>,
     files: Vec<FileJob>,
+    /// `delta`: remove what the snapshot does not hold, and entries of the wrong type.
+    delta: bool,
+    removed: u64,
+}
+
+fn remove_any(path: &Path, is_dir: bool) -> Result<()> {
+    let r = if is_dir {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    r.with_context(|| format!("cannot remove {}", path.display()))
+}
+
+/// `delta`: remove the entries of `dest` that `t` does not name.
+fn prune_extra(t: &Tree, dest: &Path, out: &mut Plan) -> Result<()> {
+    let rd = match fs::read_dir(dest) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", dest.display())))
+        }
+    };
+    let names: std::collections::HashSet<&[u8]> =
+        t.nodes.iter().map(|n| n.name.0.as_slice()).collect();
+    for e in rd {
+        let e = e.with_context(|| format!("cannot read {}", dest.display()))?;
+        if !names.contains(e.file_name().as_bytes()) {
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            remove_any(&e.path(), is_dir)?;
+            out.removed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `delta`: remove `d` when it exists with another type than the node's. Returns whether
+/// a regular file of the node's size is there (a candidate for keeping).
+fn clear_mismatch(d: &Path, n: &Node, out: &mut Plan) -> Result<bool> {
+    let Ok(m) = fs::symlink_metadata(d) else {
+        return Ok(false);
+    };
+    let ft = m.file_type();
+    let same = match n.kind {
+        NodeKind::Dir => ft.is_dir(),
+        NodeKind::Symlink => ft.is_symlink(),
+        NodeKind::File | NodeKind::Stream => ft.is_file(),
+    };
+    if !same {
+        remove_any(d, ft.is_dir())?;
+        out.removed += 1;
+        return Ok(false);
+    }
+    Ok(ft.is_file() && m.len() == n.size)
+}
+
+/// Does the file at `path` hold exactly `content` (chunked and hashed as a backup would)?
+fn same_content(repo: &Repository, path: &Path, content: &[Id]) -> bool {
+    let Ok(f) = fs::File::open(path) else {
+        return false;
+    };
+    let mut ids = content.iter();
+    for chunk in crate::chunker::Chunker::new(&repo.config.chunker, std::io::BufReader::new(f)) {
+        match (chunk, ids.next()) {
+            (Ok(c), Some(id)) if repo.key.blob_id(c.data()) == *id => {}
+            _ => return false,
+        }
+    }
+    ids.next().is_none()
 }
 
 fn plan(
@@ -122,6 +204,9 @@ fn plan(
     out: &mut Plan,
 ) -> Result<()> {
     let t: Tree = repo.load_tree(index, tree)?;
+    if out.delta && includes.is_empty() {
+        prune_extra(&t, dest, out)?;
+    }
     for n in t.nodes {
         let name = n.name.to_os();
         if n.name.0.is_empty() || n.name.0 == b"." || n.name.0 == b".." || n.name.0.contains(&b'/')
@@ -138,6 +223,7 @@ fn plan(
             continue;
         }
         let d = dest.join(&name);
+        let in_place = out.delta && take && clear_mismatch(&d, &n, out)?;
         match n.kind {
             NodeKind::Dir => {
                 if let Some(sub) = n.subtree {
@@ -160,6 +246,7 @@ fn plan(
                     create_lock: Mutex::new(()),
                     written: AtomicU64::new(0),
                     failed: AtomicBool::new(false),
+                    unchanged: AtomicBool::new(in_place),
                 });
             }
         }
@@ -208,6 +295,29 @@ fn finalize(job: &FileJob, file: Option<&fs::File>) -> std::io::Result<()> {
     fs::rename(&job.tmp, &job.dest)
 }
 
+/// `delta`: confirm, in parallel, which candidate files already hold their content.
+fn keep_unchanged(repo: &Repository, files: &[FileJob], progress: &Progress) {
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = files.get(i) else { break };
+                if job.unchanged.load(Ordering::Relaxed) {
+                    let same = same_content(repo, &job.dest, &job.node.content);
+                    job.unchanged.store(same, Ordering::Relaxed);
+                    if same {
+                        progress.inc(job.node.size);
+                    }
+                }
+            });
+        }
+    });
+}
+
 pub fn restore(
     repo: &Repository,
     index: &MasterIndex,
@@ -224,9 +334,14 @@ pub fn restore(
         dirs: vec![],
         links: vec![],
         files: vec![],
+        delta: opts.delta,
+        removed: 0,
     };
     let root = opts.tree.unwrap_or(snap.tree);
     plan(repo, index, &root, "", &opts.target, &includes, &mut p)?;
+    if opts.delta {
+        keep_unchanged(repo, &p.files, progress);
+    }
     if !includes.is_empty() && p.files.is_empty() && p.links.is_empty() && p.dirs.is_empty() {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -258,6 +373,9 @@ pub fn restore(
     let mut by_pack: HashMap<u32, PackWork> = HashMap::new();
     let mut blob_slot: HashMap<Id, (u32, usize)> = HashMap::new();
     for (i, job) in p.files.iter().enumerate() {
+        if job.unchanged.load(Ordering::SeqCst) {
+            continue;
+        }
         let mut off = 0u64;
         for c in &job.node.content {
             let loc = index.get(c).ok_or_else(|| {
@@ -300,9 +418,16 @@ pub fn restore(
                 .push(format!("{}: {msg}", job.dest.display()));
         }
     };
+    for job in &p.files {
+        if job.unchanged.load(Ordering::SeqCst) {
+            if let Err(e) = set_meta(&job.dest, &job.node, false) {
+                fail(job, format!("cannot set metadata: {e}"));
+            }
+        }
+    }
     // Empty files are complete once created.
     for job in &p.files {
-        if job.node.content.is_empty() {
+        if job.node.content.is_empty() && !job.unchanged.load(Ordering::SeqCst) {
             if let Err(e) = open_tmp(job).and_then(|f| finalize(job, Some(&f))) {
                 fail(job, format!("cannot create {}: {e}", job.tmp.display()));
             }
@@ -449,8 +574,13 @@ pub fn restore(
         } else {
             report.files += 1;
             report.bytes += job.node.size;
+            if job.unchanged.load(Ordering::SeqCst) {
+                report.unchanged += 1;
+                report.unchanged_bytes += job.node.size;
+            }
         }
     }
+    report.removed = p.removed;
     // Directory metadata last, deepest first, so writing files does not disturb mtimes.
     for (d, n) in &p.dirs {
         set_meta(d, n, false).with_context(|| format!("cannot set metadata of {}", d.display()))?;

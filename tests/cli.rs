@@ -882,3 +882,59 @@ fn restore_of_many_files_needs_few_file_descriptors() {
     );
     assert_same_tree(&src, &restored(&target, &src));
 }
+
+#[test]
+fn delta_restore_rewrites_only_what_differs_and_removes_the_rest() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    let id = env.backup(&[src.to_str().unwrap()]);
+    let target = env.path("restore");
+    env.cmd()
+        .args(["restore", &id, "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    let copy = restored(&target, &src);
+    // Damage the old copy: same-size new content, a file turned into a directory, a
+    // deleted file, stray entries, a changed mode.
+    let mut big = fs::read(copy.join("dir/big.bin")).unwrap();
+    big[1 << 20] ^= 0xff;
+    fs::write(copy.join("dir/big.bin"), big).unwrap();
+    fs::remove_file(copy.join("hello.txt")).unwrap();
+    fs::create_dir_all(copy.join("hello.txt/inner")).unwrap();
+    fs::remove_file(copy.join("dir/text.log")).unwrap();
+    fs::write(copy.join("dir/stray"), b"stray").unwrap();
+    fs::create_dir_all(copy.join("extra/deep")).unwrap();
+    fs::set_permissions(
+        copy.join("dir/sub/deeper/x"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    let out = env
+        .cmd()
+        .args(["restore", &id, "--delta", "--json", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_same_tree(&src, &copy);
+    // Kept: empty-file, x (mode restored), the odd and the unicode names.
+    assert_eq!(v["unchanged_files"], 4, "{v}");
+    assert_eq!(v["files"], 7, "{v}");
+    // Removed: the directory where hello.txt belongs, dir/stray, extra/.
+    assert_eq!(v["removed"], 3, "{v}");
+
+    // Without --delta a non-empty target is restored over, file by file, as before.
+    env.cmd()
+        .args(["restore", &id, "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_same_tree(&src, &copy);
+}

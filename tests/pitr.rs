@@ -127,20 +127,25 @@ impl Archived {
             "restore {args:?} failed: {}",
             stderr(&out)
         );
-        let mode = if archive { "on" } else { "off" };
-        let pg = PgCluster::start_on(&dir, &[("archive_mode", mode)]);
-        // A hot standby accepts connections once consistent; wait for the promotion.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while pg.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
-            assert!(
-                Instant::now() < deadline,
-                "{name}: recovery did not end:\n{}",
-                pg.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        pg
+        start_promoted(name, &dir, archive)
     }
+}
+
+/// Start a server on a restored data directory and wait until recovery has ended.
+fn start_promoted(name: &str, dir: &Path, archive: bool) -> PgCluster {
+    let mode = if archive { "on" } else { "off" };
+    let pg = PgCluster::start_on(dir, &[("archive_mode", mode)]);
+    // A hot standby accepts connections once consistent; wait for the promotion.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: recovery did not end:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pg
 }
 
 fn markers(pg: &PgCluster) -> Vec<i32> {
@@ -739,4 +744,114 @@ fn forget_removes_wal_no_kept_base_backup_needs() {
     assert_eq!(code, Some(0), "{v:#}");
     let r = a.recover("kept", &["--target-action", "promote"], false);
     assert_eq!(markers(&r), [1, 2]);
+}
+
+#[test]
+fn tablespaces_are_restored_moved_and_updated_in_place() {
+    let a = Archived::new();
+    let pg = &a.pg;
+    let ts1 = a.holder.path().join("ts1");
+    std::fs::create_dir(&ts1).unwrap();
+    chown_to_server_user(&ts1);
+    pg.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE ts LOCATION '{}'", ts1.display()),
+    );
+    pg.psql(
+        "postgres",
+        "CREATE TABLE big (id int PRIMARY KEY USING INDEX TABLESPACE ts, pad text) TABLESPACE ts;
+         INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g;
+         CREATE TABLE marker (id int PRIMARY KEY)",
+    );
+    a.base_backup();
+    pg.psql(
+        "postgres",
+        "INSERT INTO big SELECT g, repeat('y', 100) FROM generate_series(20001, 30000) g;
+         INSERT INTO marker VALUES (1)",
+    );
+    let t1 = pg.psql("postgres", "SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("postgres", "INSERT INTO marker VALUES (2)");
+    a.archive_all();
+
+    // The original location is in use by the running cluster.
+    let (_, out) = a.restore("moved", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not empty") && err.contains("--tablespace-map ts=DIR"),
+        "{err}"
+    );
+    let (_, out) = a.restore("moved", &["--tablespace-map", "nosuch=/tmp/x"]);
+    assert!(
+        stderr(&out).contains("has no such tablespace; it has ts ("),
+        "{}",
+        stderr(&out)
+    );
+
+    let ts2 = a.holder.path().join("ts2");
+    let map = format!("ts={}", ts2.display());
+    let r = a.recover(
+        "moved",
+        &[
+            "--tablespace-map",
+            &map,
+            "--target-time",
+            &t1,
+            "--target-action",
+            "promote",
+        ],
+        false,
+    );
+    assert_eq!(markers(&r), [1]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM big"), "30000");
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"
+        ),
+        ts2.display().to_string()
+    );
+    amcheck(&r);
+    let relpath = r.psql("postgres", "SELECT pg_relation_filepath('big')");
+    drop(r);
+    // The original cluster and its tablespace are untouched.
+    assert_eq!(markers(pg), [1, 2]);
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM big"), "30000");
+
+    // Damage the moved table's file (same size) and leave a stray file: --delta rewrites
+    // the one, removes the other and keeps what is unchanged.
+    let rel_in_ts2 = ts2.join(relpath.splitn(3, '/').nth(2).unwrap());
+    let len = std::fs::metadata(&rel_in_ts2).unwrap().len();
+    std::fs::write(&rel_in_ts2, vec![0x55u8; len as usize]).unwrap();
+    let stray = a.holder.path().join("moved").join("stray.txt");
+    std::fs::write(&stray, "not in the backup").unwrap();
+    let (_, out) = a.restore("moved", &["--tablespace-map", &map]);
+    assert!(stderr(&out).contains("--delta"), "{}", stderr(&out));
+    let (dir, out) = a.restore(
+        "moved",
+        &[
+            "--delta",
+            "--json",
+            "--tablespace-map",
+            &map,
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = v["files"].as_u64().unwrap();
+    let unchanged = v["unchanged_files"].as_u64().unwrap();
+    assert!(unchanged > files / 2 && unchanged < files, "{v}");
+    assert!(v["removed"].as_u64().unwrap() >= 1, "{v}");
+    assert!(!stray.exists());
+    let r = start_promoted("moved", &dir, false);
+    assert_eq!(markers(&r), [1, 2]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM big"), "30000");
+    assert_eq!(
+        r.psql("postgres", "SELECT count(*) FROM big WHERE pad LIKE 'x%'"),
+        "20000"
+    );
+    amcheck(&r);
 }

@@ -182,8 +182,17 @@ pub struct RestoreArgs {
     #[arg(long, requires = "pgdata")]
     pub target_timeline: Option<String>,
     /// With --pgdata: replace the contents of a non-empty data directory
-    #[arg(long, requires = "pgdata")]
+    #[arg(long, requires = "pgdata", conflicts_with = "delta")]
     pub force: bool,
+    /// Update a directory that holds an older copy in place: files whose content already
+    /// matches (read and hashed here) are kept, the rest is written, and what the snapshot
+    /// does not hold is removed
+    #[arg(long, conflicts_with = "to_postgres")]
+    pub delta: bool,
+    /// With --pgdata: restore a tablespace (by name or OID) to DIR instead of its original
+    /// location (repeatable)
+    #[arg(long, value_name = "NAME=DIR", requires = "pgdata", value_parser = parse_tablespace_map)]
+    pub tablespace_map: Vec<(String, PathBuf)>,
     /// Restore only this path of the snapshot (repeatable)
     #[arg(long = "include")]
     pub includes: Vec<String>,
@@ -348,4 +357,11 @@ pub struct WalVerifyArgs {
     /// Print the report as JSON on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_tablespace_map(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), PathBuf::from(v))),
+        _ => Err(format!("expected NAME=DIR or OID=DIR, not {s:?}")),
+    }
 }

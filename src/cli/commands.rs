@@ -292,6 +292,7 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
             target: target.clone(),
             includes: a.includes.clone(),
             tree: None,
+            delta: a.delta,
         },
         &p,
     );
@@ -301,7 +302,8 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
         println!(
             "{}",
             json!({"snapshot": snap.id.to_hex(), "target": target, "files": r.files, "dirs": r.dirs,
-                   "symlinks": r.symlinks, "bytes": r.bytes})
+                   "symlinks": r.symlinks, "bytes": r.bytes, "unchanged_files": r.unchanged,
+                   "unchanged_bytes": r.unchanged_bytes, "removed": r.removed})
         );
         return Ok(());
     }
@@ -314,7 +316,20 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
         r.symlinks,
         mib(r.bytes)
     ));
+    say_delta(ctx, &r);
     Ok(())
+}
+
+/// With --delta: what was already in place and what was removed.
+fn say_delta(ctx: &Context, r: &restore::RestoreReport) {
+    if r.unchanged > 0 || r.removed > 0 {
+        ctx.say(&format!(
+            "  {} files ({}) were already in place and kept; {} entries not in the snapshot were removed",
+            r.unchanged,
+            mib(r.unchanged_bytes),
+            r.removed
+        ));
+    }
 }
 
 /// `latest` for a database restore: the newest snapshot holding a dump (of `database`,
@@ -401,6 +416,8 @@ fn restore_pgdata(
         action: a.target_action.clone(),
         timeline: a.target_timeline.clone(),
         force: a.force,
+        delta: a.delta,
+        tablespace_map: a.tablespace_map.clone(),
         fetch: ctx.fetch_config()?,
     };
     let index = repo.load_index()?;
@@ -412,7 +429,9 @@ fn restore_pgdata(
         println!(
             "{}",
             json!({"snapshot": r.snapshot.id.to_hex(), "pgdata": dir, "files": r.restored.files,
-                   "bytes": r.restored.bytes, "start_lsn": r.info.start_lsn, "stop_lsn": r.info.stop_lsn,
+                   "bytes": r.restored.bytes, "unchanged_files": r.restored.unchanged,
+                   "unchanged_bytes": r.restored.unchanged_bytes, "removed": r.restored.removed,
+                   "start_lsn": r.info.start_lsn, "stop_lsn": r.info.stop_lsn,
                    "timeline": r.info.timeline, "newest_wal": r.newest_wal, "settings": r.settings})
         );
         return Ok(());
@@ -428,6 +447,7 @@ fn restore_pgdata(
         r.restored.files,
         mib(r.restored.bytes)
     ));
+    say_delta(ctx, &r.restored);
     ctx.say(&format!(
         "recovery settings in {}/postgresql.auto.conf:",
         dir.display()

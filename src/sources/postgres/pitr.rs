@@ -9,7 +9,9 @@
 //! (`coffer-recovery.toml`, 0600, left out of later base backups) and the target into
 //! `postgresql.auto.conf`. Starting PostgreSQL on DIR then recovers to the target.
 
-use super::physical::{base_backup_info, BaseBackupInfo, KIND_PHYSICAL, PGDATA, TABLESPACES};
+use super::physical::{
+    base_backup_info, BaseBackupInfo, TablespaceInfo, KIND_PHYSICAL, PGDATA, TABLESPACES,
+};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::index::MasterIndex;
@@ -21,6 +23,7 @@ use crate::sources::wal;
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, FixedOffset};
 use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -79,6 +82,11 @@ pub struct PitrOptions {
     pub timeline: Option<String>,
     /// Replace the contents of a non-empty DIR (and tablespace directories).
     pub force: bool,
+    /// Update a non-empty DIR (and tablespace directories) in place: files whose content
+    /// already matches are kept, everything else is written or removed.
+    pub delta: bool,
+    /// Restore tablespaces elsewhere: (name or OID, directory).
+    pub tablespace_map: Vec<(String, PathBuf)>,
     pub fetch: FetchConfig,
 }
 
@@ -350,16 +358,19 @@ pub(crate) fn newest_commit_time(
     Ok(None)
 }
 
-/// DIR must be empty or missing, unless `force` (then its contents are removed).
-fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+/// DIR must be empty or missing, unless `delta` (its contents are kept, and the restore
+/// rewrites only what differs) or `force` (its contents are removed first). Never while a
+/// server runs on it.
+fn prepare_dir(dir: &Path, force: bool, delta: bool) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut rd) => {
             if rd.next().is_none() {
                 return Ok(());
             }
-            if !force {
+            if !force && !delta {
                 return Err(usage(format!(
-                    "{} is not empty; restore into an empty directory, or give --force to replace \
+                    "{} is not empty; restore into an empty directory, or give --delta to \
+                     update it in place (only what differs is written) or --force to replace \
                      its contents",
                     dir.display()
                 )));
@@ -369,7 +380,12 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
                     .lines()
                     .next()
                     .and_then(|p| p.trim().parse::<i32>().ok())
-                    .map(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0)
+                    .map(|p| {
+                        p > 0
+                            && (unsafe { libc::kill(p, 0) } == 0
+                                || std::io::Error::last_os_error().raw_os_error()
+                                    == Some(libc::EPERM))
+                    })
                     .unwrap_or(false);
                 if alive {
                     return Err(usage(format!(
@@ -377,6 +393,9 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
                         dir.display()
                     )));
                 }
+            }
+            if delta {
+                return Ok(());
             }
             for e in std::fs::read_dir(dir)? {
                 let p = e?.path();
@@ -394,6 +413,36 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", dir.display()))),
     }
+}
+
+/// Point the restored cluster at moved tablespaces: `tablespace_map` (which PostgreSQL
+/// reads at the start of recovery and makes the `pg_tblspc` links from) and the links.
+fn point_tablespaces(
+    dir: &Path,
+    spc: &[(&TablespaceInfo, PathBuf, Node)],
+    owner: &Node,
+) -> Result<()> {
+    let mut map = String::new();
+    for (t, loc, _) in spc {
+        map.push_str(&format!("{} {}\n", t.oid, tablespace_map_path(loc)));
+        let link = dir.join("pg_tblspc").join(t.oid.to_string());
+        if std::fs::symlink_metadata(&link).is_ok() {
+            std::fs::remove_file(&link)
+                .with_context(|| format!("cannot replace {}", link.display()))?;
+        }
+        std::os::unix::fs::symlink(loc, &link)
+            .with_context(|| format!("cannot create {}", link.display()))?;
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::lchown(&link, Some(owner.uid), Some(owner.gid))?;
+        }
+    }
+    write_private(&dir.join("tablespace_map"), map.as_bytes(), owner)
+}
+
+/// A path as `tablespace_map` spells it: backslashes escaped (line breaks are refused
+/// earlier).
+fn tablespace_map_path(p: &Path) -> String {
+    p.to_string_lossy().replace('\\', "\\\\")
 }
 
 fn chown_like(path: &Path, n: &Node) -> Result<()> {
@@ -463,7 +512,29 @@ pub fn restore_pitr(
         None => None,
     };
     let dir = std::path::absolute(&opts.pgdata)?;
-    let mut spc_dirs = Vec::new();
+    for (key, _) in &opts.tablespace_map {
+        if !info
+            .tablespaces
+            .iter()
+            .any(|t| t.name == *key || t.oid.to_string() == *key)
+        {
+            let known: Vec<String> = info
+                .tablespaces
+                .iter()
+                .map(|t| format!("{} ({})", t.name, t.oid))
+                .collect();
+            return Err(usage(format!(
+                "--tablespace-map {key}: base backup {} has no such tablespace; it has {}",
+                snap.id.short(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    let mut spc_dirs: Vec<(&TablespaceInfo, PathBuf, Node)> = Vec::new();
     for t in &info.tablespaces {
         let node = spc_tree
             .as_ref()
@@ -477,20 +548,58 @@ pub fn restore_pitr(
                     t.oid
                 ))
             })?;
-        let loc = PathBuf::from(&t.location);
-        if loc.starts_with(&dir) || dir.starts_with(&loc) {
+        let loc = match opts
+            .tablespace_map
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == t.name || *k == t.oid.to_string())
+        {
+            Some((_, d)) => std::path::absolute(d)?,
+            None => PathBuf::from(&t.location),
+        };
+        if loc
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .any(|b| *b == b'\n' || *b == b'\r')
+        {
             return Err(usage(format!(
-                "tablespace {} lives at {}, which overlaps {}",
-                t.name,
-                loc.display(),
-                dir.display()
+                "tablespace directory {:?} contains a line break",
+                loc.display()
             )));
         }
-        spc_dirs.push((loc, node));
+        let clash = std::iter::once(dir.as_path())
+            .chain(spc_dirs.iter().map(|(_, l, _)| l.as_path()))
+            .find(|o| loc.starts_with(o) || o.starts_with(&loc));
+        if let Some(other) = clash {
+            return Err(usage(format!(
+                "tablespace {} would be restored to {}, which overlaps {}{}",
+                t.name,
+                loc.display(),
+                other.display(),
+                if opts.tablespace_map.is_empty() {
+                    "; give --tablespace-map NAME=DIR to restore it elsewhere"
+                } else {
+                    ""
+                }
+            )));
+        }
+        spc_dirs.push((t, loc, node));
     }
-    prepare_dir(&dir, opts.force)?;
-    for (loc, _) in &spc_dirs {
-        prepare_dir(loc, opts.force)?;
+    let describe_busy = |e: anyhow::Error, t: &TablespaceInfo| {
+        if opts.tablespace_map.is_empty() && !opts.force && !opts.delta {
+            e.context(format!(
+                "tablespace {} ({}) is restored to its original location unless you give \
+                 --tablespace-map {}=DIR",
+                t.name, t.oid, t.name
+            ))
+        } else {
+            e
+        }
+    };
+    prepare_dir(&dir, opts.force, opts.delta)?;
+    for (t, loc, _) in &spc_dirs {
+        prepare_dir(loc, opts.force, opts.delta).map_err(|e| describe_busy(e, t))?;
     }
     let restored = restore(
         repo,
@@ -500,11 +609,12 @@ pub fn restore_pitr(
             target: dir.clone(),
             includes: vec![],
             tree: pg_node.subtree,
+            delta: opts.delta,
         },
         progress,
     )?;
     let mut total = restored;
-    for (loc, node) in &spc_dirs {
+    for (_, loc, node) in &spc_dirs {
         let r = restore(
             repo,
             index,
@@ -513,6 +623,7 @@ pub fn restore_pitr(
                 target: loc.clone(),
                 includes: vec![],
                 tree: node.subtree,
+                delta: opts.delta,
             },
             progress,
         )?;
@@ -520,8 +631,14 @@ pub fn restore_pitr(
         total.dirs += r.dirs;
         total.symlinks += r.symlinks;
         total.bytes += r.bytes;
+        total.unchanged += r.unchanged;
+        total.unchanged_bytes += r.unchanged_bytes;
+        total.removed += r.removed;
         chown_like(loc, node)?;
         std::fs::set_permissions(loc, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if !opts.tablespace_map.is_empty() {
+        point_tablespaces(&dir, &spc_dirs, &pg_node)?;
     }
     chown_like(&dir, &pg_node)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
