@@ -125,7 +125,22 @@ struct Plan {
     files: Vec<FileJob>,
     /// `delta`: remove what the snapshot does not hold, and entries of the wrong type.
     delta: bool,
+    /// `delta`: prune only at and below these snapshot paths (the backed-up paths), not in
+    /// the directories above them that a snapshot merely mirrors; none: everywhere.
+    prune_below: Option<Vec<String>>,
     removed: u64,
+}
+
+impl Plan {
+    fn prunes(&self, snap_path: &str) -> bool {
+        self.delta
+            && self.prune_below.as_ref().is_none_or(|roots| {
+                roots.iter().any(|r| {
+                    let r = r.trim_end_matches('/');
+                    r.is_empty() || snap_path == r || snap_path.starts_with(&format!("{r}/"))
+                })
+            })
+    }
 }
 
 fn remove_any(path: &Path, is_dir: bool) -> Result<()> {
@@ -204,7 +219,7 @@ fn plan(
     out: &mut Plan,
 ) -> Result<()> {
     let t: Tree = repo.load_tree(index, tree)?;
-    if out.delta && includes.is_empty() {
+    if includes.is_empty() && out.prunes(snap_path) {
         prune_extra(&t, dest, out)?;
     }
     for n in t.nodes {
@@ -335,6 +350,9 @@ pub fn restore(
         links: vec![],
         files: vec![],
         delta: opts.delta,
+        // A subtree (a data directory) is restored as a whole; a snapshot's root mirrors
+        // the absolute paths above what was backed up, which are not ours to clean.
+        prune_below: opts.tree.is_none().then(|| snap.paths.clone()),
         removed: 0,
     };
     let root = opts.tree.unwrap_or(snap.tree);

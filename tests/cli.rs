@@ -911,6 +911,8 @@ fn delta_restore_rewrites_only_what_differs_and_removes_the_rest() {
         fs::Permissions::from_mode(0o600),
     )
     .unwrap();
+    // Beside the backed-up path, not in it: not coffer's to remove.
+    fs::write(target.join("keep.txt"), b"mine").unwrap();
 
     let out = env
         .cmd()
@@ -930,6 +932,7 @@ fn delta_restore_rewrites_only_what_differs_and_removes_the_rest() {
     assert_eq!(v["files"], 7, "{v}");
     // Removed: the directory where hello.txt belongs, dir/stray, extra/.
     assert_eq!(v["removed"], 3, "{v}");
+    assert!(target.join("keep.txt").exists());
 
     // Without --delta a non-empty target is restored over, file by file, as before.
     env.cmd()
