@@ -3,6 +3,12 @@
 //! ```toml
 //! repository = "s3://backups/prod"       # or a local path
 //! password_file = "/etc/coffer/passphrase"
+//!
+//! [s3]                                    # each overridden by its AWS_* variable
+//! endpoint = "https://s3.eu-central-1.example.net"
+//! region = "eu-central-1"
+//! access_key_id = "…"
+//! secret_access_key = "…"
 //! ```
 //! Environment variables (`COFFER_REPO`, `COFFER_PASSWORD`, `COFFER_PASSWORD_FILE`)
 //! override the file; command-line options override both. Later sections (sources,
@@ -21,6 +27,9 @@ pub struct Config {
     pub password: Option<String>,
     /// zstd level used by `coffer init` (default 3).
     pub compression: Option<i32>,
+    /// How to reach an `s3://` repository.
+    #[serde(default)]
+    pub s3: crate::backend::S3Settings,
 }
 
 impl Config {

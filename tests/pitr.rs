@@ -101,7 +101,7 @@ impl Archived {
     }
 
     fn archive_all(&self) {
-        archive_all(&self.pg);
+        self.pg.archive_all();
     }
 
     /// `coffer restore --pgdata DIR ARGS…` into a new directory.
@@ -127,25 +127,9 @@ impl Archived {
             "restore {args:?} failed: {}",
             stderr(&out)
         );
-        start_promoted(name, &dir, archive)
+        let mode = if archive { "on" } else { "off" };
+        PgCluster::start_recovered(&dir, &[("archive_mode", mode)])
     }
-}
-
-/// Start a server on a restored data directory and wait until recovery has ended.
-fn start_promoted(name: &str, dir: &Path, archive: bool) -> PgCluster {
-    let mode = if archive { "on" } else { "off" };
-    let pg = PgCluster::start_on(dir, &[("archive_mode", mode)]);
-    // A hot standby accepts connections once consistent; wait for the promotion.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pg.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
-        assert!(
-            Instant::now() < deadline,
-            "{name}: recovery did not end:\n{}",
-            pg.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    pg
 }
 
 fn markers(pg: &PgCluster) -> Vec<i32> {
@@ -176,28 +160,6 @@ fn pgbench_init(pg: &PgCluster, scale: u32) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-}
-
-/// Switch `pg` to a new segment and wait until everything up to it is archived.
-fn archive_all(pg: &PgCluster) {
-    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.psql("postgres", "SELECT pg_switch_wal()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let last = pg.psql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= seg.as_str() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{seg} not archived (last {last}):\n{}",
-            pg.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn amcheck(pg: &PgCluster) {
@@ -431,7 +393,7 @@ fn unchanged_base_backup_costs_little_and_timelines_are_followed() {
         "00000002"
     );
     r.psql("postgres", "INSERT INTO marker VALUES (100)");
-    archive_all(&r);
+    r.archive_all();
     drop(r);
 
     // latest (the default) follows timeline 2; timeline 1 is the original history.
@@ -846,7 +808,7 @@ fn tablespaces_are_restored_moved_and_updated_in_place() {
     assert!(unchanged > files / 2 && unchanged < files, "{v}");
     assert!(v["removed"].as_u64().unwrap() >= 1, "{v}");
     assert!(!stray.exists());
-    let r = start_promoted("moved", &dir, false);
+    let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
     assert_eq!(markers(&r), [1, 2]);
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM big"), "30000");
     assert_eq!(

@@ -8,7 +8,10 @@
 //! Each test starts its own server on a free port and kills it when done. The servers are
 //! installed under `.tools/` by `scripts/s3-test-servers`; without them these tests fail.
 
+mod common;
+
 use assert_cmd::Command;
+use common::pg::PgCluster;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -674,4 +677,108 @@ fn s3s_fs_wrong_credentials_exit_7() {
     assert!(!server.dir.path().join("root/bucket/fresh").exists());
     // The repository is still fine for the right credentials.
     assert!(good.snapshots(repo).is_empty());
+}
+
+/// WAL archiving and point-in-time recovery with the repository on S3. The server's
+/// archive_command reaches S3 through a config file's `[s3]` table alone; the restore is
+/// run with the AWS_* variables instead, and the restored server (which has none of them)
+/// fetches WAL through the `coffer-recovery.toml` that restore wrote.
+#[test]
+fn moto_point_in_time_recovery_without_aws_variables_in_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = moto();
+    create_bucket(server.port, "pitr");
+    let env = S3Env::new(server.endpoint(), "pitr-key", "pitr-secret");
+    let holder = TempDir::new().unwrap();
+    std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = "s3://pitr/cluster";
+    let pw = holder.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let conf = holder.path().join("coffer.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "repository = \"{repo}\"\npassword_file = \"{}\"\n\n[s3]\nendpoint = \"{}\"\n\
+             region = \"us-east-1\"\naccess_key_id = \"pitr-key\"\nsecret_access_key = \"pitr-secret\"\n",
+            pw.display(),
+            server.endpoint()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let coffer = assert_cmd::cargo::cargo_bin("coffer");
+    let with_config = || {
+        let mut c = Command::cargo_bin("coffer").unwrap();
+        common::clean_env(&mut c);
+        c.arg("--config").arg(&conf).timeout(COMMAND_TIMEOUT);
+        c
+    };
+    with_config()
+        .args(["init", "--pack-size", "8"])
+        .assert()
+        .success();
+    let archive_command = format!(
+        "'{}' --config '{}' wal-push %p",
+        coffer.display(),
+        conf.display()
+    );
+    let pg = PgCluster::start_with(&[
+        ("archive_mode", "on"),
+        ("archive_command", &archive_command),
+        ("archive_timeout", "0"),
+    ]);
+    pg.give_to_server_user(holder.path());
+    pg.psql("postgres", "CREATE TABLE marker (id int PRIMARY KEY)");
+    pg.psql("postgres", "INSERT INTO marker VALUES (1)");
+    let out = with_config()
+        .args([
+            "backup",
+            "--json",
+            "--postgres",
+            &pg.url("postgres"),
+            "--physical",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        pg.log()
+    );
+    pg.psql("postgres", "INSERT INTO marker VALUES (2)");
+    let t = pg.psql("postgres", "SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("postgres", "INSERT INTO marker VALUES (3)");
+    pg.archive_all();
+
+    let dir = holder.path().join("restored");
+    let args = [
+        "restore",
+        "--pgdata",
+        dir.to_str().unwrap(),
+        "--target-time",
+        &t,
+        "--target-action",
+        "promote",
+    ];
+    env.ok(repo, &args);
+    let recovery_conf = std::fs::read_to_string(dir.join("coffer-recovery.toml")).unwrap();
+    assert!(
+        recovery_conf.contains("[s3]") && recovery_conf.contains("pitr-secret"),
+        "{recovery_conf}"
+    );
+    let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM marker"
+        ),
+        "1,2"
+    );
+    assert!(
+        r.log().contains("restored log file"),
+        "WAL did not come from the archive:\n{}",
+        r.log()
+    );
 }

@@ -6,10 +6,10 @@
 //! storage, so any S3-compatible service works.
 
 mod local;
-mod s3;
+pub mod s3;
 
 pub use local::LocalBackend;
-pub use s3::S3Backend;
+pub use s3::{S3Backend, S3Settings};
 
 use crate::error::{Error, ErrorKind};
 use anyhow::Result;
@@ -143,10 +143,11 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// Open the backend for a repository location: a path, or `s3://bucket/prefix`.
-pub fn open(location: &str) -> Result<Arc<dyn Backend>> {
+/// Open the backend for a repository location: a path, or `s3://bucket/prefix` (reached
+/// with `s3`, which the environment overrides).
+pub fn open(location: &str, s3: &S3Settings) -> Result<Arc<dyn Backend>> {
     if let Some(rest) = location.strip_prefix("s3://") {
-        Ok(Arc::new(S3Backend::open(rest)?))
+        Ok(Arc::new(S3Backend::open(rest, &s3.resolve())?))
     } else if location.contains("://") {
         Err(Error::usage(format!(
             "unsupported repository location {location:?}: use a local path or s3://bucket/prefix"

@@ -3,7 +3,8 @@
 //! Location `s3://bucket/prefix`. The endpoint comes from `AWS_ENDPOINT_URL` (MinIO, B2,
 //! Hetzner, R2…; path-style addressing), the region from `AWS_REGION` (default
 //! `us-east-1`), credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
-//! (`AWS_SESSION_TOKEN` when set). Transient errors are retried with exponential backoff;
+//! (`AWS_SESSION_TOKEN` when set); each falls back to the config file's `[s3]` table
+//! ([`S3Settings`]). Transient errors are retried with exponential backoff;
 //! an upload may take time in proportion to its size (see [`upload_timeout`]).
 
 use super::{Backend, FileKind, Listed};
@@ -67,9 +68,64 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// How to reach S3: the config file's `[s3]` table, or (after [`S3Settings::resolve`])
+/// the environment over it.
+#[derive(Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Settings {
+    /// The environment's `AWS_*` variables over these settings. The credentials go
+    /// together: the environment's key pair (and token) when it has both halves.
+    pub fn resolve(&self) -> S3Settings {
+        let (access_key_id, secret_access_key, session_token) =
+            match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                (Some(id), Some(secret)) => (Some(id), Some(secret), env("AWS_SESSION_TOKEN")),
+                _ => (
+                    self.access_key_id.clone(),
+                    self.secret_access_key.clone(),
+                    self.session_token.clone(),
+                ),
+            };
+        S3Settings {
+            endpoint: env("AWS_ENDPOINT_URL_S3")
+                .or_else(|| env("AWS_ENDPOINT_URL"))
+                .or_else(|| self.endpoint.clone()),
+            region: env("AWS_REGION")
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .or_else(|| self.region.clone()),
+            access_key_id,
+            secret_access_key,
+            session_token,
+        }
+    }
+}
+
 impl S3Backend {
-    /// `rest` is `bucket/prefix` (the part after `s3://`).
-    pub fn open(rest: &str) -> Result<Self> {
+    /// `rest` is `bucket/prefix` (the part after `s3://`); `settings` are already
+    /// resolved ([`S3Settings::resolve`]).
+    pub fn open(rest: &str, settings: &S3Settings) -> Result<Self> {
         opendal::install_default();
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -79,27 +135,24 @@ impl S3Backend {
         let mut b = S3::default()
             .bucket(bucket)
             .root(&format!("/{prefix}"))
-            .region(
-                &env("AWS_REGION")
-                    .or_else(|| env("AWS_DEFAULT_REGION"))
-                    .unwrap_or_else(|| "us-east-1".into()),
-            )
+            .region(settings.region.as_deref().unwrap_or("us-east-1"))
             .disable_config_load()
             .disable_ec2_metadata();
-        let endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
+        let endpoint = settings.endpoint.clone();
         if let Some(ep) = &endpoint {
             b = b.endpoint(ep);
         }
-        match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        match (&settings.access_key_id, &settings.secret_access_key) {
             (Some(id), Some(secret)) => {
-                b = b.access_key_id(&id).secret_access_key(&secret);
-                if let Some(tok) = env("AWS_SESSION_TOKEN") {
-                    b = b.session_token(&tok);
+                b = b.access_key_id(id).secret_access_key(secret);
+                if let Some(tok) = &settings.session_token {
+                    b = b.session_token(tok);
                 }
             }
             _ => {
                 return Err(Error::usage(
-                    "S3 needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                    "S3 needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+                     access_key_id and secret_access_key in the config file's [s3] table",
                 )
                 .into())
             }

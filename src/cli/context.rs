@@ -174,6 +174,10 @@ impl Context {
             repository,
             ..Default::default()
         };
+        if self.location.starts_with("s3://") {
+            // The server that runs restore_command has none of our AWS_* variables.
+            c.s3 = Some(self.config.s3.resolve());
+        }
         match self.source() {
             PassSource::File(f) | PassSource::DefaultKey(f) => c.password_file = Some(abs(f)),
             _ => {
@@ -187,7 +191,7 @@ impl Context {
     }
 
     pub fn backend(&self) -> Result<Arc<dyn backend::Backend>> {
-        backend::open(&self.location)
+        backend::open(&self.location, &self.config.s3)
     }
 
     pub fn open(&self) -> Result<Arc<Repository>> {

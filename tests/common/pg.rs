@@ -721,3 +721,46 @@ fn excerpt(sql: &str) -> String {
         None => sql.to_string(),
     }
 }
+
+/// Archiving and recovery (for clusters whose `archive_command` is `coffer wal-push`).
+impl PgCluster {
+    /// Switch to a new WAL segment and wait until everything up to it is archived.
+    pub fn archive_all(&self) {
+        let seg = self.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.psql("postgres", "SELECT pg_switch_wal()");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = self.psql(
+                "postgres",
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            );
+            if last.as_str() >= seg.as_str() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{seg} not archived (last {last}):\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start a server on a data directory that `coffer restore --pgdata` laid out, and
+    /// wait until recovery has ended (a hot standby accepts connections while it still
+    /// recovers, so readiness is not enough).
+    pub fn start_recovered(data: &Path, extra_conf: &[(&str, &str)]) -> PgCluster {
+        let pg = PgCluster::start_on(data, extra_conf);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pg.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
+            assert!(
+                Instant::now() < deadline,
+                "recovery on {} did not end:\n{}",
+                data.display(),
+                pg.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+}

@@ -66,6 +66,9 @@ pub struct FetchConfig {
     pub password_file: Option<PathBuf>,
     /// Only when the passphrase came from the environment or a prompt.
     pub password: Option<String>,
+    /// For an `s3://` repository: endpoint, region and credentials, resolved from the
+    /// environment and config file of the restoring coffer.
+    pub s3: Option<crate::backend::S3Settings>,
 }
 
 #[derive(Debug, Clone)]
@@ -660,6 +663,10 @@ pub fn restore_pitr(
         ));
     } else if let Some(p) = &opts.fetch.password {
         conf.push_str(&format!("password = {}\n", toml_string(p)));
+    }
+    if let Some(s3) = &opts.fetch.s3 {
+        conf.push_str("\n[s3]\n");
+        conf.push_str(&toml::to_string(s3)?);
     }
     write_private(&conf_path, conf.as_bytes(), &pg_node)?;
     let exe = std::env::current_exe().context("cannot find the coffer executable")?;
