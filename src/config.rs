@@ -67,4 +67,25 @@ mod tests {
         std::fs::write(&p, "repository = [").unwrap();
         assert!(Config::load(&p).is_err());
     }
+
+    #[test]
+    fn s3_table() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("coffer.toml");
+        std::fs::write(
+            &p,
+            "repository = \"s3://b/p\"\n[s3]\nendpoint = \"http://h:9000\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.s3.endpoint.as_deref(), Some("http://h:9000"));
+        assert_eq!(c.s3.secret_access_key.as_deref(), Some("s"));
+        assert!(
+            !format!("{:?}", c.s3).contains("\"s\""),
+            "Debug shows the secret"
+        );
+        // A misspelt key is an error, not silently ignored.
+        std::fs::write(&p, "[s3]\nsecret_key = \"s\"\n").unwrap();
+        assert!(Config::load(&p).is_err());
+    }
 }
