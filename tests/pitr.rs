@@ -609,6 +609,20 @@ fn wal_verify_follows_a_new_timeline() {
     let (code, v) = a.wal_verify_json();
     assert_eq!(code, Some(3), "{v:#}");
     assert_eq!(v["gaps"][0]["first"], first.as_str());
+
+    // The original server goes on along timeline 1 and archives the same segment numbers:
+    // recovery along timeline 2 still cannot pass the missing segment, and restore says so
+    // instead of letting PostgreSQL end recovery early at the gap.
+    a.more_segments(3);
+    let (_, out) = a.restore("masked", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("WAL segment {first} is missing from the archive")),
+        "{}",
+        stderr(&out)
+    );
+    let (_, out) = a.restore("along-tl1", &["--target-timeline", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

@@ -428,22 +428,6 @@ fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The names of every archived file (segments, `.partial`, `.history`, `.backup`).
-pub fn list_archive(repo: &Repository) -> Result<Vec<String>> {
-    let mut names: Vec<String> = repo
-        .backend
-        .list(FileKind::Wal)?
-        .into_iter()
-        .filter_map(|l| {
-            let base = l.name.rsplit('/').next().unwrap_or("").to_string();
-            classify(&base).map(|_| base)
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
-}
-
 /// The parent timelines of a timeline, from its `.history` file: `(parent, switch LSN)`
 /// per line, oldest first.
 pub fn parse_history(text: &str) -> Vec<(u32, u64)> {

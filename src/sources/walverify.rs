@@ -180,41 +180,100 @@ pub struct Report {
 
 /// The timelines recovery from a backup on `tli` that stopped at `stop` follows, with the
 /// LSN at which each one begins (none for the first): up to the highest-numbered timeline
-/// that descends from `tli` after `stop`.
+/// that descends from `tli` after `stop` (PostgreSQL's `recovery_target_timeline = latest`).
 pub fn timeline_chain(
     tli: u32,
     stop: u64,
     histories: &BTreeMap<u32, Vec<(u32, u64)>>,
 ) -> Vec<(u32, Option<u64>)> {
-    let newest = histories
+    histories
         .iter()
         .rev()
-        .find(|(t, h)| **t > tli && h.iter().any(|(parent, end)| *parent == tli && *end >= stop))
-        .map(|(t, h)| (*t, h));
-    let Some((newest, history)) = newest else {
-        return vec![(tli, None)];
-    };
-    let Some(i) = history.iter().position(|(p, _)| *p == tli) else {
-        return vec![(tli, None)];
-    };
+        .filter(|(t, _)| **t > tli)
+        .find_map(|(t, h)| chain_through(tli, stop, *t, h).ok())
+        .unwrap_or_else(|| vec![(tli, None)])
+}
+
+/// Why recovery cannot follow a requested timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChainError {
+    /// The archive has no `.history` file for it.
+    NoHistory,
+    /// Its history does not pass through the backup's timeline.
+    NotDescendant,
+    /// It left the backup's timeline at this LSN, before the backup ended.
+    LeftBefore(u64),
+}
+
+/// The timelines recovery from a backup on `tli` that stopped at `stop` follows to reach
+/// timeline `target` (`recovery_target_timeline = N`).
+pub fn timeline_chain_to(
+    tli: u32,
+    stop: u64,
+    histories: &BTreeMap<u32, Vec<(u32, u64)>>,
+    target: u32,
+) -> Result<Vec<(u32, Option<u64>)>, ChainError> {
+    if target == tli {
+        return Ok(vec![(tli, None)]);
+    }
+    let history = histories.get(&target).ok_or(ChainError::NoHistory)?;
+    chain_through(tli, stop, target, history)
+}
+
+/// The chain from `tli` to `target` along `target`'s history.
+fn chain_through(
+    tli: u32,
+    stop: u64,
+    target: u32,
+    history: &[(u32, u64)],
+) -> Result<Vec<(u32, Option<u64>)>, ChainError> {
+    let i = history
+        .iter()
+        .position(|(p, _)| *p == tli)
+        .ok_or(ChainError::NotDescendant)?;
+    if history[i].1 < stop {
+        return Err(ChainError::LeftBefore(history[i].1));
+    }
     let mut chain = vec![(tli, None)];
     for k in i + 1..history.len() {
         chain.push((history[k].0, Some(history[k - 1].1)));
     }
-    chain.push((newest, Some(history[history.len() - 1].1)));
-    chain
+    chain.push((target, Some(history[history.len() - 1].1)));
+    Ok(chain)
 }
 
-struct Chain<'a> {
+type ByTimeline = BTreeMap<u32, BTreeMap<u64, Option<DateTime<Utc>>>>;
+
+fn by_timeline(archive: &Archive) -> ByTimeline {
+    let mut by_tli: ByTimeline = BTreeMap::new();
+    for s in &archive.segments {
+        by_tli
+            .entry(s.timeline)
+            .or_default()
+            .insert(s.segno, s.pushed);
+    }
+    by_tli
+}
+
+/// What recovery of one base backup along one chain of timelines finds in the archive.
+#[derive(Debug, Clone)]
+pub struct Walk {
     /// (timeline, first segment number on it).
-    pieces: Vec<(u32, u64)>,
-    by_tli: &'a BTreeMap<u32, BTreeMap<u64, Option<DateTime<Utc>>>>,
+    pub pieces: Vec<(u32, u64)>,
+    /// Present segments along the chain: segno → the timeline of its file.
+    pub present: BTreeMap<u64, u32>,
+    /// Runs of missing segments from the backup's start to the last present segment (or its
+    /// stop segment), inclusive.
+    pub runs: Vec<(u64, u64)>,
+    /// The backup's own first and last segment.
+    pub start: u64,
+    pub stop: u64,
     seg: u32,
 }
 
-impl Chain<'_> {
+impl Walk {
     /// The timeline segment `s` is expected on.
-    fn tli_of(&self, s: u64) -> u32 {
+    pub fn tli_of(&self, s: u64) -> u32 {
         self.pieces
             .iter()
             .rev()
@@ -222,9 +281,82 @@ impl Chain<'_> {
             .map(|(t, _)| *t)
             .unwrap_or(self.pieces[0].0)
     }
-    fn name(&self, s: u64) -> String {
+    /// The name segment `s` is expected under.
+    pub fn name(&self, s: u64) -> String {
         wal::segment_name(self.tli_of(s), s, self.seg)
     }
+    /// One of the backup's own segments is missing: it cannot be restored.
+    pub fn incomplete(&self) -> bool {
+        self.runs.first().is_some_and(|(a, _)| *a <= self.stop)
+    }
+    /// The last segment of the WAL that is contiguous from the backup's start.
+    pub fn reach(&self) -> Option<u64> {
+        match self.runs.first() {
+            Some((a, _)) if *a == self.start => None,
+            Some((a, _)) => Some(a - 1),
+            None => Some(self.last()),
+        }
+    }
+    fn last(&self) -> u64 {
+        self.present
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.start)
+            .max(self.stop)
+    }
+}
+
+/// Walk the archive from base backup `b` along `chain` (from [`timeline_chain`] or
+/// [`timeline_chain_to`]).
+pub fn walk(archive: &Archive, b: &Backup, chain: &[(u32, Option<u64>)]) -> Walk {
+    walk_in(&by_timeline(archive), archive.segment_size.max(1), b, chain)
+}
+
+fn walk_in(by_tli: &ByTimeline, seg: u32, b: &Backup, chain: &[(u32, Option<u64>)]) -> Walk {
+    let pieces: Vec<(u32, u64)> = chain
+        .iter()
+        .map(|(t, from)| (*t, from.map(|l| l / seg as u64).unwrap_or(0)))
+        .collect();
+    let (start, stop) = (b.start_segno, b.stop_segno.max(b.start_segno));
+    let mut present: BTreeMap<u64, u32> = BTreeMap::new();
+    if let Some(own) = by_tli.get(&b.timeline) {
+        for s in own.range(start..=stop).map(|(s, _)| *s) {
+            present.insert(s, b.timeline);
+        }
+    }
+    for (k, (tli, from)) in pieces.iter().enumerate() {
+        let to = pieces.get(k + 1).map(|(_, f)| *f).unwrap_or(u64::MAX);
+        let lo = (*from).max(start);
+        if lo >= to {
+            continue;
+        }
+        if let Some(segs) = by_tli.get(tli) {
+            for s in segs.range(lo..to).map(|(s, _)| *s) {
+                present.insert(s, *tli);
+            }
+        }
+    }
+    let mut w = Walk {
+        pieces,
+        present,
+        runs: Vec::new(),
+        start,
+        stop,
+        seg,
+    };
+    let last = w.last();
+    let mut next = start;
+    for &s in w.present.keys() {
+        if s > next {
+            w.runs.push((next, s - 1));
+        }
+        next = s + 1;
+    }
+    if next <= last {
+        w.runs.push((next, last));
+    }
+    w
 }
 
 fn lsn_of(segno: u64, seg: u32) -> String {
@@ -234,13 +366,7 @@ fn lsn_of(segno: u64, seg: u32) -> String {
 /// Check every base backup against the archive.
 pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
     let seg = archive.segment_size.max(1);
-    let mut by_tli: BTreeMap<u32, BTreeMap<u64, Option<DateTime<Utc>>>> = BTreeMap::new();
-    for s in &archive.segments {
-        by_tli
-            .entry(s.timeline)
-            .or_default()
-            .insert(s.segno, s.pushed);
-    }
+    let by_tli = by_timeline(archive);
     let mut notes = Vec::new();
     let mut statuses = Vec::new();
     let mut gaps: Vec<Gap> = Vec::new();
@@ -249,60 +375,13 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
     let highest_tli = by_tli.keys().chain(archive.histories.keys()).max().copied();
     for b in backups {
         let chain_tl = timeline_chain(b.timeline, b.stop_lsn, &archive.histories);
-        let chain = Chain {
-            pieces: chain_tl
-                .iter()
-                .map(|(t, from)| (*t, from.map(|l| l / seg as u64).unwrap_or(0)))
-                .collect(),
-            by_tli: &by_tli,
-            seg,
-        };
-        let (start, stop) = (b.start_segno, b.stop_segno.max(b.start_segno));
-        // Present segments along the chain: segno → the timeline of its file.
-        let mut present: BTreeMap<u64, u32> = BTreeMap::new();
-        if let Some(own) = chain.by_tli.get(&b.timeline) {
-            for s in own.range(start..=stop).map(|(s, _)| *s) {
-                present.insert(s, b.timeline);
-            }
-        }
-        for (k, (tli, from)) in chain.pieces.iter().enumerate() {
-            let to = chain.pieces.get(k + 1).map(|(_, f)| *f).unwrap_or(u64::MAX);
-            let lo = (*from).max(start);
-            if lo >= to {
-                continue;
-            }
-            if let Some(segs) = chain.by_tli.get(tli) {
-                for s in segs.range(lo..to).map(|(s, _)| *s) {
-                    present.insert(s, *tli);
-                }
-            }
-        }
-        // Runs of missing segments from the start to the last present one (or the stop).
-        let last = present
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(start)
-            .max(stop);
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        let mut next = start;
-        for &s in present.keys() {
-            if s > next {
-                runs.push((next, s - 1));
-            }
-            next = s + 1;
-        }
-        if next <= last {
-            runs.push((next, last));
-        }
+        let chain = walk_in(&by_tli, seg, b, &chain_tl);
+        let (start, stop) = (chain.start, chain.stop);
+        let present = &chain.present;
+        let runs = &chain.runs;
         let missing: u64 = runs.iter().map(|(a, z)| z - a + 1).sum();
-        // The end of the contiguous WAL from the start.
-        let reach = match runs.first() {
-            Some((a, _)) if *a == start => None,
-            Some((a, _)) => Some(a - 1),
-            None => Some(last),
-        };
-        let incomplete = runs.first().is_some_and(|(a, _)| *a <= stop);
+        let reach = chain.reach();
+        let incomplete = chain.incomplete();
         let status = if incomplete {
             "incomplete"
         } else if runs.is_empty() {
@@ -350,7 +429,7 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
             }
             _ => None,
         };
-        for (a, z) in &runs {
+        for (a, z) in runs {
             let (first, lastn) = (chain.name(*a), chain.name(*z));
             match gaps
                 .iter_mut()
@@ -468,30 +547,15 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
     }
 }
 
-/// Gather the archive's listing, its `.history` files and the base backups, and analyze.
-pub fn verify(repo: &Repository) -> Result<Report> {
-    let info = wal::archive_info(repo)?;
-    let snapshots = repo.load_snapshots()?;
-    let mut unreadable = Vec::new();
-    let mut backups = Vec::new();
-    for s in snapshots.iter().filter(|s| s.kind == KIND_PHYSICAL) {
-        match Backup::of_snapshot(s) {
-            Some(b) => backups.push(b),
-            None => unreadable.push(s.id.short()),
-        }
-    }
-    let segment_size = info
-        .as_ref()
-        .map(|i| i.segment_size)
-        .or_else(|| {
-            snapshots
-                .iter()
-                .find_map(|s| base_backup_info(s).map(|i| i.wal_segment_size))
-        })
-        .unwrap_or(16 << 20);
+/// List the WAL archive and read its `.history` files.
+pub fn load_archive(
+    repo: &Repository,
+    segment_size: u32,
+    system_identifier: Option<String>,
+) -> Result<Archive> {
     let mut archive = Archive {
         segment_size,
-        system_identifier: info.map(|i| i.system_identifier),
+        system_identifier,
         ..Default::default()
     };
     let mut history_names = Vec::new();
@@ -525,6 +589,31 @@ pub fn verify(repo: &Repository) -> Result<Report> {
                 .insert(tli, wal::parse_history(&String::from_utf8_lossy(&text)));
         }
     }
+    Ok(archive)
+}
+
+/// Gather the archive's listing, its `.history` files and the base backups, and analyze.
+pub fn verify(repo: &Repository) -> Result<Report> {
+    let info = wal::archive_info(repo)?;
+    let snapshots = repo.load_snapshots()?;
+    let mut unreadable = Vec::new();
+    let mut backups = Vec::new();
+    for s in snapshots.iter().filter(|s| s.kind == KIND_PHYSICAL) {
+        match Backup::of_snapshot(s) {
+            Some(b) => backups.push(b),
+            None => unreadable.push(s.id.short()),
+        }
+    }
+    let segment_size = info
+        .as_ref()
+        .map(|i| i.segment_size)
+        .or_else(|| {
+            snapshots
+                .iter()
+                .find_map(|s| base_backup_info(s).map(|i| i.wal_segment_size))
+        })
+        .unwrap_or(16 << 20);
+    let archive = load_archive(repo, segment_size, info.map(|i| i.system_identifier))?;
     let mut report = analyze(&archive, &backups);
     if let Some(w) = &report.window {
         let major = snapshots

@@ -20,9 +20,9 @@ use crate::repo::tree::Node;
 use crate::repo::Repository;
 use crate::restore::{restore, RestoreOptions, RestoreReport};
 use crate::sources::wal;
+use crate::sources::walverify::{self, ChainError};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, FixedOffset};
-use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -165,42 +165,78 @@ fn pick(
     }))
 }
 
-/// Check the archive holds what recovery to `target` needs from this base backup.
+/// Check, before anything is written, that the archive can recover the backup to the
+/// target along the timeline recovery will follow; returns the newest segment on it.
 fn check_archive(
     repo: &Repository,
+    snap: &Snapshot,
     info: &BaseBackupInfo,
     opts: &PitrOptions,
 ) -> Result<Option<String>> {
-    let names = wal::list_archive(repo)?;
     let seg = info.wal_segment_size;
-    let segnos: HashSet<u64> = names
-        .iter()
-        .filter_map(|n| wal::parse_segment(n, seg).map(|(_, s)| s))
-        .collect();
-    let segno_of = |name: &str| {
-        wal::parse_segment(name, seg)
-            .map(|(_, s)| s)
-            .ok_or_else(|| Error::integrity(format!("bad segment name {name:?} in the snapshot")))
-    };
-    let start = segno_of(&info.start_wal)?;
-    let stop = segno_of(&info.stop_wal)?;
-    let names_set: HashSet<&str> = names.iter().map(String::as_str).collect();
-    for s in start..=stop {
-        let n = wal::segment_name(info.timeline, s, seg);
-        if !names_set.contains(n.as_str()) {
-            return Err(not_found(format!(
-                "WAL segment {n}, part of base backup {}, is missing from the archive; this \
-                 backup cannot be restored (pick another snapshot)",
-                info.label
-            )));
+    let backup = walverify::Backup::of_snapshot(snap).ok_or_else(|| {
+        Error::integrity(format!(
+            "snapshot {} has a base backup record whose WAL positions cannot be read",
+            snap.id.short()
+        ))
+    })?;
+    let archive = walverify::load_archive(repo, seg, None)?;
+    // The timelines recovery follows: PostgreSQL's recovery_target_timeline.
+    let chain = match opts.timeline.as_deref() {
+        None | Some("latest") => {
+            walverify::timeline_chain(info.timeline, backup.stop_lsn, &archive.histories)
         }
+        Some("current") => vec![(info.timeline, None)],
+        Some(tl) => {
+            let n: u32 = tl.parse().map_err(|_| {
+                usage(format!(
+                    "--target-timeline {tl:?}: give a number, current or latest"
+                ))
+            })?;
+            walverify::timeline_chain_to(info.timeline, backup.stop_lsn, &archive.histories, n)
+                .map_err(|e| match e {
+                    ChainError::NoHistory => not_found(format!(
+                        "timeline {n} is not in the archive (no {n:08X}.history); the backup is \
+                         on timeline {}",
+                        info.timeline
+                    )),
+                    ChainError::NotDescendant => usage(format!(
+                        "timeline mismatch: timeline {n} does not descend from timeline {} of \
+                         base backup {}",
+                        info.timeline, info.label
+                    )),
+                    ChainError::LeftBefore(switch) => usage(format!(
+                        "timeline mismatch: timeline {n} left timeline {} at {}, before base \
+                         backup {} ended ({}); pick an older base backup",
+                        info.timeline,
+                        wal::format_lsn(switch),
+                        info.label,
+                        info.stop_lsn
+                    )),
+                })?
+        }
+    };
+    let walk = walverify::walk(&archive, &backup, &chain);
+    if walk.incomplete() {
+        return Err(not_found(format!(
+            "WAL segment {}, part of base backup {}, is missing from the archive; this backup \
+             cannot be restored (pick another snapshot)",
+            walk.name(walk.runs[0].0),
+            info.label
+        )));
     }
-    let newest = names
+    // The segments recovery would read, and the newest of them.
+    let names: Vec<String> = walk
+        .present
         .iter()
-        .filter_map(|n| wal::parse_segment(n, seg).map(|(_, s)| (s, n)))
-        .max()
-        .map(|(s, n)| (s, n.clone()));
-    let newest_segno = newest.as_ref().map(|(s, _)| *s).unwrap_or(stop);
+        .map(|(s, t)| wal::segment_name(*t, *s, seg))
+        .collect();
+    let newest_segno = walk
+        .present
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(walk.stop);
     if let Target::Lsn(l) = opts.target {
         if l < info.stop() {
             return Err(usage(format!(
@@ -242,71 +278,36 @@ fn check_archive(
         if let Some(last) = newest_commit_time(repo, &names, seg, major)? {
             if t >= last {
                 return Err(usage(format!(
-                    "the target time {} is after the newest archived WAL: its last commit is at {},                      so recovery could never stop at the target; leave the target out to replay                      everything archived",
+                    "the target time {} is after the newest archived WAL: its last commit is at \
+                     {}, so recovery could never stop at the target; leave the target out to \
+                     replay everything archived",
                     t.to_rfc3339(),
                     last.to_rfc3339()
                 )));
             }
         }
     }
-    // No gap between the backup's end and what recovery must replay.
+    // No gap between the backup's end and what recovery must replay (PostgreSQL would
+    // end recovery early, at the gap, and start up as if that were the target).
     let last_needed = match opts.target {
         Target::Lsn(l) => l.saturating_sub(1) / seg as u64,
-        Target::Immediate => stop,
+        Target::Immediate => walk.stop,
         _ => newest_segno,
     };
-    for s in stop..=last_needed {
-        if !segnos.contains(&s) {
-            let n = wal::segment_name(info.timeline, s, seg);
-            return Err(not_found(format!(
-                "WAL segment {n} is missing from the archive, so recovery from base backup {} \
-                 cannot pass LSN {}; give --target-lsn before that point to accept it",
-                info.label,
-                wal::format_lsn(s * seg as u64)
-            )));
-        }
+    if let Some((a, _)) = walk.runs.first().filter(|(a, _)| *a <= last_needed) {
+        return Err(not_found(format!(
+            "WAL segment {} is missing from the archive, so recovery from base backup {} \
+             cannot pass LSN {}; give --target-lsn before that point to accept it",
+            walk.name(*a),
+            info.label,
+            wal::format_lsn(a * seg as u64)
+        )));
     }
-    // A numbered target timeline must descend from the backup's.
-    if let Some(tl) = opts.timeline.as_deref() {
-        if tl != "latest" && tl != "current" {
-            let n: u32 = tl.parse().map_err(|_| {
-                usage(format!(
-                    "--target-timeline {tl:?}: give a number, current or latest"
-                ))
-            })?;
-            if n != info.timeline {
-                let hist = format!("{n:08X}.history");
-                let text = wal::read(repo, &hist)?.ok_or_else(|| {
-                    not_found(format!(
-                        "timeline {n} is not in the archive (no {hist}); the backup is on timeline {}",
-                        info.timeline
-                    ))
-                })?;
-                let parents = wal::parse_history(&String::from_utf8_lossy(&text));
-                match parents.iter().find(|(p, _)| *p == info.timeline) {
-                    Some((_, switch)) if *switch >= info.stop() => {}
-                    Some((_, switch)) => {
-                        return Err(usage(format!(
-                            "timeline mismatch: timeline {n} left timeline {} at {} , before base \
-                             backup {} ended ({}); pick an older base backup",
-                            info.timeline,
-                            wal::format_lsn(*switch),
-                            info.label,
-                            info.stop_lsn
-                        )))
-                    }
-                    None => {
-                        return Err(usage(format!(
-                            "timeline mismatch: timeline {n} does not descend from timeline {} of \
-                             base backup {}",
-                            info.timeline, info.label
-                        )))
-                    }
-                }
-            }
-        }
-    }
-    Ok(newest.map(|(_, n)| n))
+    Ok(walk
+        .present
+        .iter()
+        .next_back()
+        .map(|(s, t)| wal::segment_name(*t, *s, seg)))
 }
 
 /// The commit and abort times `pg_waldump` shows in its output.
@@ -505,7 +506,7 @@ pub fn restore_pitr(
     progress: &Progress,
 ) -> Result<PitrReport> {
     let (snap, info) = pick(repo, opts.snapshot.as_deref(), &opts.target)?;
-    let newest_wal = check_archive(repo, &info, opts)?;
+    let newest_wal = check_archive(repo, &snap, &info, opts)?;
     let root = repo.load_tree(index, &snap.tree)?;
     let pg_node = root.find(PGDATA.as_bytes()).cloned().ok_or_else(|| {
         Error::integrity(format!("snapshot {} has no /{PGDATA}", snap.id.short()))
