@@ -14,7 +14,9 @@
 #                  archive_command, in segments per second;
 #   full backup, backup with nothing changed (pgBackRest: --type=incr; coffer: a second
 #                  base backup, which reuses unchanged files), restore into an empty
-#                  directory (files only; recovery itself is PostgreSQL's work).
+#                  directory (files only; recovery itself is PostgreSQL's work), and a
+#                  delta restore over that restored directory (both tools' --delta: every
+#                  file is read and checksummed, nothing needs writing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-64}
@@ -121,17 +123,19 @@ for run in $(seq 1 "$RUNS"); do
       timed c-full $W/coffer backup -q --postgres --physical
       timed c-incr $W/coffer backup -q --postgres --physical
       timed c-restore $W/coffer restore -q --pgdata $W/r-coffer
+      timed c-delta $W/coffer restore -q --delta --pgdata $W/r-coffer
     else
       timed p-full $PGBR backup --type=full
       timed p-incr $PGBR backup --type=incr
       timed p-restore $PGBR restore --pg1-path=$W/r-pgbackrest
+      timed p-delta $PGBR restore --delta --pg1-path=$W/r-pgbackrest
     fi
   done
-  for m in c-full c-incr c-restore p-full p-incr p-restore; do
+  for m in c-full c-incr c-restore c-delta p-full p-incr p-restore p-delta; do
     T[$m]="${T[$m]:-} $(cut -d' ' -f1 $W/$m.t)"
     T[$m.mem]="$(cut -d' ' -f2 $W/$m.t)"
   done
-  echo "run $run: coffer full $(cut -d' ' -f1 $W/c-full.t) s, unchanged $(cut -d' ' -f1 $W/c-incr.t) s, restore $(cut -d' ' -f1 $W/c-restore.t) s; pgBackRest full $(cut -d' ' -f1 $W/p-full.t) s, incr $(cut -d' ' -f1 $W/p-incr.t) s, restore $(cut -d' ' -f1 $W/p-restore.t) s" >&2
+  echo "run $run: coffer full $(cut -d' ' -f1 $W/c-full.t) s, unchanged $(cut -d' ' -f1 $W/c-incr.t) s, restore $(cut -d' ' -f1 $W/c-restore.t) s, delta $(cut -d' ' -f1 $W/c-delta.t) s; pgBackRest full $(cut -d' ' -f1 $W/p-full.t) s, incr $(cut -d' ' -f1 $W/p-incr.t) s, restore $(cut -d' ' -f1 $W/p-restore.t) s, delta $(cut -d' ' -f1 $W/p-delta.t) s" >&2
 done
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
@@ -146,6 +150,7 @@ coffer $($W/coffer version | head -1 | cut -d' ' -f2), $(pgbackrest version)
 | full backup (s) | $(med "${T[p-full]}") | $(med "${T[c-full]}") | $(ratio "$(med "${T[c-full]}")" "$(med "${T[p-full]}")") |
 | backup, nothing changed (s) | $(med "${T[p-incr]}") | $(med "${T[c-incr]}") | $(ratio "$(med "${T[c-incr]}")" "$(med "${T[p-incr]}")") |
 | restore (s) | $(med "${T[p-restore]}") | $(med "${T[c-restore]}") | $(ratio "$(med "${T[c-restore]}")" "$(med "${T[p-restore]}")") |
+| delta restore, nothing changed (s) | $(med "${T[p-delta]}") | $(med "${T[c-delta]}") | $(ratio "$(med "${T[c-delta]}")" "$(med "${T[p-delta]}")") |
 | WAL archived (segments/s) | $(med "${T[pgbackrest.wal]}") | $(med "${T[coffer.wal]}") | $(ratio "$(med "${T[pgbackrest.wal]}")" "$(med "${T[coffer.wal]}")") (time) |
 | full backup peak memory (MiB) | $((${T[p-full.mem]} / 1024)) | $((${T[c-full.mem]} / 1024)) | |
 | repository size (MiB) | $(du -sm $W/pgbr-repo | cut -f1) | $(du -sm $W/coffer-repo | cut -f1) | |
