@@ -761,17 +761,7 @@ fn kill_9_mid_backup_leaves_a_usable_repository() {
     // check accepts the repository (leftovers are only a warning) ...
     env.cmd().args(["check", "--read-data"]).assert().success();
     // ... the next backup needs no manual step and reuses what was indexed ...
-    let out = env
-        .cmd()
-        .args(["backup", "--json", src.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = env.json(&["backup", "--json", src.to_str().unwrap()]);
     assert!(
         v["summary"]["bytes_added"].as_u64().unwrap() < 12 * (16 << 20),
         "nothing was reused: {v}"
@@ -914,18 +904,14 @@ fn delta_restore_rewrites_only_what_differs_and_removes_the_rest() {
     // Beside the backed-up path, not in it: not coffer's to remove.
     fs::write(target.join("keep.txt"), b"mine").unwrap();
 
-    let out = env
-        .cmd()
-        .args(["restore", &id, "--delta", "--json", "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = env.json(&[
+        "restore",
+        &id,
+        "--delta",
+        "--json",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_same_tree(&src, &copy);
     // Kept: empty-file, x (mode restored), the odd and the unicode names.
     assert_eq!(v["unchanged_files"], 4, "{v}");

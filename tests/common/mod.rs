@@ -45,20 +45,20 @@ impl Env {
 
     /// Run a backup and return the snapshot id from its JSON output.
     pub fn backup(&self, args: &[&str]) -> String {
-        let out = self
-            .cmd()
-            .arg("backup")
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
+        let mut all = vec!["backup", "--json"];
+        all.extend_from_slice(args);
+        self.json(&all)["id"].as_str().unwrap().to_string()
+    }
+
+    /// Run coffer with ARGS (which ask for `--json`), require success, parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cmd().args(args).output().unwrap();
         assert!(
             out.status.success(),
-            "backup failed: {}",
+            "coffer {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["id"].as_str().unwrap().to_string()
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
