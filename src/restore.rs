@@ -194,21 +194,6 @@ fn clear_mismatch(d: &Path, n: &Node, out: &mut Plan) -> Result<bool> {
     Ok(ft.is_file() && m.len() == n.size)
 }
 
-/// Does the file at `path` hold exactly `content` (chunked and hashed as a backup would)?
-fn same_content(repo: &Repository, path: &Path, content: &[Id]) -> bool {
-    let Ok(f) = fs::File::open(path) else {
-        return false;
-    };
-    let mut ids = content.iter();
-    for chunk in crate::chunker::Chunker::new(&repo.config.chunker, std::io::BufReader::new(f)) {
-        match (chunk, ids.next()) {
-            (Ok(c), Some(id)) if repo.key.blob_id(c.data()) == *id => {}
-            _ => return false,
-        }
-    }
-    ids.next().is_none()
-}
-
 fn plan(
     repo: &Repository,
     index: &MasterIndex,
@@ -310,23 +295,86 @@ fn finalize(job: &FileJob, file: Option<&fs::File>) -> std::io::Result<()> {
     fs::rename(&job.tmp, &job.dest)
 }
 
-/// `delta`: confirm, in parallel, which candidate files already hold their content.
-fn keep_unchanged(repo: &Repository, files: &[FileJob], progress: &Progress) {
+/// `delta`: confirm, in parallel, which candidate files already hold their content. A
+/// candidate is read in the lengths of its recorded chunks (from the index), and each piece
+/// is hashed with the repository's id key and compared with the chunk's id: if the content
+/// is the same, so are the chunk boundaries, and any difference changes a hash. Big files
+/// are split into pieces of about 32 MiB so that both cores share them.
+fn keep_unchanged(repo: &Repository, index: &MasterIndex, files: &[FileJob], progress: &Progress) {
+    const PIECE: u64 = 32 << 20;
+    // Per piece: the file, the piece's offset in it, its chunks with their lengths.
+    type Piece = (usize, u64, Vec<(Id, u32)>);
+    let mut pieces: Vec<Piece> = Vec::new();
+    for (i, job) in files.iter().enumerate() {
+        if !job.unchanged.load(Ordering::Relaxed) {
+            continue;
+        }
+        let mut off = 0u64;
+        let mut cur: Vec<(Id, u32)> = Vec::new();
+        let mut cur_off = 0u64;
+        let mut cur_len = 0u64;
+        for c in &job.node.content {
+            let Some(loc) = index.get(c) else {
+                // The plan reports the damage; here it only means "not known to match".
+                job.unchanged.store(false, Ordering::Relaxed);
+                break;
+            };
+            let len = loc.entry.raw_length;
+            if cur_len > 0 && cur_len + len as u64 > PIECE {
+                pieces.push((i, cur_off, std::mem::take(&mut cur)));
+                cur_off = off;
+                cur_len = 0;
+            }
+            cur.push((*c, len));
+            cur_len += len as u64;
+            off += len as u64;
+        }
+        if !cur.is_empty() {
+            pieces.push((i, cur_off, cur));
+        }
+        if off != job.node.size {
+            job.unchanged.store(false, Ordering::Relaxed);
+        }
+    }
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     std::thread::scope(|sc| {
         for _ in 0..threads {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(job) = files.get(i) else { break };
-                if job.unchanged.load(Ordering::Relaxed) {
-                    let same = same_content(repo, &job.dest, &job.node.content);
-                    job.unchanged.store(same, Ordering::Relaxed);
-                    if same {
-                        progress.inc(job.node.size);
+            sc.spawn(|| {
+                let mut buf = Vec::new();
+                let mut open: Option<(usize, fs::File)> = None;
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((i, offset, chunks)) = pieces.get(k) else {
+                        break;
+                    };
+                    let job = &files[*i];
+                    if !job.unchanged.load(Ordering::Relaxed) {
+                        continue;
                     }
+                    if open.as_ref().is_none_or(|(f, _)| f != i) {
+                        open = fs::File::open(&job.dest).ok().map(|f| (*i, f));
+                    }
+                    let Some((_, f)) = &open else {
+                        job.unchanged.store(false, Ordering::Relaxed);
+                        continue;
+                    };
+                    let mut at = *offset;
+                    let mut bytes = 0u64;
+                    for (id, len) in chunks {
+                        buf.resize(*len as usize, 0);
+                        let same =
+                            f.read_exact_at(&mut buf, at).is_ok() && repo.key.blob_id(&buf) == *id;
+                        if !same {
+                            job.unchanged.store(false, Ordering::Relaxed);
+                            break;
+                        }
+                        at += *len as u64;
+                        bytes += *len as u64;
+                    }
+                    progress.inc(bytes);
                 }
             });
         }
@@ -358,7 +406,7 @@ pub fn restore(
     let root = opts.tree.unwrap_or(snap.tree);
     plan(repo, index, &root, "", &opts.target, &includes, &mut p)?;
     if opts.delta {
-        keep_unchanged(repo, &p.files, progress);
+        keep_unchanged(repo, index, &p.files, progress);
     }
     if !includes.is_empty() && p.files.is_empty() && p.links.is_empty() && p.dirs.is_empty() {
         return Err(Error::new(
