@@ -19,6 +19,8 @@
 #   COFFER            coffer binary (default target/release/coffer, built if missing)
 #   SKIP_COFFER=1     leave out every coffer step (and the build): for trying the script on a
 #                     machine whose coffer has no --postgres yet
+#   COMPRESSION       zstd level for coffer's repositories (coffer init --compression; default:
+#                     coffer's own default, 3)
 #   RESTORE_JOBS      restore variants to measure (default "1 2": plain, then --jobs 2 for both
 #                     pg_restore and coffer); "1" skips the parallel restores
 #
@@ -31,9 +33,12 @@
 #   floor    pg_dump -Fc -Z0 bench > /dev/null
 #   seed     pg_dump bench | gzip | gpg --symmetric -o FILE     (what the runbooks do today)
 #   restic   pg_dump -Fc -Z0 bench | restic backup --stdin      (into a fresh repository)
-#   coffer   coffer backup --postgres URL --json                 (into a fresh repository)
+#   coffer   coffer backup --postgres URL --json                 (into a fresh repository; the
+#            default --dump-jobs 2: pgbench_accounts' data in a stream of its own)
 #   coffer2  the same again into the same repository, nothing changed: time and new bytes as a
 #            percentage of the snapshot size
+#   coffer1  coffer backup --postgres URL --dump-jobs 1          (one stream, into a fresh
+#            repository: what coffer did before split dumps)
 #   restore  pg_restore -d restored_N FILE (FILE made once with pg_dump -Fc, default compression)
 #            versus coffer restore latest --to-postgres URL/restored_N, into a new, empty
 #            database each time (dropped afterwards); then both again with --jobs 2
@@ -122,7 +127,7 @@ cleanup() {
     as_pg pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
   fi
   [ -d "$WORK/gnupg" ] && GNUPGHOME=$WORK/gnupg gpgconf --kill gpg-agent 2>/dev/null
-  rm -rf "$WORK/repo-restic" "$WORK/repo-coffer" "$WORK/restic-cache" "$WORK/gnupg" \
+  rm -rf "$WORK/repo-restic" "$WORK/repo-coffer" "$WORK/repo-coffer1" "$WORK/restic-cache" "$WORK/gnupg" \
     "$WORK/seed.sql.gz.gpg" "$WORK/bench.dump" "$WORK/pass" "$WORK"/*.json "$WORK"/cmd.* "$RES"
 }
 trap cleanup EXIT
@@ -238,7 +243,7 @@ for r in $(seq "$RUNS"); do
   if [ "$SKIP_COFFER" != 1 ]; then
     export COFFER_REPO=$WORK/repo-coffer
     rm -rf "$COFFER_REPO"
-    "$COFFER" -q init
+    "$COFFER" -q init ${COMPRESSION:+--compression "$COMPRESSION"}
     OUT=$WORK/first.json run coffer "$COFFER" backup --postgres "$URL/bench" --json
     S[coffer]=$(du -sb "$COFFER_REPO" | cut -f1)
     OUT=$WORK/second.json run coffer2 "$COFFER" backup --postgres "$URL/bench" --json
@@ -257,6 +262,11 @@ PY
     if [ "$SECOND_PCT" = - ] || awk -v a="$pct" -v b="$SECOND_PCT" 'BEGIN { exit !(a > b) }'; then
       SECOND_PCT=$pct SECOND_NEW=$new SECOND_SIZE=$size
     fi
+    # one stream, into a repository of its own (restores below use the split snapshot)
+    rm -rf "$WORK/repo-coffer1"
+    COFFER_REPO=$WORK/repo-coffer1 "$COFFER" -q init ${COMPRESSION:+--compression "$COMPRESSION"}
+    COFFER_REPO=$WORK/repo-coffer1 run coffer1 "$COFFER" backup --postgres "$URL/bench" --dump-jobs 1
+    rm -rf "$WORK/repo-coffer1"
   fi
 
   for j in $RESTORE_JOBS; do
@@ -298,7 +308,7 @@ echo
 echo "Database: bench, $(mib "$DB_BYTES") (pg_database_size): pgbench scale $SCALE + $EVENTS_ROWS rows of text/JSON in events;" \
   "PostgreSQL $PG_VERSION, shared_buffers 256MB, scram-sha-256 over TCP"
 echo "$(nproc) cores, runs: $RUNS (median time, max RSS of the largest process)"
-if [ "$SKIP_COFFER" = 1 ]; then echo "coffer: skipped (SKIP_COFFER=1)"; else echo "coffer $("$COFFER" version | cut -d' ' -f2)"; fi
+if [ "$SKIP_COFFER" = 1 ]; then echo "coffer: skipped (SKIP_COFFER=1)"; else echo "coffer $("$COFFER" version | cut -d' ' -f2), zstd level ${COMPRESSION:-3 (default)}"; fi
 echo "$(restic version | cut -d' ' -f1-2), $(gpg --version | head -1), $(gzip --version | head -1)"
 echo
 echo "- floor: \`pg_dump -Fc -Z0 bench > /dev/null\`; for restores \`pg_restore -d restored_N\` from a \`pg_dump -Fc\` file"
@@ -309,6 +319,7 @@ echo
 echo "| measurement | floor | seed | restic | coffer | coffer / floor | coffer / restic | coffer / seed | target |"
 echo "|---|---|---|---|---|---|---|---|---|"
 echo "| backup, time (s) | $(v floor) | $(v seed) | $(v restic) | $c | $(ratio "$c" "$(v floor)") | $(ratio "$c" "$(v restic)") | $(ratio "$c" "$(v seed)") | $first_target |"
+echo "| backup, one stream (\`--dump-jobs 1\`), time (s) | $(v floor) | $(v seed) | $(v restic) | $(v coffer1) | $(ratio "$(v coffer1)" "$(v floor)") | $(ratio "$(v coffer1)" "$(v restic)") | $(ratio "$(v coffer1)" "$(v seed)") | |"
 echo "| backup, peak memory (MiB) | $(m floor) | $(m seed) | $(m restic) | $(m coffer) | $(ratio "$(m coffer)" "$(m floor)") | $(ratio "$(m coffer)" "$(m restic)") | $(ratio "$(m coffer)" "$(m seed)") | |"
 echo "| second backup, nothing changed, time (s) | $(v floor) | - | - | $(v coffer2) | $(ratio "$(v coffer2)" "$(v floor)") | - | - | |"
 echo "| second backup, new data | - | - | - | $second_new | - | - | - | $second_target |"

@@ -664,3 +664,263 @@ fn all_databases_come_with_the_globals() {
     ));
     assert_same_db(&pg, "shop", "shop_copy");
 }
+
+/// The tables (as "schema.name") of each data stream of the newest snapshot's dump.
+fn data_streams(env: &Env) -> Vec<(String, Vec<String>)> {
+    let snap = &env.snapshots()[0];
+    snap["sources"][0]["metadata"]["data_streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let tables = d["tables"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{}.{}",
+                                t["schema"].as_str().unwrap(),
+                                t["name"].as_str().unwrap()
+                            )
+                        })
+                        .collect();
+                    (d["path"].as_str().unwrap().to_string(), tables)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A table whose name needs every kind of quoting in a pg_dump pattern.
+const ODD_TABLE: &str = "Big \"Quoted\" *.x";
+
+#[test]
+fn split_dumps_restore_whole_by_table_and_by_hand() {
+    let pg = PgCluster::start();
+    pg.create_db("src");
+    pg.load_rich_schema("src");
+    pg.psql(
+        "src",
+        "CREATE TABLE public.\"Big \"\"Quoted\"\" *.x\" AS
+           SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g;
+         CREATE TABLE public.\"Big \"\"Quoted\"\" *.y\" (id int);",
+    );
+    let env = Env::new();
+    env.init();
+    // Three pg_dumps; every table of 64 KiB or more may get a stream of its own.
+    let made = backup(
+        &env,
+        &pg.url("src"),
+        &["--dump-jobs", "3", "--dump-min-table-bytes", "65536"],
+    );
+    let streams = data_streams(&env);
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    assert_eq!(streams[0].0, "/postgres/src.data/01.dump");
+    assert_eq!(streams[1].0, "/postgres/src.data/02.dump");
+    let in_streams: Vec<&String> = streams.iter().flat_map(|(_, t)| t).collect();
+    let odd = format!("public.{ODD_TABLE}");
+    assert!(in_streams.contains(&&odd), "{streams:?}");
+    assert!(
+        in_streams.contains(&&"sales.orders".to_string()),
+        "{streams:?}"
+    );
+    // The look-alike table is small, so its data stays in the main stream.
+    assert!(
+        !in_streams.iter().any(|t| t.ends_with("*.y")),
+        "{streams:?}"
+    );
+    let snap = &env.snapshots()[0];
+    let meta = &snap["sources"][0]["metadata"];
+    assert_eq!(meta["dump_size"], snap["size"]);
+    assert_eq!(meta["dump_size"], made["size"]);
+
+    // The whole database, one pg_restore at a time and three at once.
+    let out = run(
+        &env,
+        &["restore", "latest", "--to-postgres", &pg.url("copy1")],
+    );
+    let said = stderr(&out);
+    ok(&out);
+    assert!(said.contains("row counts match"), "{said}");
+    assert_same_db(&pg, "src", "copy1");
+    ok(&run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("copy2"),
+            "--jobs",
+            "3",
+        ],
+    ));
+    assert_same_db(&pg, "src", "copy2");
+
+    // Single tables whose data is in a data stream, beside the live ones.
+    pg.psql("src", "DELETE FROM sales.order_audit");
+    pg.psql(
+        "src",
+        "ALTER TABLE sales.orders DISABLE TRIGGER USER; DELETE FROM sales.orders WHERE id > 10;",
+    );
+    ok(&restore_table(&env, &pg.url("src"), "sales.orders", &[]));
+    ok(&restore_table(
+        &env,
+        &pg.url("src"),
+        &odd,
+        &["--as", "odd_back"],
+    ));
+    let copy = pg.data_checksums("copy1");
+    let now = pg.data_checksums("src");
+    assert_eq!(now["sales.orders_restore"], copy["sales.orders"]);
+    assert_eq!(now["public.odd_back"], copy[&odd]);
+    assert_eq!(
+        pg.psql("src", "SELECT count(*) FROM public.odd_back"),
+        "30000"
+    );
+
+    // A dry run reads every stream and changes nothing.
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("copy3"),
+            "--dry-run",
+            "--json",
+        ],
+    );
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert!(
+        report["plan"][0].as_str().unwrap().contains("in 3 streams"),
+        "{report}"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'copy3'"
+        ),
+        "0"
+    );
+
+    // By hand: one output cannot hold three archives; --out DIR writes them all and
+    // prints the pg_restore commands, which work in that order.
+    let out = run(&env, &["dump", "latest"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--out DIR"), "{}", stderr(&out));
+    let raw = coffer(&env)
+        .args(["dump", "latest", "/postgres/src.data/01.dump"])
+        .output()
+        .unwrap();
+    assert!(raw.status.success() && raw.stdout.starts_with(b"PGDMP"));
+    let dir = env.path("by-hand");
+    let printed = ok(&run(
+        &env,
+        &["dump", "latest", "--out", dir.to_str().unwrap()],
+    ));
+    assert!(dir.join("src.dump").is_file());
+    assert!(dir.join("src.data/01.dump").is_file());
+    assert!(dir.join("src.data/02.dump").is_file());
+    let commands: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.starts_with("pg_restore"))
+        .collect();
+    assert_eq!(commands.len(), 5, "{printed}");
+    assert!(commands[0].contains("--section=pre-data"), "{printed}");
+    assert!(commands[4].contains("--section=post-data"), "{printed}");
+    pg.create_db("by_hand");
+    for c in &commands {
+        let words: Vec<&str> = c.split_whitespace().collect();
+        assert_eq!(words[words.len() - 3..words.len() - 1], ["-d", "src"]);
+        let out = pg
+            .client("pg_restore")
+            .args(&words[1..words.len() - 3])
+            .args(["-d", "by_hand", words[words.len() - 1]])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_same_db(&pg, "copy1", "by_hand");
+
+    ok(&run(&env, &["check", "--read-data"]));
+}
+
+#[test]
+fn a_failing_data_stream_leaves_no_snapshot() {
+    let pg = PgCluster::start();
+    pg.create_db("app");
+    pg.load_rich_schema("app");
+    pg.psql(
+        "app",
+        "CREATE ROLE limited LOGIN PASSWORD 'limited-pw';
+         GRANT USAGE ON SCHEMA sales, inventory TO limited;
+         GRANT SELECT ON ALL TABLES IN SCHEMA sales, inventory, public TO limited;
+         GRANT SELECT ON ALL SEQUENCES IN SCHEMA sales, inventory, public TO limited;
+         REVOKE SELECT ON sales.orders FROM limited;",
+    );
+    let env = Env::new();
+    env.init();
+    let split = ["--dump-jobs", "2", "--dump-min-table-bytes", "65536"];
+
+    // No permission on a table big enough for a data stream of its own.
+    let limited = pg.url_as("limited", "limited-pw", "app");
+    let mut args = vec!["backup", "--postgres", &limited];
+    args.extend_from_slice(&split);
+    let out = run(&env, &args);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("permission denied for table orders"),
+        "{said}"
+    );
+    assert!(said.contains("no snapshot"), "{said}");
+    assert_eq!(snapshot_count(&env), 0);
+
+    // Only a data stream's pg_dump fails: the main one is stopped, and what the failing
+    // one said is shown.
+    let bin = env.path("data-fails-bin");
+    fake_bindir(
+        &pg,
+        &bin,
+        &format!(
+            "case \"$*\" in *--data-only*) echo 'pg_dump: error: the disk is on fire' >&2; exit 3;; esac\nexec {}/pg_dump \"$@\"",
+            pg.bindir().display()
+        ),
+    );
+    let mut cmd = coffer(&env);
+    cmd.env("COFFER_PG_BINDIR", &bin)
+        .args(["backup", "--postgres", &pg.url("app")])
+        .args(split);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("the disk is on fire"), "{said}");
+    assert!(said.contains("pg_dump of the data of"), "{said}");
+    assert!(said.contains("exit status 3"), "{said}");
+    assert_eq!(snapshot_count(&env), 0);
+
+    // The same database in one stream (--dump-jobs 1) never runs a data-only pg_dump.
+    let mut cmd = coffer(&env);
+    cmd.env("COFFER_PG_BINDIR", &bin).args([
+        "backup",
+        "--json",
+        "--postgres",
+        &pg.url("app"),
+        "--dump-jobs",
+        "1",
+        "--dump-min-table-bytes",
+        "65536",
+    ]);
+    ok(&cmd.output().unwrap());
+    assert!(data_streams(&env).is_empty());
+    ok(&run(
+        &env,
+        &["restore", "latest", "--to-postgres", &pg.url("copy")],
+    ));
+    assert_same_db(&pg, "app", "copy");
+}

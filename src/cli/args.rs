@@ -92,6 +92,16 @@ pub struct BackupArgs {
     /// With --postgres: dump every database of the server, plus roles and tablespaces
     #[arg(long, requires = "postgres")]
     pub all_databases: bool,
+    /// With --postgres: pg_dump processes per database at once, all in the dump's snapshot:
+    /// the largest tables' data is dumped in up to N-1 streams of its own beside the main
+    /// dump (1 = a single stream)
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "postgres",
+          value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub dump_jobs: u32,
+    /// With --postgres: the smallest table (heap + TOAST bytes) that gets a stream of its
+    /// own; for tests
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, requires = "postgres", hide = true)]
+    pub dump_min_table_bytes: u64,
     /// With --postgres: a physical base backup of the data directory (for point-in-time
     /// recovery with the WAL archive) instead of a pg_dump
     #[arg(long, requires = "postgres", conflicts_with = "all_databases")]
@@ -242,6 +252,10 @@ pub struct DumpArgs {
     /// Path of the file or stream inside the snapshot (may be left out when the snapshot
     /// holds a single stream, e.g. one database dump)
     pub path: Option<String>,
+    /// Write into this directory instead of standard output: every stream of a split
+    /// PostgreSQL dump, with the pg_restore commands to run printed in order
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -2,7 +2,7 @@
 
 use super::args::*;
 use super::context::{prompt, prompt_line, Context};
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use coffer::backend::FileKind;
 use coffer::error::Error;
 use coffer::progress::Progress;
@@ -16,7 +16,7 @@ use coffer::restore::{self, RestoreOptions};
 use coffer::sources::files::{backup_files, FilesOptions};
 use coffer::sources::postgres::physical::{backup_physical, base_backup_info, PhysicalOptions};
 use coffer::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
-use coffer::sources::postgres::{backup_postgres, DumpInfo, PostgresOptions};
+use coffer::sources::postgres::{backup_postgres, DumpInfo, DumpSplit, PostgresOptions};
 use coffer::sources::stream::backup_stream;
 use coffer::sources::wal;
 use coffer::sources::CommonOptions;
@@ -114,6 +114,10 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
             &PostgresOptions {
                 conn: conn.clone(),
                 all_databases: a.all_databases,
+                split: DumpSplit {
+                    jobs: a.dump_jobs as usize,
+                    min_table_bytes: a.dump_min_table_bytes,
+                },
                 common,
             },
             &p,
@@ -132,6 +136,22 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
                         mib(info.dump_size),
                         info.tables.len()
                     ));
+                    if !info.data_streams.is_empty() {
+                        let streams: Vec<String> = info
+                            .data_streams
+                            .iter()
+                            .map(|d| {
+                                let names: Vec<String> =
+                                    d.tables.iter().map(|t| t.qualified()).collect();
+                                format!("{} ({})", names.join(", "), mib(d.size))
+                            })
+                            .collect();
+                        ctx.say(&format!(
+                            "  in {} streams: the main dump, and the data of {}",
+                            streams.len() + 1,
+                            streams.join("; ")
+                        ));
+                    }
                 }
             }
         }
@@ -575,10 +595,111 @@ pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
             }
         },
     };
+    // The PostgreSQL dump whose main stream this is, if it is one.
+    let pg = snap
+        .sources
+        .iter()
+        .find(|s| s.kind == coffer::sources::postgres::KIND_DUMP && s.path == path)
+        .and_then(|s| serde_json::from_value::<DumpInfo>(s.metadata.clone()).ok());
+    if let Some(dir) = &a.out {
+        return dump_to_dir(&repo, &index, &snap, &path, pg.as_ref(), dir);
+    }
+    if let Some(info) = pg.as_ref().filter(|i| !i.data_streams.is_empty()) {
+        return Err(Error::usage(format!(
+            "the dump of {:?} in snapshot {} is split into {} streams (the largest tables' data \
+             is dumped beside the main archive), which one output cannot hold: use \
+             `coffer dump {} --out DIR` to write them all into DIR with the pg_restore commands \
+             to run, or name one stream ({})",
+            info.database,
+            snap.id.short(),
+            info.data_streams.len() + 1,
+            a.snapshot,
+            std::iter::once(path.as_str())
+                .chain(info.data_streams.iter().map(|d| d.path.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into());
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     restore::dump(&repo, &index, &snap, &path, &mut out)?;
     Ok(())
+}
+
+/// `coffer dump --out DIR`: every stream of the file or dump into DIR (mode 0600), and
+/// for a PostgreSQL dump the pg_restore commands that load it, in order.
+fn dump_to_dir(
+    repo: &coffer::repo::Repository,
+    index: &coffer::repo::index::MasterIndex,
+    snap: &coffer::repo::snapshot::Snapshot,
+    path: &str,
+    pg: Option<&DumpInfo>,
+    dir: &std::path::Path,
+) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let base = path.rsplit_once('/').map_or("", |(b, _)| b);
+    let mut paths = vec![path.to_string()];
+    if let Some(info) = pg {
+        paths.extend(info.data_streams.iter().map(|d| d.path.clone()));
+    }
+    let mut written = Vec::new();
+    for p in &paths {
+        let rel = p.strip_prefix(base).unwrap_or(p).trim_start_matches('/');
+        let file = dir.join(rel);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .with_context(|| format!("cannot create {}", file.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        restore::dump(repo, index, snap, p, &mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        written.push(file);
+    }
+    let q = |p: &std::path::Path| shell_quote(&p.display().to_string());
+    match pg {
+        Some(info) if !info.data_streams.is_empty() => {
+            let db = shell_quote(&info.database);
+            println!(
+                "# The dump of {:?} in {} streams. Into an empty database {db}, run in order \
+                 (the data steps may run at the same time):",
+                info.database,
+                written.len()
+            );
+            let main = q(&written[0]);
+            println!("pg_restore --section=pre-data -d {db} {main}");
+            println!("pg_restore --section=data -d {db} {main}");
+            for f in &written[1..] {
+                println!("pg_restore --data-only -d {db} {}", q(f));
+            }
+            println!("pg_restore --section=post-data -d {db} {main}");
+        }
+        Some(info) => println!(
+            "pg_restore -d {} {}",
+            shell_quote(&info.database),
+            q(&written[0])
+        ),
+        None => println!("{}", written[0].display()),
+    }
+    Ok(())
+}
+
+/// A word for a POSIX shell: as it is when plain, else in single quotes.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {

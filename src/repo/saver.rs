@@ -181,7 +181,7 @@ impl BlobSaver {
         Ok(())
     }
 
-    fn send(&mut self, job: Job) -> Result<()> {
+    fn send(&self, job: Job) -> Result<()> {
         let tx = self.tx.as_ref().expect("saver used after finish");
         if tx.send(job).is_err() {
             self.check_error()?;
@@ -206,8 +206,9 @@ impl BlobSaver {
     }
 
     /// Store a blob unless it is already there, hashing it in a worker; the id comes
-    /// later, through [`BlobSaver::resolve`].
-    pub fn save_later(&mut self, tpe: BlobType, data: Framed) -> Result<PendingId> {
+    /// later, through [`BlobSaver::resolve`]. Takes `&self`: several threads may feed one
+    /// saver at once (each stream of a parallel dump is chunked on its own thread).
+    pub fn save_later(&self, tpe: BlobType, data: Framed) -> Result<PendingId> {
         let (reply, rx) = bounded(1);
         self.send(Job::Unhashed { tpe, data, reply })?;
         Ok(PendingId(rx))

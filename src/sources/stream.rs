@@ -5,8 +5,10 @@ use crate::chunker::Chunker;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::pack::BlobType;
+use crate::repo::saver::BlobSaver;
 use crate::repo::snapshot::{Snapshot, SourceInfo};
 use crate::repo::tree::{Node, Tree};
+use crate::repo::ChunkerParams;
 use crate::repo::Repository;
 use anyhow::Result;
 use std::io::Read;
@@ -18,18 +20,33 @@ pub fn save_stream(
     reader: impl Read,
     progress: &Progress,
 ) -> Result<(Vec<crate::Id>, u64)> {
+    save_stream_to(
+        &session.saver,
+        &session.repo.config.chunker,
+        reader,
+        progress,
+    )
+}
+
+/// [`save_stream`] into a shared saver: several streams can be chunked at once, each on
+/// its own thread, all feeding the one saver (and so one session and one snapshot).
+pub fn save_stream_to(
+    saver: &BlobSaver,
+    params: &ChunkerParams,
+    reader: impl Read,
+    progress: &Progress,
+) -> Result<(Vec<crate::Id>, u64)> {
     let mut pending = Vec::new();
     let mut size = 0u64;
-    let params = session.repo.config.chunker;
-    for chunk in Chunker::new(&params, reader) {
+    for chunk in Chunker::new(params, reader) {
         let chunk = chunk.map_err(|e| {
             Error::new(ErrorKind::Source, format!("reading the stream failed: {e}"))
         })?;
         size += chunk.len() as u64;
         progress.inc(chunk.len() as u64);
-        pending.push(session.saver.save_later(BlobType::Data, chunk)?);
+        pending.push(saver.save_later(BlobType::Data, chunk)?);
     }
-    Ok((session.saver.resolve(pending)?, size))
+    Ok((saver.resolve(pending)?, size))
 }
 
 /// Back up one stream as `/NAME`. `finish` runs after end-of-stream and before the

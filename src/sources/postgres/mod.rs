@@ -20,7 +20,7 @@ pub mod pitr;
 pub mod restore;
 pub mod tools;
 
-use super::stream::save_stream;
+use super::stream::{save_stream, save_stream_to};
 use super::{commit, CommonOptions, Finished, Session};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
@@ -55,7 +55,7 @@ pub struct DumpInfo {
     pub pg_dump_major: u32,
     /// `pg_database_size` at the time of the dump.
     pub database_size: i64,
-    /// Bytes of the dump stream.
+    /// Bytes of the dump: every stream together (the main one and the data streams).
     pub dump_size: u64,
     /// When pg_dump was started.
     pub started_at: DateTime<FixedOffset>,
@@ -67,6 +67,74 @@ pub struct DumpInfo {
     pub lc_ctype: String,
     /// Every table and materialized view with its exact row count in the dump's snapshot.
     pub tables: Vec<TableRows>,
+    /// Data streams dumped beside the main one (`pg_dump --data-only --table` in the same
+    /// snapshot), whose tables' data the main stream leaves out. Empty for a single-stream
+    /// dump (and in snapshots made before coffer split dumps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_streams: Vec<DataStream>,
+}
+
+/// One data stream of a split dump.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataStream {
+    /// Its path in the snapshot, e.g. `/postgres/app.data/01.dump`.
+    pub path: String,
+    /// Bytes of the stream.
+    pub size: u64,
+    /// The tables whose data it holds.
+    pub tables: Vec<TableName>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+    /// A pg_dump `--table` pattern that matches exactly this table: both parts in double
+    /// quotes (inside which pg_dump takes every character literally), quotes doubled.
+    pub fn pattern(&self) -> String {
+        format!(
+            "\"{}\".\"{}\"",
+            self.schema.replace('"', "\"\""),
+            self.name.replace('"', "\"\"")
+        )
+    }
+}
+
+impl DumpInfo {
+    /// The data stream holding a table's data, if it is not in the main stream.
+    pub fn stream_of(&self, schema: &str, name: &str) -> Option<&DataStream> {
+        self.data_streams.iter().find(|d| {
+            d.tables
+                .iter()
+                .any(|t| t.schema == schema && t.name == name)
+        })
+    }
+}
+
+/// How a database's dump is split into concurrent pg_dump streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpSplit {
+    /// pg_dump processes per database running at once: the main stream plus `jobs - 1`
+    /// data streams at most. 1 dumps everything in one stream.
+    pub jobs: usize,
+    /// Only tables at least this large (heap plus TOAST, `pg_relation_size`) may move to a
+    /// data stream.
+    pub min_table_bytes: u64,
+}
+
+impl Default for DumpSplit {
+    fn default() -> DumpSplit {
+        DumpSplit {
+            jobs: 2,
+            min_table_bytes: 64 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,6 +157,7 @@ pub struct PostgresOptions {
     /// A connection URL or string; `DATABASE_URL` and the libpq variables when none.
     pub conn: Option<String>,
     pub all_databases: bool,
+    pub split: DumpSplit,
     pub common: CommonOptions,
 }
 
@@ -137,6 +206,16 @@ pub fn dump_name(db: &str) -> String {
     format!("{}.dump", db.replace('/', "%2F"))
 }
 
+/// The directory beside [`dump_name`] holding a split dump's data streams.
+pub fn data_dir_name(db: &str) -> String {
+    format!("{}.data", db.replace('/', "%2F"))
+}
+
+/// The name of the `n`th (from 1) data stream in [`data_dir_name`].
+pub fn data_stream_name(n: usize) -> String {
+    format!("{n:02}.dump")
+}
+
 /// Back up one database (or all of them, with the globals) into a new snapshot.
 pub fn backup_postgres(
     repo: Arc<Repository>,
@@ -147,7 +226,14 @@ pub fn backup_postgres(
     if opts.all_databases && target.dbname.is_none() {
         target.dbname = Some("postgres".into());
     }
-    backup_target(repo, &target, opts.all_databases, &opts.common, progress)
+    backup_target(
+        repo,
+        &target,
+        opts.all_databases,
+        opts.split,
+        &opts.common,
+        progress,
+    )
 }
 
 /// Back up a resolved target: its database, or every database and the globals.
@@ -155,6 +241,7 @@ pub fn backup_target(
     repo: Arc<Repository>,
     target: &PgTarget,
     all_databases: bool,
+    split: DumpSplit,
     common: &CommonOptions,
     progress: &Progress,
 ) -> Result<Snapshot> {
@@ -183,18 +270,20 @@ pub fn backup_target(
     for db in &databases {
         progress.set_message(db.clone());
         let t = target.with_db(db);
-        let (node, info) = dump_database(&mut session, &t, &server, &pg_dump, progress)?;
-        size += node.size;
-        session.summary.files_new += 1;
+        let (dumped, info) = dump_database(&mut session, &t, &server, &pg_dump, split, progress)?;
+        let node = dumped[0].clone();
+        size += info.dump_size;
+        session.summary.files_new += 1 + info.data_streams.len() as u64;
         let path = format!("/{DIR}/{}", node.name.display());
         paths.push(path.clone());
+        paths.extend(info.data_streams.iter().map(|d| d.path.clone()));
         sources.push(SourceInfo {
             kind: KIND_DUMP.into(),
             name: db.clone(),
             path,
             metadata: serde_json::to_value(&info)?,
         });
-        nodes.push(node);
+        nodes.extend(dumped);
     }
     if all_databases {
         progress.set_message("globals");
@@ -315,14 +404,212 @@ fn now() -> DateTime<FixedOffset> {
     chrono::Local::now().fixed_offset()
 }
 
-/// Dump one database into the session as a stream node.
+/// Heap plus TOAST bytes of every table whose data pg_dump dumps as one `TABLE DATA`
+/// entry of its own (ordinary tables and leaf partitions), largest first.
+const TABLE_SIZES_SQL: &str = "
+SELECT n.nspname::text, c.relname::text,
+       (pg_relation_size(c.oid) + COALESCE(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0))::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 3 DESC, 1, 2";
+
+/// Split the tables (name and size, largest first) into data streams: longest job first
+/// onto the least loaded of `split.jobs` streams, where stream 0 is the main one and
+/// starts with every table too small to move. Tables that land on the main stream stay
+/// there; the data streams returned are the non-empty others.
+fn plan_streams(tables: &[(TableName, i64)], split: DumpSplit) -> Vec<Vec<TableName>> {
+    if split.jobs <= 1 {
+        return Vec::new();
+    }
+    let size = |s: i64| s.max(0) as u64;
+    let main: u64 = tables
+        .iter()
+        .filter(|(_, s)| size(*s) < split.min_table_bytes)
+        .map(|(_, s)| size(*s))
+        .sum();
+    let mut load = vec![0u64; split.jobs];
+    load[0] = main;
+    let mut streams: Vec<Vec<TableName>> = vec![Vec::new(); split.jobs];
+    let mut big: Vec<&(TableName, i64)> = tables
+        .iter()
+        .filter(|(_, s)| size(*s) >= split.min_table_bytes)
+        .collect();
+    big.sort_by_key(|t| std::cmp::Reverse(t.1));
+    for (t, s) in big {
+        // The least loaded stream; on a tie a data stream before the main one.
+        let i = (0..split.jobs)
+            .min_by_key(|&i| (load[i], i == 0, i))
+            .unwrap_or(0);
+        load[i] += size(*s);
+        streams[i].push(t.clone());
+    }
+    streams
+        .into_iter()
+        .skip(1)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// One pg_dump of a database's dump, running.
+struct Running {
+    child: std::sync::Mutex<std::process::Child>,
+    stdout: std::sync::Mutex<Option<std::process::ChildStdout>>,
+    stderr: std::sync::Mutex<Option<tools::Stderr>>,
+    /// What it dumps, for messages: `pg_dump of database "app"`.
+    what: String,
+}
+
+/// What one finished pg_dump stream gave.
+struct Dumped {
+    saved: Result<(Vec<crate::Id>, u64)>,
+    status: std::process::ExitStatus,
+    said: String,
+    head: Vec<u8>,
+}
+
+impl Dumped {
+    /// The stream's failure, in the words a single-stream dump has always used.
+    fn failure(&mut self, what: &str) -> Option<anyhow::Error> {
+        if self.saved.is_err() {
+            return std::mem::replace(&mut self.saved, Ok((Vec::new(), 0))).err();
+        }
+        if !self.status.success() {
+            let said = if self.said.is_empty() {
+                "it printed nothing".to_string()
+            } else {
+                self.said.clone()
+            };
+            return Some(
+                Error::new(
+                    ErrorKind::Source,
+                    format!(
+                        "{what} failed ({}); no snapshot was written. pg_dump said:\n{said}",
+                        status_text(self.status)
+                    ),
+                )
+                .into(),
+            );
+        }
+        if !self.head.starts_with(b"PGDMP") {
+            return Some(
+                Error::new(
+                    ErrorKind::Source,
+                    format!(
+                        "{what} did not produce a custom-format archive; no snapshot was written"
+                    ),
+                )
+                .into(),
+            );
+        }
+        None
+    }
+}
+
+/// Run every pg_dump of one database at once, each chunked on its own thread into the
+/// one saver. When one fails (non-zero exit, a signal, a cut or foreign stream, a
+/// repository error) the others are killed; the error is the first failure's.
+fn run_dumps(
+    session: &Session,
+    running: &[Running],
+    progress: &Progress,
+) -> Result<Vec<(Vec<crate::Id>, u64, String)>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failed = AtomicBool::new(false);
+    let first = std::sync::Mutex::new(None::<usize>);
+    let kill_all = || {
+        for r in running {
+            if let Ok(mut c) = r.child.lock() {
+                let _ = c.kill();
+            }
+        }
+    };
+    let params = session.repo.config.chunker;
+    let saver = &session.saver;
+    let mut results: Vec<Dumped> = std::thread::scope(|sc| {
+        let handles: Vec<_> = running
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (failed, first, kill_all) = (&failed, &first, &kill_all);
+                sc.spawn(move || {
+                    let stdout = r.stdout.lock().unwrap().take();
+                    let mut reader = Head {
+                        inner: stdout.expect("each stream is read once"),
+                        head: Vec::new(),
+                    };
+                    let saved = save_stream_to(saver, &params, &mut reader, progress);
+                    if saved.is_err() {
+                        let _ = r.child.lock().unwrap().kill();
+                    }
+                    // pg_dump has closed its output (or was killed): it is exiting.
+                    let status = r.child.lock().unwrap().wait();
+                    let said = r
+                        .stderr
+                        .lock()
+                        .unwrap()
+                        .take()
+                        .map(|s| s.text())
+                        .unwrap_or_default();
+                    let ok = saved.is_ok()
+                        && status.as_ref().is_ok_and(|s| s.success())
+                        && reader.head.starts_with(b"PGDMP");
+                    if !ok && !failed.swap(true, Ordering::SeqCst) {
+                        *first.lock().unwrap() = Some(i);
+                        kill_all();
+                    }
+                    (saved, status, said, reader.head)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .map(|j| {
+        let (saved, status, said, head) =
+            j.map_err(|_| anyhow::anyhow!("a pg_dump reader thread panicked"))?;
+        Ok(Dumped {
+            saved,
+            status: status?,
+            said,
+            head,
+        })
+    })
+    .collect::<Result<_>>()?;
+    if let Some(i) = *first.lock().unwrap() {
+        if let Some(e) = results[i].failure(&running[i].what) {
+            return Err(e);
+        }
+    }
+    // No stream failed first, yet one may still have (killed by nothing of ours):
+    // report the first in order.
+    for (r, d) in running.iter().zip(results.iter_mut()) {
+        if let Some(e) = d.failure(&r.what) {
+            return Err(e);
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|d| {
+            let (content, size) = d.saved.expect("checked above");
+            (content, size, d.said)
+        })
+        .collect())
+}
+
+/// Dump one database into the session: the main stream's node first, then (for a split
+/// dump) the directory of data streams.
 fn dump_database(
     session: &mut Session,
     target: &PgTarget,
     server: &ServerInfo,
     pg_dump: &Tool,
+    split: DumpSplit,
     progress: &Progress,
-) -> Result<(Node, DumpInfo)> {
+) -> Result<(Vec<Node>, DumpInfo)> {
     let mut client = target.connect()?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -336,70 +623,120 @@ fn dump_database(
         )
         .map_err(|e| pg_err(target, "exporting the dump snapshot", &e))?;
     let snapshot_id: String = row.get(0);
+    let streams = if split.jobs > 1 {
+        let sizes: Vec<(TableName, i64)> = client
+            .query(TABLE_SIZES_SQL, &[])
+            .map_err(|e| pg_err(target, "measuring the tables", &e))?
+            .iter()
+            .map(|r| {
+                (
+                    TableName {
+                        schema: r.get(0),
+                        name: r.get(1),
+                    },
+                    r.get(2),
+                )
+            })
+            .collect();
+        plan_streams(&sizes, split)
+    } else {
+        Vec::new()
+    };
 
     let started_at = now();
-    let mut cmd = pg_dump.command();
-    cmd.args(["--format=custom", "--compress=0", "--no-password"])
+    let db = target.db();
+    let mut commands = Vec::new();
+    let mut main = pg_dump.command();
+    main.args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--snapshot={snapshot_id}"));
-    target.configure(&mut cmd);
-    let (mut child, stdout, stderr) = pg_dump.spawn_reader(cmd)?;
+    for t in streams.iter().flatten() {
+        main.arg(format!("--exclude-table-data={}", t.pattern()));
+    }
+    commands.push((main, format!("pg_dump of database {db:?}")));
+    for tables in &streams {
+        let mut cmd = pg_dump.command();
+        cmd.args([
+            "--format=custom",
+            "--compress=0",
+            "--no-password",
+            "--data-only",
+        ])
+        .arg(format!("--snapshot={snapshot_id}"));
+        for t in tables {
+            cmd.arg(format!("--table={}", t.pattern()));
+        }
+        let names: Vec<String> = tables.iter().map(TableName::qualified).collect();
+        commands.push((
+            cmd,
+            format!(
+                "pg_dump of the data of {} in database {db:?}",
+                names.join(", ")
+            ),
+        ));
+    }
+    let mut running = Vec::new();
+    for (mut cmd, what) in commands {
+        target.configure(&mut cmd);
+        match pg_dump.spawn_reader(cmd) {
+            Ok((child, stdout, stderr)) => running.push(Running {
+                child: child.into(),
+                stdout: Some(stdout).into(),
+                stderr: Some(stderr).into(),
+                what,
+            }),
+            Err(e) => {
+                for r in &running {
+                    let mut c = r.child.lock().unwrap();
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(e);
+            }
+        }
+    }
 
     // Count rows in the exported snapshot while pg_dump runs. The transaction stays open
-    // until pg_dump has finished, so pg_dump can always import the snapshot.
+    // until every pg_dump has finished, so each can always import the snapshot.
     let count_target = target.clone();
     let counter = std::thread::spawn(move || {
         let r = count_rows(&mut client, &count_target);
         (client, r)
     });
-
-    let mut reader = Head {
-        inner: stdout,
-        head: Vec::new(),
-    };
-    let saved = save_stream(session, &mut reader, progress);
-    if saved.is_err() {
-        let _ = child.kill();
-    }
-    let status = child.wait()?;
-    let said = stderr.text();
+    let dumped = run_dumps(session, &running, progress);
     let (mut client, counted) = counter
         .join()
         .map_err(|_| anyhow::anyhow!("row counter panicked"))?;
     let _ = client.batch_execute("COMMIT");
     drop(client);
-    if !status.success() {
-        let what = if said.is_empty() {
-            "it printed nothing".to_string()
-        } else {
-            said
-        };
-        return Err(Error::new(
-            ErrorKind::Source,
-            format!(
-                "pg_dump of database {:?} failed ({}); no snapshot was written. pg_dump said:\n{what}",
-                target.db(),
-                status_text(status)
-            ),
-        )
-        .into());
-    }
-    let (content, size) = saved?;
-    if !reader.head.starts_with(b"PGDMP") {
-        return Err(Error::new(
-            ErrorKind::Source,
-            format!(
-                "pg_dump of database {:?} did not produce a custom-format archive; no snapshot was written",
-                target.db()
-            ),
-        )
-        .into());
-    }
-    for line in said.lines() {
-        progress.log(line);
+    let dumped = dumped?;
+    for (_, _, said) in &dumped {
+        for line in said.lines() {
+            progress.log(line);
+        }
     }
     let tables = counted?;
+
+    let mtime = started_at.timestamp_nanos_opt().unwrap_or(0);
+    let mut parts = dumped.into_iter();
+    let (content, main_size, _) = parts.next().expect("the main stream");
+    let mut nodes = vec![Node::stream(&dump_name(db), main_size, content, mtime)];
+    let mut data_streams = Vec::new();
+    let mut data_nodes = Vec::new();
+    for (n, ((content, size, _), tables)) in parts.zip(streams).enumerate() {
+        let name = data_stream_name(n + 1);
+        data_streams.push(DataStream {
+            path: format!("/{DIR}/{}/{name}", data_dir_name(db)),
+            size,
+            tables,
+        });
+        data_nodes.push(Node::stream(&name, size, content, mtime));
+    }
+    if !data_nodes.is_empty() {
+        let sub = session.save_tree(Tree { nodes: data_nodes })?;
+        nodes.push(Node::dir(&data_dir_name(db), sub, mtime));
+    }
     let info = DumpInfo {
-        database: target.db().to_string(),
+        database: db.to_string(),
         format: "custom".into(),
         server: target.server(),
         server_version: server.version.clone(),
@@ -407,7 +744,7 @@ fn dump_database(
         pg_dump_version: pg_dump.version.clone(),
         pg_dump_major: pg_dump.major,
         database_size: row.get(1),
-        dump_size: size,
+        dump_size: main_size + data_streams.iter().map(|d| d.size).sum::<u64>(),
         started_at,
         finished_at: now(),
         snapshot_time: row.get(2),
@@ -415,12 +752,9 @@ fn dump_database(
         lc_collate: row.get(4),
         lc_ctype: row.get(5),
         tables,
+        data_streams,
     };
-    let mtime = started_at.timestamp_nanos_opt().unwrap_or(0);
-    Ok((
-        Node::stream(&dump_name(target.db()), size, content, mtime),
-        info,
-    ))
+    Ok((nodes, info))
 }
 
 /// Roles and tablespaces from `pg_dumpall --globals-only`, as `globals.sql`.
@@ -463,4 +797,76 @@ fn dump_globals(
     });
     let mtime = started_at.timestamp_nanos_opt().unwrap_or(0);
     Ok((Node::stream("globals.sql", size, content, mtime), info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str) -> TableName {
+        TableName {
+            schema: "public".into(),
+            name: name.into(),
+        }
+    }
+
+    const MIB: i64 = 1 << 20;
+
+    #[test]
+    fn big_tables_are_balanced_against_the_main_stream() {
+        let split = |jobs| DumpSplit {
+            jobs,
+            min_table_bytes: 64 << 20,
+        };
+        let tables = [
+            (t("accounts"), 768 * MIB),
+            (t("events"), 247 * MIB),
+            (t("audit"), 100 * MIB),
+            (t("small"), 10 * MIB),
+        ];
+        // Two jobs: the largest table alone; the others stay in the main stream, which
+        // ends up with 357 MiB against 768.
+        assert_eq!(plan_streams(&tables, split(2)), vec![vec![t("accounts")]]);
+        // Three: accounts and events get streams; audit joins the lighter main stream.
+        assert_eq!(
+            plan_streams(&tables, split(3)),
+            vec![vec![t("accounts")], vec![t("events")]]
+        );
+        // One job, or no table big enough: a single stream.
+        assert!(plan_streams(&tables, split(1)).is_empty());
+        assert!(plan_streams(&[(t("small"), 10 * MIB)], split(4)).is_empty());
+        // Two equal big tables and nothing else: one stays in the main stream.
+        let even = [(t("a"), 100 * MIB), (t("b"), 100 * MIB)];
+        assert_eq!(plan_streams(&even, split(2)).len(), 1);
+    }
+
+    #[test]
+    fn table_patterns_match_literally() {
+        let odd = TableName {
+            schema: "My \"S\"".into(),
+            name: "a*b.c?$".into(),
+        };
+        assert_eq!(odd.pattern(), r#""My ""S"""."a*b.c?$""#);
+        assert_eq!(t("x").pattern(), r#""public"."x""#);
+    }
+
+    #[test]
+    fn dump_info_without_data_streams_still_reads() {
+        // The metadata of a dump made before split dumps existed.
+        let old = serde_json::json!({
+            "database": "app", "format": "custom", "server": "db:5432",
+            "server_version": "15.1", "server_version_num": 150001,
+            "pg_dump_version": "15.1", "pg_dump_major": 15,
+            "database_size": 1, "dump_size": 2,
+            "started_at": "2024-05-01T02:00:00Z", "finished_at": "2024-05-01T02:01:00Z",
+            "snapshot_time": "2024-05-01 02:00:00+00", "encoding": "UTF8",
+            "lc_collate": "C", "lc_ctype": "C",
+            "tables": [{"schema": "public", "name": "t", "kind": "table", "rows": 3}]
+        });
+        let info: DumpInfo = serde_json::from_value(old.clone()).unwrap();
+        assert!(info.data_streams.is_empty());
+        assert!(info.stream_of("public", "t").is_none());
+        // A single-stream dump is still written exactly so.
+        assert_eq!(serde_json::to_value(&info).unwrap(), old);
+    }
 }
