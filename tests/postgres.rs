@@ -58,6 +58,16 @@ fn restore_table(env: &Env, url: &str, table: &str, extra: &[&str]) -> std::proc
     run(env, &args)
 }
 
+/// A backup that failed as a source error (exit 8), said `needle` and that no snapshot
+/// was written, and left none.
+fn assert_refused_without_snapshot(env: &Env, out: &std::process::Output, needle: &str) {
+    let said = stderr(out);
+    assert_eq!(out.status.code(), Some(8), "{said}");
+    assert!(said.contains(needle), "{said}");
+    assert!(said.contains("no snapshot"), "{said}");
+    assert_eq!(snapshot_count(env), 0);
+}
+
 fn snapshot_count(env: &Env) -> usize {
     env.snapshots().len()
 }
@@ -454,14 +464,7 @@ fn a_failing_pg_dump_leaves_no_snapshot() {
             &pg.url_as("limited", "limited-pw", "app"),
         ],
     );
-    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    let said = stderr(&out);
-    assert!(
-        said.contains("permission denied for table customers"),
-        "{said}"
-    );
-    assert!(said.contains("no snapshot"), "{said}");
-    assert_eq!(snapshot_count(&env), 0);
+    assert_refused_without_snapshot(&env, &out, "permission denied for table customers");
 
     // pg_dump killed half-way: the stream is cut.
     let bin = env.path("killed-bin");
@@ -872,14 +875,7 @@ fn a_failing_data_stream_leaves_no_snapshot() {
     let mut args = vec!["backup", "--postgres", &limited];
     args.extend_from_slice(&split);
     let out = run(&env, &args);
-    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    let said = stderr(&out);
-    assert!(
-        said.contains("permission denied for table orders"),
-        "{said}"
-    );
-    assert!(said.contains("no snapshot"), "{said}");
-    assert_eq!(snapshot_count(&env), 0);
+    assert_refused_without_snapshot(&env, &out, "permission denied for table orders");
 
     // Only a data stream's pg_dump fails: the main one is stopped, and what the failing
     // one said is shown.
