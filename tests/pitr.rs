@@ -455,6 +455,13 @@ impl Archived {
         self.archive_all();
     }
 
+    /// `coffer ARGS…`, which must succeed; what it said on stderr.
+    fn ok_stderr(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
+        stderr(&out)
+    }
+
     /// `coffer wal-verify ARGS…`.
     fn wal_verify(&self, args: &[&str]) -> Output {
         self.cmd().arg("wal-verify").args(args).output().unwrap()
@@ -655,43 +662,20 @@ fn forget_removes_wal_no_kept_base_backup_needs() {
     assert!(old(&before).len() >= 4, "{before:?}");
 
     // Dry run: lists, deletes nothing.
-    let out = a
-        .cmd()
-        .args(["forget", "--keep-last", "1", "--dry-run"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("would remove"), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&start2), "{}", stderr(&out));
+    let said = a.ok_stderr(&["forget", "--keep-last", "1", "--dry-run"]);
+    assert!(said.contains("would remove"), "{said}");
+    assert!(said.contains(&start2), "{said}");
     assert_eq!(a.wal_objects(), before);
 
-    let out = a
-        .cmd()
-        .args(["forget", "--keep-last", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("WAL archive: removed"),
-        "{}",
-        stderr(&out)
-    );
+    let said = a.ok_stderr(&["forget", "--keep-last", "1"]);
+    assert!(said.contains("WAL archive: removed"), "{said}");
     let after = a.wal_objects();
     assert!(old(&after).is_empty(), "{after:?}");
     assert_eq!(after.len(), before.len() - old(&before).len());
     assert!(after.iter().any(|p| p.ends_with("wal/archive")));
     // Nothing left to remove on a second run.
-    let out = a
-        .cmd()
-        .args(["forget", "--keep-last", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("nothing to remove"),
-        "{}",
-        stderr(&out)
-    );
+    let said = a.ok_stderr(&["forget", "--keep-last", "1"]);
+    assert!(said.contains("nothing to remove"), "{said}");
     assert_eq!(a.wal_objects(), after);
     let snaps = a.cmd().args(["snapshots", "--json"]).output().unwrap();
     let snaps: Vec<serde_json::Value> = serde_json::from_slice(&snaps.stdout).unwrap();
@@ -699,20 +683,14 @@ fn forget_removes_wal_no_kept_base_backup_needs() {
     assert_ne!(snaps[0]["id"], first["id"]);
 
     // Forgetting the last base backup would leave the WAL alone.
-    let out = a
-        .cmd()
-        .args([
-            "forget",
-            "--dry-run",
-            snaps[0]["short_id"].as_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let said = a.ok_stderr(&[
+        "forget",
+        "--dry-run",
+        snaps[0]["short_id"].as_str().unwrap(),
+    ]);
     assert!(
-        stderr(&out).contains("no physical base backup of the archived cluster is kept"),
-        "{}",
-        stderr(&out)
+        said.contains("no physical base backup of the archived cluster is kept"),
+        "{said}"
     );
 
     // The kept backup still verifies and recovers.
