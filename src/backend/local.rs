@@ -48,7 +48,7 @@ impl LocalBackend {
         sync_dir(dir)
     }
 
-    /// Write to a temporary name, fsync, rename into place, fsync the folder.
+    /// Write to a temporary name, then [`commit_tmp`](Self::commit_tmp) it.
     fn write_slices(&self, kind: FileKind, name: &str, data: &[&[u8]]) -> Result<()> {
         let path = self.full(kind, name);
         let dir = path.parent().expect("object paths have a parent");
@@ -56,7 +56,7 @@ impl LocalBackend {
             mkdir_private(dir)?;
         }
         let tmp = Self::tmp_name(dir);
-        let res = (|| -> std::io::Result<()> {
+        let written = (|| -> std::io::Result<File> {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -65,14 +65,15 @@ impl LocalBackend {
             for d in data {
                 f.write_all(d)?;
             }
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
+            Ok(f)
         })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(e, "write", &path));
+        match written {
+            Ok(f) => self.commit_tmp(&f, &tmp, kind, name),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(io_err(e, "write", &path))
+            }
         }
-        sync_dir(dir)
     }
 }
 
