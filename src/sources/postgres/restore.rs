@@ -54,6 +54,18 @@ pub struct PgRestoreOptions {
     pub spool_dir: Option<PathBuf>,
 }
 
+impl PgRestoreOptions {
+    /// The ownership and privilege flags every pg_restore run of this restore gets.
+    fn ownership_args(&self) -> impl Iterator<Item = &'static str> {
+        [
+            self.no_owner.then_some("--no-owner"),
+            self.no_privileges.then_some("--no-privileges"),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// One table's row count at backup time and after the restore (`None`: table missing).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RowCheck {
@@ -568,12 +580,7 @@ impl PgRestoreRun<'_> {
         if jobs > 1 {
             cmd.arg(format!("--jobs={jobs}"));
         }
-        if self.opts.no_owner {
-            cmd.arg("--no-owner");
-        }
-        if self.opts.no_privileges {
-            cmd.arg("--no-privileges");
-        }
+        cmd.args(self.opts.ownership_args());
         self.target.configure(&mut cmd);
         cmd.arg(file);
         let out = cmd
@@ -909,13 +916,8 @@ fn sql_of(
     listfile.flush()?;
     let mut dump = pg_restore.command();
     dump.arg("--file=-")
-        .arg(format!("--use-list={}", listfile.path().display()));
-    if opts.no_owner {
-        dump.arg("--no-owner");
-    }
-    if opts.no_privileges {
-        dump.arg("--no-privileges");
-    }
+        .arg(format!("--use-list={}", listfile.path().display()))
+        .args(opts.ownership_args());
     dump.arg(archive)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
