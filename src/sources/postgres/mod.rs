@@ -646,22 +646,21 @@ fn dump_database(
     let started_at = now();
     let db = target.db();
     let mut commands = Vec::new();
-    let mut main = pg_dump.command();
-    main.args(["--format=custom", "--compress=0", "--no-password"])
-        .arg(format!("--snapshot={snapshot_id}"));
+    // Every stream: the custom format without compression, in the exported snapshot.
+    let dump_command = || {
+        let mut cmd = pg_dump.command();
+        cmd.args(["--format=custom", "--compress=0", "--no-password"])
+            .arg(format!("--snapshot={snapshot_id}"));
+        cmd
+    };
+    let mut main = dump_command();
     for t in streams.iter().flatten() {
         main.arg(format!("--exclude-table-data={}", t.pattern()));
     }
     commands.push((main, format!("pg_dump of database {db:?}")));
     for tables in &streams {
-        let mut cmd = pg_dump.command();
-        cmd.args([
-            "--format=custom",
-            "--compress=0",
-            "--no-password",
-            "--data-only",
-        ])
-        .arg(format!("--snapshot={snapshot_id}"));
+        let mut cmd = dump_command();
+        cmd.arg("--data-only");
         for t in tables {
             cmd.arg(format!("--table={}", t.pattern()));
         }
