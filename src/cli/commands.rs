@@ -662,6 +662,7 @@ fn dump_to_dir(
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         written.push(file);
     }
+    use coffer::sources::postgres::tools::shell_quote;
     let q = |p: &std::path::Path| shell_quote(&p.display().to_string());
     match pg {
         Some(info) if !info.data_streams.is_empty() => {
@@ -688,18 +689,6 @@ fn dump_to_dir(
         None => println!("{}", written[0].display()),
     }
     Ok(())
-}
-
-/// A word for a POSIX shell: as it is when plain, else in single quotes.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {
@@ -822,9 +811,10 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
     let mut report = Vec::new();
     if !policy.is_empty() {
         let candidates: Vec<_> = all
-            .into_iter()
+            .iter()
             .filter(|s| a.tags.iter().all(|t| s.has_tag(t)))
             .filter(|s| !remove.iter().any(|r| r.id == s.id))
+            .cloned()
             .collect();
         let keys: Vec<String> = a
             .group_by
@@ -864,23 +854,24 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    // What stays: the snapshots read above (forget holds the exclusive lock, so no backup
+    // adds one meanwhile) less those removed.
+    let kept: Vec<_> = all
+        .into_iter()
+        .filter(|s| !remove.iter().any(|r| r.id == s.id))
+        .collect();
     if a.dry_run {
         ctx.say(&format!(
             "would remove {} snapshot(s) (dry run: nothing changed)",
             remove.len()
         ));
-        let kept: Vec<_> = repo
-            .load_snapshots()?
-            .into_iter()
-            .filter(|s| !remove.iter().any(|r| r.id == s.id))
-            .collect();
         return wal_retention(ctx, &repo, &kept, true);
     }
     for s in &remove {
         repo.backend.remove(FileKind::Snapshot, &s.id.to_hex())?;
     }
     ctx.say(&format!("removed {} snapshot(s)", remove.len()));
-    wal_retention(ctx, &repo, &repo.load_snapshots()?, false)?;
+    wal_retention(ctx, &repo, &kept, false)?;
     if a.prune {
         run_prune(ctx, &repo, 10.0, false)?;
     }

@@ -12,6 +12,7 @@
 use super::physical::{
     base_backup_info, BaseBackupInfo, TablespaceInfo, KIND_PHYSICAL, PGDATA, TABLESPACES,
 };
+use super::tools::shell_quote;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::index::MasterIndex;
@@ -472,8 +473,11 @@ fn write_private(path: &Path, data: &[u8], owner: &Node) -> Result<()> {
     chown_like(path, owner)
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+/// PostgreSQL's `restore_command` running `exe` with the config file `conf`. PostgreSQL
+/// replaces `%`-escapes before the shell sees the command, so a `%` in a path is doubled.
+fn restore_command(exe: &Path, conf: &Path) -> String {
+    let word = |p: &Path| shell_quote(&p.display().to_string()).replace('%', "%%");
+    format!("{} --config {} wal-fetch %f %p", word(exe), word(conf))
 }
 
 fn conf_quote(s: &str) -> String {
@@ -671,11 +675,7 @@ pub fn restore_pitr(
     }
     write_private(&conf_path, conf.as_bytes(), &pg_node)?;
     let exe = std::env::current_exe().context("cannot find the coffer executable")?;
-    let command = format!(
-        "{} --config {} wal-fetch %f %p",
-        shell_quote(&exe.display().to_string()),
-        shell_quote(&conf_path.display().to_string())
-    );
+    let command = restore_command(&exe, &conf_path);
     let mut settings = vec![format!("restore_command = {}", conf_quote(&command))];
     if let Some((k, v)) = opts.target.setting() {
         settings.push(format!("{k} = {}", conf_quote(&v)));
@@ -738,6 +738,10 @@ mod tests {
     fn quoting() {
         assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
         assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(
+            restore_command(Path::new("/opt/coffer"), Path::new("/srv/100% pg/c.toml")),
+            "/opt/coffer --config '/srv/100%% pg/c.toml' wal-fetch %f %p"
+        );
         assert_eq!(
             Target::Lsn(0x1_0000_0028).setting(),
             Some(("recovery_target_lsn", "1/28".to_string()))

@@ -197,3 +197,16 @@ pub fn status_text(s: std::process::ExitStatus) -> String {
         _ => s.to_string(),
     }
 }
+
+/// A word for a POSIX shell (the pg_restore commands coffer prints, PostgreSQL's
+/// `restore_command`): as it is when plain, else in single quotes.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
