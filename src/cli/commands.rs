@@ -889,7 +889,7 @@ fn wal_retention(
     use coffer::sources::walretention;
     let plan = walretention::plan(repo, kept)?;
     if let Some(why) = &plan.skipped {
-        if wal::archive_info(repo)?.is_some() {
+        if plan.archived {
             ctx.say(&format!("WAL archive: {why}"));
         }
         return Ok(());

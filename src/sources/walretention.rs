@@ -30,6 +30,8 @@ pub struct WalFile {
 /// What retention would do.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
+    /// The repository has a WAL archive at all.
+    pub archived: bool,
     /// Why nothing is removed, when so.
     pub skipped: Option<String>,
     /// The oldest kept base backup (short id) and its first segment: the WAL kept starts
@@ -87,16 +89,20 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
             ..Default::default()
         });
     };
+    let skip = |why: String| {
+        Ok(Plan {
+            archived: true,
+            skipped: Some(why),
+            ..Default::default()
+        })
+    };
     let mut oldest: Option<(u64, String, String)> = None;
     for s in kept.iter().filter(|s| s.kind == KIND_PHYSICAL) {
         let Some(b) = base_backup_info(s) else {
-            return Ok(Plan {
-                skipped: Some(format!(
-                    "the base backup record of snapshot {} cannot be read, so no WAL is removed",
-                    s.id.short()
-                )),
-                ..Default::default()
-            });
+            return skip(format!(
+                "the base backup record of snapshot {} cannot be read, so no WAL is removed",
+                s.id.short()
+            ));
         };
         if b.system_identifier != info.system_identifier {
             continue;
@@ -104,27 +110,19 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
         let Some((_, segno)) = wal::parse_segment(&b.start_wal, info.segment_size)
             .filter(|_| b.wal_segment_size == info.segment_size)
         else {
-            return Ok(Plan {
-                skipped: Some(format!(
-                    "base backup {} does not match the archive's segment size, so no WAL is \
-                     removed",
-                    s.id.short()
-                )),
-                ..Default::default()
-            });
+            return skip(format!(
+                "base backup {} does not match the archive's segment size, so no WAL is removed",
+                s.id.short()
+            ));
         };
         if oldest.as_ref().is_none_or(|(o, _, _)| segno < *o) {
             oldest = Some((segno, s.id.short(), b.start_wal.clone()));
         }
     }
     let Some((keep_from, short, start_wal)) = oldest else {
-        return Ok(Plan {
-            skipped: Some(
-                "no physical base backup of the archived cluster is kept, so no WAL is removed"
-                    .into(),
-            ),
-            ..Default::default()
-        });
+        return skip(
+            "no physical base backup of the archived cluster is kept, so no WAL is removed".into(),
+        );
     };
     let files: Vec<(String, u64)> = repo
         .backend
@@ -137,6 +135,7 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
         .collect();
     let remove = select(&files, info.segment_size, keep_from);
     Ok(Plan {
+        archived: true,
         skipped: None,
         oldest_backup: Some(short),
         keep_from: Some(start_wal),
