@@ -439,21 +439,30 @@ fn fake_bindir(pg: &PgCluster, dir: &Path, script: &str) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-#[test]
-fn a_failing_pg_dump_leaves_no_snapshot() {
+/// A cluster with the rich schema in `app`, a role `limited` (password `limited-pw`) that
+/// may read every table but `revoked`, and a new repository.
+fn app_with_limited_role(revoked: &str) -> (PgCluster, Env) {
     let pg = PgCluster::start();
     pg.create_db("app");
     pg.load_rich_schema("app");
     pg.psql(
         "app",
-        "CREATE ROLE limited LOGIN PASSWORD 'limited-pw';
-         GRANT USAGE ON SCHEMA sales, inventory TO limited;
-         GRANT SELECT ON ALL TABLES IN SCHEMA sales, inventory, public TO limited;
-         GRANT SELECT ON ALL SEQUENCES IN SCHEMA sales, inventory, public TO limited;
-         REVOKE SELECT ON sales.customers FROM limited;",
+        &format!(
+            "CREATE ROLE limited LOGIN PASSWORD 'limited-pw';
+             GRANT USAGE ON SCHEMA sales, inventory TO limited;
+             GRANT SELECT ON ALL TABLES IN SCHEMA sales, inventory, public TO limited;
+             GRANT SELECT ON ALL SEQUENCES IN SCHEMA sales, inventory, public TO limited;
+             REVOKE SELECT ON {revoked} FROM limited;"
+        ),
     );
     let env = Env::new();
     env.init();
+    (pg, env)
+}
+
+#[test]
+fn a_failing_pg_dump_leaves_no_snapshot() {
+    let (pg, env) = app_with_limited_role("sales.customers");
 
     // A role lacking permission on one table.
     let out = run(
@@ -855,19 +864,7 @@ fn split_dumps_restore_whole_by_table_and_by_hand() {
 
 #[test]
 fn a_failing_data_stream_leaves_no_snapshot() {
-    let pg = PgCluster::start();
-    pg.create_db("app");
-    pg.load_rich_schema("app");
-    pg.psql(
-        "app",
-        "CREATE ROLE limited LOGIN PASSWORD 'limited-pw';
-         GRANT USAGE ON SCHEMA sales, inventory TO limited;
-         GRANT SELECT ON ALL TABLES IN SCHEMA sales, inventory, public TO limited;
-         GRANT SELECT ON ALL SEQUENCES IN SCHEMA sales, inventory, public TO limited;
-         REVOKE SELECT ON sales.orders FROM limited;",
-    );
-    let env = Env::new();
-    env.init();
+    let (pg, env) = app_with_limited_role("sales.orders");
     let split = ["--dump-jobs", "2", "--dump-min-table-bytes", "65536"];
 
     // No permission on a table big enough for a data stream of its own.
