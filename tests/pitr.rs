@@ -441,6 +441,16 @@ impl Archived {
         common::list_files(&self.repo.join("wal"))
     }
 
+    /// Delete the archived WAL file `name` from the repository.
+    fn lose_wal(&self, name: &str) {
+        let obj = self
+            .wal_objects()
+            .into_iter()
+            .find(|p| p.file_name().unwrap().to_str().unwrap() == name)
+            .unwrap_or_else(|| panic!("{name} is not in the archive"));
+        std::fs::remove_file(obj).unwrap();
+    }
+
     /// Fill and finish `n` segments (a row each, then a switch), archived.
     fn more_segments(&self, n: usize) {
         self.pg
@@ -542,12 +552,7 @@ fn wal_verify_names_a_missing_segment() {
     );
 
     // Losing one of the backup's own segments makes it unrestorable.
-    let own = a
-        .wal_objects()
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_str().unwrap() == stop)
-        .unwrap();
-    std::fs::remove_file(own).unwrap();
+    a.lose_wal(&stop);
     let (code, v) = a.wal_verify_json();
     assert_eq!(code, Some(3));
     assert_eq!(v["backups"][0]["status"], "incomplete");
@@ -607,12 +612,7 @@ fn wal_verify_follows_a_new_timeline() {
 
     // Timeline 2's first segment lost: a gap on the new timeline (its second one follows).
     let first = tl2["first_segment"].as_str().unwrap().to_string();
-    let obj = a
-        .wal_objects()
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_str().unwrap() == first)
-        .unwrap();
-    std::fs::remove_file(obj).unwrap();
+    a.lose_wal(&first);
     let (code, v) = a.wal_verify_json();
     assert_eq!(code, Some(3), "{v:#}");
     assert_eq!(v["gaps"][0]["first"], first.as_str());
