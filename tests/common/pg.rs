@@ -722,6 +722,29 @@ fn excerpt(sql: &str) -> String {
     }
 }
 
+/// Client authentication.
+impl PgCluster {
+    /// Put `lines` at the top of `pg_hba.conf` (the first matching line wins, so they come
+    /// before the harness's own) and reload the configuration.
+    pub fn prepend_hba(&self, lines: &[&str]) {
+        let path = self.data.join("pg_hba.conf");
+        let old = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{}\n{old}", lines.join("\n"))).unwrap();
+        // New sessions inherit the postmaster's load time: wait until they show the reload.
+        let before = self.psql("postgres", "SELECT pg_conf_load_time()");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.psql("postgres", "SELECT pg_conf_load_time()") == before {
+            assert!(
+                Instant::now() < deadline,
+                "pg_hba.conf not reloaded:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Archiving and recovery (for clusters whose `archive_command` is `coffer wal-push`).
 impl PgCluster {
     /// Switch to a new WAL segment and wait until everything up to it is archived.

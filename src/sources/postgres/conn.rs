@@ -5,6 +5,7 @@
 //! The password never goes on a child's command line: children get a connection string
 //! without it and the password in `PGPASSWORD`.
 
+use super::tls::{self, SslMode, TlsSettings};
 use crate::error::{Error, ErrorKind};
 use anyhow::Result;
 use std::path::Path;
@@ -248,9 +249,11 @@ impl PgTarget {
         if t.password.is_none() {
             t.password = std::env::var("PGPASSWORD").ok();
         }
-        if !t.params.iter().any(|(k, _)| k == "sslmode") {
-            if let Some(m) = env("PGSSLMODE") {
-                t.params.push(("sslmode".into(), m));
+        for (key, var) in tls::PARAMS {
+            if !t.params.iter().any(|(k, _)| k == key) {
+                if let Some(v) = env(var) {
+                    t.params.push((key.to_string(), v));
+                }
             }
         }
         let port = *t.port.get_or_insert(5432);
@@ -272,7 +275,14 @@ impl PgTarget {
         if t.password.is_none() {
             t.password = pgpass_lookup(&t);
         }
+        let tcp = t.is_tcp();
+        tls::resolve_params(&mut t.params, tcp)?;
         Ok(t)
+    }
+
+    /// Whether the target is reached over TCP (not a Unix socket), and so may use TLS.
+    pub fn is_tcp(&self) -> bool {
+        !self.host.as_deref().unwrap_or("localhost").starts_with('/')
     }
 
     /// The same server, another database.
@@ -298,7 +308,8 @@ impl PgTarget {
     }
 
     /// A libpq `key=value` connection string for child processes: everything but the
-    /// password, which goes in the environment (see [`PgTarget::configure`]).
+    /// password and the TLS settings, which go in the environment (see
+    /// [`PgTarget::configure`]).
     pub fn conninfo(&self) -> String {
         fn q(v: &str) -> String {
             format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -317,19 +328,29 @@ impl PgTarget {
             parts.push(format!("dbname={}", q(d)));
         }
         for (k, v) in &self.params {
-            parts.push(format!("{k}={}", q(v)));
+            if !tls::PARAMS.iter().any(|(p, _)| p == k) {
+                parts.push(format!("{k}={}", q(v)));
+            }
         }
         parts.join(" ")
     }
 
     /// Prepare a child process (pg_dump, pg_restore, psql): the connection string goes
-    /// in as `--dbname`, the password through `PGPASSWORD`, and prompting is off.
+    /// in as `--dbname`, the password through `PGPASSWORD`, the TLS settings (resolved as
+    /// for our own connection) through `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`
+    /// and `PGSSLCRL`, and prompting is off.
     pub fn configure(&self, cmd: &mut Command) {
         cmd.arg(format!("--dbname={}", self.conninfo()));
         match &self.password {
             Some(p) => cmd.env("PGPASSWORD", p),
             None => cmd.env_remove("PGPASSWORD"),
         };
+        for (key, var) in tls::PARAMS {
+            match self.params.iter().find(|(k, _)| k == key) {
+                Some((_, v)) => cmd.env(var, v),
+                None => cmd.env_remove(var),
+            };
+        }
         // Our own values win over whatever the environment says.
         for k in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"] {
             cmd.env_remove(k);
@@ -356,24 +377,6 @@ impl PgTarget {
         c.connect_timeout(Duration::from_secs(15));
         for (k, v) in &self.params {
             match k.as_str() {
-                "sslmode" => match v.as_str() {
-                    "disable" => {
-                        c.ssl_mode(postgres::config::SslMode::Disable);
-                    }
-                    "allow" | "prefer" => {
-                        c.ssl_mode(postgres::config::SslMode::Prefer);
-                    }
-                    other => {
-                        return Err(Error::new(
-                            ErrorKind::Usage,
-                            format!(
-                                "sslmode={other}: coffer's own connection does not speak TLS yet; \
-                                 use sslmode=prefer or disable, or reach the server over a local socket"
-                            ),
-                        )
-                        .into())
-                    }
-                },
                 "connect_timeout" => {
                     if let Ok(s) = v.parse::<u64>() {
                         c.connect_timeout(Duration::from_secs(s.max(1)));
@@ -388,24 +391,132 @@ impl PgTarget {
                 _ => {}
             }
         }
-        c.connect(postgres::NoTls).map_err(|e| {
-            let hint = if e.as_db_error().is_none() {
-                " — is the server running and accepting connections there?"
-            } else {
-                ""
-            };
-            Error::new(
-                ErrorKind::Source,
-                format!(
-                    "cannot connect to PostgreSQL at {} (database {:?}, user {:?}): {}{hint}",
-                    self.server(),
-                    self.db(),
-                    self.user.as_deref().unwrap_or(""),
-                    describe(&e)
+        let settings = TlsSettings::from_params(&self.params, self.is_tcp())?;
+        let mode = if self.is_tcp() {
+            settings.mode
+        } else {
+            if settings.mode != SslMode::Disable {
+                tracing::debug!(
+                    "{}: no TLS over a Unix socket (sslmode applies to TCP only)",
+                    self.server()
+                );
+            }
+            SslMode::Disable
+        };
+        let config = match mode {
+            SslMode::Disable => None,
+            _ => Some(settings.client_config()?),
+        };
+        self.connect_as(&mut c, mode, config, &settings)
+            .map_err(|(e, outcome)| {
+                let tls_hint = if outcome != tls::Outcome::NotTried {
+                    tls::handshake_hint(&e, &settings, self.tls_host())
+                } else {
+                    None
+                };
+                let hint = match tls_hint {
+                    Some(h) => format!(" — {h}"),
+                    None if e.as_db_error().is_none() => {
+                        " — is the server running and accepting connections there?".to_string()
+                    }
+                    None => String::new(),
+                };
+                Error::new(
+                    ErrorKind::Source,
+                    format!(
+                        "cannot connect to PostgreSQL at {} (database {:?}, user {:?}): {}{hint}",
+                        self.server(),
+                        self.db(),
+                        self.user.as_deref().unwrap_or(""),
+                        describe(&e)
+                    ),
+                )
+                .into()
+            })
+    }
+
+    /// The name a server certificate is checked against.
+    fn tls_host(&self) -> &str {
+        self.host.as_deref().unwrap_or("localhost")
+    }
+
+    /// Connect with or without TLS as `mode` says, by libpq's rules (see [`tls`]), and say
+    /// at info level which it was. A failure says whether TLS was tried.
+    fn connect_as(
+        &self,
+        c: &mut postgres::Config,
+        mode: SslMode,
+        config: Option<rustls::ClientConfig>,
+        s: &TlsSettings,
+    ) -> std::result::Result<postgres::Client, (postgres::Error, tls::Outcome)> {
+        use postgres::config::SslMode as Wire;
+        use tls::Outcome;
+        let server = self.server();
+        let plain = |c: &mut postgres::Config| {
+            let r = c.ssl_mode(Wire::Disable).connect(postgres::NoTls);
+            if r.is_ok() {
+                tracing::info!(
+                    "{server}: connected without TLS (sslmode={})",
+                    mode.as_str()
+                );
+            }
+            r.map_err(|e| (e, Outcome::NotTried))
+        };
+        let Some(config) = config else {
+            return plain(c);
+        };
+        let checked = match s.check() {
+            tls::Check::Full => "certificate checked: CA and host name",
+            tls::Check::Chain => "certificate checked: CA, not the host name",
+            tls::Check::None => "certificate not checked",
+        };
+        let attempt = |c: &mut postgres::Config, wire: Wire| {
+            let conn = tls::Connector::new(config.clone());
+            let r = c.ssl_mode(wire).connect(conn.clone());
+            let outcome = conn.outcome();
+            match &r {
+                Ok(_) if outcome == Outcome::Done => {
+                    tracing::info!("{server}: connected with TLS ({checked})")
+                }
+                Ok(_) => tracing::info!(
+                    "{server}: connected without TLS: the server does not offer it (sslmode={})",
+                    mode.as_str()
                 ),
-            )
-            .into()
-        })
+                Err(_) => {}
+            }
+            r.map_err(|e| (e, outcome))
+        };
+        match mode {
+            SslMode::Disable => plain(c),
+            // Plaintext first; TLS if the server refuses that.
+            SslMode::Allow => match plain(c) {
+                Err((e, _)) if e.as_db_error().is_some() => {
+                    tracing::info!(
+                        "{server}: refused without TLS ({}); trying TLS (sslmode=allow)",
+                        describe(&e)
+                    );
+                    attempt(c, Wire::Require)
+                }
+                r => r,
+            },
+            // TLS if the server offers it; plaintext again when the handshake fails or the
+            // server refuses us over TLS, as libpq does.
+            SslMode::Prefer => match attempt(c, Wire::Prefer) {
+                Err((e, o))
+                    if o == Outcome::Failed
+                        || (o == Outcome::Done && e.as_db_error().is_some()) =>
+                {
+                    tracing::warn!(
+                        "{server}: TLS connection failed ({}); trying without TLS \
+                         (sslmode=prefer; use sslmode=require or verify-full to insist on TLS)",
+                        describe(&e)
+                    );
+                    plain(c)
+                }
+                r => r,
+            },
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => attempt(c, Wire::Require),
+        }
     }
 }
 
@@ -663,7 +774,7 @@ mod tests {
             user: Some("o'neil".into()),
             password: Some("secret".into()),
             dbname: Some("d b".into()),
-            params: vec![("sslmode".into(), "disable".into())],
+            params: vec![("application_name".into(), "x y".into())],
         };
         let c = t.conninfo();
         assert!(!c.contains("secret"));
@@ -675,6 +786,31 @@ mod tests {
                 ..t
             }
         );
+    }
+
+    #[test]
+    fn tls_settings_go_to_children_in_the_environment() {
+        let t = PgTarget {
+            host: Some("db".into()),
+            params: vec![
+                ("sslmode".into(), "verify-full".into()),
+                ("sslrootcert".into(), "/etc/ca.crt".into()),
+                ("application_name".into(), "x".into()),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(t.conninfo(), "host='db' application_name='x'");
+        let mut cmd = Command::new("true");
+        cmd.env("PGSSLCERT", "/inherited.crt");
+        t.configure(&mut cmd);
+        let envs: Vec<_> = cmd
+            .get_envs()
+            .map(|(k, v)| (k.to_str().unwrap(), v.and_then(|v| v.to_str())))
+            .collect();
+        assert!(envs.contains(&("PGSSLMODE", Some("verify-full"))));
+        assert!(envs.contains(&("PGSSLROOTCERT", Some("/etc/ca.crt"))));
+        // What the target does not say is not inherited either.
+        assert!(envs.contains(&("PGSSLCERT", None)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod physical;
 pub mod pitr;
 pub mod restore;
+pub mod tls;
 pub mod tools;
 
 use super::stream::{save_stream, save_stream_to};
