@@ -249,6 +249,14 @@ fn wrong_cas_host_names_and_revoked_certificates_are_refused() {
         &format!("sslmode=verify-full&{right}"),
     ));
     refused(&out, 8, "not made out to \"127.0.0.1\"");
+    // A key=value string naming the host (checked) apart from the address (connected to).
+    let kv = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=postgres password={PG_PASSWORD} \
+         dbname=app sslmode=verify-full sslrootcert='{}'",
+        pg.port(),
+        pki.ca().display()
+    );
+    ok(&backup(&kv));
     // …and accepted by verify-ca, pg_dump included.
     ok(&backup(&url(
         &pg,
@@ -302,7 +310,7 @@ fn wrong_cas_host_names_and_revoked_certificates_are_refused() {
         "sslmode=require&sslrootcert=/nonexistent/ca.crt",
     ));
     refused(&out, 2, "/nonexistent/ca.crt");
-    assert_eq!(s.snapshot_count(), 3);
+    assert_eq!(s.snapshot_count(), 4);
 }
 
 #[test]
@@ -368,6 +376,22 @@ fn require_prefer_and_the_default_root_file() {
     refused(&out, 8, "not signed by a CA in");
     std::fs::remove_file(dot.join("root.crt")).unwrap();
 
+    // sslrootcert=system is the system's CA bundle (here SSL_CERT_FILE names the test CA)
+    // and means verify-full; pg_dump (whose libpq 15 knows no "system") gets the bundle.
+    let system = |query: &str| {
+        s.cmd()
+            .env("SSL_CERT_FILE", pki.ca())
+            .args(["backup", "--postgres", &url(&pg, "localhost", "app", query)])
+            .output()
+            .unwrap()
+    };
+    ok(&system("sslrootcert=system"));
+    refused(
+        &system("sslrootcert=system&sslmode=require"),
+        2,
+        "use sslmode=verify-full",
+    );
+
     // Over the Unix socket TLS never applies (libpq ignores sslmode there).
     let socket = format!(
         "postgresql:///app?host={}&port={}&user=postgres&sslmode=verify-full",
@@ -396,8 +420,12 @@ fn require_prefer_and_the_default_root_file() {
         "--postgres",
         &url(&plain, "127.0.0.1", "app", "sslmode=require"),
     ]);
-    refused(&out, 8, "server does not support TLS");
-    assert_eq!(s.snapshot_count(), 6);
+    refused(
+        &out,
+        8,
+        "the server does not offer TLS (ssl = off?), and sslmode=require",
+    );
+    assert_eq!(s.snapshot_count(), 7);
 }
 
 #[test]

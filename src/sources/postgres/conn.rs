@@ -198,7 +198,7 @@ impl PgTarget {
 
     fn set(&mut self, key: &str, val: String) -> Result<()> {
         match key {
-            "host" | "hostaddr" => self.host = Some(val),
+            "host" => self.host = Some(val),
             "port" => {
                 self.port = Some(
                     val.parse()
@@ -231,6 +231,20 @@ impl PgTarget {
         };
         if t.host.is_none() {
             t.host = env("PGHOST");
+        }
+        if t.param("hostaddr").is_none() {
+            if let Some(a) = env("PGHOSTADDR") {
+                t.params.push(("hostaddr".into(), a));
+            }
+        }
+        if let Some(a) = t.param("hostaddr").map(str::to_string) {
+            // libpq: hostaddr is where to connect; host, if given, is the name that
+            // certificates (verify-full) and ~/.pgpass are matched against.
+            a.parse::<std::net::IpAddr>()
+                .map_err(|_| bad(format!("hostaddr={a:?} is not an IP address")))?;
+            if t.host.is_none() {
+                t.host = Some(a);
+            }
         }
         if t.port.is_none() {
             if let Some(p) = env("PGPORT") {
@@ -280,9 +294,17 @@ impl PgTarget {
         Ok(t)
     }
 
+    fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Whether the target is reached over TCP (not a Unix socket), and so may use TLS.
     pub fn is_tcp(&self) -> bool {
-        !self.host.as_deref().unwrap_or("localhost").starts_with('/')
+        self.param("hostaddr").is_some()
+            || !self.host.as_deref().unwrap_or("localhost").starts_with('/')
     }
 
     /// The same server, another database.
@@ -388,6 +410,12 @@ impl PgTarget {
                 "application_name" => {
                     c.application_name(v);
                 }
+                "hostaddr" => {
+                    let ip = v
+                        .parse()
+                        .map_err(|_| bad(format!("hostaddr={v:?} is not an IP address")))?;
+                    c.hostaddr(ip);
+                }
                 _ => {}
             }
         }
@@ -414,8 +442,15 @@ impl PgTarget {
                 } else {
                     None
                 };
+                let refused_tls = mode != SslMode::Prefer
+                    && outcome == tls::Outcome::NotTried
+                    && describe(&e).contains("server does not support TLS");
                 let hint = match tls_hint {
                     Some(h) => format!(" — {h}"),
+                    None if refused_tls => format!(
+                        " — the server does not offer TLS (ssl = off?), and sslmode={} needs it",
+                        mode.as_str()
+                    ),
                     None if e.as_db_error().is_none() => {
                         " — is the server running and accepting connections there?".to_string()
                     }
@@ -764,6 +799,12 @@ mod tests {
             PgTarget::parse("app").unwrap().dbname.as_deref(),
             Some("app")
         );
+        // hostaddr is where to connect, host the name to check: both stay.
+        let t = PgTarget::parse("host=db.example hostaddr=10.0.0.5").unwrap();
+        assert_eq!(t.host.as_deref(), Some("db.example"));
+        assert_eq!(t.param("hostaddr"), Some("10.0.0.5"));
+        assert!(t.conninfo().contains("hostaddr='10.0.0.5'"));
+        assert!(t.is_tcp());
     }
 
     #[test]
