@@ -340,6 +340,12 @@ fn require_prefer_and_the_default_root_file() {
             stderr(&out)
         );
     }
+    // allow: plaintext first, TLS when the server refuses that (as here).
+    ok(&s.run(&[
+        "backup",
+        "--postgres",
+        &url(&pg, "127.0.0.1", "app", "sslmode=allow"),
+    ]));
     // PGSSLMODE from the environment is honoured: disable is turned away.
     let out = s
         .cmd()
@@ -374,6 +380,20 @@ fn require_prefer_and_the_default_root_file() {
         &url(&pg, "localhost", "app", "sslmode=require"),
     ]);
     refused(&out, 8, "not signed by a CA in");
+    // prefer, as libpq, tries again without TLS after a failed handshake, and warns; the
+    // reject line then turns that away.
+    let out = s.run(&[
+        "backup",
+        "--postgres",
+        &url(&pg, "localhost", "app", "sslmode=prefer"),
+    ]);
+    refused(&out, 8, "no encryption");
+    assert!(
+        stderr(&out).contains("TLS connection failed")
+            && stderr(&out).contains("trying without TLS"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::remove_file(dot.join("root.crt")).unwrap();
 
     // sslrootcert=system is the system's CA bundle (here SSL_CERT_FILE names the test CA)
@@ -425,7 +445,7 @@ fn require_prefer_and_the_default_root_file() {
         8,
         "the server does not offer TLS (ssl = off?), and sslmode=require",
     );
-    assert_eq!(s.snapshot_count(), 7);
+    assert_eq!(s.snapshot_count(), 8);
 }
 
 #[test]
