@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod proxy;
 
 use assert_cmd::Command;
 use std::fs;
@@ -125,7 +126,9 @@ pub fn wait_until_not_racy(root: &Path) {
         if now > until {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_nanos((until - now) as u64 + 1_000_000));
+        std::thread::sleep(std::time::Duration::from_nanos(
+            (until - now) as u64 + 1_000_000,
+        ));
     }
 }
 
