@@ -574,28 +574,40 @@ fn moto_slow_uploads_finish() {
     restore_and_compare(&env, repo, &src);
 }
 
-/// A backup killed on a slow link is resumed: index files are written every
-/// [`INDEX_INTERVAL`](coffer's saver) of 30 s, not only every 16 packs, so the next backup finds
-/// what the killed one had stored and indexed and does not upload it again; prune then deletes
-/// exactly the killed backup's packs that no index lists.
+/// A backup killed on a slow link is resumed: index files are written every 30 s
+/// (`saver::INDEX_INTERVAL`), not only every 16 packs, so the next backup finds what the
+/// killed one had stored and indexed and does not upload it again; prune then deletes exactly
+/// the killed backup's packs that no index lists.
 ///
-/// 1 GiB of random data, 32 MiB packs (16 of them are half the tree), uploads at 16 MiB/s: by
-/// the time 30 s have passed at most 480 MiB can have crossed, fewer than 16 packs, so an
-/// index file listing fewer is one written because of time. The backup is paused (SIGSTOP)
-/// whenever an index file appears, to count what the index files list, and killed (SIGKILL)
-/// once they list more than 35 % of the tree (usually at the first, after about 30 s and
-/// 40 % of the tree uploaded); the next backup then adds less than 65 %.
+/// 1 GiB of random data in 64 MiB packs: 16 packs are the whole tree, so every index file
+/// written before the end is written because of time (an old coffer writes none, and this
+/// test fails because the backup ends before it can be killed). Uploads cross a 24 MiB/s link
+/// in all, so the tree takes well over 30 s. The backup is paused (SIGSTOP) whenever an index
+/// file appears, to count what the index files list, and killed (SIGKILL) once they list more
+/// than 35 % of the tree (usually at the first: six uploads share the link, so the packs
+/// complete in groups of about six, and the first index file, written when the first pack
+/// after 30 s is stored, lists seven); the next backup then adds less than 65 %.
 #[test]
 fn moto_killed_backup_on_a_slow_link_resumes_from_its_index_files() {
     const FILES: usize = 32;
     const FILE: usize = 32 << 20;
     const TOTAL: u64 = (FILES * FILE) as u64;
-    const PACK: u64 = 32 << 20;
+    const PACK: u64 = 64 << 20;
     let server = moto();
     create_bucket(server.port, "bucket");
     let direct = S3Env::new(server.endpoint(), "test-key", "test-secret");
     let repo = "s3://bucket/resume";
-    direct.ok(repo, &["init", "--pack-size", &(PACK >> 20).to_string()]);
+    // Random data does not compress: spare the CPU, so that the link is what limits.
+    direct.ok(
+        repo,
+        &[
+            "init",
+            "--pack-size",
+            &(PACK >> 20).to_string(),
+            "--compression",
+            "0",
+        ],
+    );
     let keep = TempDir::new().unwrap();
     let src = keep.path().canonicalize().unwrap().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -613,7 +625,7 @@ fn moto_killed_backup_on_a_slow_link_resumes_from_its_index_files() {
         v["packs"].as_u64().unwrap()
     };
 
-    let proxy = ThrottledProxy::new(server.port, 16 << 20);
+    let proxy = ThrottledProxy::new(server.port, 24 << 20);
     let slow = S3Env::new(proxy.endpoint(), "test-key", "test-secret");
     let stderr = keep.path().join("stderr");
     let mut child = slow
@@ -666,7 +678,7 @@ fn moto_killed_backup_on_a_slow_link_resumes_from_its_index_files() {
         first_uploaded >> 20,
         uploaded >> 20
     );
-    // Old coffer wrote index files only every 16 packs.
+    // Old coffer wrote index files only every 16 packs: here, only at the end.
     assert!(
         first_packs > 0 && first_packs < 16,
         "the first index file of the backup lists {first_packs} packs: not written because of time"
