@@ -12,13 +12,12 @@ mod common;
 
 use assert_cmd::Command;
 use common::pg::PgCluster;
+use common::proxy::ThrottledProxy;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -221,8 +220,8 @@ fn create_bucket(port: u16, bucket: &str) {
     assert_eq!(status, 200, "creating bucket {bucket} failed:\n{resp}");
 }
 
-/// Number and total size of the objects under `prefix` (one listing page, ≤ 1000 keys).
-fn objects_under(port: u16, bucket: &str, prefix: &str) -> (usize, u64) {
+/// The names (keys) and sizes of the objects under `prefix` (one listing page, ≤ 1000 keys).
+fn list_objects(port: u16, bucket: &str, prefix: &str) -> BTreeMap<String, u64> {
     let (status, resp) = http(
         port,
         "GET",
@@ -234,68 +233,20 @@ fn objects_under(port: u16, bucket: &str, prefix: &str) -> (usize, u64) {
         !resp.contains("<IsTruncated>true"),
         "listing is paged: {resp}"
     );
-    let sizes: Vec<u64> = resp
-        .split("<Size>")
+    let field = |s: &str, tag: &str| {
+        let start = s.find(&format!("<{tag}>")).unwrap() + tag.len() + 2;
+        s[start..start + s[start..].find('<').unwrap()].to_string()
+    };
+    resp.split("<Contents>")
         .skip(1)
-        .map(|s| s[..s.find('<').unwrap()].parse().unwrap())
-        .collect();
-    (sizes.len(), sizes.iter().sum())
+        .map(|c| (field(c, "Key"), field(c, "Size").parse().unwrap()))
+        .collect()
 }
 
-/// Forwards 127.0.0.1 connections to `target`, passing uploads (client to server) at
-/// `rate` bytes per second. Stops accepting when dropped.
-struct SlowProxy {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl SlowProxy {
-    fn new(target: u16, rate: u64) -> SlowProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pump(client, server, Some(rate)));
-                std::thread::spawn(move || pump(s2, c2, None));
-            }
-        });
-        SlowProxy { port, stop }
-    }
-}
-
-impl Drop for SlowProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wake up accept()
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, rate: Option<u64>) {
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-                if let Some(rate) = rate {
-                    std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
-                }
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
+/// Number and total size of the objects under `prefix` (one listing page, ≤ 1000 keys).
+fn objects_under(port: u16, bucket: &str, prefix: &str) -> (usize, u64) {
+    let objects = list_objects(port, bucket, prefix);
+    (objects.len(), objects.values().sum())
 }
 
 // --- coffer -----------------------------------------------------------------------------
@@ -322,7 +273,14 @@ impl S3Env {
 
     /// `coffer --repo REPO ARGS…` with only this environment's COFFER_*/AWS_* variables.
     fn coffer(&self, repo: &str, args: &[&str]) -> Command {
-        let mut c = Command::cargo_bin("coffer").unwrap();
+        let mut c = Command::from_std(self.command(repo, args));
+        c.timeout(COMMAND_TIMEOUT);
+        c
+    }
+
+    /// The same as a plain process, for a test that controls it while it runs.
+    fn command(&self, repo: &str, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
             if k.starts_with("COFFER_") || k.starts_with("AWS_") || k == "XDG_DATA_HOME" {
@@ -337,8 +295,7 @@ impl S3Env {
             .env("AWS_SECRET_ACCESS_KEY", &self.secret)
             .arg("--repo")
             .arg(repo)
-            .args(args)
-            .timeout(COMMAND_TIMEOUT);
+            .args(args);
         c
     }
 
@@ -491,6 +448,8 @@ fn moto_full_lifecycle() {
     ]);
 
     env.ok(repo, &["init", "--pack-size", "8"]);
+    // Files modified within a second of being read are read again next time (racy).
+    common::wait_until_not_racy(&src);
     // Everything lives under the prefix.
     assert_eq!(
         objects_under(server.port, "bucket", "some/prefix/config").0,
@@ -595,12 +554,8 @@ fn moto_missing_bucket_is_a_clear_error() {
 fn moto_slow_uploads_finish() {
     let server = moto();
     create_bucket(server.port, "bucket");
-    let proxy = SlowProxy::new(server.port, 1 << 20);
-    let env = S3Env::new(
-        format!("http://127.0.0.1:{}", proxy.port),
-        "test-key",
-        "test-secret",
-    );
+    let proxy = ThrottledProxy::new(server.port, 1 << 20);
+    let env = S3Env::new(proxy.endpoint(), "test-key", "test-secret");
     let repo = "s3://bucket/slow";
     let (_keep, src) = source_tree(&[("twelve.bin", random_bytes(12 << 20, 3))]);
     env.ok(repo, &["init", "--pack-size", "16"]);
@@ -617,6 +572,196 @@ fn moto_slow_uploads_finish() {
     // Read back directly.
     let env = S3Env::new(server.endpoint(), "test-key", "test-secret");
     restore_and_compare(&env, repo, &src);
+}
+
+/// A backup killed on a slow link is resumed: index files are written every 30 s
+/// (`saver::INDEX_INTERVAL`), not only every 16 packs, so the next backup finds what the
+/// killed one had stored and indexed and does not upload it again; prune then deletes exactly
+/// the killed backup's packs that no index lists.
+///
+/// 1 GiB of random data in 64 MiB packs: 16 packs are the whole tree, so every index file
+/// written before the end is written because of time (an old coffer writes none, and this
+/// test fails because the backup ends before it can be killed). Uploads cross a 24 MiB/s link
+/// in all, so the tree takes well over 30 s. The backup is paused (SIGSTOP) whenever an index
+/// file appears, to count what the index files list, and killed (SIGKILL) once they list more
+/// than 35 % of the tree (usually at the first: six uploads share the link, so the packs
+/// complete in groups of about six, and the first index file, written when the first pack
+/// after 30 s is stored, lists seven); the next backup then adds less than 65 %.
+#[test]
+fn moto_killed_backup_on_a_slow_link_resumes_from_its_index_files() {
+    const FILES: usize = 32;
+    const FILE: usize = 32 << 20;
+    const TOTAL: u64 = (FILES * FILE) as u64;
+    const PACK: u64 = 64 << 20;
+    let server = moto();
+    create_bucket(server.port, "bucket");
+    let direct = S3Env::new(server.endpoint(), "test-key", "test-secret");
+    let repo = "s3://bucket/resume";
+    // Random data does not compress: spare the CPU, so that the link is what limits.
+    direct.ok(
+        repo,
+        &[
+            "init",
+            "--pack-size",
+            &(PACK >> 20).to_string(),
+            "--compression",
+            "0",
+        ],
+    );
+    let keep = TempDir::new().unwrap();
+    let src = keep.path().canonicalize().unwrap().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..FILES {
+        std::fs::write(
+            src.join(format!("f{i:02}.bin")),
+            // random_bytes sets the lowest bit of the seed: odd seeds, all different.
+            random_bytes(FILE, 1001 + 2 * i as u64),
+        )
+        .unwrap();
+    }
+    let indexed_packs = || -> u64 {
+        let out = direct.ok(repo, &["check", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["packs"].as_u64().unwrap()
+    };
+
+    let proxy = ThrottledProxy::new(server.port, 24 << 20);
+    let slow = S3Env::new(proxy.endpoint(), "test-key", "test-secret");
+    let stderr = keep.path().join("stderr");
+    let mut child = slow
+        .command(repo, &["backup", "--quiet", src.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let signal = |sig| assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    let started = Instant::now();
+    let (mut index_files, mut first_index) = (0, None);
+    let indexed_at_kill = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the backup ended ({status}) before it could be killed:\n{}",
+                std::fs::read_to_string(&stderr).unwrap()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no index file listed 35 % of the tree within 300 s"
+        );
+        let n = objects_under(server.port, "bucket", "resume/index/").0;
+        if n > index_files {
+            signal(libc::SIGSTOP);
+            let indexed = indexed_packs();
+            first_index.get_or_insert((indexed, started.elapsed(), proxy.uploaded()));
+            if indexed * PACK > TOTAL * 35 / 100 {
+                signal(libc::SIGKILL);
+                break indexed;
+            }
+            index_files = n;
+            signal(libc::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.wait().unwrap();
+    let killed_after = started.elapsed();
+    assert!(
+        proxy.wait_idle(Duration::from_secs(60)),
+        "connections stayed open after the kill"
+    );
+    let uploaded = proxy.uploaded();
+    drop(proxy);
+    let (first_packs, first_at, first_uploaded) = first_index.unwrap();
+    eprintln!(
+        "first index file after {first_at:?} and {} MiB uploaded, listing {first_packs} packs; \
+         killed after {killed_after:?} and {} MiB uploaded, {indexed_at_kill} packs indexed",
+        first_uploaded >> 20,
+        uploaded >> 20
+    );
+    // Old coffer wrote index files only every 16 packs: here, only at the end.
+    assert!(
+        first_packs > 0 && first_packs < 16,
+        "the first index file of the backup lists {first_packs} packs: not written because of time"
+    );
+    assert!(direct.snapshots(repo).is_empty());
+
+    // What the killed backup left: indexed packs (reused below) and packs stored after the last
+    // index file (in no index; prune deletes them). A pack whose upload was cut off by the kill
+    // does not exist (one PUT per object).
+    let killed: BTreeMap<String, u64> = list_objects(server.port, "bucket", "resume/data/");
+    let indexed = indexed_packs();
+    assert!(indexed >= indexed_at_kill, "{indexed} < {indexed_at_kill}");
+    let unindexed = killed.len() as u64 - indexed;
+
+    // The next backup, on a fast link, adds only what was not indexed.
+    let second = direct.backup(repo, &src);
+    let added = second["summary"]["bytes_added"].as_u64().unwrap();
+    eprintln!(
+        "the second backup added {} MiB of {} MiB",
+        added >> 20,
+        TOTAL >> 20
+    );
+    assert!(
+        added <= TOTAL * 65 / 100,
+        "the backup after the kill added {added} of {TOTAL} bytes: {second}"
+    );
+    // Every blob of every indexed pack was reused (a pack holds at least PACK - 1 MiB of data).
+    assert!(
+        added + indexed * (PACK - (1 << 20)) <= TOTAL + (1 << 20),
+        "{indexed} packs were indexed but the backup still added {added} bytes"
+    );
+    direct.ok(repo, &["check", "--read-data"]);
+
+    // prune deletes the unindexed packs of the killed backup and nothing else: every indexed
+    // pack of it holds blobs the new snapshot uses (same files, same chunks), and nothing of a
+    // partly read file was stored but whole chunks.
+    let before_prune = list_objects(server.port, "bucket", "resume/data/");
+    let out = direct.coffer(repo, &["prune"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let expect = format!(
+        "0 of {} pack(s) unused, 0 to repack, {unindexed} unindexed",
+        before_prune.len() as u64 - unindexed
+    );
+    assert!(
+        said.contains(&expect),
+        "expected {expect:?} from prune:\n{said}"
+    );
+    let after_prune = list_objects(server.port, "bucket", "resume/data/");
+    let kept_of_killed = killed
+        .keys()
+        .filter(|k| after_prune.contains_key(*k))
+        .count();
+    assert_eq!(
+        kept_of_killed as u64, indexed,
+        "packs of the killed backup kept by prune"
+    );
+    for k in before_prune.keys().filter(|k| !killed.contains_key(*k)) {
+        assert!(
+            after_prune.contains_key(k),
+            "prune deleted {k} of the second backup"
+        );
+    }
+    let out = direct.coffer(repo, &["check"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("not in any index"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Once no snapshot needs them, the killed backup's indexed packs go too.
+    direct.ok(repo, &["forget", second["id"].as_str().unwrap(), "--prune"]);
+    assert_eq!(
+        objects_under(server.port, "bucket", "resume/data/"),
+        (0, 0),
+        "packs left after forgetting the only snapshot"
+    );
 }
 
 #[test]

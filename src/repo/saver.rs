@@ -9,8 +9,9 @@
 //! only reads and cuts, so reading overlaps everything else. Trees ([`BlobSaver::save`])
 //! are hashed by the caller, which needs their id at once. Channels are bounded, so memory
 //! stays at a few packs whatever the input size. Uploaders write index files only after the packs they
-//! list are durable (every 16 packs and at the end), which is what makes an interrupted
-//! backup reusable by the next one.
+//! list are durable (every 16 packs, when [`INDEX_INTERVAL`] has passed since the last one, and at
+//! the end), which is what makes an interrupted backup reusable by the next one: what it loses
+//! is bounded by size on a fast link and by time on a slow one.
 
 use super::index::{IndexFile, IndexPack, MasterIndex};
 use super::pack::{BlobType, FinishedPack, PackWriter};
@@ -24,9 +25,14 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// Write an index file every this many packs.
+/// Write an index file every this many packs,
 const PACKS_PER_INDEX: usize = 16;
+/// or when a pack is stored this long after the last index file (or the start): a backup killed
+/// on a slow link then loses the packs of about this long, not up to 16 packs' worth however
+/// long they took.
+pub const INDEX_INTERVAL: Duration = Duration::from_secs(30);
 
 enum Job {
     Raw {
@@ -63,10 +69,12 @@ pub struct SaverStats {
     pub packs_written: AtomicU64,
 }
 
-#[derive(Default)]
 struct Written {
+    /// Stored, not yet in an index file.
     pending: Vec<IndexPack>,
     all: Vec<IndexPack>,
+    /// When the last index file was begun (the start, before the first).
+    last_index: Instant,
 }
 
 struct Shared {
@@ -94,13 +102,25 @@ impl Shared {
     fn claim(&self, id: Id) -> bool {
         !self.index.has(&id) && self.known.lock().unwrap().insert(id)
     }
+    /// Write an index file for the stored packs not yet in one, when `all` or when one is due.
     fn flush_index(&self, all: bool) -> Result<()> {
-        let mut w = self.written.lock().unwrap();
-        if w.pending.is_empty() || (!all && w.pending.len() < PACKS_PER_INDEX) {
-            return Ok(());
-        }
-        let packs = std::mem::take(&mut w.pending);
+        let packs = {
+            let mut w = self.written.lock().unwrap();
+            let due = all
+                || w.pending.len() >= PACKS_PER_INDEX
+                || w.last_index.elapsed() >= INDEX_INTERVAL;
+            if w.pending.is_empty() || !due {
+                return Ok(());
+            }
+            w.last_index = Instant::now();
+            std::mem::take(&mut w.pending)
+        };
+        // Not under the lock: the other uploaders go on recording their packs meanwhile.
         if self.write_index {
+            // A backup whose lock may have been taken for stale writes no index file: a prune
+            // elsewhere may have deleted these packs as unindexed, and an index file listing them
+            // would let a later backup deduplicate against data that is gone.
+            super::lock::ensure_held()?;
             self.repo.save_json(
                 FileKind::Index,
                 &IndexFile {
@@ -108,7 +128,7 @@ impl Shared {
                 },
             )?;
         }
-        w.all.extend(packs);
+        self.written.lock().unwrap().all.extend(packs);
         Ok(())
     }
 }
@@ -134,7 +154,11 @@ impl BlobSaver {
             known: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
             failed: Default::default(),
-            written: Mutex::new(Written::default()),
+            written: Mutex::new(Written {
+                pending: Vec::new(),
+                all: Vec::new(),
+                last_index: Instant::now(),
+            }),
             stats: stats.clone(),
             write_index,
         });

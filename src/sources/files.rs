@@ -2,8 +2,9 @@
 //!
 //! The snapshot tree mirrors absolute paths (`/srv/app/uploads` is stored as
 //! `srv/app/uploads`, with the metadata of each parent directory). A file whose size,
-//! mtime, ctime and inode match the same path in the parent snapshot is not read again.
-//! A file that vanishes during the backup is skipped with a warning (it no longer exists,
+//! mtime, ctime and inode match the same path in the parent snapshot is not read again
+//! (one that was modified less than [`RACY_WINDOW_NS`] before it was read is always read
+//! again). A file that vanishes during the backup is skipped with a warning (it no longer exists,
 //! so the snapshot is still a true picture); any other read error fails the backup and no
 //! snapshot is written.
 
@@ -90,9 +91,15 @@ pub(crate) struct Archiver<'a> {
     /// The chunker's read window, reused from file to file.
     window: Vec<u8>,
     rules: Option<&'a dyn EntryRules>,
-    /// See [`Archiver::new`]; 0 for `backup PATH…`.
-    racy_window_ns: i64,
 }
+
+/// A file whose mtime or ctime is less than this before the moment coffer starts reading it is
+/// "racy" (as git calls it): a write right after the read, within the same timestamp tick (one
+/// second on some file systems, a clock tick or more on others), could leave size, timestamps
+/// and inode as they were. Its node is stored with inode 0, so the next backup never takes it as
+/// unchanged and reads it again (by then it is usually old enough to be reused later). The same
+/// rule for every source that archives files (`backup PATH…`, physical base backups).
+pub(crate) const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
 pub(crate) fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
     Node {
@@ -139,16 +146,11 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 impl<'a> Archiver<'a> {
-    /// An archiver for a source other than `backup PATH…`. `racy_window_ns`: a file whose
-    /// mtime or ctime is less than this before the moment coffer starts reading it is
-    /// "racy" (as git calls it): a write right after the read could keep the same
-    /// timestamps. Its node is stored with inode 0, so the next backup never takes it as
-    /// unchanged and reads it again (by then it is usually old enough to be reused later).
+    /// An archiver for a source other than `backup PATH…`.
     pub(crate) fn new(
         session: Session,
         progress: &'a Progress,
         rules: Option<&'a dyn EntryRules>,
-        racy_window_ns: i64,
     ) -> Result<Archiver<'a>> {
         Ok(Archiver {
             session,
@@ -157,7 +159,6 @@ impl<'a> Archiver<'a> {
             size: 0,
             window: Vec::new(),
             rules,
-            racy_window_ns,
         })
     }
 
@@ -312,11 +313,9 @@ impl<'a> Archiver<'a> {
                     return Ok(Some(n.into()));
                 }
             }
-            if self.racy_window_ns > 0 {
-                let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-                if n.mtime_ns.max(n.ctime_ns) > now - self.racy_window_ns {
-                    n.inode = 0;
-                }
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            if n.mtime_ns.max(n.ctime_ns) > now - RACY_WINDOW_NS {
+                n.inode = 0;
             }
             let f = match fs::File::open(path) {
                 Ok(f) => f,
@@ -407,7 +406,6 @@ pub fn backup_files(
         size: 0,
         window: Vec::new(),
         rules: None,
-        racy_window_ns: 0,
     };
     let parent_tree = match &parent {
         Some(p) => repo.load_tree(&a.session.index, &p.tree).ok(),

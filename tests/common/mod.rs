@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod proxy;
 pub mod tls;
 
 use assert_cmd::Command;
@@ -101,6 +102,35 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Wait until every file under `root` was last modified (mtime and ctime) more than a second
+/// ago, so that a backup does not store them as "racy" and the next one takes them as unchanged.
+pub fn wait_until_not_racy(root: &Path) {
+    fn newest(p: &Path) -> i128 {
+        let m = fs::symlink_metadata(p).unwrap();
+        let mut t = (m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)
+            .max(m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128);
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                t = t.max(newest(&e.unwrap().path()));
+            }
+        }
+        t
+    }
+    let until = newest(root) + 1_000_000_000;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        if now > until {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_nanos(
+            (until - now) as u64 + 1_000_000,
+        ));
+    }
 }
 
 /// Deterministic pseudo-random bytes.

@@ -371,8 +371,9 @@ pub fn backup_physical(
     let rules = PgRules {
         root: pgdata.clone(),
     };
-    // A file written less than a second before coffer reads it is read again next time.
-    let mut a = Archiver::new(session, progress, Some(&rules), 1_000_000_000)?;
+    // A file written less than a second before coffer reads it is read again next time
+    // (files::RACY_WINDOW_NS, as for `backup PATH…`).
+    let mut a = Archiver::new(session, progress, Some(&rules))?;
 
     let started_at = chrono::Local::now().fixed_offset();
     let label = format!("coffer {}", started_at.format("%Y-%m-%dT%H:%M:%S%:z"));
