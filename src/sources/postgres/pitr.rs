@@ -517,7 +517,10 @@ fn strip_recovery_settings(conf: &str) -> String {
     conf.lines()
         .map(|l| {
             let key = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
-            if key == "restore_command" || key.starts_with("recovery_target") {
+            if key == "restore_command"
+                || key == "recovery_end_command"
+                || key.starts_with("recovery_target")
+            {
                 format!("# {l}  (replaced by coffer restore)\n")
             } else {
                 format!("{l}\n")
@@ -761,10 +764,11 @@ mod tests {
 
     #[test]
     fn earlier_recovery_settings_are_commented_out() {
-        let c = "shared_buffers = '1GB'\nrestore_command = 'x'\n  recovery_target_time = 'y'\n";
+        let c = "shared_buffers = '1GB'\nrestore_command = 'x'\n  recovery_target_time = 'y'\nrecovery_end_command = 'z'\n";
         let out = strip_recovery_settings(c);
         assert!(out.starts_with("shared_buffers = '1GB'\n# restore_command"));
         assert!(out.contains("#   recovery_target_time"));
+        assert!(out.contains("# recovery_end_command"));
     }
 
     #[test]
