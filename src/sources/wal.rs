@@ -761,6 +761,39 @@ mod tests {
     }
 
     #[test]
+    fn impossible_segment_sizes_are_refused() {
+        assert!(valid_segment_size(1 << 20) && valid_segment_size(1 << 30));
+        for n in [0, 1, (1 << 20) - 1, 3 << 20, 1 << 31, u32::MAX] {
+            assert!(!valid_segment_size(n), "{n}");
+        }
+        // A stored archive record with a zero segment size is damage, not a divisor.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(
+            std::sync::Arc::new(crate::backend::LocalBackend::new(dir.path().join("r"))),
+            b"pw",
+            &crate::repo::InitOptions {
+                kdf: crate::repo::keys::KdfParams::insecure_for_tests(),
+                compression: 0,
+                pack_size: 1 << 20,
+            },
+        )
+        .unwrap();
+        let info = ArchiveInfo {
+            system_identifier: "7".into(),
+            segment_size: 0,
+            created: chrono::Local::now().fixed_offset(),
+        };
+        let sealed = seal_file(&repo, ARCHIVE_INFO, &serde_json::to_vec(&info).unwrap());
+        repo.backend
+            .write(FileKind::Wal, ARCHIVE_INFO, &sealed)
+            .unwrap();
+        let e = archive_info(&repo).unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), ErrorKind::Integrity, "{e}");
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(fetch(&repo, "000000010000000000000003", &dest, 4).is_err());
+    }
+
+    #[test]
     fn long_header() {
         let mut page = vec![0u8; 8192];
         page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());

@@ -266,7 +266,8 @@ pub fn release(repo: &Repository, id: &str) -> Result<bool> {
     }
 }
 
-/// Every hold, oldest first; those that cannot be read as [`Listed::Unreadable`]. Objects
+/// Every hold: those that cannot be read first (as [`Listed::Unreadable`]), then the others
+/// oldest first. Objects
 /// whose name is not a hold id are ignored (like `.tmp-*` files of interrupted writes).
 pub fn list(repo: &Repository) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
@@ -419,8 +420,96 @@ pub fn raise_horizon(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::LocalBackend;
+    use crate::repo::keys::KdfParams;
+    use crate::repo::InitOptions;
 
     const SEG: u32 = 16 << 20;
+
+    fn repo(dir: &Path) -> Repository {
+        Repository::init(
+            std::sync::Arc::new(LocalBackend::new(dir.join("repo"))),
+            b"pw",
+            &InitOptions {
+                kdf: KdfParams::insecure_for_tests(),
+                compression: 0,
+                pack_size: 1 << 20,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_horizon_only_rises_and_fetch_refuses_what_is_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        assert!(horizon(&repo).unwrap().is_none());
+        raise_horizon(&repo, 0x105, SEG, "000000010000000100000005").unwrap();
+        let h = raise_horizon(&repo, 0x103, SEG, "000000010000000100000003").unwrap();
+        assert_eq!(h.segno, 0x105);
+        assert_eq!(horizon(&repo).unwrap(), Some(h));
+        let dest = dir.path().join("pg_wal/RECOVERYXLOG");
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let e = wal::fetch(&repo, "000000020000000100000004", &dest, 0).unwrap_err();
+        assert!(
+            format!("{e}").contains("removed from the archive by WAL retention"),
+            "{e}"
+        );
+        for name in ["000000020000000100000005", "00000002.history"] {
+            assert_eq!(
+                wal::fetch(&repo, name, &dest, 0).unwrap(),
+                wal::Fetched::NotArchived
+            );
+        }
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn holds_are_taken_refreshed_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let spec = HoldSpec {
+            purpose: "drill".into(),
+            start_wal: "000000010000000000000007".into(),
+            segment_size: SEG,
+            snapshot: None,
+            expires_after: DEFAULT_EXPIRY,
+        };
+        let h = take(&repo, &spec).unwrap();
+        assert!(valid_id(&h.id));
+        assert_eq!(h.expires_after_secs, 24 * 3600);
+        let r = refresh(&repo, &h.id).unwrap().unwrap();
+        assert!(r.refreshed > h.refreshed && r.created == h.created);
+        assert_eq!(find(&repo, &h.id[..6]).unwrap(), h.id);
+        assert!(release(&repo, &h.id).unwrap());
+        assert!(!release(&repo, &h.id).unwrap());
+        assert!(refresh(&repo, &h.id).unwrap().is_none());
+        // A guard releases its hold unless kept.
+        let id = {
+            let t = Taken::new(&repo, &spec).unwrap();
+            assert_eq!(list(&repo).unwrap().len(), 1);
+            t.id().to_string()
+        };
+        assert!(read(&repo, &id).unwrap().is_none());
+        let kept = Taken::new(&repo, &spec).unwrap().keep();
+        assert!(read(&repo, &kept.id).unwrap().is_some());
+        // A hold object copied under another id does not pass for it.
+        let other = "ffffffffffffffffffffffffffffffff";
+        let holds = dir.path().join("repo/wal/holds");
+        std::fs::copy(holds.join(&kept.id), holds.join(other)).unwrap();
+        assert!(read(&repo, other).is_err());
+        assert!(matches!(
+            list(&repo).unwrap().as_slice(),
+            [Listed::Unreadable { .. }, Listed::Hold(_)]
+        ));
+        // Bad specs and ids are refused.
+        let bad = HoldSpec {
+            segment_size: 0,
+            ..spec.clone()
+        };
+        assert!(take(&repo, &bad).is_err());
+        assert!(read(&repo, "../../config").is_err());
+    }
 
     fn hold(start: &str, refreshed: &str, secs: u64) -> Hold {
         let t = DateTime::parse_from_rfc3339(refreshed).unwrap();
