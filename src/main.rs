@@ -5,7 +5,27 @@ mod cli;
 use clap::Parser;
 
 fn main() {
-    let cli = cli::args::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // PostgreSQL reads wal-fetch's status: 1 to 125 mean "not archived" and end recovery
+    // early, so every failure of wal-fetch, from a usage error (which clap would report
+    // with 2) to a panic (101), must exit 126. Known before parsing, since parsing may fail.
+    let fetching = cli::args::subcommand_of(&args).is_some_and(|c| c == "wal-fetch");
+    if fetching {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::exit(cli::WAL_FETCH_FAILED);
+        }));
+    }
+    let cli = match cli::args::Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // --help and --version (printed on stdout) are not failures.
+        Err(e) if fetching && e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(cli::WAL_FETCH_FAILED);
+        }
+        Err(e) => e.exit(),
+    };
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -24,7 +44,6 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let fetching = matches!(cli.command, cli::args::Command::WalFetch(_));
     if let Err(e) = cli::run(cli) {
         if e.downcast_ref::<cli::WalNotFound>().is_some() {
             std::process::exit(1);

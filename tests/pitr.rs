@@ -671,8 +671,10 @@ fn forget_removes_wal_no_kept_base_backup_needs() {
     assert!(said.contains("WAL archive: removed"), "{said}");
     let after = a.wal_objects();
     assert!(old(&after).is_empty(), "{after:?}");
-    assert_eq!(after.len(), before.len() - old(&before).len());
+    // Plus the horizon, which says that WAL was removed on purpose.
+    assert_eq!(after.len(), before.len() - old(&before).len() + 1);
     assert!(after.iter().any(|p| p.ends_with("wal/archive")));
+    assert!(after.iter().any(|p| p.ends_with("wal/retention")));
     // Nothing left to remove on a second run.
     let said = a.ok_stderr(&["forget", "--keep-last", "1"]);
     assert!(said.contains("nothing to remove"), "{said}");
@@ -808,4 +810,135 @@ fn tablespaces_are_restored_moved_and_updated_in_place() {
         "20000"
     );
     amcheck(&r);
+}
+
+#[test]
+fn forget_keeps_wal_a_recovery_holds_and_refuses_wal_it_removed() {
+    let a = Archived::new();
+    a.pg.psql("postgres", "CREATE TABLE marker (id int PRIMARY KEY)");
+    a.pg.psql("postgres", "INSERT INTO marker VALUES (1)");
+    let first = a.base_backup();
+    a.more_segments(3);
+    a.base_backup();
+    a.pg.psql("postgres", "INSERT INTO marker VALUES (2)");
+    a.archive_all();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = a.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let snaps = json(&["snapshots", "--json"]);
+    let first_snap = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == first["id"])
+        .unwrap();
+    let start1 = first_snap["sources"][0]["metadata"]["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_short = first_snap["short_id"].as_str().unwrap().to_string();
+
+    // Restore the older base backup. Its recovery has not started yet.
+    let (dir, out) = a.restore(
+        "held",
+        &[
+            first["id"].as_str().unwrap(),
+            "--target-action",
+            "promote",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hold = v["wal_hold"]["id"].as_str().unwrap().to_string();
+    assert_eq!(v["wal_hold"]["start_wal"], start1.as_str());
+    let holds = || json(&["wal-hold", "list", "--json"]);
+    let h = holds();
+    assert_eq!(h.as_array().unwrap().len(), 1, "{h:#}");
+    assert_eq!(h[0]["id"], hold.as_str());
+    assert_eq!(h[0]["expired"], false);
+
+    // A wal-fetch with the hold refreshes it, but not on every call: a stamp file says when
+    // it last did, and ten minutes later the next call refreshes again.
+    let scratch = a.holder.path().join("scratch/pg_wal");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let fetch = |name: &str| {
+        let out = a
+            .cmd()
+            .args(["wal-fetch", "--prefetch", "0", "--hold", &hold, name])
+            .arg(scratch.join("RECOVERYXLOG"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let refreshed = || holds()[0]["refreshed"].as_str().unwrap().to_string();
+    let r0 = refreshed();
+    fetch(&start1);
+    let r1 = refreshed();
+    assert_ne!(r0, r1);
+    fetch(&start1);
+    assert_eq!(refreshed(), r1);
+    let stamp = scratch
+        .join(".coffer-prefetch")
+        .join(format!(".hold-{hold}"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stamp)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(11 * 60))
+        .unwrap();
+    fetch(&start1);
+    assert_ne!(refreshed(), r1);
+
+    // Forget the older backup while the restored cluster still needs its WAL: the held WAL
+    // stays, and forget says so (also in --json).
+    let v = json(&["forget", "--dry-run", "--json", &first_short]);
+    assert_eq!(v["wal"]["held_by"], hold.as_str(), "{v:#}");
+    assert_eq!(v["wal"]["keep_from"], start1.as_str(), "{v:#}");
+    assert_eq!(v["wal"]["holds"][0]["id"], hold.as_str(), "{v:#}");
+    let said = a.ok_stderr(&["forget", &first_short]);
+    assert!(
+        said.contains(&format!("kept from {start1} on for WAL hold {hold}")),
+        "{said}"
+    );
+    assert!(
+        a.wal_objects().iter().any(|p| p.ends_with(&start1)),
+        "{said}"
+    );
+    // The recovery fetches all it needs, and releases the hold when it ends.
+    let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
+    assert_eq!(markers(&r), [1, 2]);
+    drop(r);
+    assert_eq!(holds(), serde_json::json!([]));
+
+    // Now forget removes that WAL and records how far: fetching it fails (126, with a
+    // message), it is never "not archived" (1), which would end a recovery early.
+    let said = a.ok_stderr(&["forget", "--keep-last", "1"]);
+    assert!(said.contains("WAL archive: removed"), "{said}");
+    assert!(!a.wal_objects().iter().any(|p| p.ends_with(&start1)));
+    let dest = scratch.join("RECOVERYXLOG");
+    let out = a
+        .cmd()
+        .args(["wal-fetch", &start1])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("removed from the archive by WAL retention"),
+        "{}",
+        stderr(&out)
+    );
+    // What is simply not archived still answers 1: a history file, a segment past the end.
+    for name in ["00000009.history", "00000001000000AA00000000"] {
+        let out = a
+            .cmd()
+            .args(["wal-fetch", name])
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+    }
 }

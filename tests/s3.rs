@@ -770,6 +770,20 @@ fn unreachable_endpoint_is_a_storage_error() {
     let env = S3Env::new(format!("http://127.0.0.1:{port}"), "k", "s");
     let err = env.fails("s3://bucket/x", &["snapshots"], 7);
     assert!(err.contains("s3://bucket/x/config"), "{err}");
+    // For PostgreSQL's restore_command, storage out of reach is a failure (126), never
+    // "not archived" (1).
+    let dest = env.home.path().join("RECOVERYXLOG");
+    let err = env.fails(
+        "s3://bucket/x",
+        &[
+            "wal-fetch",
+            "000000010000000000000001",
+            dest.to_str().unwrap(),
+        ],
+        126,
+    );
+    assert!(err.contains("s3://bucket/x/config"), "{err}");
+    assert!(!dest.exists());
 }
 
 // --- s3s-fs -----------------------------------------------------------------------------
@@ -818,7 +832,35 @@ fn s3s_fs_wrong_credentials_exit_7() {
             err.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
             "{err}"
         );
+        // wal-fetch, as PostgreSQL's restore_command: refused credentials are a failure
+        // (126), never "not archived" (1).
+        let dest = env.home.path().join("RECOVERYXLOG");
+        let err = env.fails(
+            repo,
+            &[
+                "wal-fetch",
+                "000000010000000000000001",
+                dest.to_str().unwrap(),
+            ],
+            126,
+        );
+        assert!(
+            err.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+            "{err}"
+        );
+        assert!(!dest.exists());
     }
+    // With the right credentials, a file that is not archived is "not archived".
+    let dest = good.home.path().join("RECOVERYXLOG");
+    good.fails(
+        repo,
+        &[
+            "wal-fetch",
+            "000000010000000000000001",
+            dest.to_str().unwrap(),
+        ],
+        1,
+    );
     assert!(!server.dir.path().join("root/bucket/fresh").exists());
     // The repository is still fine for the right credentials.
     assert!(good.snapshots(repo).is_empty());

@@ -323,3 +323,363 @@ fn one_call_pushes_the_whole_ready_backlog() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!pg_wal.join(".coffer-pushed").join(&names[1]).exists());
 }
+
+/// `coffer` as a `std::process::Command` (to run under another user or a tracer), with the
+/// environment of [`Env::cmd`].
+fn std_cmd(env: &Env, program: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("COFFER_") || k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("COFFER_HOME", env.path("home"))
+        .env("COFFER_REPO", &env.repo)
+        .env("COFFER_PASSWORD", "correct horse");
+    c
+}
+
+/// `coffer` run as another user than the repository's owner, so that its permissions
+/// apply (as root, `nobody`; otherwise the current user, with the permissions taken away).
+fn as_other_user(env: &Env) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = std_cmd(env, &assert_cmd::cargo::cargo_bin("coffer"));
+    if unsafe { libc::geteuid() } == 0 {
+        c.uid(65534).gid(65534);
+    }
+    c
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn wal_fetch_exits_126_on_every_failure_but_not_archived() {
+    let pg = PgCluster::start();
+    let env = Env::new();
+    env.init();
+    let seg_name = finished_segment(&pg);
+    let seg = copy_segment(&pg, &seg_name, &env.path("wal-a"));
+    env.cmd().arg("wal-push").arg(&seg).assert().success();
+    let pg_wal = env.path("restored/pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let d = dest.to_str().unwrap();
+    let check = |what: &str, out: std::process::Output| {
+        assert_eq!(out.status.code(), Some(126), "{what}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert!(!dest.exists(), "{what}: {d} was written");
+    };
+
+    // Usage errors, which clap reports itself: unknown options, missing arguments, bad
+    // values, also after global options.
+    for args in [
+        vec!["wal-fetch", "--bogus", &seg_name, d],
+        vec!["wal-fetch"],
+        vec!["wal-fetch", &seg_name],
+        vec!["wal-fetch", &seg_name, d, "extra"],
+        vec!["wal-fetch", "--prefetch", "999", &seg_name, d],
+        vec!["wal-fetch", "--hold", "../../config", &seg_name, d],
+        vec!["-q", "--repo", "/nonexistent", "-v", "wal-fetch", "--bogus"],
+    ] {
+        check(
+            &format!("{args:?}"),
+            env.cmd().args(&args).output().unwrap(),
+        );
+    }
+    // Not a WAL file name.
+    check(
+        "bad name",
+        env.cmd().args(["wal-fetch", "passwd", d]).output().unwrap(),
+    );
+    // An unreadable or malformed config file, an unreadable passphrase file.
+    check(
+        "missing config file",
+        env.cmd()
+            .arg("--config")
+            .arg(env.path("no-such.toml"))
+            .args(["wal-fetch", &seg_name, d])
+            .output()
+            .unwrap(),
+    );
+    std::fs::write(env.path("bad.toml"), "repository = [").unwrap();
+    check(
+        "malformed config file",
+        env.cmd()
+            .arg("--config")
+            .arg(env.path("bad.toml"))
+            .args(["wal-fetch", &seg_name, d])
+            .output()
+            .unwrap(),
+    );
+    check(
+        "missing passphrase file",
+        env.cmd()
+            .env_remove("COFFER_PASSWORD")
+            .env("COFFER_PASSWORD_FILE", env.path("no-such-pw"))
+            .args(["wal-fetch", &seg_name, d])
+            .output()
+            .unwrap(),
+    );
+    // A wrong passphrase.
+    check(
+        "wrong passphrase",
+        env.cmd()
+            .env("COFFER_PASSWORD", "wrong")
+            .args(["wal-fetch", &seg_name, d])
+            .output()
+            .unwrap(),
+    );
+    // Storage missing, or refusing: a repository this user may not read at all, or whose
+    // segment folder it may not read (the rest readable).
+    check(
+        "missing repository",
+        env.cmd()
+            .env("COFFER_REPO", env.path("no-such-repo"))
+            .args(["wal-fetch", &seg_name, d])
+            .output()
+            .unwrap(),
+    );
+    chmod(env.dir.path(), 0o755);
+    chmod(pg_wal.parent().unwrap(), 0o777);
+    chmod(&pg_wal, 0o777);
+    check(
+        "unreadable repository",
+        as_other_user(&env)
+            .args(["wal-fetch", &seg_name, d])
+            .output()
+            .unwrap(),
+    );
+    let seg_dir = env.repo.join("wal").join(&seg_name[..16]);
+    for p in common::list_files(&env.repo) {
+        chmod(&p, 0o644);
+    }
+    for dir in ["", "keys", "wal", "locks"] {
+        chmod(&env.repo.join(dir), 0o755);
+    }
+    chmod(&seg_dir, 0o700);
+    if unsafe { libc::geteuid() } != 0 {
+        chmod(&seg_dir, 0o000);
+    }
+    let out = as_other_user(&env)
+        .args(["wal-fetch", &seg_name, d])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    check("unreadable segment folder", out);
+    // The other user can read the rest: a file that is not archived is still "not archived".
+    let out = as_other_user(&env)
+        .args(["wal-fetch", "00000005.history", d])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    chmod(&seg_dir, 0o700);
+
+    // A damaged object: decryption fails.
+    let obj = seg_dir.join(&seg_name);
+    let mut raw = std::fs::read(&obj).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x40;
+    std::fs::write(&obj, &raw).unwrap();
+    let out = env
+        .cmd()
+        .args(["wal-fetch", &seg_name, d])
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains(&seg_name), "{}", stderr(&out));
+    check("damaged object", out);
+    raw[mid] ^= 0x40;
+    std::fs::write(&obj, &raw).unwrap();
+
+    // And the archive works: found is 0, not archived is 1.
+    let out = env
+        .cmd()
+        .args(["wal-fetch", &seg_name, d])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env
+        .cmd()
+        .args(["wal-fetch", "0000000100000000000000F0", "--prefetch", "0"])
+        .arg(pg_wal.join("missing"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+/// A long page header for segment `segno` of timeline 1 that says segments are `size` bytes.
+fn fake_header(segno: u64, size: u32) -> Vec<u8> {
+    let mut page = vec![0u8; 8192];
+    page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    page[2..4].copy_from_slice(&7u16.to_le_bytes());
+    page[4..8].copy_from_slice(&1u32.to_le_bytes());
+    page[8..16].copy_from_slice(&(segno * (16 << 20)).to_le_bytes());
+    page[24..32].copy_from_slice(&7710896918539192691u64.to_le_bytes());
+    page[32..36].copy_from_slice(&size.to_le_bytes());
+    page[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    page
+}
+
+#[test]
+fn a_wal_segment_size_of_zero_is_refused_not_divided_by() {
+    let env = Env::new();
+    env.init();
+    let dir = env.path("pg_wal");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, size) in [
+        ("000000010000000000000003.partial", 0u32),
+        ("000000010000000000000004.partial", 3 << 20),
+    ] {
+        std::fs::write(dir.join(name), fake_header(3, size)).unwrap();
+        let out = env
+            .cmd()
+            .arg("wal-push")
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("segment size of") && !stderr(&out).contains("panicked"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Nothing was recorded: the archive is still empty, and reading it does not panic.
+    assert!(common::list_files(&env.repo.join("wal")).is_empty());
+    let out = env.cmd().args(["wal-verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn prefetched_segments_are_durable_and_checked_before_use() {
+    let pg = PgCluster::start();
+    let env = Env::new();
+    env.init();
+    let names: Vec<String> = (0..3).map(|_| finished_segment(&pg)).collect();
+    let wal_dir = env.path("wal-src");
+    let mut bytes = Vec::new();
+    for n in &names {
+        let p = copy_segment(&pg, n, &wal_dir);
+        bytes.push(std::fs::read(&p).unwrap());
+        env.cmd().arg("wal-push").arg(&p).assert().success();
+    }
+    let pg_wal = env.path("restored/pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let pg_wal = pg_wal.canonicalize().unwrap();
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let prefetch = pg_wal.join(".coffer-prefetch");
+
+    // Fetch the first with two ahead, under strace: every file is flushed (fdatasync)
+    // before it is renamed into place, and the directory is flushed after.
+    let trace = env.path("strace.out");
+    let strace = Path::new("/usr/bin/strace");
+    assert!(
+        strace.exists(),
+        "strace is needed for this test (scripts/test installs it)"
+    );
+    let out = std_cmd(&env, strace)
+        .args(["-f", "-y", "-qq", "-o"])
+        .arg(&trace)
+        .args(["-e", "trace=fsync,fdatasync,rename,renameat,renameat2"])
+        .arg(assert_cmd::cargo::cargo_bin("coffer"))
+        .args(["wal-fetch", "--prefetch", "2", &names[0]])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == bytes[0]);
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = log.lines().filter(|l| l.ends_with("= 0")).collect();
+    for target in [&dest, &prefetch.join(&names[1]), &prefetch.join(&names[2])] {
+        let t = format!("\"{}\"", target.display());
+        let at = calls
+            .iter()
+            .position(|l| l.contains("rename") && l.contains(&t))
+            .unwrap_or_else(|| panic!("no rename into {t}:\n{log}"));
+        // The file renamed is the first path of the call.
+        let from = calls[at].split('"').nth(1).unwrap();
+        assert!(
+            calls[..at]
+                .iter()
+                .any(|l| l.contains("sync(") && l.contains(&format!("<{from}>"))),
+            "{from} was not flushed before it was renamed to {t}:\n{log}"
+        );
+        let dir = format!("<{}>", target.parent().unwrap().display());
+        assert!(
+            calls[at..]
+                .iter()
+                .any(|l| l.contains("fsync(") && l.contains(&dir)),
+            "{dir} was not flushed after the rename into {t}:\n{log}"
+        );
+    }
+
+    // A prefetched file torn after the fact (cut short, or its head zeroed) is not used:
+    // the archive's copy is fetched instead.
+    let second = prefetch.join(&names[1]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&second)
+        .unwrap();
+    f.set_len(bytes[1].len() as u64 / 2).unwrap();
+    drop(f);
+    let out = env
+        .cmd()
+        .args(["wal-fetch", &names[1]])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&dest).unwrap() == bytes[1],
+        "the torn prefetched file was used"
+    );
+    assert!(
+        stderr(&out).contains("not a whole segment"),
+        "{}",
+        stderr(&out)
+    );
+    let third = prefetch.join(&names[2]);
+    let mut zeroed = std::fs::read(&third).unwrap();
+    zeroed[..8192].fill(0);
+    std::fs::write(&third, &zeroed).unwrap();
+    let out = env
+        .cmd()
+        .args(["wal-fetch", &names[2]])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&dest).unwrap() == bytes[2],
+        "the torn prefetched file was used"
+    );
+
+    // A whole prefetched file is used without opening the repository (a wrong passphrase
+    // does not matter: it was verified when it was fetched).
+    let out = env
+        .cmd()
+        .args(["wal-fetch", "--prefetch", "1", &names[0]])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env
+        .cmd()
+        .env("COFFER_PASSWORD", "wrong")
+        .args(["wal-fetch", &names[1]])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == bytes[1]);
+}

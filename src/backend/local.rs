@@ -41,11 +41,42 @@ impl LocalBackend {
         if !dir.exists() {
             mkdir_private(dir)?;
         }
-        if let Err(e) = f.sync_all().and_then(|()| fs::rename(tmp, &path)) {
+        if let Err(e) = self
+            .give_to_archive_owner(f, kind, dir)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| fs::rename(tmp, &path))
+        {
             let _ = fs::remove_file(tmp);
             return Err(io_err(e, "write", &path));
         }
         sync_dir(dir)
+    }
+
+    /// The WAL archive is written and read by the database server's OS user (`wal-push`,
+    /// `wal-fetch`, which refreshes WAL holds) and also by root (`forget` records the
+    /// retention horizon, `restore --pgdata` takes WAL holds). So an object root writes
+    /// under `wal/`, and a folder it creates there, gets the owner of `wal/`: otherwise the
+    /// server's user could not read it (objects are 0600). Only `wal/`: the rest of a
+    /// repository may hold root's backups, which the server's user must not read.
+    fn give_to_archive_owner(&self, f: &File, kind: FileKind, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if !matches!(kind, FileKind::Wal | FileKind::WalHold) || unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        let wal = self.root.join(FileKind::Wal.dir());
+        let owner = fs::metadata(&wal)?;
+        if owner.uid() == 0 {
+            return Ok(());
+        }
+        let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
+        let mut d = dir;
+        while d != wal && d.starts_with(&wal) {
+            if fs::metadata(d)?.uid() != owner.uid() {
+                std::os::unix::fs::chown(d, uid, gid)?;
+            }
+            d = d.parent().unwrap_or(&wal);
+        }
+        std::os::unix::fs::fchown(f, uid, gid)
     }
 
     /// Write to a temporary name, then [`commit_tmp`](Self::commit_tmp) it.

@@ -33,6 +33,9 @@ pub enum FileKind {
     /// `wal/` — the PostgreSQL WAL archive: one object per archived file, named by the
     /// file (segments under `wal/<timeline and log id>/`).
     Wal,
+    /// `wal/holds/` — holds on archived WAL that retention must keep (a recovery in
+    /// progress); created on first use.
+    WalHold,
 }
 
 impl FileKind {
@@ -45,6 +48,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
             FileKind::Wal => "wal",
+            FileKind::WalHold => "wal/holds",
         }
     }
 
@@ -57,13 +61,14 @@ impl FileKind {
         }
     }
 
-    pub const ALL_DIRS: [FileKind; 6] = [
+    pub const ALL_DIRS: [FileKind; 7] = [
         FileKind::Key,
         FileKind::Pack,
         FileKind::Index,
         FileKind::Snapshot,
         FileKind::Lock,
         FileKind::Wal,
+        FileKind::WalHold,
     ];
 }
 

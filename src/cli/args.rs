@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -64,6 +65,10 @@ pub enum Command {
     /// Check the WAL archive for gaps from each physical base backup to the newest segment,
     /// across timelines, and print the recoverable window (exit 3 on a gap)
     WalVerify(WalVerifyArgs),
+    /// List or release holds on archived WAL (taken by `restore --pgdata` for its recovery;
+    /// forget keeps the WAL they hold)
+    #[command(subcommand)]
+    WalHold(WalHoldCommand),
     /// Print the version
     Version,
 }
@@ -203,6 +208,11 @@ pub struct RestoreArgs {
     /// location (repeatable)
     #[arg(long, value_name = "NAME=DIR", requires = "pgdata", value_parser = parse_tablespace_map)]
     pub tablespace_map: Vec<(String, PathBuf)>,
+    /// With --pgdata: hours the hold on the WAL this recovery needs lasts after the
+    /// recovery's last wal-fetch (forget keeps held WAL)
+    #[arg(long, value_name = "HOURS", default_value_t = 24, requires = "pgdata",
+          value_parser = clap::value_parser!(u64).range(1..=8784))]
+    pub wal_hold_hours: u64,
     /// Restore only this path of the snapshot (repeatable)
     #[arg(long = "include")]
     pub includes: Vec<String>,
@@ -364,6 +374,34 @@ pub struct WalFetchArgs {
     /// Fetch this many following segments ahead, in parallel
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub prefetch: u32,
+    /// The WAL hold of the recovery this serves, refreshed every few minutes (restore
+    /// --pgdata writes it into restore_command)
+    #[arg(long, value_name = "ID", value_parser = parse_hold_id)]
+    pub hold: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WalHoldCommand {
+    /// List the holds, with what took them and when they expire
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove holds by id (prefix); retention may then remove the WAL they held
+    Release {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+fn parse_hold_id(s: &str) -> Result<String, String> {
+    if coffer::sources::walhold::valid_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a WAL hold id (32 lowercase hex digits)"
+        ))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -373,9 +411,84 @@ pub struct WalVerifyArgs {
     pub json: bool,
 }
 
+/// The subcommand named on a command line, found without parsing it fully (so also when
+/// the rest of it is wrong): the first word that is neither an option nor the value of a
+/// global option. Which global options take a value comes from [`Cli`] itself.
+pub fn subcommand_of(args: &[OsString]) -> Option<&OsStr> {
+    let cmd = Cli::command();
+    let valued: Vec<&clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .collect();
+    let mut words = args.iter().skip(1);
+    while let Some(w) = words.next() {
+        let s = w.to_string_lossy();
+        if s == "--" {
+            return words.next().map(OsString::as_os_str);
+        }
+        if let Some(long) = s.strip_prefix("--") {
+            if !long.contains('=') && valued.iter().any(|a| a.get_long() == Some(long)) {
+                words.next();
+            }
+        } else if let Some(shorts) = s.strip_prefix('-').filter(|r| !r.is_empty()) {
+            // A cluster like `-qv` or `-r/path`: a short option that takes a value takes
+            // the rest of the word, or the next word when it ends the cluster.
+            let chars: Vec<char> = shorts.chars().collect();
+            if let Some(i) = chars
+                .iter()
+                .position(|c| valued.iter().any(|a| a.get_short() == Some(*c)))
+            {
+                if i + 1 == chars.len() {
+                    words.next();
+                }
+            }
+        } else {
+            return Some(w);
+        }
+    }
+    None
+}
+
 fn parse_tablespace_map(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), PathBuf::from(v))),
         _ => Err(format!("expected NAME=DIR or OID=DIR, not {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(words: &[&str]) -> Option<String> {
+        let args: Vec<OsString> = std::iter::once("coffer")
+            .chain(words.iter().copied())
+            .map(OsString::from)
+            .collect();
+        subcommand_of(&args).map(|s| s.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn finds_the_subcommand_past_global_options() {
+        assert_eq!(sub(&["wal-fetch", "--bogus"]).as_deref(), Some("wal-fetch"));
+        assert_eq!(
+            sub(&["--config", "wal-push", "wal-fetch", "a", "b"]).as_deref(),
+            Some("wal-fetch")
+        );
+        assert_eq!(
+            sub(&["--config=/c", "-qv", "-r", "/r", "wal-fetch"]).as_deref(),
+            Some("wal-fetch")
+        );
+        assert_eq!(
+            sub(&["-qr", "/r", "--password-file", "/p", "wal-fetch"]).as_deref(),
+            Some("wal-fetch")
+        );
+        assert_eq!(sub(&["-r/r", "backup", "x"]).as_deref(), Some("backup"));
+        assert_eq!(
+            sub(&["--repo", "wal-fetch", "backup"]).as_deref(),
+            Some("backup")
+        );
+        assert_eq!(sub(&["-v"]), None);
+        assert_eq!(sub(&[]), None);
     }
 }

@@ -439,6 +439,7 @@ fn restore_pgdata(
         delta: a.delta,
         tablespace_map: a.tablespace_map.clone(),
         fetch: ctx.fetch_config()?,
+        wal_hold_expiry: std::time::Duration::from_secs(a.wal_hold_hours * 3600),
     };
     let index = repo.load_index()?;
     let p = Progress::bytes(ctx.mode, "restore pgdata", None);
@@ -452,7 +453,9 @@ fn restore_pgdata(
                    "bytes": r.restored.bytes, "unchanged_files": r.restored.unchanged,
                    "unchanged_bytes": r.restored.unchanged_bytes, "removed": r.restored.removed,
                    "start_lsn": r.info.start_lsn, "stop_lsn": r.info.stop_lsn,
-                   "timeline": r.info.timeline, "newest_wal": r.newest_wal, "settings": r.settings})
+                   "timeline": r.info.timeline, "newest_wal": r.newest_wal, "settings": r.settings,
+                   "wal_hold": {"id": r.wal_hold.id, "start_wal": r.wal_hold.start_wal,
+                                "expires_after_hours": a.wal_hold_hours}})
         );
         return Ok(());
     }
@@ -478,6 +481,11 @@ fn restore_pgdata(
     if let Some(n) = &r.newest_wal {
         ctx.say(&format!("newest archived WAL segment: {n}"));
     }
+    ctx.say(&format!(
+        "WAL hold {}: forget keeps the archived WAL from {} on while this recovery runs \
+         (released when recovery ends; expires {} h after its last wal-fetch)",
+        r.wal_hold.id, r.wal_hold.start_wal, a.wal_hold_hours
+    ));
     ctx.say(&format!(
         "start PostgreSQL on {} to recover; then delete {}/{} (it can read the repository)",
         dir.display(),
@@ -851,27 +859,35 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
             );
         }
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
     // What stays: the snapshots read above (forget holds the exclusive lock, so no backup
     // adds one meanwhile) less those removed.
     let kept: Vec<_> = all
         .into_iter()
         .filter(|s| !remove.iter().any(|r| r.id == s.id))
         .collect();
+    let print_json = |wal: serde_json::Value| -> Result<()> {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"groups": report, "dry_run": a.dry_run,
+                    "removed": remove.iter().map(|s| s.id.to_hex()).collect::<Vec<_>>(),
+                    "wal": wal}))?
+            );
+        }
+        Ok(())
+    };
     if a.dry_run {
         ctx.say(&format!(
             "would remove {} snapshot(s) (dry run: nothing changed)",
             remove.len()
         ));
-        return wal_retention(ctx, &repo, &kept, true);
+        return print_json(wal_retention(ctx, &repo, &kept, true)?);
     }
     for s in &remove {
         repo.backend.remove(FileKind::Snapshot, &s.id.to_hex())?;
     }
     ctx.say(&format!("removed {} snapshot(s)", remove.len()));
-    wal_retention(ctx, &repo, &kept, false)?;
+    print_json(wal_retention(ctx, &repo, &kept, false)?)?;
     if a.prune {
         run_prune(ctx, &repo, 10.0, false)?;
     }
@@ -879,32 +895,94 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
     Ok(())
 }
 
-/// Remove (or with `dry_run` list) the archived WAL that none of the `kept` snapshots needs.
+/// Remove (or with `dry_run` list) the archived WAL that none of the `kept` snapshots and
+/// no live WAL hold needs, and remove expired holds. Returns the report for `--json`.
 fn wal_retention(
     ctx: &Context,
     repo: &Repository,
     kept: &[coffer::repo::snapshot::Snapshot],
     dry_run: bool,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     use coffer::sources::walretention;
     let plan = walretention::plan(repo, kept)?;
+    let hold_json = |h: &coffer::sources::walhold::Hold| {
+        json!({"id": h.id, "purpose": h.purpose, "host": h.host, "start_wal": h.start_wal,
+               "refreshed": h.refreshed, "expires": h.expires()})
+    };
+    let mut report = json!({
+        "archived": plan.archived,
+        "skipped": plan.skipped,
+        "oldest_backup": plan.oldest_backup,
+        "keep_from": plan.keep_from,
+        "held_by": plan.held_by,
+        "holds": plan.holds.iter().map(hold_json).collect::<Vec<_>>(),
+        "expired_holds": plan.expired.iter().map(hold_json).collect::<Vec<_>>(),
+        "remove_files": plan.remove.len(),
+        "remove_bytes": plan.bytes(),
+        "removed_files": 0,
+        "removed_bytes": 0,
+        "kept_files": plan.kept,
+    });
+    // Live holds keep WAL, and say so; expired ones are removed.
+    for h in &plan.holds {
+        ctx.say(&format!(
+            "WAL archive: kept from {} on for WAL hold {} ({} on {}; last used {}, expires {})",
+            h.start_wal,
+            h.id,
+            h.purpose,
+            h.host,
+            h.refreshed.to_rfc3339(),
+            h.expires()
+                .map(|e| e.to_rfc3339())
+                .unwrap_or_else(|| "never".into())
+        ));
+    }
+    for h in &plan.expired {
+        ctx.say(&format!(
+            "WAL archive: WAL hold {} ({} on {}) expired at {}{}",
+            h.id,
+            h.purpose,
+            h.host,
+            h.expires()
+                .map(|e| e.to_rfc3339())
+                .unwrap_or_else(|| "?".into()),
+            if dry_run {
+                "; it would be removed"
+            } else {
+                "; removed"
+            }
+        ));
+    }
     if let Some(why) = &plan.skipped {
         if plan.archived {
             ctx.say(&format!("WAL archive: {why}"));
         }
-        return Ok(());
+        if !dry_run {
+            walretention::apply(repo, &plan)?;
+        }
+        return Ok(report);
     }
-    let from = format!(
-        "older than {}, the start of the oldest kept base backup {}",
-        plan.keep_from.as_deref().unwrap_or("?"),
-        plan.oldest_backup.as_deref().unwrap_or("?")
-    );
+    let from = match &plan.held_by {
+        Some(id) => format!(
+            "older than {}, where WAL hold {id} starts (the oldest kept base backup {} starts later)",
+            plan.keep_from.as_deref().unwrap_or("?"),
+            plan.oldest_backup.as_deref().unwrap_or("?")
+        ),
+        None => format!(
+            "older than {}, the start of the oldest kept base backup {}",
+            plan.keep_from.as_deref().unwrap_or("?"),
+            plan.oldest_backup.as_deref().unwrap_or("?")
+        ),
+    };
     if plan.remove.is_empty() {
         ctx.say(&format!(
             "WAL archive: nothing to remove ({} file(s) kept; none {from})",
             plan.kept
         ));
-        return Ok(());
+        if !dry_run {
+            walretention::apply(repo, &plan)?;
+        }
+        return Ok(report);
     }
     if dry_run {
         ctx.say(&format!(
@@ -925,9 +1003,7 @@ fn wal_retention(
                 _ => r.push((f.segno, f.segno)),
             }
         }
-        let seg = wal::archive_info(repo)?
-            .map(|i| i.segment_size)
-            .unwrap_or(16 << 20);
+        let seg = plan.segment_size;
         for (tli, r) in &runs {
             for (a, z) in r {
                 ctx.say(&format!(
@@ -947,7 +1023,7 @@ fn wal_retention(
         {
             ctx.say(&format!("  {}", f.name));
         }
-        return Ok(());
+        return Ok(report);
     }
     let (n, bytes) = walretention::apply(repo, &plan)?;
     ctx.say(&format!(
@@ -955,7 +1031,9 @@ fn wal_retention(
         mib(bytes),
         plan.kept
     ));
-    Ok(())
+    report["removed_files"] = json!(n);
+    report["removed_bytes"] = json!(bytes);
+    Ok(report)
 }
 
 fn run_prune(
@@ -1091,14 +1169,122 @@ pub fn wal_push(ctx: &Context, a: &WalPushArgs) -> Result<()> {
 }
 
 pub fn wal_fetch(ctx: &Context, a: &WalFetchArgs) -> Result<()> {
+    // A segment prefetched by an earlier call needs no repository (no key derivation).
+    if wal::take_prefetched(&a.name, &a.dest)? {
+        refresh_hold(ctx, a, None);
+        return Ok(());
+    }
     let repo = ctx.open()?;
-    if wal::fetch(&repo, &a.name, &a.dest, a.prefetch as usize)? {
-        Ok(())
-    } else {
-        if ctx.verbose() {
-            ctx.say(&format!("{} is not in the archive", a.name));
+    let fetched = wal::fetch(&repo, &a.name, &a.dest, a.prefetch as usize);
+    refresh_hold(ctx, a, Some(&repo));
+    match fetched? {
+        wal::Fetched::Written => Ok(()),
+        wal::Fetched::NotArchived => {
+            if ctx.verbose() {
+                ctx.say(&format!("{} is not in the archive", a.name));
+            }
+            Err(super::WalNotFound.into())
         }
-        Err(super::WalNotFound.into())
+    }
+}
+
+/// Refresh the WAL hold of the recovery this `wal-fetch` serves (`--hold`), when the last
+/// refresh is old enough. Failures are warnings, not errors: the file asked for was fetched
+/// (or its absence established) correctly, and failing the fetch would stop a recovery that
+/// can succeed, for the sake of protection against a `forget` that may never come.
+fn refresh_hold(ctx: &Context, a: &WalFetchArgs, repo: Option<&Repository>) {
+    use coffer::sources::walhold;
+    let Some(id) = &a.hold else {
+        return;
+    };
+    let stamp = walhold::stamp_path(&wal::prefetch_dir(&a.dest), id);
+    if !walhold::refresh_due(&stamp) {
+        return;
+    }
+    let opened;
+    let repo = match repo {
+        Some(r) => r,
+        None => match ctx.open() {
+            Ok(r) => {
+                opened = r;
+                &opened
+            }
+            Err(e) => {
+                tracing::warn!("cannot refresh WAL hold {id}: {e:#}");
+                return;
+            }
+        },
+    };
+    match walhold::refresh(repo, id) {
+        Ok(Some(_)) => {}
+        Ok(None) => tracing::warn!(
+            "WAL hold {id} no longer exists (released, or expired and removed by forget): \
+             forget may remove WAL this recovery still needs"
+        ),
+        Err(e) => tracing::warn!("cannot refresh WAL hold {id}: {e:#}"),
+    }
+    if let Err(e) = walhold::touch(&stamp) {
+        tracing::warn!("{e:#}");
+    }
+}
+
+pub fn wal_hold(ctx: &Context, c: &WalHoldCommand) -> Result<()> {
+    use coffer::sources::walhold;
+    let repo = ctx.open()?;
+    match c {
+        WalHoldCommand::List { json: as_json } => {
+            let now = chrono::Local::now().fixed_offset();
+            let holds = walhold::list(&repo)?;
+            if *as_json {
+                let v: Vec<serde_json::Value> = holds
+                    .iter()
+                    .map(|l| match l {
+                        walhold::Listed::Hold(h) => json!({"id": h.id, "purpose": h.purpose,
+                            "host": h.host, "start_wal": h.start_wal, "snapshot": h.snapshot,
+                            "created": h.created, "refreshed": h.refreshed,
+                            "expires": h.expires(), "expired": h.expired(now)}),
+                        walhold::Listed::Unreadable { id, error } => {
+                            json!({"id": id, "error": error})
+                        }
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let mut out = std::io::stdout().lock();
+            for l in &holds {
+                match l {
+                    walhold::Listed::Hold(h) => writeln!(
+                        out,
+                        "{}  from {}  {} on {}  last used {}  {} {}",
+                        h.id,
+                        h.start_wal,
+                        h.purpose,
+                        h.host,
+                        h.refreshed.to_rfc3339(),
+                        if h.expired(now) { "expired" } else { "expires" },
+                        h.expires()
+                            .map(|e| e.to_rfc3339())
+                            .unwrap_or_else(|| "never".into())
+                    )?,
+                    walhold::Listed::Unreadable { id, error } => {
+                        writeln!(out, "{id}  unreadable: {error}")?
+                    }
+                }
+            }
+            if holds.is_empty() {
+                ctx.say("no WAL holds");
+            }
+            Ok(())
+        }
+        WalHoldCommand::Release { ids } => {
+            for prefix in ids {
+                let id = walhold::find(&repo, prefix)?;
+                walhold::release(&repo, &id)?;
+                ctx.say(&format!("released WAL hold {id}"));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::WalPush(a) => commands::wal_push(&ctx, a),
         Command::WalFetch(a) => commands::wal_fetch(&ctx, a),
         Command::WalVerify(a) => commands::wal_verify(&ctx, a),
+        Command::WalHold(c) => commands::wal_hold(&ctx, c),
         Command::Version => {
             println!("coffer {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -9,6 +9,7 @@ pub mod files;
 pub mod postgres;
 pub mod stream;
 pub mod wal;
+pub mod walhold;
 pub mod walretention;
 pub mod walverify;
 

@@ -42,6 +42,14 @@ pub struct SegmentHeader {
 
 const XLP_LONG_HEADER: u16 = 0x0002;
 
+/// The segment sizes PostgreSQL can be set up with (`initdb --wal-segsize`): a power of two
+/// from 1 MiB to 1 GiB. Every size read from input (a segment's header, `wal/archive`, a
+/// base backup's record, the server's setting) is checked with this before it is used:
+/// segment arithmetic divides by it.
+pub fn valid_segment_size(n: u32) -> bool {
+    n.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&n)
+}
+
 /// Parse the long page header at the start of a segment.
 pub fn segment_header(data: &[u8]) -> Option<SegmentHeader> {
     if data.len() < 40 {
@@ -113,7 +121,7 @@ pub fn object_name(name: &str) -> String {
 /// store). A repository created with compression off still compresses WAL at this level.
 const WAL_ZSTD_LEVEL: i32 = 1;
 
-fn seal_file(repo: &Repository, name: &str, data: &[u8]) -> Vec<u8> {
+pub(crate) fn seal_file(repo: &Repository, name: &str, data: &[u8]) -> Vec<u8> {
     let mut plain = Vec::with_capacity(2 + name.len() + data.len());
     plain.extend_from_slice(&(name.len() as u16).to_le_bytes());
     plain.extend_from_slice(name.as_bytes());
@@ -122,7 +130,7 @@ fn seal_file(repo: &Repository, name: &str, data: &[u8]) -> Vec<u8> {
     repo.key.seal_encoded(enc)
 }
 
-fn open_file(repo: &Repository, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn open_file(repo: &Repository, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
     let path = FileKind::Wal.path(&object_name(name));
     let plain = repo
         .key
@@ -147,9 +155,17 @@ pub fn archive_info(repo: &Repository) -> Result<Option<ArchiveInfo>> {
     match repo.backend.read(FileKind::Wal, ARCHIVE_INFO) {
         Ok(sealed) => {
             let data = open_file(repo, ARCHIVE_INFO, &sealed)?;
-            Ok(Some(serde_json::from_slice(&data).map_err(|e| {
-                Error::integrity(format!("wal/{ARCHIVE_INFO} is malformed: {e}"))
-            })?))
+            let info: ArchiveInfo = serde_json::from_slice(&data)
+                .map_err(|e| Error::integrity(format!("wal/{ARCHIVE_INFO} is malformed: {e}")))?;
+            if !valid_segment_size(info.segment_size) {
+                return Err(Error::integrity(format!(
+                    "wal/{ARCHIVE_INFO} records a WAL segment size of {} bytes, which PostgreSQL \
+                     never uses (a power of two from 1 MiB to 1 GiB)",
+                    info.segment_size
+                ))
+                .into());
+            }
+            Ok(Some(info))
         }
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
@@ -293,13 +309,28 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
         q.todo.pop_front()
     };
     let pushed_ahead = std::sync::atomic::AtomicUsize::new(0);
+    // A segment that fails to be pushed ahead (or to get its marker) is reported as a
+    // warning, not an error: this call's status answers for PATH alone, and the failed
+    // segment stays `.ready`, so PostgreSQL calls wal-push for it later, when the same
+    // failure fails that call. Failing this call instead would make PostgreSQL retry PATH,
+    // which is already archived, and not the segment that failed.
     let work = || {
         while let Some(n) = next() {
-            let ok = push(repo, &wal_dir.join(&n)).is_ok()
-                && std::fs::create_dir_all(&markers).is_ok()
-                && std::fs::File::create(markers.join(&n)).is_ok();
-            if ok {
-                pushed_ahead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let done = push(repo, &wal_dir.join(&n)).and_then(|_| {
+                std::fs::create_dir_all(&markers)
+                    .and_then(|_| std::fs::File::create(markers.join(&n)))
+                    .with_context(|| {
+                        format!("cannot write the marker {}", markers.join(&n).display())
+                    })
+            });
+            match done {
+                Ok(_) => {
+                    pushed_ahead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(
+                    "pushing {n} ahead failed (it stays ready; PostgreSQL archives it in a \
+                     later call): {e:#}"
+                ),
             }
         }
     };
@@ -340,6 +371,17 @@ pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8])
                 format!("{name} does not start with a WAL long page header"),
             )
         })?;
+        if !valid_segment_size(h.segment_size) {
+            return Err(Error::new(
+                ErrorKind::Source,
+                format!(
+                    "{name}'s page header gives a segment size of {} bytes, which PostgreSQL never \
+                     uses (a power of two from 1 MiB to 1 GiB): not a WAL file, or a damaged one",
+                    h.segment_size
+                ),
+            )
+            .into());
+        }
         if kind == WalFileKind::Segment && data.len() as u64 != h.segment_size as u64 {
             return Err(Error::new(
                 ErrorKind::Source,
@@ -410,22 +452,36 @@ pub fn read(repo: &Repository, name: &str) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Write `data` to `dest` through a temporary file in the same directory and a rename,
-/// so `dest` never exists partly written.
-fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
-    let dir = dest
-        .parent()
+/// The directory a path is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync the directory {}", dir.display()))
+}
+
+/// Write `data` to `dest` durably: into a temporary file in the same directory, flushed to
+/// disk (`fdatasync`), renamed to `dest`, then the directory flushed. `dest` never exists
+/// partly written, not even after a crash: without the flush before the rename, the file
+/// system may make the rename durable before the data, and a crash leaves `dest` named but
+/// empty or torn.
+fn write_durable(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = parent_dir(dest);
     let mut tmp = tempfile::Builder::new()
         .prefix(".coffer-wal-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     std::io::Write::write_all(&mut tmp, data)
+        .and_then(|_| tmp.as_file().sync_data())
         .with_context(|| format!("cannot write {}", dest.display()))?;
     tmp.persist(dest)
         .map_err(|e| anyhow::anyhow!("cannot rename into {}: {}", dest.display(), e.error))?;
-    Ok(())
+    sync_dir(dir)
 }
 
 /// The parent timelines of a timeline, from its `.history` file: `(parent, switch LSN)`
@@ -486,25 +542,79 @@ pub fn next_segments(name: &str, segment_size: u32, n: usize) -> Vec<String> {
 }
 
 /// Where prefetched segments wait, next to the destination (inside pg_wal).
-fn prefetch_dir(dest: &Path) -> PathBuf {
-    dest.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(".coffer-prefetch")
+pub fn prefetch_dir(dest: &Path) -> PathBuf {
+    parent_dir(dest).join(".coffer-prefetch")
 }
 
-/// Restore one archived file to `dest` (`%f %p`). `Ok(false)` when it is not archived;
-/// then nothing is written. Fetches up to `prefetch` following segments in parallel and
-/// keeps them beside `dest` for the next calls.
-pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Result<bool> {
-    let dir = prefetch_dir(dest);
-    let ready = dir.join(name);
-    if ready.exists() {
-        // Verified when it was fetched; renamed, never copied partly.
-        std::fs::rename(&ready, dest)
-            .with_context(|| format!("cannot move {} to {}", ready.display(), dest.display()))?;
-        return Ok(true);
+/// Whether a prefetched file looks whole: a segment of the size its long page header
+/// gives, for the timeline and position its name says. Prefetched files are verified
+/// (decrypted, name checked) before they are written and written durably (see
+/// [`write_durable`]), so this only guards against what happened to the file since:
+/// a file torn by a crash under an older coffer that did not flush it, or one cut short by
+/// something else.
+fn prefetched_whole(path: &Path, name: &str) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 40];
+    let (Ok(meta), Ok(())) = (f.metadata(), std::io::Read::read_exact(&mut f, &mut head)) else {
+        return false;
+    };
+    let Some(h) = segment_header(&head).filter(|h| valid_segment_size(h.segment_size)) else {
+        return false;
+    };
+    let Some((tli, segno)) = parse_segment(name, h.segment_size) else {
+        return false;
+    };
+    meta.len() == h.segment_size as u64
+        && h.timeline == tli
+        && Some(h.page_addr) == segno.checked_mul(h.segment_size as u64)
+}
+
+/// Answer a `wal-fetch` from the prefetch directory, without the repository: when an
+/// earlier call prefetched `name` and it is whole, move it to `dest` (durably) and return
+/// true. A prefetched file that is not whole is removed (with a warning) and false is
+/// returned, so the caller fetches it from the archive.
+pub fn take_prefetched(name: &str, dest: &Path) -> Result<bool> {
+    let ready = prefetch_dir(dest).join(name);
+    if std::fs::symlink_metadata(&ready).is_err() {
+        return Ok(false);
     }
+    if !prefetched_whole(&ready, name) {
+        tracing::warn!(
+            "the prefetched {} is not a whole segment; fetching it again",
+            ready.display()
+        );
+        std::fs::remove_file(&ready)
+            .with_context(|| format!("cannot remove {}", ready.display()))?;
+        return Ok(false);
+    }
+    std::fs::rename(&ready, dest)
+        .with_context(|| format!("cannot move {} to {}", ready.display(), dest.display()))?;
+    sync_dir(parent_dir(dest))?;
+    Ok(true)
+}
+
+/// Why [`fetch`] wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Written to `dest`.
+    Written,
+    /// The archive does not hold the file (and never removed it on purpose).
+    NotArchived,
+}
+
+/// Restore one archived file to `dest` (`%f %p`). [`Fetched::NotArchived`] when it is not
+/// archived; then nothing is written. A segment that WAL retention removed on purpose (below
+/// the horizon `forget` recorded, see [`super::walhold::horizon`]) is an error instead:
+/// recovery needs WAL that is gone, which PostgreSQL must not take for the end of the
+/// archive. Fetches up to `prefetch` following segments in parallel and keeps them beside
+/// `dest` for the next calls.
+pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Result<Fetched> {
+    if take_prefetched(name, dest)? {
+        return Ok(Fetched::Written);
+    }
+    let dir = prefetch_dir(dest);
     let segment_size = match (prefetch, classify(name)) {
         (p, Some(WalFileKind::Segment)) if p > 0 => {
             archive_info(repo)?.map(|i| i.segment_size).unwrap_or(0)
@@ -512,24 +622,34 @@ pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Res
         _ => 0,
     };
     let ahead = next_segments(name, segment_size, prefetch);
-    let (this, _) = std::thread::scope(|s| {
+    let this = std::thread::scope(|s| {
         let workers: Vec<_> = ahead
             .iter()
             .map(|n| {
                 let dir = &dir;
                 s.spawn(move || -> Result<()> {
                     if let Some(data) = read(repo, n)? {
-                        std::fs::create_dir_all(dir)?;
-                        write_atomic(&dir.join(n), &data)?;
+                        if !dir.exists() {
+                            std::fs::create_dir_all(dir)?;
+                            sync_dir(parent_dir(dir))?;
+                        }
+                        write_durable(&dir.join(n), &data)?;
                     }
                     Ok(())
                 })
             })
             .collect();
         let this = read(repo, name);
-        // A failed prefetch only means the next call fetches that segment itself.
-        let done: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
-        (this, done)
+        // A failed prefetch is a warning: the next call fetches that segment itself, and
+        // fails then if the failure lasts.
+        for (n, w) in ahead.iter().zip(workers) {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("prefetching {n} failed: {e:#}"),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        this
     });
     // Drop stale prefetched segments (older than this one).
     if let Ok(rd) = std::fs::read_dir(&dir) {
@@ -542,10 +662,25 @@ pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Res
     }
     match this? {
         Some(data) => {
-            write_atomic(dest, &data)?;
-            Ok(true)
+            write_durable(dest, &data)?;
+            Ok(Fetched::Written)
         }
-        None => Ok(false),
+        None => {
+            if let Some(h) = super::walhold::horizon(repo)?.filter(|h| h.covers(name)) {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "{name} was removed from the archive by WAL retention (`coffer forget` \
+                         keeps WAL only from {} on, since {}): this recovery needs WAL that no \
+                         longer exists; restore a base backup that is still kept",
+                        h.first_kept,
+                        h.updated.to_rfc3339()
+                    ),
+                )
+                .into());
+            }
+            Ok(Fetched::NotArchived)
+        }
     }
 }
 
@@ -623,6 +758,39 @@ mod tests {
             parse_segment("000000030000000100000002", seg as u32),
             Some((3, 0x1_0000_0000 / seg + 2))
         );
+    }
+
+    #[test]
+    fn impossible_segment_sizes_are_refused() {
+        assert!(valid_segment_size(1 << 20) && valid_segment_size(1 << 30));
+        for n in [0, 1, (1 << 20) - 1, 3 << 20, 1 << 31, u32::MAX] {
+            assert!(!valid_segment_size(n), "{n}");
+        }
+        // A stored archive record with a zero segment size is damage, not a divisor.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(
+            std::sync::Arc::new(crate::backend::LocalBackend::new(dir.path().join("r"))),
+            b"pw",
+            &crate::repo::InitOptions {
+                kdf: crate::repo::keys::KdfParams::insecure_for_tests(),
+                compression: 0,
+                pack_size: 1 << 20,
+            },
+        )
+        .unwrap();
+        let info = ArchiveInfo {
+            system_identifier: "7".into(),
+            segment_size: 0,
+            created: chrono::Local::now().fixed_offset(),
+        };
+        let sealed = seal_file(&repo, ARCHIVE_INFO, &serde_json::to_vec(&info).unwrap());
+        repo.backend
+            .write(FileKind::Wal, ARCHIVE_INFO, &sealed)
+            .unwrap();
+        let e = archive_info(&repo).unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), ErrorKind::Integrity, "{e}");
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(fetch(&repo, "000000010000000000000003", &dest, 4).is_err());
     }
 
     #[test]

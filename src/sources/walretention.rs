@@ -8,9 +8,16 @@
 //! recovery needs them to follow timelines). Nothing is removed when no physical base
 //! backup of the archive's cluster is kept, or when a physical base backup's record cannot
 //! be read (better some WAL too many than a backup without its WAL).
+//!
+//! Live holds ([`super::walhold`]: a recovery in progress) lower the cut-off to their start
+//! when it is older; an unreadable hold stops retention (it may protect a recovery). Expired
+//! holds are not honoured, and are removed. Before removing WAL, retention raises the
+//! horizon to its cut-off, so a `wal-fetch` of removed WAL fails instead of answering "not
+//! archived".
 
 use super::postgres::physical::{base_backup_info, KIND_PHYSICAL};
 use super::wal::{self, WalFileKind};
+use super::walhold::{self, Hold};
 use crate::backend::FileKind;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
@@ -42,6 +49,16 @@ pub struct Plan {
     pub remove: Vec<WalFile>,
     /// Archived files that stay (history files included).
     pub kept: usize,
+    /// The cut-off as a segment number, in the archive's segment size.
+    pub keep_from_segno: Option<u64>,
+    pub segment_size: u32,
+    /// Live holds, oldest first.
+    pub holds: Vec<Hold>,
+    /// The live hold that moved the cut-off below the oldest kept base backup's start, if
+    /// one did (the one that starts first).
+    pub held_by: Option<String>,
+    /// Expired holds: not honoured, removed by [`apply`].
+    pub expired: Vec<Hold>,
 }
 
 impl Plan {
@@ -89,13 +106,36 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
             ..Default::default()
         });
     };
+    let now = chrono::Local::now().fixed_offset();
+    let mut holds = Vec::new();
+    let mut expired = Vec::new();
+    let mut unreadable = None;
+    for l in walhold::list(repo)? {
+        match l {
+            walhold::Listed::Hold(h) if h.expired(now) => expired.push(h),
+            walhold::Listed::Hold(h) => holds.push(h),
+            walhold::Listed::Unreadable { id, error } => {
+                unreadable.get_or_insert((id, error));
+            }
+        }
+    }
     let skip = |why: String| {
         Ok(Plan {
             archived: true,
             skipped: Some(why),
+            segment_size: info.segment_size,
+            holds: holds.clone(),
+            expired: expired.clone(),
             ..Default::default()
         })
     };
+    if let Some((id, error)) = unreadable {
+        return skip(format!(
+            "the WAL hold {} cannot be read ({error}), and may protect a recovery in \
+             progress, so no WAL is removed; `coffer wal-hold release {id}` removes it",
+            FileKind::WalHold.path(&id)
+        ));
+    }
     let mut oldest: Option<(u64, String, String)> = None;
     for s in kept.iter().filter(|s| s.kind == KIND_PHYSICAL) {
         let Some(b) = base_backup_info(s) else {
@@ -119,11 +159,24 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
             oldest = Some((segno, s.id.short(), b.start_wal.clone()));
         }
     }
-    let Some((keep_from, short, start_wal)) = oldest else {
+    let Some((backup_from, short, backup_start)) = oldest else {
         return skip(
             "no physical base backup of the archived cluster is kept, so no WAL is removed".into(),
         );
     };
+    let (mut keep_from, mut start_wal, mut held_by) = (backup_from, backup_start, None);
+    for h in &holds {
+        let Some(segno) = h.start_segno(info.segment_size) else {
+            return skip(format!(
+                "WAL hold {} starts at {:?} in {}-byte segments, which this archive cannot \
+                 place, so no WAL is removed",
+                h.id, h.start_wal, h.segment_size
+            ));
+        };
+        if segno < keep_from {
+            (keep_from, start_wal, held_by) = (segno, h.start_wal.clone(), Some(h.id.clone()));
+        }
+    }
     let files: Vec<(String, u64)> = repo
         .backend
         .list(FileKind::Wal)?
@@ -141,12 +194,27 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
         keep_from: Some(start_wal),
         kept: files.len() - remove.len(),
         remove,
+        keep_from_segno: Some(keep_from),
+        segment_size: info.segment_size,
+        holds,
+        held_by,
+        expired,
     })
 }
 
-/// Remove the planned files, oldest first (a crash leaves only newer WAL, still contiguous).
-/// The caller holds the exclusive lock. Returns how many files and bytes were removed.
+/// Carry out the plan: raise the horizon to the cut-off (before anything is removed, so a
+/// `wal-fetch` never finds removed WAL missing without it), remove the planned files oldest
+/// first (a crash leaves only newer WAL, still contiguous), then the expired holds that are
+/// still expired. The caller holds the exclusive lock. Returns how many files and bytes
+/// were removed.
 pub fn apply(repo: &Repository, plan: &Plan) -> Result<(usize, u64)> {
+    if let (Some(segno), Some(first), false) = (
+        plan.keep_from_segno,
+        &plan.keep_from,
+        plan.remove.is_empty(),
+    ) {
+        walhold::raise_horizon(repo, segno, plan.segment_size, first)?;
+    }
     let mut n = 0;
     let mut bytes = 0;
     for f in &plan.remove {
@@ -155,12 +223,88 @@ pub fn apply(repo: &Repository, plan: &Plan) -> Result<(usize, u64)> {
         n += 1;
         bytes += f.size;
     }
+    let now = chrono::Local::now().fixed_offset();
+    for h in &plan.expired {
+        // A wal-fetch may have refreshed it since the plan was made.
+        if walhold::read(repo, &h.id)?.is_some_and(|h| h.expired(now)) {
+            walhold::release(repo, &h.id)?;
+        }
+    }
     Ok((n, bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::LocalBackend;
+    use crate::repo::keys::KdfParams;
+    use crate::repo::InitOptions;
+    use std::sync::Arc;
+
+    /// A segment's worth of bytes with a long page header (system identifier 7).
+    fn segment(tli: u32, segno: u64) -> Vec<u8> {
+        let seg = 16u32 << 20;
+        let mut data = vec![0u8; seg as usize];
+        data[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        data[2..4].copy_from_slice(&7u16.to_le_bytes());
+        data[4..8].copy_from_slice(&tli.to_le_bytes());
+        data[8..16].copy_from_slice(&(segno * seg as u64).to_le_bytes());
+        data[24..32].copy_from_slice(&7u64.to_le_bytes());
+        data[32..36].copy_from_slice(&seg.to_le_bytes());
+        data[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        data
+    }
+
+    #[test]
+    fn expired_holds_are_not_honoured_and_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(
+            Arc::new(LocalBackend::new(dir.path().join("repo"))),
+            b"pw",
+            &InitOptions {
+                kdf: KdfParams::insecure_for_tests(),
+                compression: 0,
+                pack_size: 1 << 20,
+            },
+        )
+        .unwrap();
+        let name = "000000010000000000000003";
+        wal::push_bytes(&repo, name, WalFileKind::Segment, &segment(1, 3)).unwrap();
+        let spec = |expires_after| walhold::HoldSpec {
+            purpose: "test".into(),
+            start_wal: "000000010000000000000002".into(),
+            segment_size: 16 << 20,
+            snapshot: None,
+            expires_after,
+        };
+        let live = walhold::take(&repo, &spec(walhold::DEFAULT_EXPIRY)).unwrap();
+        let gone = walhold::take(&repo, &spec(std::time::Duration::ZERO)).unwrap();
+        let p = plan(&repo, &[]).unwrap();
+        assert_eq!(p.holds.len(), 1);
+        assert_eq!(p.holds[0], live);
+        assert_eq!(p.expired.len(), 1);
+        assert_eq!(p.expired[0], gone);
+        // No base backup is kept, so no WAL goes, but the expired hold does.
+        assert!(p.skipped.is_some() && p.remove.is_empty());
+        apply(&repo, &p).unwrap();
+        assert!(walhold::read(&repo, &gone.id).unwrap().is_none());
+        assert_eq!(walhold::read(&repo, &live.id).unwrap(), Some(live.clone()));
+        // A hold that cannot be read stops retention.
+        std::fs::write(
+            dir.path().join("repo/wal/holds").join(&gone.id),
+            b"not sealed",
+        )
+        .unwrap();
+        let p = plan(&repo, &[]).unwrap();
+        let why = p.skipped.unwrap();
+        assert!(
+            why.contains(&gone.id) && why.contains("cannot be read"),
+            "{why}"
+        );
+        assert!(walhold::release(&repo, &gone.id).unwrap());
+        assert!(walhold::release(&repo, &live.id).unwrap());
+        assert!(walhold::list(&repo).unwrap().is_empty());
+    }
 
     #[test]
     fn selects_below_the_oldest_start_on_every_timeline() {

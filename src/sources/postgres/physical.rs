@@ -91,7 +91,27 @@ pub fn base_backup_info(snap: &Snapshot) -> Option<BaseBackupInfo> {
     snap.sources
         .iter()
         .find(|s| s.kind == KIND_PHYSICAL)
-        .and_then(|s| serde_json::from_value(s.metadata.clone()).ok())
+        .and_then(|s| serde_json::from_value::<BaseBackupInfo>(s.metadata.clone()).ok())
+        // Segment arithmetic divides by the size: a record with an impossible one is
+        // unreadable, as a malformed one is.
+        .filter(|i| wal::valid_segment_size(i.wal_segment_size))
+}
+
+/// The server's `wal_segment_size` setting (bytes, as `pg_settings` gives it since
+/// PostgreSQL 11). An error, never a guess: with a wrong size every segment name and WAL
+/// position of the backup would be wrong.
+fn parse_segment_size(setting: &str) -> Result<u32> {
+    setting
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| wal::valid_segment_size(*n))
+        .ok_or_else(|| {
+            source_err(format!(
+                "the server reports wal_segment_size = {setting:?}, which is not a WAL segment \
+                 size in bytes (a power of two from 1 MiB to 1 GiB)"
+            ))
+        })
 }
 
 pub struct PhysicalOptions {
@@ -306,7 +326,7 @@ pub fn backup_physical(
     let data_directory: String = row.get(0);
     let archive_mode: String = row.get(1);
     let archive_command: String = row.get(2);
-    let segment_size: u32 = row.get::<_, String>(3).parse().unwrap_or(16 << 20);
+    let segment_size = parse_segment_size(&row.get::<_, String>(3))?;
     let sysid: String = row.get(4);
     if row.get::<_, bool>(5) {
         return Err(source_err(format!(
@@ -583,6 +603,16 @@ fn wait_for_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_size_setting_is_parsed_or_refused() {
+        assert_eq!(parse_segment_size("16777216").unwrap(), 16 << 20);
+        assert_eq!(parse_segment_size("1073741824").unwrap(), 1 << 30);
+        for bad in ["", "16MB", "0", "1000000", "2147483648", "-16777216"] {
+            let e = parse_segment_size(bad).unwrap_err();
+            assert!(format!("{e}").contains("wal_segment_size"), "{bad}: {e}");
+        }
+    }
 
     fn names(dir: &Path, root: &Path, list: &[&str]) -> Vec<String> {
         let rules = PgRules {

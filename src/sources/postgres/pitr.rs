@@ -21,6 +21,7 @@ use crate::repo::tree::Node;
 use crate::repo::Repository;
 use crate::restore::{restore, RestoreOptions, RestoreReport};
 use crate::sources::wal;
+use crate::sources::walhold;
 use crate::sources::walverify::{self, ChainError};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, FixedOffset};
@@ -92,6 +93,8 @@ pub struct PitrOptions {
     /// Restore tablespaces elsewhere: (name or OID, directory).
     pub tablespace_map: Vec<(String, PathBuf)>,
     pub fetch: FetchConfig,
+    /// How long the hold on the WAL the recovery needs lasts after its last `wal-fetch`.
+    pub wal_hold_expiry: std::time::Duration,
 }
 
 pub struct PitrReport {
@@ -102,6 +105,8 @@ pub struct PitrReport {
     pub settings: Vec<String>,
     /// The newest archived segment.
     pub newest_wal: Option<String>,
+    /// The hold that keeps the WAL from the backup's start on while the recovery runs.
+    pub wal_hold: walhold::Hold,
 }
 
 fn usage(msg: String) -> anyhow::Error {
@@ -473,11 +478,30 @@ fn write_private(path: &Path, data: &[u8], owner: &Node) -> Result<()> {
     chown_like(path, owner)
 }
 
-/// PostgreSQL's `restore_command` running `exe` with the config file `conf`. PostgreSQL
-/// replaces `%`-escapes before the shell sees the command, so a `%` in a path is doubled.
-fn restore_command(exe: &Path, conf: &Path) -> String {
-    let word = |p: &Path| shell_quote(&p.display().to_string()).replace('%', "%%");
-    format!("{} --config {} wal-fetch %f %p", word(exe), word(conf))
+/// A path as one word of a command PostgreSQL runs: it replaces `%`-escapes before the
+/// shell sees the command, so a `%` in a path is doubled.
+fn command_word(p: &Path) -> String {
+    shell_quote(&p.display().to_string()).replace('%', "%%")
+}
+
+/// PostgreSQL's `restore_command` running `exe` with the config file `conf`, refreshing the
+/// WAL hold `hold`.
+fn restore_command(exe: &Path, conf: &Path, hold: &str) -> String {
+    format!(
+        "{} --config {} wal-fetch --hold {hold} %f %p",
+        command_word(exe),
+        command_word(conf)
+    )
+}
+
+/// PostgreSQL's `recovery_end_command`: release the WAL hold once recovery has ended (a
+/// failure is only a warning for PostgreSQL; the hold then expires).
+fn release_command(exe: &Path, conf: &Path, hold: &str) -> String {
+    format!(
+        "{} --config {} wal-hold release {hold}",
+        command_word(exe),
+        command_word(conf)
+    )
 }
 
 fn conf_quote(s: &str) -> String {
@@ -493,7 +517,10 @@ fn strip_recovery_settings(conf: &str) -> String {
     conf.lines()
         .map(|l| {
             let key = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
-            if key == "restore_command" || key.starts_with("recovery_target") {
+            if key == "restore_command"
+                || key == "recovery_end_command"
+                || key.starts_with("recovery_target")
+            {
                 format!("# {l}  (replaced by coffer restore)\n")
             } else {
                 format!("{l}\n")
@@ -511,6 +538,18 @@ pub fn restore_pitr(
 ) -> Result<PitrReport> {
     let (snap, info) = pick(repo, opts.snapshot.as_deref(), &opts.target)?;
     let newest_wal = check_archive(repo, &snap, &info, opts)?;
+    // Keep forget from removing the WAL this recovery fetches (walhold); released again if
+    // the restore fails.
+    let hold = walhold::Taken::new(
+        repo,
+        &walhold::HoldSpec {
+            purpose: format!("restore --pgdata {}", opts.pgdata.display()),
+            start_wal: info.start_wal.clone(),
+            segment_size: info.wal_segment_size,
+            snapshot: Some(snap.id.to_hex()),
+            expires_after: opts.wal_hold_expiry,
+        },
+    )?;
     let root = repo.load_tree(index, &snap.tree)?;
     let pg_node = root.find(PGDATA.as_bytes()).cloned().ok_or_else(|| {
         Error::integrity(format!("snapshot {} has no /{PGDATA}", snap.id.short()))
@@ -675,8 +714,14 @@ pub fn restore_pitr(
     }
     write_private(&conf_path, conf.as_bytes(), &pg_node)?;
     let exe = std::env::current_exe().context("cannot find the coffer executable")?;
-    let command = restore_command(&exe, &conf_path);
-    let mut settings = vec![format!("restore_command = {}", conf_quote(&command))];
+    let command = restore_command(&exe, &conf_path, hold.id());
+    let mut settings = vec![
+        format!("restore_command = {}", conf_quote(&command)),
+        format!(
+            "recovery_end_command = {}",
+            conf_quote(&release_command(&exe, &conf_path, hold.id()))
+        ),
+    ];
     if let Some((k, v)) = opts.target.setting() {
         settings.push(format!("{k} = {}", conf_quote(&v)));
         if opts.exclusive {
@@ -709,6 +754,7 @@ pub fn restore_pitr(
         restored: total,
         settings,
         newest_wal,
+        wal_hold: hold.keep(),
     })
 }
 
@@ -718,10 +764,11 @@ mod tests {
 
     #[test]
     fn earlier_recovery_settings_are_commented_out() {
-        let c = "shared_buffers = '1GB'\nrestore_command = 'x'\n  recovery_target_time = 'y'\n";
+        let c = "shared_buffers = '1GB'\nrestore_command = 'x'\n  recovery_target_time = 'y'\nrecovery_end_command = 'z'\n";
         let out = strip_recovery_settings(c);
         assert!(out.starts_with("shared_buffers = '1GB'\n# restore_command"));
         assert!(out.contains("#   recovery_target_time"));
+        assert!(out.contains("# recovery_end_command"));
     }
 
     #[test]
@@ -738,9 +785,18 @@ mod tests {
     fn quoting() {
         assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
         assert_eq!(conf_quote("it's"), "'it''s'");
+        let hold = "0123456789abcdef0123456789abcdef";
         assert_eq!(
-            restore_command(Path::new("/opt/coffer"), Path::new("/srv/100% pg/c.toml")),
-            "/opt/coffer --config '/srv/100%% pg/c.toml' wal-fetch %f %p"
+            restore_command(
+                Path::new("/opt/coffer"),
+                Path::new("/srv/100% pg/c.toml"),
+                hold
+            ),
+            format!("/opt/coffer --config '/srv/100%% pg/c.toml' wal-fetch --hold {hold} %f %p")
+        );
+        assert_eq!(
+            release_command(Path::new("/opt/coffer"), Path::new("/c.toml"), hold),
+            format!("/opt/coffer --config /c.toml wal-hold release {hold}")
         );
         assert_eq!(
             Target::Lsn(0x1_0000_0028).setting(),
