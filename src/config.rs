@@ -19,7 +19,7 @@ use anyhow::Result;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct Config {
     pub repository: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -30,6 +30,18 @@ pub struct Config {
     /// How to reach an `s3://` repository.
     #[serde(default)]
     pub s3: crate::backend::S3Settings,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("repository", &self.repository)
+            .field("password_file", &self.password_file)
+            .field("password", &crate::redact::Redacted(&self.password))
+            .field("compression", &self.compression)
+            .field("s3", &self.s3)
+            .finish()
+    }
 }
 
 impl Config {
@@ -87,5 +99,17 @@ mod tests {
         // A misspelt key is an error, not silently ignored.
         std::fs::write(&p, "[s3]\nsecret_key = \"s\"\n").unwrap();
         assert!(Config::load(&p).is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let c = Config {
+            repository: Some("/r".into()),
+            password: Some("hunter2-secret".into()),
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("repository: Some(\"/r\")"), "{shown}");
     }
 }

@@ -328,12 +328,17 @@ pub mod compress {
         }
     }
 
+    /// The best ratio a zstd frame can reach: an RLE block is 4 bytes for up to 128 KiB.
+    /// A frame that claims more than this many times its own length is damaged or forged,
+    /// and is refused before anything is allocated for it.
+    const MAX_RATIO: u64 = 32 * 1024;
+
     fn content_size(frame: &[u8]) -> Result<usize, Error> {
         let size = zstd::zstd_safe::get_frame_content_size(frame)
             .ok()
             .flatten()
             .ok_or_else(|| Error::integrity("compressed data has no size"))?;
-        if size > 1 << 32 {
+        if size > 1 << 32 || size > (frame.len() as u64).saturating_mul(MAX_RATIO) {
             return Err(Error::integrity("compressed object claims an absurd size"));
         }
         Ok(size as usize)

@@ -21,8 +21,11 @@ pub mod chunker;
 pub mod config;
 pub mod crypto;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod id;
 pub mod progress;
+pub mod redact;
 pub mod repo;
 pub mod restore;
 pub mod sources;

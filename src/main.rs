@@ -35,8 +35,13 @@ fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("coffer={level},opendal=warn"))
     });
+    // Colour only for a person at a terminal: cron mail, the journal and `2>&1 | tee log`
+    // get plain text. NO_COLOR (any non-empty value) turns it off everywhere.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .without_time()
         .init();

@@ -83,10 +83,8 @@ fn is_root() -> bool {
 }
 
 fn mtime_of(n: &Node) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(
-        n.mtime_ns.div_euclid(1_000_000_000),
-        n.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    )
+    let (secs, nsec) = crate::repo::tree::split_epoch_ns(n.mtime_ns);
+    filetime::FileTime::from_unix_time(secs, nsec)
 }
 
 fn set_meta(path: &Path, n: &Node, symlink: bool) -> std::io::Result<()> {
@@ -209,8 +207,7 @@ fn plan(
     }
     for n in t.nodes {
         let name = n.name.to_os();
-        if n.name.0.is_empty() || n.name.0 == b"." || n.name.0 == b".." || n.name.0.contains(&b'/')
-        {
+        if !crate::repo::tree::valid_name(&n.name.0) {
             return Err(Error::integrity(format!(
                 "snapshot contains an invalid name {:?}",
                 n.name.display()

@@ -942,3 +942,35 @@ fn forget_keeps_wal_a_recovery_holds_and_refuses_wal_it_removed() {
         assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
     }
 }
+
+/// `restore --pgdata` keeps the cluster's `postgresql.auto.conf` byte for byte (ALTER SYSTEM
+/// settings, bytes that are not UTF-8) and only adds its recovery settings; the file used to
+/// be dropped when it was not UTF-8.
+#[test]
+fn restore_keeps_alter_system_settings_in_any_encoding() {
+    let a = Archived::new();
+    let pg = &a.pg;
+    pg.psql("postgres", "ALTER SYSTEM SET work_mem = '7MB'");
+    let auto = pg.data_dir().join("postgresql.auto.conf");
+    let mut conf = std::fs::read(&auto).unwrap();
+    conf.extend_from_slice(b"# caf\xe9 (Latin-1, written by an admin)\n");
+    std::fs::write(&auto, &conf).unwrap();
+    a.base_backup();
+    a.archive_all();
+    let (dir, out) = a.restore(
+        "restored",
+        &["--target-immediate", "--target-action", "promote"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored = std::fs::read(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        restored.starts_with(&conf),
+        "{}",
+        String::from_utf8_lossy(&restored)
+    );
+    let text = String::from_utf8_lossy(&restored);
+    assert!(text.contains("restore_command = "), "{text}");
+    assert!(text.contains("recovery_target = 'immediate'"), "{text}");
+    let recovered = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
+    assert_eq!(recovered.psql("postgres", "SHOW work_mem"), "7MB");
+}

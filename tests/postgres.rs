@@ -917,3 +917,69 @@ fn a_failing_data_stream_leaves_no_snapshot() {
     ));
     assert_same_db(&pg, "app", "copy");
 }
+
+/// A locale from the backup that the restoring server does not have: the database is created
+/// with the server's default and the restore says so (text and JSON), instead of silently.
+#[test]
+fn a_missing_locale_is_reported_when_the_database_is_created() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/share/i18n/locales/en_US").exists() {
+        eprintln!("skipped: needs root and the locales sources (package locales)");
+        return;
+    }
+    // A locale of our own, in the system's locale directory for as long as the backup runs.
+    let name = format!("xx_COFFER{}.UTF-8", std::process::id());
+    let dir = Path::new("/usr/lib/locale").join(&name);
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let guard = Remove(dir.clone());
+    let st = std::process::Command::new("localedef")
+        .args(["-i", "en_US", "-f", "UTF-8"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success() || dir.exists(), "localedef failed");
+
+    let pg = PgCluster::start();
+    pg.psql(
+        "postgres",
+        &format!("CREATE DATABASE loc TEMPLATE template0 LC_COLLATE '{name}' LC_CTYPE '{name}'"),
+    );
+    pg.psql(
+        "loc",
+        "CREATE TABLE t (s text); INSERT INTO t VALUES ('a'), ('B')",
+    );
+    let env = Env::new();
+    env.init();
+    backup(&env, &pg.url("loc"), &[]);
+    pg.psql("postgres", "DROP DATABASE loc");
+    drop(guard);
+
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--to-postgres",
+            &pg.url("loc"),
+            "--json",
+        ],
+    );
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    assert!(warnings[0].as_str().unwrap().contains(&name), "{report}");
+    assert_eq!(pg.psql("loc", "SELECT count(*) FROM t"), "2");
+
+    // The text output says it too.
+    pg.psql("postgres", "DROP DATABASE loc");
+    let out = run(
+        &env,
+        &["restore", "latest", "--to-postgres", &pg.url("loc")],
+    );
+    ok(&out);
+    assert!(stderr(&out).contains("default locale"), "{}", stderr(&out));
+}

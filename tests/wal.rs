@@ -599,7 +599,25 @@ fn prefetched_segments_are_durable_and_checked_before_use() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == bytes[0]);
     let log = std::fs::read_to_string(&trace).unwrap();
-    let calls: Vec<&str> = log.lines().filter(|l| l.ends_with("= 0")).collect();
+    // Threads interleave: strace splits a call another thread interrupts into
+    // "PID call(args <unfinished ...>" and "PID <... call resumed>) = 0". Join them, in the
+    // order the calls completed.
+    let mut pending = std::collections::HashMap::new();
+    let mut calls: Vec<String> = Vec::new();
+    for l in log.lines() {
+        let (pid, rest) = l.split_once(' ').unwrap_or(("", l));
+        if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, head);
+        } else if rest.starts_with("<... ") {
+            if let Some(head) = pending.remove(pid) {
+                let tail = rest.split_once("resumed>").map_or("", |(_, t)| t);
+                calls.push(format!("{pid} {head}{tail}"));
+            }
+        } else {
+            calls.push(l.to_string());
+        }
+    }
+    calls.retain(|l| l.ends_with("= 0"));
     for target in [&dest, &prefetch.join(&names[1]), &prefetch.join(&names[2])] {
         let t = format!("\"{}\"", target.display());
         let at = calls

@@ -56,7 +56,8 @@ impl FileKind {
     pub fn path(self, name: &str) -> String {
         match self {
             FileKind::Config => "config".to_string(),
-            FileKind::Pack => format!("data/{}/{}", &name[..2.min(name.len())], name),
+            // `get`, not slicing: a name from a listing may be short or not ASCII.
+            FileKind::Pack => format!("data/{}/{}", name.get(..2).unwrap_or(name), name),
             _ => format!("{}/{}", self.dir(), name),
         }
     }

@@ -1,7 +1,7 @@
 //! One function per command: call the library, print the result.
 
 use super::args::*;
-use super::context::{prompt, prompt_line, Context};
+use super::context::{prompt, prompt_line, read_password_file, Context};
 use anyhow::{Context as _, Result};
 use coffer::backend::FileKind;
 use coffer::error::Error;
@@ -23,6 +23,12 @@ use coffer::sources::CommonOptions;
 use serde_json::json;
 use std::io::Write;
 use std::sync::Arc;
+
+/// The first 8 characters of an object name from a listing (the whole name if shorter:
+/// names in storage are not ours to trust).
+fn short_name(name: &str) -> &str {
+    name.get(..8).unwrap_or(name)
+}
 
 fn mib(b: u64) -> String {
     if b >= 1 << 30 {
@@ -256,6 +262,21 @@ pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
     Ok(())
 }
 
+/// One line of `ls --json`.
+#[derive(serde::Serialize)]
+struct LsEntry<'a> {
+    path: &'a str,
+    #[serde(rename = "type")]
+    kind: NodeKind,
+    mode: String,
+    size: u64,
+    uid: u32,
+    gid: u32,
+    /// An integer of any size (past 2262 it does not fit in 64 bits).
+    mtime_ns: i128,
+    target: Option<String>,
+}
+
 pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
     let repo = ctx.open()?;
     let snap = repo.find_snapshot(&a.snapshot)?;
@@ -263,10 +284,17 @@ pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     walk_tree(&repo, &index, &snap.tree, "", &mut |path, n| {
         if a.json {
-            let v = json!({"path": path, "type": n.kind, "mode": format!("{:o}", n.mode), "size": n.size,
-                           "uid": n.uid, "gid": n.gid, "mtime_ns": n.mtime_ns,
-                           "target": n.target.as_ref().map(|t| t.display())});
-            writeln!(out, "{v}")?;
+            let v = LsEntry {
+                path,
+                kind: n.kind,
+                mode: format!("{:o}", n.mode),
+                size: n.size,
+                uid: n.uid,
+                gid: n.gid,
+                mtime_ns: n.mtime_ns,
+                target: n.target.as_ref().map(|t| t.display()),
+            };
+            writeln!(out, "{}", serde_json::to_string(&v)?)?;
         } else {
             let t = match n.kind {
                 NodeKind::Dir => 'd',
@@ -549,6 +577,9 @@ fn restore_to_postgres(
         ));
         for line in &r.plan {
             ctx.say(&format!("  - {line}"));
+        }
+        for w in &r.warnings {
+            tracing::warn!("{w}");
         }
         if let Some(s) = &r.safety_snapshot {
             ctx.say(&format!(
@@ -1084,18 +1115,7 @@ fn new_passphrase(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
         return Ok(p.into_bytes());
     }
     if let Some(f) = file {
-        let mut v = std::fs::read(f)
-            .map_err(|e| Error::usage(format!("cannot read {}: {e}", f.display())))?;
-        while v.ends_with(b"\n") || v.ends_with(b"\r") {
-            v.pop();
-        }
-        if v.is_empty() {
-            return Err(Error::usage(
-                "the new passphrase is empty; an empty passphrase is not allowed",
-            )
-            .into());
-        }
-        return Ok(v);
+        return read_password_file(f);
     }
     prompt("New passphrase: ", true)
 }
@@ -1105,41 +1125,59 @@ pub fn key(ctx: &Context, k: &KeyCommand) -> Result<()> {
     match k {
         KeyCommand::List { json } => {
             let keys = repo.list_keys()?;
+            for k in &keys {
+                if let Err(e) = &k.slot {
+                    tracing::warn!(
+                        "key slot {} is damaged ({e}); remove it with `coffer key remove {}`",
+                        k.name,
+                        short_name(&k.name)
+                    );
+                }
+            }
             if *json {
                 let v: Vec<_> = keys
                     .iter()
-                    .map(|(n, k)| json!({"id": n, "current": *n == repo.key_name, "kind": k.kind, "created": k.created, "hostname": k.hostname, "username": k.username}))
+                    .map(|k| match &k.slot {
+                        Ok(s) => json!({"id": k.name, "current": k.name == repo.key_name, "kind": s.kind, "created": s.created, "hostname": s.hostname, "username": s.username}),
+                        Err(e) => json!({"id": k.name, "current": false, "damaged": e}),
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                for (n, k) in keys {
-                    println!(
-                        "{} {:<10} {:<10} {}@{} {}",
-                        if n == repo.key_name { "*" } else { " " },
-                        &n[..8],
-                        k.kind,
-                        k.username,
-                        k.hostname,
-                        k.created.format("%Y-%m-%d %H:%M:%S UTC")
-                    );
+                for k in keys {
+                    let mark = if k.name == repo.key_name { "*" } else { " " };
+                    match k.slot {
+                        Ok(s) => println!(
+                            "{mark} {:<8} {:<10} {}@{} {}",
+                            short_name(&k.name),
+                            s.kind,
+                            s.username,
+                            s.hostname,
+                            s.created.format("%Y-%m-%d %H:%M:%S UTC")
+                        ),
+                        Err(e) => println!("{mark} {:<8} damaged: {e}", short_name(&k.name)),
+                    }
                 }
             }
         }
         KeyCommand::Add { new_password_file } => {
             let pw = new_passphrase(new_password_file)?;
             let name = repo.add_key(&pw, KdfParams::default())?;
-            ctx.say(&format!("added key {}", &name[..8]));
+            ctx.say(&format!("added key {}", short_name(&name)));
         }
         KeyCommand::Remove { id } => {
             let name = repo.remove_key(id)?;
-            ctx.say(&format!("removed key {}", &name[..8]));
+            ctx.say(&format!("removed key {}", short_name(&name)));
         }
         KeyCommand::Passwd { new_password_file } => {
             let pw = new_passphrase(new_password_file)?;
             let mut repo =
                 Arc::try_unwrap(repo).map_err(|_| anyhow::anyhow!("repository in use"))?;
             let name = repo.change_passphrase(&pw, KdfParams::default())?;
-            ctx.say(&format!("passphrase changed (new key {})", &name[..8]));
+            ctx.say(&format!(
+                "passphrase changed (new key {})",
+                short_name(&name)
+            ));
         }
     }
     Ok(())

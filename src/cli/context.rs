@@ -51,7 +51,10 @@ pub fn default_home() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/coffer"))
 }
 
-fn read_password_file(p: &std::path::Path) -> Result<Vec<u8>> {
+/// A passphrase from a file, for every passphrase file coffer reads (`--password-file`,
+/// `--new-password-file`, `password_file`, the default key file): exactly one trailing
+/// newline (`\n` or `\r\n`) is removed, nothing else, as README.md says.
+pub fn read_password_file(p: &std::path::Path) -> Result<Vec<u8>> {
     let mut v = std::fs::read(p)
         .map_err(|e| Error::usage(format!("cannot read passphrase file {}: {e}", p.display())))?;
     if v.ends_with(b"\n") {

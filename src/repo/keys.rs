@@ -74,9 +74,35 @@ struct Wrapped {
     master: MasterKey,
 }
 
+/// The most a key slot may ask of the key derivation. A slot is read before anything in it
+/// can be authenticated, so its parameters are untrusted: a planted slot asking for 4 TiB
+/// of memory or 2^32 passes must not take the machine down when coffer tries it. These
+/// bounds are 16 times coffer's own defaults (64 MiB, 3 passes, 1 lane) or more.
+pub const MAX_KDF: KdfParams = KdfParams {
+    memory_kib: 1024 * 1024,
+    iterations: 64,
+    parallelism: 16,
+};
+
 fn derive(passphrase: &[u8], kdf: &Kdf) -> Result<WrappingKey> {
     if kdf.algorithm != "argon2id" {
         return Err(Error::integrity(format!("unknown key derivation {:?}", kdf.algorithm)).into());
+    }
+    let p = kdf.params;
+    if p.memory_kib > MAX_KDF.memory_kib
+        || p.iterations > MAX_KDF.iterations
+        || p.parallelism > MAX_KDF.parallelism
+    {
+        return Err(Error::integrity(format!(
+            "key derivation parameters out of bounds ({} KiB, {} passes, {} lanes; at most {} KiB, {} passes, {} lanes)",
+            p.memory_kib,
+            p.iterations,
+            p.parallelism,
+            MAX_KDF.memory_kib,
+            MAX_KDF.iterations,
+            MAX_KDF.parallelism
+        ))
+        .into());
     }
     let params = argon2::Params::new(
         kdf.params.memory_kib,
@@ -156,5 +182,30 @@ mod tests {
         assert_eq!(mk.blob_id(b"x"), m.blob_id(b"x"));
         assert!(k.unwrap(b"wrong").unwrap().is_none());
         assert!(KeyFile::create(b"", id, &m, KdfParams::insecure_for_tests()).is_err());
+    }
+
+    #[test]
+    fn absurd_derivation_parameters_are_refused_before_deriving() {
+        let m = MasterKey::generate();
+        let mut k =
+            KeyFile::create(b"pw", Id::random(), &m, KdfParams::insecure_for_tests()).unwrap();
+        for p in [
+            KdfParams {
+                memory_kib: u32::MAX,
+                ..KdfParams::insecure_for_tests()
+            },
+            KdfParams {
+                iterations: u32::MAX,
+                ..KdfParams::insecure_for_tests()
+            },
+            KdfParams {
+                parallelism: 1 << 20,
+                ..KdfParams::insecure_for_tests()
+            },
+        ] {
+            k.kdf.params = p;
+            let e = k.unwrap(b"pw").unwrap_err();
+            assert!(format!("{e:#}").contains("out of bounds"), "{e:#}");
+        }
     }
 }

@@ -58,6 +58,40 @@ pub struct RepoConfig {
     pub pack_size: u64,
 }
 
+impl RepoConfig {
+    /// Refuse values this coffer cannot work with (the chunker would assert, a pack could
+    /// not be sized) with an error instead of a panic later. The config is authenticated,
+    /// so only a bug or someone holding the key can produce such values.
+    fn validate(&self) -> std::result::Result<(), String> {
+        use fastcdc::v2020 as cdc;
+        let c = &self.chunker;
+        let chunker_ok = (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&c.min_size)
+            && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&c.avg_size)
+            && (cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&c.max_size)
+            && c.min_size <= c.avg_size
+            && c.avg_size <= c.max_size;
+        if !chunker_ok {
+            return Err(format!(
+                "invalid chunker sizes {}/{}/{}",
+                c.min_size, c.avg_size, c.max_size
+            ));
+        }
+        if !(1 << 20..=512 << 20).contains(&self.pack_size) {
+            return Err(format!(
+                "invalid pack size {} (1 to 512 MiB)",
+                self.pack_size
+            ));
+        }
+        if !(0..=22).contains(&self.compression) {
+            return Err(format!(
+                "invalid compression level {} (0 to 22)",
+                self.compression
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Options for `init`.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -87,6 +121,14 @@ pub fn username() -> String {
 }
 
 /// An open repository: storage plus the unwrapped master key.
+/// A key slot as listed by [`Repository::list_keys`].
+#[derive(Debug)]
+pub struct ListedKey {
+    pub name: String,
+    /// The slot, or why it cannot be decoded.
+    pub slot: std::result::Result<KeyFile, String>,
+}
+
 pub struct Repository {
     pub backend: Arc<dyn Backend>,
     pub key: MasterKey,
@@ -109,7 +151,6 @@ impl Repository {
             ))
             .into());
         }
-        backend.create()?;
         let key = MasterKey::generate();
         let mut seed = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut seed);
@@ -125,6 +166,8 @@ impl Repository {
             compression: opts.compression,
             pack_size: opts.pack_size,
         };
+        config.validate().map_err(Error::usage)?;
+        backend.create()?;
         let slot = KeyFile::create(passphrase, config.id, &key, opts.kdf)?;
         let key_name = Id::random().to_hex();
         backend.write(FileKind::Key, &key_name, &serde_json::to_vec_pretty(&slot)?)?;
@@ -159,19 +202,24 @@ impl Repository {
         if passphrase.is_empty() {
             return Err(Error::usage("an empty passphrase is not allowed").into());
         }
+        // Slots that cannot be decoded are reported (a warning now, and in the error if no
+        // other slot opens), not silently skipped: one of them may be the user's.
+        let mut damaged = Vec::new();
         for k in backend.list(FileKind::Key)? {
             let raw = backend.read(FileKind::Key, &k.name)?;
             let slot: KeyFile = match serde_json::from_slice(&raw) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!("ignoring malformed key slot {}: {e}", k.name);
+                    tracing::warn!("key slot {} is damaged and was skipped: {e}", k.name);
+                    damaged.push(k.name);
                     continue;
                 }
             };
             let unwrapped = match slot.unwrap(passphrase) {
                 Ok(u) => u,
                 Err(e) => {
-                    tracing::warn!("skipping key slot {}: {e:#}", k.name);
+                    tracing::warn!("key slot {} is damaged and was skipped: {e:#}", k.name);
+                    damaged.push(k.name);
                     continue;
                 }
             };
@@ -185,7 +233,10 @@ impl Repository {
                     );
                     continue;
                 };
-                let config: RepoConfig = serde_json::from_slice(&compress::decode(&plain)?)?;
+                let config: RepoConfig = serde_json::from_slice(&compress::decode(&plain)?)
+                    .map_err(|e| {
+                        Error::integrity(format!("the repository config is malformed: {e}"))
+                    })?;
                 if config.id != rid {
                     tracing::warn!("key slot {} names another repository; skipped", k.name);
                     continue;
@@ -197,6 +248,9 @@ impl Repository {
                     ))
                     .into());
                 }
+                config.validate().map_err(|e| {
+                    Error::integrity(format!("the repository config is damaged: {e}"))
+                })?;
                 return Ok(Repository {
                     backend,
                     key,
@@ -205,10 +259,19 @@ impl Repository {
                 });
             }
         }
+        let note = if damaged.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} damaged key slot(s) could not be tried: {}; see `coffer key list`)",
+                damaged.len(),
+                damaged.join(", ")
+            )
+        };
         Err(Error::new(
             ErrorKind::WrongPassword,
             format!(
-                "wrong passphrase: no key of {} opens with it",
+                "wrong passphrase: no key of {} opens with it{note}",
                 backend.location()
             ),
         )
@@ -373,6 +436,16 @@ impl Repository {
         if index.blob_type(id) != Some(BlobType::Tree) && index.has(id) {
             return Err(Error::integrity(format!("blob {} is not a tree", id.short())).into());
         }
+        if let Some(loc) = index.get(id) {
+            if loc.entry.raw_length as usize > tree::MAX_TREE_BYTES {
+                return Err(Error::integrity(format!(
+                    "tree {} claims {} bytes, more than a tree may hold",
+                    id.short(),
+                    loc.entry.raw_length
+                ))
+                .into());
+            }
+        }
         let data = self.read_blob(index, id)?;
         serde_json::from_slice(&data)
             .map_err(|e| Error::integrity(format!("tree {} is malformed: {e}", id.short())).into())
@@ -380,15 +453,16 @@ impl Repository {
 
     // ---- key slots ----
 
-    pub fn list_keys(&self) -> Result<Vec<(String, KeyFile)>> {
+    /// Every key slot, oldest first; a slot that cannot be decoded is listed as damaged
+    /// (with the reason) rather than left out, so that it can be seen and removed.
+    pub fn list_keys(&self) -> Result<Vec<ListedKey>> {
         let mut out = Vec::new();
         for k in self.backend.list(FileKind::Key)? {
             let raw = self.backend.read(FileKind::Key, &k.name)?;
-            if let Ok(slot) = serde_json::from_slice::<KeyFile>(&raw) {
-                out.push((k.name, slot));
-            }
+            let slot = serde_json::from_slice::<KeyFile>(&raw).map_err(|e| e.to_string());
+            out.push(ListedKey { name: k.name, slot });
         }
-        out.sort_by_key(|k| k.1.created);
+        out.sort_by_key(|k| (k.slot.is_err(), k.slot.as_ref().ok().map(|s| s.created)));
         Ok(out)
     }
 
@@ -406,7 +480,7 @@ impl Repository {
         let keys = self.list_keys()?;
         let m: Vec<&String> = keys
             .iter()
-            .map(|k| &k.0)
+            .map(|k| &k.name)
             .filter(|n| n.starts_with(prefix))
             .collect();
         let name = match m.as_slice() {

@@ -54,6 +54,16 @@ impl<'de> Deserialize<'de> for OsBytes {
     }
 }
 
+/// Whether `name` can be an entry of a tree: restore writes it as one path component under
+/// its target, so it must be non-empty, not `.` or `..`, and hold no `/` or NUL.
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// The largest tree blob (one directory's entries as JSON) coffer writes or reads: about a
+/// million entries. A bound on what a damaged or forged index can make coffer allocate.
+pub const MAX_TREE_BYTES: usize = 256 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKind {
@@ -73,11 +83,13 @@ pub struct Node {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i64,
+    /// Modification time, nanoseconds since the Unix epoch (negative before 1970). An
+    /// i128: a file system's seconds times 10^9 overflow i64 past the year 2262; in JSON it is
+    /// the same integer as before for every time that fits.
+    pub mtime_ns: i128,
     /// Change detection for the next backup (ctime and inode; the device is informative).
     #[serde(default)]
-    pub ctime_ns: i64,
+    pub ctime_ns: i128,
     #[serde(default)]
     pub inode: u64,
     #[serde(default)]
@@ -93,6 +105,24 @@ pub struct Node {
     pub target: Option<OsBytes>,
 }
 
+/// Nanoseconds since the epoch from a file system's seconds and nanoseconds, exact for every
+/// time the file system can hold.
+pub fn epoch_ns(secs: i64, nsec: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsec)
+}
+
+/// The inverse of [`epoch_ns`]: whole seconds (floor) and the nanoseconds after them. Saturates
+/// for values no file system can hold (a damaged tree), instead of wrapping.
+pub fn split_epoch_ns(ns: i128) -> (i64, u32) {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nsec = ns.rem_euclid(1_000_000_000) as u32;
+    match i64::try_from(secs) {
+        Ok(s) => (s, nsec),
+        Err(_) if secs < 0 => (i64::MIN, 0),
+        Err(_) => (i64::MAX, 999_999_999),
+    }
+}
+
 impl Node {
     pub fn stream(name: &str, size: u64, content: Vec<Id>, mtime_ns: i64) -> Node {
         Node {
@@ -101,7 +131,7 @@ impl Node {
             mode: 0o600,
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
-            mtime_ns,
+            mtime_ns: mtime_ns.into(),
             ctime_ns: 0,
             inode: 0,
             device: 0,
@@ -143,6 +173,31 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_round_trip_before_1970_and_after_2262() {
+        for (secs, nsec) in [
+            (0i64, 0i64),
+            (-1, 999_999_999),
+            (-315_619_200, 123_456_789), // 1960
+            (10_413_792_000, 1),         // 2300
+            (i64::MAX, 999_999_999),
+            (i64::MIN, 0),
+        ] {
+            let ns = epoch_ns(secs, nsec);
+            assert_eq!(split_epoch_ns(ns), (secs, nsec as u32));
+            let mut n = Node::stream("f", 0, vec![], 0);
+            n.mtime_ns = ns;
+            let j = serde_json::to_vec(&n).unwrap();
+            assert_eq!(serde_json::from_slice::<Node>(&j).unwrap().mtime_ns, ns);
+        }
+        // What older trees hold reads as before.
+        let old = br#"{"name":"f","type":"file","mode":420,"uid":0,"gid":0,"mtime_ns":1700000000123456789}"#;
+        let n: Node = serde_json::from_slice(old).unwrap();
+        assert_eq!(n.mtime_ns, 1_700_000_000_123_456_789);
+        assert_eq!(split_epoch_ns(i128::MAX).0, i64::MAX);
+    }
+
     #[test]
     fn odd_names_round_trip() {
         for name in [

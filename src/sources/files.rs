@@ -108,8 +108,8 @@ pub(crate) fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
         mode: m.mode() & 0o7777,
         uid: m.uid(),
         gid: m.gid(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        mtime_ns: crate::repo::tree::epoch_ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: crate::repo::tree::epoch_ns(m.ctime(), m.ctime_nsec()),
         inode: m.ino(),
         device: m.dev(),
         size: 0,
@@ -173,7 +173,23 @@ impl<'a> Archiver<'a> {
 
     pub(crate) fn parent_tree(&self, node: Option<&Node>) -> Option<Tree> {
         let sub = node.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
-        self.session.repo.load_tree(&self.session.index, &sub).ok()
+        self.load_parent(&sub)
+    }
+
+    /// A tree of the parent snapshot. One that cannot be read is a warning, not an error:
+    /// the backup stays correct (everything below it is read again) and still protects the
+    /// data, but a damaged repository must not go unnoticed.
+    pub(crate) fn load_parent(&self, tree: &crate::Id) -> Option<Tree> {
+        match self.session.repo.load_tree(&self.session.index, tree) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.progress.log(&format!(
+                    "warning: tree {} of the previous snapshot cannot be read ({e:#}); the files below it are read again. Run `coffer check`.",
+                    tree.short()
+                ));
+                None
+            }
+        }
     }
 
     /// A tree for a trie level: leaves are archived whole, inner nodes only carry the
@@ -314,7 +330,7 @@ impl<'a> Archiver<'a> {
                 }
             }
             let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-            if n.mtime_ns.max(n.ctime_ns) > now - RACY_WINDOW_NS {
+            if n.mtime_ns.max(n.ctime_ns) > i128::from(now) - i128::from(RACY_WINDOW_NS) {
                 n.inode = 0;
             }
             let f = match fs::File::open(path) {
@@ -407,10 +423,7 @@ pub fn backup_files(
         window: Vec::new(),
         rules: None,
     };
-    let parent_tree = match &parent {
-        Some(p) => repo.load_tree(&a.session.index, &p.tree).ok(),
-        None => None,
-    };
+    let parent_tree = parent.as_ref().and_then(|p| a.load_parent(&p.tree));
     let tree = a.save_trie(&root, Path::new("/"), parent_tree.as_ref())?;
     let size = a.size;
     commit(

@@ -14,6 +14,7 @@ pub mod walretention;
 pub mod walverify;
 
 use crate::backend::FileKind;
+use crate::error::{Error, ErrorKind};
 use crate::id::Id;
 use crate::repo::index::MasterIndex;
 use crate::repo::saver::BlobSaver;
@@ -57,6 +58,18 @@ impl Session {
     pub fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
         tree.sort();
         let json = serde_json::to_vec(&tree)?;
+        if json.len() > crate::repo::tree::MAX_TREE_BYTES {
+            return Err(Error::new(
+                ErrorKind::Source,
+                format!(
+                    "a directory has too many entries to store ({} entries, {} MiB as a tree; at most {} MiB)",
+                    tree.nodes.len(),
+                    json.len() >> 20,
+                    crate::repo::tree::MAX_TREE_BYTES >> 20
+                ),
+            )
+            .into());
+        }
         Ok(self.saver.save(BlobType::Tree, json)?.0)
     }
 }

@@ -62,8 +62,11 @@ pub fn backup_stream(
     finish: impl FnOnce(u64) -> Result<serde_json::Value>,
 ) -> Result<Snapshot> {
     let name = name.trim_matches('/');
-    if name.is_empty() || name.contains('/') {
-        return Err(Error::usage("the stream name must be a plain file name, e.g. db.dump").into());
+    if !crate::repo::tree::valid_name(name.as_bytes()) {
+        return Err(Error::usage(format!(
+            "the stream name {name:?} cannot be restored as a file: give a plain file name, e.g. db.dump"
+        ))
+        .into());
     }
     let mut session = Session::start(repo)?;
     let (content, size) = save_stream(&mut session, reader, progress)?;

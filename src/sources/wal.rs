@@ -137,12 +137,13 @@ pub(crate) fn open_file(repo: &Repository, name: &str, sealed: &[u8]) -> Result<
         .open(sealed)
         .map_err(|e| Error::integrity(format!("{path}: {e}")))?;
     let plain = compress::decode(&plain).map_err(|e| Error::integrity(format!("{path}: {e}")))?;
-    let n = plain
-        .get(..2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-        .unwrap_or(usize::MAX);
-    match plain.get(2..2 + n) {
-        Some(stored) if stored == name.as_bytes() => Ok(plain[2 + n..].to_vec()),
+    // `len(u16) || name || data`; a plaintext shorter than its length field names no file.
+    let stored = plain.get(..2).and_then(|b| {
+        let end = 2 + u16::from_le_bytes([b[0], b[1]]) as usize;
+        Some((plain.get(2..end)?, end))
+    });
+    match stored {
+        Some((stored, end)) if stored == name.as_bytes() => Ok(plain[end..].to_vec()),
         _ => Err(Error::integrity(format!(
             "{path} holds another file's content (the object was moved or replaced)"
         ))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// A resolved connection target. Unset fields are filled from the environment and
 /// libpq's defaults by [`PgTarget::resolve`].
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct PgTarget {
     /// A host name, an IP address, or a Unix socket directory (starts with `/`).
     pub host: Option<String>,
@@ -24,6 +24,34 @@ pub struct PgTarget {
     pub dbname: Option<String>,
     /// Other libpq keywords (sslmode, application_name, options, connect_timeout…).
     pub params: Vec<(String, String)>,
+}
+
+/// libpq keywords whose values are secrets: hidden from `Debug`.
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword"];
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let params: Vec<(&str, &str)> = self
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let v = if SECRET_PARAMS.contains(&k.as_str()) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("PgTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &crate::redact::Redacted(&self.password))
+            .field("dbname", &self.dbname)
+            .field("params", &params)
+            .finish()
+    }
 }
 
 fn bad(msg: impl Into<String>) -> anyhow::Error {
@@ -869,5 +897,16 @@ mod tests {
             split_pgpass(r"h:5432:*:u:pa\:ss:w"),
             vec!["h", "5432", "*", "u", "pa:ss:w"]
         );
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let t = PgTarget::parse(
+            "postgresql://app:hunter2-url@h/db?sslpassword=hunter2-key&application_name=x",
+        )
+        .unwrap();
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("application_name"), "{shown}");
     }
 }

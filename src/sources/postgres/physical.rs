@@ -283,8 +283,8 @@ fn small_file(
         mode: 0o600,
         uid: like.uid,
         gid: like.gid,
-        mtime_ns,
-        ctime_ns: mtime_ns,
+        mtime_ns: mtime_ns.into(),
+        ctime_ns: mtime_ns.into(),
         inode: 0,
         device: 0,
         size: data.len() as u64,
@@ -384,16 +384,13 @@ pub fn backup_physical(
     let pgdata_str = pgdata.display().to_string();
     let parent = find_parent(&repo, &sysid, &pgdata_str)?;
     let session = Session::start(repo.clone())?;
-    let parent_tree = match &parent {
-        Some((s, _)) => repo.load_tree(&session.index, &s.tree).ok(),
-        None => None,
-    };
     let rules = PgRules {
         root: pgdata.clone(),
     };
     // A file written less than a second before coffer reads it is read again next time
     // (files::RACY_WINDOW_NS, as for `backup PATH…`).
     let mut a = Archiver::new(session, progress, Some(&rules))?;
+    let parent_tree = parent.as_ref().and_then(|(s, _)| a.load_parent(&s.tree));
 
     let started_at = chrono::Local::now().fixed_offset();
     let label = format!("coffer {}", started_at.format("%Y-%m-%dT%H:%M:%S%:z"));

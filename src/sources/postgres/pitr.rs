@@ -62,7 +62,7 @@ impl Target {
 }
 
 /// How `restore_command` reaches this repository.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct FetchConfig {
     pub repository: String,
     pub password_file: Option<PathBuf>,
@@ -71,6 +71,17 @@ pub struct FetchConfig {
     /// For an `s3://` repository: endpoint, region and credentials, resolved from the
     /// environment and config file of the restoring coffer.
     pub s3: Option<crate::backend::S3Settings>,
+}
+
+impl std::fmt::Debug for FetchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchConfig")
+            .field("repository", &self.repository)
+            .field("password_file", &self.password_file)
+            .field("password", &crate::redact::Redacted(&self.password))
+            .field("s3", &self.s3)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -463,19 +474,32 @@ fn chown_like(path: &Path, n: &Node) -> Result<()> {
     Ok(())
 }
 
+/// Write a private file (mode 0600 from its creation, owned like `owner`). Whatever was at
+/// `path` is unlinked first, never opened: writing through it would change a file that a
+/// planted hard link or symlink points at, and would keep that file's mode while the secret
+/// is written.
 fn write_private(path: &Path, data: &[u8], owner: &Node) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot replace {}", path.display())))
+        }
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::fchown(&f, Some(owner.uid), Some(owner.gid))
+            .with_context(|| format!("cannot change the owner of {}", path.display()))?;
+    }
     std::io::Write::write_all(&mut f, data)
         .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    chown_like(path, owner)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A path as one word of a command PostgreSQL runs: it replaces `%`-escapes before the
@@ -513,20 +537,33 @@ fn toml_string(s: &str) -> String {
 }
 
 /// Comment out earlier recovery settings (a backup of a restored cluster carries them).
-fn strip_recovery_settings(conf: &str) -> String {
-    conf.lines()
-        .map(|l| {
-            let key = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
-            if key == "restore_command"
-                || key == "recovery_end_command"
-                || key.starts_with("recovery_target")
-            {
-                format!("# {l}  (replaced by coffer restore)\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect()
+/// `conf` with earlier recovery settings commented out, byte for byte otherwise: the file is
+/// PostgreSQL's (ALTER SYSTEM writes it in the server's encoding), so it is not decoded.
+fn strip_recovery_settings(conf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(conf.len() + 64);
+    for l in conf.split_inclusive(|&b| b == b'\n') {
+        let line = l.strip_suffix(b"\n").unwrap_or(l);
+        let start = line
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(line.len());
+        let key = line[start..]
+            .split(|&b| b == b'=' || b == b' ' || b == b'\t')
+            .next()
+            .unwrap_or(b"");
+        if key == b"restore_command"
+            || key == b"recovery_end_command"
+            || key.starts_with(b"recovery_target")
+        {
+            out.extend_from_slice(b"# ");
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"  (replaced by coffer restore)\n");
+        } else {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out
 }
 
 /// Restore a base backup into `opts.pgdata`, set up to recover to `opts.target`.
@@ -735,18 +772,33 @@ pub fn restore_pitr(
         settings.push(format!("recovery_target_timeline = {}", conf_quote(t)));
     }
     let auto = dir.join("postgresql.auto.conf");
-    let old = std::fs::read_to_string(&auto).unwrap_or_default();
+    // The restored file holds the cluster's ALTER SYSTEM settings: an error reading it stops
+    // the restore (rewriting it from nothing would silently drop them). A backup without
+    // one is fine.
+    let old = match std::fs::read(&auto) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot read the restored {} (its ALTER SYSTEM settings would be lost)",
+                auto.display()
+            )))
+        }
+    };
     let mut text = strip_recovery_settings(&old);
-    text.push_str(&format!(
-        "# Recovery set up by coffer restore from snapshot {} ({})\n",
-        snap.id.short(),
-        chrono::Local::now().to_rfc3339()
-    ));
+    text.extend_from_slice(
+        format!(
+            "# Recovery set up by coffer restore from snapshot {} ({})\n",
+            snap.id.short(),
+            chrono::Local::now().to_rfc3339()
+        )
+        .as_bytes(),
+    );
     for s in &settings {
-        text.push_str(s);
-        text.push('\n');
+        text.extend_from_slice(s.as_bytes());
+        text.push(b'\n');
     }
-    write_private(&auto, text.as_bytes(), &pg_node)?;
+    write_private(&auto, &text, &pg_node)?;
     write_private(&dir.join("recovery.signal"), b"", &pg_node)?;
     Ok(PitrReport {
         snapshot: snap,
@@ -764,11 +816,16 @@ mod tests {
 
     #[test]
     fn earlier_recovery_settings_are_commented_out() {
-        let c = "shared_buffers = '1GB'\nrestore_command = 'x'\n  recovery_target_time = 'y'\nrecovery_end_command = 'z'\n";
-        let out = strip_recovery_settings(c);
+        let c = b"shared_buffers = '1GB'\nrestore_command = 'x'\n  recovery_target_time = 'y'\nrecovery_end_command = 'z'\n";
+        let out = String::from_utf8(strip_recovery_settings(c)).unwrap();
         assert!(out.starts_with("shared_buffers = '1GB'\n# restore_command"));
         assert!(out.contains("#   recovery_target_time"));
         assert!(out.contains("# recovery_end_command"));
+        // Not UTF-8 (a Latin-1 value set by ALTER SYSTEM): kept byte for byte.
+        let latin1 = b"search_path = '\xe9t\xe9'\nrecovery_target_name = 'x'\nwork_mem = '4MB'";
+        let out = strip_recovery_settings(latin1);
+        assert!(out.starts_with(b"search_path = '\xe9t\xe9'\n# recovery_target_name"));
+        assert!(out.ends_with(b"work_mem = '4MB'\n"));
     }
 
     #[test]
@@ -779,6 +836,43 @@ mod tests {
         let t: Vec<_> = commit_times(out).collect();
         assert_eq!(t.len(), 2);
         assert_eq!(t[1].to_rfc3339(), "2024-05-01T14:04:00.000001+00:00");
+    }
+
+    #[test]
+    fn private_files_replace_what_is_there_without_writing_through_it() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let owner = Node::stream("x", 0, vec![], 0);
+        // A hard link and a symlink planted at the file's name.
+        let hard = d.path().join("hard.toml");
+        std::fs::hard_link(&outside, &hard).unwrap();
+        let soft = d.path().join("soft.toml");
+        std::os::unix::fs::symlink(&outside, &soft).unwrap();
+        for p in [&hard, &soft] {
+            write_private(p, b"password = 'secret'", &owner).unwrap();
+            let m = std::fs::symlink_metadata(p).unwrap();
+            assert!(m.is_file());
+            assert_eq!(m.mode() & 0o777, 0o600);
+            assert_eq!(std::fs::read(p).unwrap(), b"password = 'secret'");
+        }
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        let m = std::fs::metadata(&outside).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn fetch_config_debug_hides_the_password() {
+        let c = FetchConfig {
+            repository: "/r".into(),
+            password: Some("hunter2-secret".into()),
+            ..FetchConfig::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct PgRestoreReport {
     pub toc_entries: usize,
     /// What was (or, with --dry-run, would be) done, one line each.
     pub plan: Vec<String>,
+    /// What the user should know about a restore that went through (printed, and in JSON).
+    pub warnings: Vec<String>,
 }
 
 impl PgRestoreReport {
@@ -529,7 +531,13 @@ pub fn restore_postgres(
         sql_literal(&ctype)
     );
     if let Err(e) = maint.batch_execute(&with_locale) {
-        // The source's locale may not exist here; the server default will do.
+        // The source's locale may not exist on this server. The restore goes on with the
+        // server's default (the data is intact; sorting and case rules may differ), so this
+        // is a warning in the report, not an error -- but never silent.
+        report.warnings.push(format!(
+            "database {db:?} was created with the server's default locale: LC_COLLATE {collate:?} / LC_CTYPE {ctype:?} of the backup are not available here ({}); text ordering and indexes on text may differ from the original",
+            describe(&e)
+        ));
         maint.batch_execute(&create).map_err(|e2| {
             pg_err(
                 &maint_target,
