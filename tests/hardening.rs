@@ -266,7 +266,7 @@ fn odd_pack_names_in_a_listing_do_not_crash_check() {
     env.backup(&[src.to_str().unwrap()]);
     let dir = env.repo.join("data").join("e9");
     fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("é"), b"stray").unwrap();
+    fs::write(dir.join("aé"), b"stray").unwrap();
     fs::write(dir.join("e"), b"stray").unwrap();
     let out = env.cmd().arg("check").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
