@@ -227,7 +227,8 @@ pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
                 json!({"id": s.id.to_hex(), "short_id": s.id.short(), "time": s.time.to_rfc3339(),
                        "hostname": s.hostname, "username": s.username, "tags": s.tags, "paths": s.paths,
                        "kind": s.kind, "size": s.size, "tree": s.tree.to_hex(),
-                       "parent": s.parent.map(|p| p.to_hex()), "sources": s.sources, "summary": s.summary})
+                       "parent": s.parent.map(|p| p.to_hex()), "sources": s.sources, "summary": s.summary,
+                       "requires": s.requires})
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -369,12 +370,12 @@ fn latest_dump(
         })
         .max_by_key(|s| s.time)
         .ok_or_else(|| {
-            Error::new(
+            anyhow::Error::from(Error::new(
                 coffer::error::ErrorKind::NotFound,
                 "no snapshot holds a PostgreSQL dump (safety backups aside); name one by id",
-            )
-            .into()
+            ))
         })
+        .and_then(|s| s.check_features().map(|()| s))
 }
 
 /// Parse a recovery target time: RFC 3339, or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f][+TZ]`

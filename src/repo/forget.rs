@@ -203,6 +203,7 @@ mod tests {
             sources: vec![],
             summary: Default::default(),
             program_version: "t".into(),
+            requires: Default::default(),
         }
     }
 

@@ -89,6 +89,7 @@ pub fn backup_stream(
                 path,
                 metadata,
             }],
+            requires: Default::default(),
         },
         opts,
     )
