@@ -9,7 +9,7 @@ use coffer::progress::Progress;
 use coffer::repo::check::{self, ReadData};
 use coffer::repo::forget::{self, Policy};
 use coffer::repo::keys::KdfParams;
-use coffer::repo::lock::{self, Lock};
+use coffer::repo::lock::{self, ExclusiveLock, Lock};
 use coffer::repo::tree::NodeKind;
 use coffer::repo::{prune, walk_tree, Repository};
 use coffer::restore::{self, RestoreOptions};
@@ -804,10 +804,13 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
     } else {
         Some(Lock::exclusive(&repo, "forget")?)
     };
-    let all = repo.load_snapshots()?;
+    // Every snapshot, strictly: one that cannot be read, or that needs a feature this
+    // coffer does not know, stops forget before anything is decided or deleted (retention
+    // on a subset could remove what the rest would keep).
+    let all = repo.load_snapshots_strict()?;
     let mut remove = Vec::new();
     for spec in &a.snapshots {
-        remove.push(repo.find_snapshot(spec)?);
+        remove.push(coffer::repo::pick_snapshot(&all, spec)?);
     }
     let mut report = Vec::new();
     if !policy.is_empty() {
@@ -861,31 +864,30 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
         .into_iter()
         .filter(|s| !remove.iter().any(|r| r.id == s.id))
         .collect();
-    if a.dry_run {
+    let Some(lock) = lock else {
         ctx.say(&format!(
             "would remove {} snapshot(s) (dry run: nothing changed)",
             remove.len()
         ));
-        return wal_retention(ctx, &repo, &kept, true);
-    }
-    for s in &remove {
-        repo.backend.remove(FileKind::Snapshot, &s.id.to_hex())?;
-    }
-    ctx.say(&format!("removed {} snapshot(s)", remove.len()));
-    wal_retention(ctx, &repo, &kept, false)?;
+        return wal_retention(ctx, &repo, &kept, None);
+    };
+    let n = forget::remove(&lock, &remove)?;
+    ctx.say(&format!("removed {n} snapshot(s)"));
+    wal_retention(ctx, &repo, &kept, Some(&lock))?;
     if a.prune {
-        run_prune(ctx, &repo, 10.0, false)?;
+        run_prune(ctx, prune::Run::Delete(&lock), 10.0)?;
     }
     drop(lock);
     Ok(())
 }
 
-/// Remove (or with `dry_run` list) the archived WAL that none of the `kept` snapshots needs.
+/// Remove (under `lock`; without one, list) the archived WAL that none of the `kept`
+/// snapshots needs.
 fn wal_retention(
     ctx: &Context,
     repo: &Repository,
     kept: &[coffer::repo::snapshot::Snapshot],
-    dry_run: bool,
+    lock: Option<&ExclusiveLock>,
 ) -> Result<()> {
     use coffer::sources::walretention;
     let plan = walretention::plan(repo, kept)?;
@@ -907,7 +909,7 @@ fn wal_retention(
         ));
         return Ok(());
     }
-    if dry_run {
+    let Some(lock) = lock else {
         ctx.say(&format!(
             "WAL archive: would remove {} file(s), {}, {from} (dry run: nothing changed):",
             plan.remove.len(),
@@ -949,8 +951,8 @@ fn wal_retention(
             ctx.say(&format!("  {}", f.name));
         }
         return Ok(());
-    }
-    let (n, bytes) = walretention::apply(repo, &plan)?;
+    };
+    let (n, bytes) = walretention::apply(lock, &plan)?;
     ctx.say(&format!(
         "WAL archive: removed {n} file(s), {}, {from}; {} file(s) kept",
         mib(bytes),
@@ -959,14 +961,10 @@ fn wal_retention(
     Ok(())
 }
 
-fn run_prune(
-    ctx: &Context,
-    repo: &Arc<Repository>,
-    max_unused_pct: f64,
-    dry_run: bool,
-) -> Result<()> {
+fn run_prune(ctx: &Context, run: prune::Run<'_>, max_unused_pct: f64) -> Result<()> {
     let quiet = ctx.mode == coffer::progress::Mode::Quiet;
-    let r = prune::prune(repo, max_unused_pct / 100.0, dry_run, &|m| {
+    let dry_run = matches!(run, prune::Run::DryRun(_));
+    let r = prune::prune(run, max_unused_pct / 100.0, &|m| {
         if !quiet {
             eprintln!("{m}");
         }
@@ -988,12 +986,11 @@ fn run_prune(
 
 pub fn prune(ctx: &Context, a: &PruneArgs) -> Result<()> {
     let repo = ctx.open()?;
-    let _lock = if a.dry_run {
-        None
-    } else {
-        Some(Lock::exclusive(&repo, "prune")?)
-    };
-    run_prune(ctx, &repo, a.max_unused, a.dry_run)
+    if a.dry_run {
+        return run_prune(ctx, prune::Run::DryRun(&repo), a.max_unused);
+    }
+    let lock = Lock::exclusive(&repo, "prune")?;
+    run_prune(ctx, prune::Run::Delete(&lock), a.max_unused)
 }
 
 fn new_passphrase(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
@@ -1070,8 +1067,23 @@ pub fn key(ctx: &Context, k: &KeyCommand) -> Result<()> {
 
 pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
     let repo = ctx.open()?;
-    let n = lock::unlock(&repo, a.remove_all)?;
-    ctx.say(&format!("removed {n} lock(s)"));
+    let r = lock::unlock(&repo, a.remove_all)?;
+    for (path, why) in &r.damaged {
+        ctx.say(&format!("removed damaged lock {path} ({why})"));
+    }
+    for (path, why) in &r.unreadable {
+        ctx.say(&format!(
+            "removed lock {path}, which could not be read ({why})"
+        ));
+    }
+    for (path, why) in &r.damaged_kept {
+        ctx.say(&format!(
+            "kept damaged lock {path} ({why}): it is not yet 30 minutes old, so it may belong to \
+             a running coffer; if none is running on any host, `coffer unlock --remove-all` \
+             removes it"
+        ));
+    }
+    ctx.say(&format!("removed {} lock(s)", r.removed.len()));
     Ok(())
 }
 

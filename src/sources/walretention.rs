@@ -12,6 +12,7 @@
 use super::postgres::physical::{base_backup_info, KIND_PHYSICAL};
 use super::wal::{self, WalFileKind};
 use crate::backend::FileKind;
+use crate::repo::lock::ExclusiveLock;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 use anyhow::Result;
@@ -145,8 +146,11 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
 }
 
 /// Remove the planned files, oldest first (a crash leaves only newer WAL, still contiguous).
-/// The caller holds the exclusive lock. Returns how many files and bytes were removed.
-pub fn apply(repo: &Repository, plan: &Plan) -> Result<(usize, u64)> {
+/// Only under the exclusive lock, in its repository. Returns how many files and bytes were
+/// removed.
+pub fn apply(lock: &ExclusiveLock, plan: &Plan) -> Result<(usize, u64)> {
+    let repo = lock.repo();
+    lock.ensure_held()?;
     let mut n = 0;
     let mut bytes = 0;
     for f in &plan.remove {
