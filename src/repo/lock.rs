@@ -12,7 +12,8 @@
 //! Locks fail closed: a lock that is listed but cannot be read is never skipped. A
 //! damaged one (it does not decrypt or decode) blocks every lock-taking command (exit 5)
 //! until `coffer unlock` removes it; a read error (storage) fails the command (exit 7).
-//! Only a lock deleted between listing and reading (released meanwhile) is skipped. The
+//! Only a lock deleted between listing and reading is skipped, after listing again (it
+//! may have been refreshed under a new name). The
 //! functions that delete data take an [`ExclusiveLock`], which only [`Lock::exclusive`]
 //! gives.
 
@@ -145,41 +146,56 @@ impl ListedLock {
     }
 }
 
-/// Every lock but `except` (our own), read. Only a lock deleted between the listing and
-/// the read is skipped. One that is damaged is returned as such; one that cannot be read
-/// (a storage error) fails the listing, naming it: it may be a live lock, so whoever asks
-/// must not go on as if it were not there.
+/// How often [`list_locks`] lists again because a listed lock vanished before it was read.
+const RELIST_ATTEMPTS: usize = 10;
+
+/// Every lock but `except` (our own), read. One that is damaged is returned as such; one
+/// that cannot be read (a storage error) fails the listing, naming it: it may be a live
+/// lock, so whoever asks must not go on as if it were not there. A lock deleted between
+/// the listing and the read was released, or refreshed: its holder wrote a new lock and
+/// then deleted the old, and the new one may be missing from a listing made before it
+/// was written. So the listing is repeated until every listed lock could be read.
 pub fn list_locks(repo: &Repository, except: Option<&str>) -> Result<Vec<ListedLock>> {
-    let mut out = Vec::new();
-    for f in repo.backend.list(FileKind::Lock)? {
-        if Some(f.name.as_str()) == except {
-            continue;
+    'listing: for _ in 0..RELIST_ATTEMPTS {
+        let mut out = Vec::new();
+        for f in repo.backend.list(FileKind::Lock)? {
+            if Some(f.name.as_str()) == except {
+                continue;
+            }
+            let state = match repo.load_json::<LockInfo>(FileKind::Lock, &f.name) {
+                Ok(l) => LockState::Readable(l),
+                Err(e) if crate::backend::is_not_found(&e) => continue 'listing,
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::Integrity => {
+                    LockState::Damaged(format!("{e:#}"))
+                }
+                Err(e) => {
+                    let path = FileKind::Lock.path(&f.name);
+                    return Err(Error::new(
+                        ErrorKind::Storage,
+                        format!(
+                            "cannot read lock {path}, which may be a live lock, so nothing that \
+                             needs the lock goes ahead: {e:#}"
+                        ),
+                    )
+                    .into());
+                }
+            };
+            out.push(ListedLock {
+                name: f.name,
+                modified: f.modified,
+                state,
+            });
         }
-        let state = match repo.load_json::<LockInfo>(FileKind::Lock, &f.name) {
-            Ok(l) => LockState::Readable(l),
-            Err(e) if crate::backend::is_not_found(&e) => continue, // released meanwhile
-            Err(e) if crate::error::kind_of(&e) == ErrorKind::Integrity => {
-                LockState::Damaged(format!("{e:#}"))
-            }
-            Err(e) => {
-                let path = FileKind::Lock.path(&f.name);
-                return Err(Error::new(
-                    ErrorKind::Storage,
-                    format!(
-                        "cannot read lock {path}, which may be a live lock, so nothing that \
-                         needs the lock goes ahead: {e:#}"
-                    ),
-                )
-                .into());
-            }
-        };
-        out.push(ListedLock {
-            name: f.name,
-            modified: f.modified,
-            state,
-        });
+        return Ok(out);
     }
-    Ok(out)
+    Err(Error::new(
+        ErrorKind::Locked,
+        format!(
+            "the locks in locks/ kept changing while they were read ({RELIST_ATTEMPTS} listings); \
+             try again"
+        ),
+    )
+    .into())
 }
 
 impl Lock {
@@ -354,4 +370,96 @@ pub fn unlock(repo: &Repository, all: bool) -> Result<Unlocked> {
         }
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, Listed, LocalBackend};
+    use crate::repo::{keys::KdfParams, InitOptions};
+
+    /// The local backend, with another process's lock refreshed at the worst moment:
+    /// right after a listing showed its old name, before that name is read.
+    struct RefreshedMeanwhile {
+        inner: LocalBackend,
+        /// (old name, new name, new sealed bytes) of the refresh still to happen.
+        refresh: Mutex<Option<(String, String, Vec<u8>)>>,
+    }
+
+    impl Backend for RefreshedMeanwhile {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self) -> Result<()> {
+            self.inner.create()
+        }
+        fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+            self.inner.write(kind, name, data)
+        }
+        fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+            let mut r = self.refresh.lock().unwrap();
+            if let Some((old, new, bytes)) = r.as_ref().filter(|(old, ..)| old == name) {
+                // As the refresher does: write the new lock, then delete the old.
+                self.inner.write(FileKind::Lock, new, bytes)?;
+                self.inner.remove(FileKind::Lock, old)?;
+                *r = None;
+            }
+            drop(r);
+            self.inner.read(kind, name)
+        }
+        fn read_range(&self, kind: FileKind, name: &str, off: u64, len: u64) -> Result<Vec<u8>> {
+            self.inner.read_range(kind, name, off, len)
+        }
+        fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
+            self.inner.stat(kind, name)
+        }
+        fn list(&self, kind: FileKind) -> Result<Vec<Listed>> {
+            self.inner.list(kind)
+        }
+        fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+            self.inner.remove(kind, name)
+        }
+    }
+
+    #[test]
+    fn a_lock_refreshed_between_listing_and_reading_is_still_seen() {
+        let t = tempfile::tempdir().unwrap();
+        let backend = Arc::new(RefreshedMeanwhile {
+            inner: LocalBackend::new(t.path().join("repo")),
+            refresh: Mutex::new(None),
+        });
+        let opts = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            ..Default::default()
+        };
+        let repo = Arc::new(Repository::init(backend.clone(), b"pw", &opts).unwrap());
+        // A live backup on another host, about to refresh its lock.
+        let info = LockInfo {
+            time: Utc::now(),
+            exclusive: false,
+            hostname: "elsewhere".into(),
+            username: "u".into(),
+            pid: 1,
+            operation: "backup".into(),
+        };
+        let old = write_lock(&repo, &info).unwrap();
+        let new_bytes = repo.seal_json(&info).unwrap();
+        let new = crate::Id::of_bytes(&new_bytes).to_hex();
+        *backend.refresh.lock().unwrap() = Some((old.clone(), new.clone(), new_bytes));
+
+        let e = Lock::exclusive(&repo, "prune")
+            .err()
+            .expect("prune got its lock");
+        assert_eq!(crate::error::kind_of(&e), ErrorKind::Locked, "{e:#}");
+        assert!(e.to_string().contains("u@elsewhere"), "{e:#}");
+        // Only the backup's refreshed lock is left; prune's own is gone.
+        let names: Vec<String> = repo
+            .backend
+            .list(FileKind::Lock)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(names, [new]);
+    }
 }
