@@ -13,6 +13,9 @@ pub enum ErrorKind {
     Other,
     /// Bad arguments or configuration (exit 2).
     Usage,
+    /// The repository or a snapshot uses a feature this coffer does not know: a newer
+    /// coffer wrote it (exit 2, like other things this coffer cannot do; not damage).
+    NeedsNewer,
     /// Data in the repository failed verification (exit 3).
     Integrity,
     /// No key slot opens with the given passphrase (exit 4).
@@ -32,7 +35,7 @@ impl ErrorKind {
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::Other => 1,
-            ErrorKind::Usage => 2,
+            ErrorKind::Usage | ErrorKind::NeedsNewer => 2,
             ErrorKind::Integrity => 3,
             ErrorKind::WrongPassword => 4,
             ErrorKind::Locked => 5,

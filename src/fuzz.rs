@@ -393,7 +393,7 @@ fn locks() {
                 let name = store(&f, FileKind::Lock, &stored);
                 watched(|| {
                     let _ = f.repo.load_json::<LockInfo>(FileKind::Lock, &name);
-                    let _ = crate::repo::lock::list_locks(&f.repo);
+                    let _ = crate::repo::lock::list_locks(&f.repo, None);
                 })?;
                 f.backend.remove(FileKind::Lock, &name).unwrap();
             }

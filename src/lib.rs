@@ -21,6 +21,7 @@ pub mod chunker;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod fsutil;
 #[cfg(test)]
 mod fuzz;
 pub mod id;

@@ -644,6 +644,13 @@ fn forget_removes_wal_no_kept_base_backup_needs() {
     a.archive_all();
     let snaps = a.cmd().args(["snapshots", "--json"]).output().unwrap();
     let snaps: Vec<serde_json::Value> = serde_json::from_slice(&snaps.stdout).unwrap();
+    for s in &snaps {
+        assert_eq!(
+            s["requires"],
+            serde_json::json!({"postgres-physical": "0.1.0"}),
+            "{s}"
+        );
+    }
     let start2 = snaps.iter().find(|s| s["id"] == second["id"]).unwrap()["sources"][0]["metadata"]
         ["start_wal"]
         .as_str()

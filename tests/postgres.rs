@@ -743,6 +743,12 @@ fn split_dumps_restore_whole_by_table_and_by_hand() {
         "{streams:?}"
     );
     let snap = &env.snapshots()[0];
+    // A coffer that does not know split dumps refuses the snapshot instead of restoring
+    // only the main stream.
+    assert_eq!(
+        snap["requires"],
+        serde_json::json!({"postgres-split-dump": "0.1.0"})
+    );
     let meta = &snap["sources"][0]["metadata"];
     assert_eq!(meta["dump_size"], snap["size"]);
     assert_eq!(meta["dump_size"], made["size"]);
@@ -911,6 +917,7 @@ fn a_failing_data_stream_leaves_no_snapshot() {
     ]);
     ok(&cmd.output().unwrap());
     assert!(data_streams(&env).is_empty());
+    assert_eq!(env.snapshots()[0]["requires"], serde_json::json!({}));
     ok(&run(
         &env,
         &["restore", "latest", "--to-postgres", &pg.url("copy")],

@@ -15,9 +15,11 @@ use common::pg::PgCluster;
 use common::proxy::ThrottledProxy;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -968,4 +970,169 @@ fn moto_point_in_time_recovery_without_aws_variables_in_the_server() {
         "WAL did not come from the archive:\n{}",
         r.log()
     );
+}
+
+// --- locks fail closed ------------------------------------------------------------------
+
+/// Forwards connections to `target`, one request per connection, except that GETs of
+/// objects whose path contains `fail` are answered `500 InternalError` (as a struggling
+/// S3 service does) without reaching the server. Stops accepting when dropped.
+struct FailingGets {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl FailingGets {
+    fn new(target: u16, fail: &'static str) -> FailingGets {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                std::thread::spawn(move || Self::serve(client, target, fail));
+            }
+        });
+        FailingGets { port, stop }
+    }
+
+    fn serve(mut client: TcpStream, target: u16, fail: &str) {
+        // The request head.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match client.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = text.split("\r\n");
+        let request = lines.next().unwrap_or("").to_string();
+        let mut parts = request.split(' ');
+        let (method, target_path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = target_path.split('?').next().unwrap_or("");
+        if method == "GET" && path.contains(fail) {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
+                        <Message>We encountered an internal error. Please try again.</Message></Error>";
+            let _ = write!(
+                client,
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return;
+        }
+        // One request per connection, so that every request passes through here.
+        let mut fwd = format!("{request}\r\n");
+        for l in lines.filter(|l| !l.is_empty()) {
+            if !l.to_ascii_lowercase().starts_with("connection:") {
+                fwd.push_str(l);
+                fwd.push_str("\r\n");
+            }
+        }
+        fwd.push_str("Connection: close\r\n\r\n");
+        let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+            return;
+        };
+        if server.write_all(fwd.as_bytes()).is_err() {
+            return;
+        }
+        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || pump(c2, s2));
+        pump(server, client);
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Copy one direction of a connection until it closes.
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+impl Drop for FailingGets {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wake up accept()
+    }
+}
+
+/// On S3, a lock that is damaged blocks every locker until `unlock` removes it, and a
+/// lock whose GET fails is never skipped: prune and backup stop (exit 7), naming it.
+#[test]
+fn moto_locks_that_cannot_be_read_stop_prune_and_backup() {
+    let server = moto();
+    create_bucket(server.port, "bucket");
+    let env = S3Env::new(server.endpoint(), "test-key", "test-secret");
+    let repo = "s3://bucket/repo";
+    let (_keep, src) = source_tree(&[("a.bin", random_bytes(1 << 20, 9))]);
+    env.ok(repo, &["init", "--pack-size", "4"]);
+    env.backup(repo, &src);
+    let packs = objects_under(server.port, "bucket", "repo/data/");
+
+    // A lock object the key does not open.
+    let name = "5a".repeat(32);
+    let (status, resp) = http(
+        server.port,
+        "PUT",
+        &format!("/bucket/repo/locks/{name}"),
+        &random_bytes(300, 3),
+    );
+    assert_eq!(status, 200, "{resp}");
+    for args in [vec!["prune"], vec!["backup", src.to_str().unwrap()]] {
+        let err = env.fails(repo, &args, 5);
+        assert!(err.contains(&format!("locks/{name}")), "{args:?}: {err}");
+        assert!(err.contains("cannot be read"), "{args:?}: {err}");
+    }
+    assert_eq!(objects_under(server.port, "bucket", "repo/data/"), packs);
+    let said = String::from_utf8(
+        env.coffer(repo, &["unlock", "--remove-all"])
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .unwrap();
+    assert!(
+        said.contains(&format!("removed damaged lock locks/{name}")),
+        "{said}"
+    );
+    assert_eq!(objects_under(server.port, "bucket", "repo/locks/").0, 0);
+
+    // A readable lock, but every GET of a lock fails on the way.
+    env.backup(repo, &src);
+    let (status, resp) = http(
+        server.port,
+        "PUT",
+        &format!("/bucket/repo/locks/{name}"),
+        &random_bytes(300, 4),
+    );
+    assert_eq!(status, 200, "{resp}");
+    let proxy = FailingGets::new(server.port, "/locks/");
+    let through = S3Env::new(proxy.endpoint(), "test-key", "test-secret");
+    for args in [
+        vec!["prune"],
+        vec!["backup", src.to_str().unwrap()],
+        vec!["unlock"],
+    ] {
+        let err = through.fails(repo, &args, 7);
+        assert!(
+            err.contains(&format!("cannot read lock locks/{name}")),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(env.snapshots(repo).len(), 2);
+    // Only the lock GETs fail: everything else passes through.
+    through.ok(repo, &["snapshots"]);
+    through.ok(repo, &["unlock", "--remove-all"]);
+    assert_eq!(objects_under(server.port, "bucket", "repo/locks/").0, 0);
+    env.ok(repo, &["prune"]);
+    env.ok(repo, &["check", "--read-data"]);
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorKind};
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind as IoKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub struct LocalBackend {
@@ -136,12 +136,19 @@ impl Drop for LocalSpool {
     }
 }
 
-fn mkdir_private(p: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)
+/// Create a folder (and missing parents) 0700, without syncing; returns the folders to
+/// sync for the new ones to be durable.
+fn mkdir_private_unsynced(p: &Path) -> Result<Vec<PathBuf>> {
+    crate::fsutil::create_dirs(p, 0o700)
         .with_context(|| format!("cannot create directory {}", p.display()))
+}
+
+/// Create a folder (and missing parents) 0700, durably (their parents synced).
+fn mkdir_private(p: &Path) -> Result<()> {
+    for d in mkdir_private_unsynced(p)? {
+        sync_dir(&d)?;
+    }
+    Ok(())
 }
 
 fn io_err(e: std::io::Error, what: &str, path: &Path) -> anyhow::Error {
@@ -169,15 +176,25 @@ impl Backend for LocalBackend {
         self.root.display().to_string()
     }
 
+    /// The folders, durable before the first object is written: each folder whose
+    /// entries changed is synced once, after all are made.
     fn create(&self) -> Result<()> {
-        mkdir_private(&self.root)?;
+        let mut changed = std::collections::BTreeSet::new();
+        changed.extend(mkdir_private_unsynced(&self.root)?);
         for k in FileKind::ALL_DIRS {
-            mkdir_private(&self.root.join(k.dir()))?;
+            changed.extend(mkdir_private_unsynced(&self.root.join(k.dir()))?);
         }
         for i in 0..256 {
-            mkdir_private(&self.root.join("data").join(format!("{i:02x}")))?;
+            changed.extend(mkdir_private_unsynced(
+                &self.root.join("data").join(format!("{i:02x}")),
+            )?);
         }
-        sync_dir(&self.root)
+        changed.insert(self.root.clone());
+        // Deepest first: a folder's own entry is synced after what it holds.
+        for d in changed.iter().rev() {
+            sync_dir(d)?;
+        }
+        Ok(())
     }
 
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {

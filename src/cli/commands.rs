@@ -9,7 +9,7 @@ use coffer::progress::Progress;
 use coffer::repo::check::{self, ReadData};
 use coffer::repo::forget::{self, Policy};
 use coffer::repo::keys::KdfParams;
-use coffer::repo::lock::{self, Lock};
+use coffer::repo::lock::{self, ExclusiveLock, Lock};
 use coffer::repo::tree::NodeKind;
 use coffer::repo::{prune, walk_tree, Repository};
 use coffer::restore::{self, RestoreOptions};
@@ -233,7 +233,8 @@ pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
                 json!({"id": s.id.to_hex(), "short_id": s.id.short(), "time": s.time.to_rfc3339(),
                        "hostname": s.hostname, "username": s.username, "tags": s.tags, "paths": s.paths,
                        "kind": s.kind, "size": s.size, "tree": s.tree.to_hex(),
-                       "parent": s.parent.map(|p| p.to_hex()), "sources": s.sources, "summary": s.summary})
+                       "parent": s.parent.map(|p| p.to_hex()), "sources": s.sources, "summary": s.summary,
+                       "requires": s.requires})
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -397,12 +398,12 @@ fn latest_dump(
         })
         .max_by_key(|s| s.time)
         .ok_or_else(|| {
-            Error::new(
+            anyhow::Error::from(Error::new(
                 coffer::error::ErrorKind::NotFound,
                 "no snapshot holds a PostgreSQL dump (safety backups aside); name one by id",
-            )
-            .into()
+            ))
         })
+        .and_then(|s| s.check_features().map(|()| s))
 }
 
 /// Parse a recovery target time: RFC 3339, or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f][+TZ]`
@@ -842,10 +843,13 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
     } else {
         Some(Lock::exclusive(&repo, "forget")?)
     };
-    let all = repo.load_snapshots()?;
+    // Every snapshot, strictly: one that cannot be read, or that needs a feature this
+    // coffer does not know, stops forget before anything is decided or deleted (retention
+    // on a subset could remove what the rest would keep).
+    let all = repo.load_snapshots_strict()?;
     let mut remove = Vec::new();
     for spec in &a.snapshots {
-        remove.push(repo.find_snapshot(spec)?);
+        remove.push(coffer::repo::pick_snapshot(&all, spec)?);
     }
     let mut report = Vec::new();
     if !policy.is_empty() {
@@ -907,32 +911,31 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
         }
         Ok(())
     };
-    if a.dry_run {
+    let Some(lock) = lock else {
         ctx.say(&format!(
             "would remove {} snapshot(s) (dry run: nothing changed)",
             remove.len()
         ));
-        return print_json(wal_retention(ctx, &repo, &kept, true)?);
-    }
-    for s in &remove {
-        repo.backend.remove(FileKind::Snapshot, &s.id.to_hex())?;
-    }
-    ctx.say(&format!("removed {} snapshot(s)", remove.len()));
-    print_json(wal_retention(ctx, &repo, &kept, false)?)?;
+        return print_json(wal_retention(ctx, &repo, &kept, None)?);
+    };
+    let n = forget::remove(&lock, &remove)?;
+    ctx.say(&format!("removed {n} snapshot(s)"));
+    print_json(wal_retention(ctx, &repo, &kept, Some(&lock))?)?;
     if a.prune {
-        run_prune(ctx, &repo, 10.0, false)?;
+        run_prune(ctx, prune::Run::Delete(&lock), 10.0)?;
     }
     drop(lock);
     Ok(())
 }
 
-/// Remove (or with `dry_run` list) the archived WAL that none of the `kept` snapshots and
-/// no live WAL hold needs, and remove expired holds. Returns the report for `--json`.
+/// Remove (under `lock`; without one, list) the archived WAL that none of the `kept`
+/// snapshots and no live WAL hold needs, and remove expired holds. Returns the report for
+/// `--json`.
 fn wal_retention(
     ctx: &Context,
     repo: &Repository,
     kept: &[coffer::repo::snapshot::Snapshot],
-    dry_run: bool,
+    lock: Option<&ExclusiveLock>,
 ) -> Result<serde_json::Value> {
     use coffer::sources::walretention;
     let plan = walretention::plan(repo, kept)?;
@@ -977,7 +980,7 @@ fn wal_retention(
             h.expires()
                 .map(|e| e.to_rfc3339())
                 .unwrap_or_else(|| "?".into()),
-            if dry_run {
+            if lock.is_none() {
                 "; it would be removed"
             } else {
                 "; removed"
@@ -988,8 +991,8 @@ fn wal_retention(
         if plan.archived {
             ctx.say(&format!("WAL archive: {why}"));
         }
-        if !dry_run {
-            walretention::apply(repo, &plan)?;
+        if let Some(lock) = lock {
+            walretention::apply(lock, &plan)?;
         }
         return Ok(report);
     }
@@ -1010,12 +1013,12 @@ fn wal_retention(
             "WAL archive: nothing to remove ({} file(s) kept; none {from})",
             plan.kept
         ));
-        if !dry_run {
-            walretention::apply(repo, &plan)?;
+        if let Some(lock) = lock {
+            walretention::apply(lock, &plan)?;
         }
         return Ok(report);
     }
-    if dry_run {
+    let Some(lock) = lock else {
         ctx.say(&format!(
             "WAL archive: would remove {} file(s), {}, {from} (dry run: nothing changed):",
             plan.remove.len(),
@@ -1055,8 +1058,8 @@ fn wal_retention(
             ctx.say(&format!("  {}", f.name));
         }
         return Ok(report);
-    }
-    let (n, bytes) = walretention::apply(repo, &plan)?;
+    };
+    let (n, bytes) = walretention::apply(lock, &plan)?;
     ctx.say(&format!(
         "WAL archive: removed {n} file(s), {}, {from}; {} file(s) kept",
         mib(bytes),
@@ -1067,14 +1070,10 @@ fn wal_retention(
     Ok(report)
 }
 
-fn run_prune(
-    ctx: &Context,
-    repo: &Arc<Repository>,
-    max_unused_pct: f64,
-    dry_run: bool,
-) -> Result<()> {
+fn run_prune(ctx: &Context, run: prune::Run<'_>, max_unused_pct: f64) -> Result<()> {
     let quiet = ctx.mode == coffer::progress::Mode::Quiet;
-    let r = prune::prune(repo, max_unused_pct / 100.0, dry_run, &|m| {
+    let dry_run = matches!(run, prune::Run::DryRun(_));
+    let r = prune::prune(run, max_unused_pct / 100.0, &|m| {
         if !quiet {
             eprintln!("{m}");
         }
@@ -1096,12 +1095,11 @@ fn run_prune(
 
 pub fn prune(ctx: &Context, a: &PruneArgs) -> Result<()> {
     let repo = ctx.open()?;
-    let _lock = if a.dry_run {
-        None
-    } else {
-        Some(Lock::exclusive(&repo, "prune")?)
-    };
-    run_prune(ctx, &repo, a.max_unused, a.dry_run)
+    if a.dry_run {
+        return run_prune(ctx, prune::Run::DryRun(&repo), a.max_unused);
+    }
+    let lock = Lock::exclusive(&repo, "prune")?;
+    run_prune(ctx, prune::Run::Delete(&lock), a.max_unused)
 }
 
 fn new_passphrase(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
@@ -1185,8 +1183,23 @@ pub fn key(ctx: &Context, k: &KeyCommand) -> Result<()> {
 
 pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
     let repo = ctx.open()?;
-    let n = lock::unlock(&repo, a.remove_all)?;
-    ctx.say(&format!("removed {n} lock(s)"));
+    let r = lock::unlock(&repo, a.remove_all)?;
+    for (path, why) in &r.damaged {
+        ctx.say(&format!("removed damaged lock {path} ({why})"));
+    }
+    for (path, why) in &r.unreadable {
+        ctx.say(&format!(
+            "removed lock {path}, which could not be read ({why})"
+        ));
+    }
+    for (path, why) in &r.damaged_kept {
+        ctx.say(&format!(
+            "kept damaged lock {path} ({why}): it is not yet 30 minutes old, so it may belong to \
+             a running coffer; if none is running on any host, `coffer unlock --remove-all` \
+             removes it"
+        ));
+    }
+    ctx.say(&format!("removed {} lock(s)", r.removed.len()));
     Ok(())
 }
 

@@ -225,8 +225,7 @@ impl Context {
         self.open()
     }
 
-    fn create_default(&self, key: &PathBuf) -> Result<Repository> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    fn create_default(&self, key: &std::path::Path) -> Result<Repository> {
         if let Some(pw) = self.explicit_passphrase()? {
             let repo = Repository::init(self.backend()?, &pw, &self.init_options(None, 32))?;
             eprintln!(
@@ -236,26 +235,22 @@ impl Context {
             );
             return Ok(repo);
         }
+        // The key file and the folders holding it are durable before the repository that
+        // only it opens exists: a power loss must not keep the repository and lose the key.
         let home = key.parent().unwrap();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(home)?;
-        let pw = if key.exists() {
-            read_password_file(key)?
-        } else {
+        coffer::fsutil::create_dir_all(home, 0o700)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", home.display()))?;
+        if !key.exists() {
             let mut raw = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut raw);
-            let pw = hex::encode(raw).into_bytes();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(key)?;
-            std::io::Write::write_all(&mut f, &pw)?;
-            f.sync_all()?;
-            pw
-        };
+            match coffer::fsutil::create_file(key, hex::encode(raw).as_bytes(), 0o600) {
+                Ok(()) => {}
+                // Another coffer made it meanwhile: use that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => anyhow::bail!("cannot create the key file {}: {e}", key.display()),
+            }
+        }
+        let pw = read_password_file(key)?;
         let repo = Repository::init(self.backend()?, &pw, &self.init_options(None, 32))?;
         eprintln!(
             "\n\

@@ -99,6 +99,10 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
 
     progress("checking snapshots");
     let snaps = repo.load_snapshots_lenient(&mut r.errors)?;
+    // What this coffer cannot read it cannot check either: a newer format is not damage.
+    for s in &snaps {
+        s.check_features()?;
+    }
     r.snapshots = snaps.len();
     let mut trees: HashMap<Id, std::sync::Arc<super::tree::Tree>> = HashMap::new();
     let mut snap_packs: Vec<(Id, HashSet<u32>)> = Vec::new();
@@ -132,6 +136,9 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
                         let t = std::sync::Arc::new(t);
                         trees.insert(tid, t.clone());
                         t
+                    }
+                    Err(e) if crate::error::kind_of(&e) == crate::error::ErrorKind::NeedsNewer => {
+                        return Err(e.context(format!("snapshot {}", s.id.short())))
                     }
                     Err(e) => {
                         let loc = index.get(&tid).unwrap();

@@ -8,7 +8,9 @@
 //! keeps every snapshot within D of the group's newest snapshot. A count of -1 means
 //! "unlimited".
 
+use super::lock::ExclusiveLock;
 use super::snapshot::Snapshot;
+use crate::backend::FileKind;
 use anyhow::{bail, Result};
 use chrono::{DateTime, Datelike, FixedOffset, Months, Timelike};
 use std::collections::BTreeMap;
@@ -182,6 +184,17 @@ pub fn group(list: Vec<Snapshot>, keys: &[String]) -> Result<BTreeMap<String, Ve
     Ok(out)
 }
 
+/// Remove the snapshots, under the exclusive lock. Returns how many were removed.
+pub fn remove(lock: &ExclusiveLock, snapshots: &[Snapshot]) -> Result<usize> {
+    lock.ensure_held()?;
+    for s in snapshots {
+        lock.repo()
+            .backend
+            .remove(FileKind::Snapshot, &s.id.to_hex())?;
+    }
+    Ok(snapshots.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +216,7 @@ mod tests {
             sources: vec![],
             summary: Default::default(),
             program_version: "t".into(),
+            requires: Default::default(),
         }
     }
 

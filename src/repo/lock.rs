@@ -8,6 +8,14 @@
 //! the old. A lock is stale when it is older than 30 minutes (not refreshed: its process
 //! is gone, on any host) or when it was made on this host by a process that no longer
 //! exists. `coffer unlock` removes stale locks (`--remove-all` removes all).
+//!
+//! Locks fail closed: a lock that is listed but cannot be read is never skipped. A
+//! damaged one (it does not decrypt or decode) blocks every lock-taking command (exit 5)
+//! until `coffer unlock` removes it; a read error (storage) fails the command (exit 7).
+//! Only a lock deleted between listing and reading is skipped, after listing again (it
+//! may have been refreshed under a new name). The
+//! functions that delete data take an [`ExclusiveLock`], which only [`Lock::exclusive`]
+//! gives.
 
 use super::Repository;
 use crate::backend::FileKind;
@@ -87,29 +95,115 @@ pub struct Lock {
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Proof that this process holds the exclusive lock of a repository. The functions that
+/// delete (prune, forget, WAL retention) take it, and act on its repository; only
+/// [`Lock::exclusive`] makes one. Released on drop.
+pub struct ExclusiveLock(Lock);
+
+impl ExclusiveLock {
+    /// The repository this lock is held on.
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.0.repo
+    }
+
+    /// Fail if the lock may have been taken for stale by another host (see
+    /// [`ensure_held`]); called before deleting.
+    pub fn ensure_held(&self) -> Result<()> {
+        ensure_held()
+    }
+}
+
 fn write_lock(repo: &Repository, info: &LockInfo) -> Result<String> {
     Ok(repo.save_json(FileKind::Lock, info)?.to_hex())
 }
 
-/// All locks with their names; unreadable ones are skipped.
-pub fn list_locks(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
-    let mut out = Vec::new();
-    for f in repo.backend.list(FileKind::Lock)? {
-        match repo.load_json::<LockInfo>(FileKind::Lock, &f.name) {
-            Ok(l) => out.push((f.name, l)),
-            Err(e) if crate::backend::is_not_found(&e) => {}
-            Err(e) => tracing::warn!("ignoring unreadable lock {}: {e:#}", f.name),
-        }
+/// An object in `locks/` as [`list_locks`] found it.
+#[derive(Debug)]
+pub struct ListedLock {
+    pub name: String,
+    /// When the storage says it was written.
+    pub modified: Option<DateTime<Utc>>,
+    pub state: LockState,
+}
+
+#[derive(Debug)]
+pub enum LockState {
+    Readable(LockInfo),
+    /// It was read but does not decrypt or decode (why): it may be anyone's lock.
+    Damaged(String),
+}
+
+impl ListedLock {
+    fn path(&self) -> String {
+        FileKind::Lock.path(&self.name)
     }
-    Ok(out)
+
+    /// A damaged lock is taken for stale once its object is older than a live lock can be
+    /// (a live one is rewritten every 5 minutes); never when the storage gives no time.
+    fn damaged_and_old(&self) -> bool {
+        self.modified
+            .is_some_and(|t| Utc::now() - t > Duration::minutes(STALE_AFTER_MINUTES))
+    }
+}
+
+/// How often [`list_locks`] lists again because a listed lock vanished before it was read.
+const RELIST_ATTEMPTS: usize = 10;
+
+/// Every lock but `except` (our own), read. One that is damaged is returned as such; one
+/// that cannot be read (a storage error) fails the listing, naming it: it may be a live
+/// lock, so whoever asks must not go on as if it were not there. A lock deleted between
+/// the listing and the read was released, or refreshed: its holder wrote a new lock and
+/// then deleted the old, and the new one may be missing from a listing made before it
+/// was written. So the listing is repeated until every listed lock could be read.
+pub fn list_locks(repo: &Repository, except: Option<&str>) -> Result<Vec<ListedLock>> {
+    'listing: for _ in 0..RELIST_ATTEMPTS {
+        let mut out = Vec::new();
+        for f in repo.backend.list(FileKind::Lock)? {
+            if Some(f.name.as_str()) == except {
+                continue;
+            }
+            let state = match repo.load_json::<LockInfo>(FileKind::Lock, &f.name) {
+                Ok(l) => LockState::Readable(l),
+                Err(e) if crate::backend::is_not_found(&e) => continue 'listing,
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::Integrity => {
+                    LockState::Damaged(format!("{e:#}"))
+                }
+                Err(e) => {
+                    let path = FileKind::Lock.path(&f.name);
+                    return Err(Error::new(
+                        ErrorKind::Storage,
+                        format!(
+                            "cannot read lock {path}, which may be a live lock, so nothing that \
+                             needs the lock goes ahead: {e:#}"
+                        ),
+                    )
+                    .into());
+                }
+            };
+            out.push(ListedLock {
+                name: f.name,
+                modified: f.modified,
+                state,
+            });
+        }
+        return Ok(out);
+    }
+    Err(Error::new(
+        ErrorKind::Locked,
+        format!(
+            "the locks in locks/ kept changing while they were read ({RELIST_ATTEMPTS} listings); \
+             try again"
+        ),
+    )
+    .into())
 }
 
 impl Lock {
     pub fn shared(repo: &Arc<Repository>, operation: &str) -> Result<Lock> {
         Self::take(repo, false, operation)
     }
-    pub fn exclusive(repo: &Arc<Repository>, operation: &str) -> Result<Lock> {
-        Self::take(repo, true, operation)
+    pub fn exclusive(repo: &Arc<Repository>, operation: &str) -> Result<ExclusiveLock> {
+        Self::take(repo, true, operation).map(ExclusiveLock)
     }
 
     fn take(repo: &Arc<Repository>, exclusive: bool, operation: &str) -> Result<Lock> {
@@ -122,20 +216,9 @@ impl Lock {
             operation: operation.to_string(),
         };
         let name = write_lock(repo, &info)?;
-        let conflict = list_locks(repo)?
-            .into_iter()
-            .find(|(n, l)| n != &name && (exclusive || l.exclusive) && !l.is_stale());
-        if let Some((_, other)) = conflict {
+        if let Err(e) = Self::conflict(repo, &name, exclusive) {
             let _ = repo.backend.remove(FileKind::Lock, &name);
-            return Err(Error::new(
-                ErrorKind::Locked,
-                format!(
-                    "the repository is locked: {}. Wait for it to finish; if that process is gone, \
-                     `coffer unlock` removes stale locks",
-                    other.describe()
-                ),
-            )
-            .into());
+            return Err(e);
         }
         let name = Arc::new(Mutex::new(name));
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -186,6 +269,42 @@ impl Lock {
     }
 }
 
+impl Lock {
+    /// Fail when another lock forbids ours, or may (a damaged lock could be anyone's).
+    fn conflict(repo: &Repository, ours: &str, exclusive: bool) -> Result<()> {
+        for l in list_locks(repo, Some(ours))? {
+            match &l.state {
+                LockState::Readable(other) if (exclusive || other.exclusive) && !other.is_stale() => {
+                    return Err(Error::new(
+                        ErrorKind::Locked,
+                        format!(
+                            "the repository is locked: {}. Wait for it to finish; if that process is \
+                             gone, `coffer unlock` removes stale locks",
+                            other.describe()
+                        ),
+                    )
+                    .into())
+                }
+                LockState::Readable(_) => {}
+                LockState::Damaged(why) => {
+                    return Err(Error::new(
+                        ErrorKind::Locked,
+                        format!(
+                            "the repository may be locked: lock {} cannot be read ({why}), so \
+                             nobody can tell whose it is. If no coffer is running on any host, \
+                             `coffer unlock --remove-all` removes it (`coffer unlock` does once \
+                             it is {STALE_AFTER_MINUTES} minutes old)",
+                            l.path()
+                        ),
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
         drop(self.stop.take());
@@ -199,14 +318,148 @@ impl Drop for Lock {
     }
 }
 
-/// Remove stale locks (or all with `all`); returns how many were removed.
-pub fn unlock(repo: &Repository, all: bool) -> Result<usize> {
-    let mut n = 0;
-    for (name, l) in list_locks(repo)? {
-        if all || l.is_stale() {
-            repo.backend.remove(FileKind::Lock, &name)?;
-            n += 1;
+/// What [`unlock`] did.
+#[derive(Debug, Default)]
+pub struct Unlocked {
+    /// Every lock object removed.
+    pub removed: Vec<String>,
+    /// Damaged locks among them, with what is wrong.
+    pub damaged: Vec<(String, String)>,
+    /// Damaged locks left in place (too recent to be taken for stale), with what is wrong.
+    pub damaged_kept: Vec<(String, String)>,
+    /// Locks removed (by `all`) that could not be read, with the error.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Remove stale locks (or all with `all`). A damaged lock is stale once its object is
+/// older than a live lock can be; `all` removes every lock object without needing to read
+/// it (the way out of a lock that cannot be read at all).
+pub fn unlock(repo: &Repository, all: bool) -> Result<Unlocked> {
+    let mut r = Unlocked::default();
+    if all {
+        for f in repo.backend.list(FileKind::Lock)? {
+            let path = FileKind::Lock.path(&f.name);
+            match repo.load_json::<LockInfo>(FileKind::Lock, &f.name) {
+                Ok(_) => {}
+                Err(e) if crate::backend::is_not_found(&e) => continue,
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::Integrity => {
+                    r.damaged.push((path.clone(), format!("{e:#}")))
+                }
+                Err(e) => r.unreadable.push((path.clone(), format!("{e:#}"))),
+            }
+            repo.backend.remove(FileKind::Lock, &f.name)?;
+            r.removed.push(path);
+        }
+        return Ok(r);
+    }
+    for l in list_locks(repo, None)? {
+        let remove = match &l.state {
+            LockState::Readable(info) => info.is_stale(),
+            LockState::Damaged(why) if l.damaged_and_old() => {
+                r.damaged.push((l.path(), why.clone()));
+                true
+            }
+            LockState::Damaged(why) => {
+                r.damaged_kept.push((l.path(), why.clone()));
+                false
+            }
+        };
+        if remove {
+            repo.backend.remove(FileKind::Lock, &l.name)?;
+            r.removed.push(l.path());
         }
     }
-    Ok(n)
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, Listed, LocalBackend};
+    use crate::repo::{keys::KdfParams, InitOptions};
+
+    /// The local backend, with another process's lock refreshed at the worst moment:
+    /// right after a listing showed its old name, before that name is read.
+    struct RefreshedMeanwhile {
+        inner: LocalBackend,
+        /// (old name, new name, new sealed bytes) of the refresh still to happen.
+        refresh: Mutex<Option<(String, String, Vec<u8>)>>,
+    }
+
+    impl Backend for RefreshedMeanwhile {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self) -> Result<()> {
+            self.inner.create()
+        }
+        fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+            self.inner.write(kind, name, data)
+        }
+        fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+            let mut r = self.refresh.lock().unwrap();
+            if let Some((old, new, bytes)) = r.as_ref().filter(|(old, ..)| old == name) {
+                // As the refresher does: write the new lock, then delete the old.
+                self.inner.write(FileKind::Lock, new, bytes)?;
+                self.inner.remove(FileKind::Lock, old)?;
+                *r = None;
+            }
+            drop(r);
+            self.inner.read(kind, name)
+        }
+        fn read_range(&self, kind: FileKind, name: &str, off: u64, len: u64) -> Result<Vec<u8>> {
+            self.inner.read_range(kind, name, off, len)
+        }
+        fn stat(&self, kind: FileKind, name: &str) -> Result<Option<u64>> {
+            self.inner.stat(kind, name)
+        }
+        fn list(&self, kind: FileKind) -> Result<Vec<Listed>> {
+            self.inner.list(kind)
+        }
+        fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+            self.inner.remove(kind, name)
+        }
+    }
+
+    #[test]
+    fn a_lock_refreshed_between_listing_and_reading_is_still_seen() {
+        let t = tempfile::tempdir().unwrap();
+        let backend = Arc::new(RefreshedMeanwhile {
+            inner: LocalBackend::new(t.path().join("repo")),
+            refresh: Mutex::new(None),
+        });
+        let opts = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            ..Default::default()
+        };
+        let repo = Arc::new(Repository::init(backend.clone(), b"pw", &opts).unwrap());
+        // A live backup on another host, about to refresh its lock.
+        let info = LockInfo {
+            time: Utc::now(),
+            exclusive: false,
+            hostname: "elsewhere".into(),
+            username: "u".into(),
+            pid: 1,
+            operation: "backup".into(),
+        };
+        let old = write_lock(&repo, &info).unwrap();
+        let new_bytes = repo.seal_json(&info).unwrap();
+        let new = crate::Id::of_bytes(&new_bytes).to_hex();
+        *backend.refresh.lock().unwrap() = Some((old.clone(), new.clone(), new_bytes));
+
+        let e = Lock::exclusive(&repo, "prune")
+            .err()
+            .expect("prune got its lock");
+        assert_eq!(crate::error::kind_of(&e), ErrorKind::Locked, "{e:#}");
+        assert!(e.to_string().contains("u@elsewhere"), "{e:#}");
+        // Only the backup's refreshed lock is left; prune's own is gone.
+        let names: Vec<String> = repo
+            .backend
+            .list(FileKind::Lock)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(names, [new]);
+    }
 }

@@ -10,6 +10,7 @@
 //! no index, which the next prune deletes. No step deletes anything a snapshot needs.
 
 use super::index::{IndexFile, IndexPack, MasterIndex};
+use super::lock::ExclusiveLock;
 use super::pack::parse_pack;
 use super::saver::BlobSaver;
 use super::tree::NodeKind;
@@ -38,7 +39,9 @@ pub struct PruneReport {
     pub blobs_unused: usize,
 }
 
-/// Collect every blob (trees and data) any snapshot needs.
+/// Collect every blob (trees and data) any snapshot needs. Fails on any snapshot that
+/// cannot be read or that needs a feature this coffer does not know (it might use blobs in
+/// ways this coffer cannot see).
 pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>> {
     let mut used = HashSet::new();
     for s in repo.load_snapshots_strict()? {
@@ -76,12 +79,19 @@ pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>>
     Ok(used)
 }
 
-pub fn prune(
-    repo: &Arc<Repository>,
-    max_unused: f64,
-    dry_run: bool,
-    progress: &dyn Fn(&str),
-) -> Result<PruneReport> {
+/// Whether prune deletes.
+pub enum Run<'a> {
+    /// Report what would be freed; deletes nothing, so needs no lock.
+    DryRun(&'a Arc<Repository>),
+    /// Delete, in the repository of the exclusive lock held.
+    Delete(&'a ExclusiveLock),
+}
+
+pub fn prune(run: Run<'_>, max_unused: f64, progress: &dyn Fn(&str)) -> Result<PruneReport> {
+    let (repo, lock) = match run {
+        Run::DryRun(repo) => (repo, None),
+        Run::Delete(lock) => (lock.repo(), Some(lock)),
+    };
     let mut r = PruneReport::default();
     progress("loading index");
     let index = repo.load_index()?;
@@ -128,10 +138,10 @@ pub fn prune(
     r.bytes_deleted += unindexed.iter().map(|(_, s)| s).sum::<u64>();
     r.packs_deleted = delete.len();
     r.packs_repacked = repack.len();
-    if dry_run {
+    let Some(lock) = lock else {
         r.bytes_deleted += repack.iter().map(|p| p.size).sum::<u64>();
         return Ok(r);
-    }
+    };
     let partial = repo.backend.remove_partial()?;
     if partial > 0 {
         progress(&format!(
@@ -199,7 +209,7 @@ pub fn prune(
 
     // 4. Packs.
     progress("deleting unused packs");
-    super::lock::ensure_held()?;
+    lock.ensure_held()?;
     for id in delete
         .iter()
         .chain(repack.iter().map(|p| &p.id))

@@ -3,7 +3,9 @@
 //! A snapshot is written last, after every pack and index file it depends on is durable.
 //! Its name is the BLAKE3 hash of its stored bytes.
 
+use super::features::Features;
 use crate::id::Id;
+use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
@@ -58,10 +60,20 @@ pub struct Snapshot {
     #[serde(default)]
     pub summary: Summary,
     pub program_version: String,
+    /// The format features a reader must know to read this snapshot (see
+    /// [`features`](super::features)); none in snapshots that use only the base format.
+    #[serde(default, skip_serializing_if = "Features::is_empty")]
+    pub requires: Features,
 }
 
 impl Snapshot {
     pub fn has_tag(&self, t: &str) -> bool {
         self.tags.iter().any(|x| x == t)
+    }
+
+    /// Fail (exit 2) when this snapshot needs a feature this coffer does not know.
+    pub fn check_features(&self) -> Result<()> {
+        self.requires
+            .check(&format!("snapshot {}", self.id.short()))
     }
 }

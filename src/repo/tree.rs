@@ -170,6 +170,30 @@ impl Tree {
     }
 }
 
+/// Decode tree blob `id`. An entry of a kind this coffer does not know is a tree written
+/// by a newer coffer: that is an error of its own (exit 2, naming the kind), not damage.
+pub fn decode(data: &[u8], id: &Id) -> anyhow::Result<Tree> {
+    serde_json::from_slice(data).map_err(|e| {
+        // Only on failure: look again at just the kinds, to tell "newer" from "damaged".
+        #[derive(Deserialize)]
+        struct Kinds {
+            nodes: Vec<KindOnly>,
+        }
+        #[derive(Deserialize)]
+        struct KindOnly {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let known = |k: &str| serde_json::from_value::<NodeKind>(k.into()).is_ok();
+        if let Ok(k) = serde_json::from_slice::<Kinds>(data) {
+            if let Some(n) = k.nodes.iter().find(|n| !known(&n.kind)) {
+                return crate::repo::features::unknown_node_kind(&id.short(), &n.kind);
+            }
+        }
+        crate::error::Error::integrity(format!("tree {} is malformed: {e}", id.short())).into()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +222,28 @@ mod tests {
         assert_eq!(split_epoch_ns(i128::MAX).0, i64::MAX);
     }
 
+    #[test]
+    fn an_unknown_node_kind_is_a_newer_format_not_damage() {
+        let id = Id::default();
+        let ok =
+            r#"{"nodes":[{"name":"a","type":"file","mode":420,"uid":0,"gid":0,"mtime_ns":0}]}"#;
+        assert_eq!(decode(ok.as_bytes(), &id).unwrap().nodes.len(), 1);
+        let newer = ok.replace(r#""type":"file""#, r#""type":"redis""#);
+        let e = decode(newer.as_bytes(), &id).unwrap_err();
+        assert_eq!(
+            crate::error::kind_of(&e),
+            crate::error::ErrorKind::NeedsNewer,
+            "{e}"
+        );
+        assert!(e.to_string().contains(r#"kind "redis""#), "{e}");
+        let damaged = ok.replace(r#""mode":420"#, r#""mode":"x""#);
+        let e = decode(damaged.as_bytes(), &id).unwrap_err();
+        assert_eq!(
+            crate::error::kind_of(&e),
+            crate::error::ErrorKind::Integrity,
+            "{e}"
+        );
+    }
     #[test]
     fn odd_names_round_trip() {
         for name in [

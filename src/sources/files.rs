@@ -444,6 +444,7 @@ pub fn backup_files(
             size,
             parent: parent.map(|p| p.id),
             excludes: opts.excludes.clone(),
+            requires: Default::default(),
         },
         &opts.common,
     )

@@ -83,6 +83,8 @@ pub struct Finished {
     pub parent: Option<Id>,
     pub excludes: Vec<String>,
     pub sources: Vec<SourceInfo>,
+    /// The format features a reader needs (see [`crate::repo::features`]).
+    pub requires: crate::repo::features::Features,
 }
 
 /// Flush all data and index, then write the snapshot. The snapshot is the last write.
@@ -111,6 +113,7 @@ pub fn commit(mut session: Session, f: Finished, opts: &CommonOptions) -> Result
         sources: f.sources,
         summary: session.summary,
         program_version: format!("coffer {}", env!("CARGO_PKG_VERSION")),
+        requires: f.requires,
     };
     crate::repo::lock::ensure_held()?;
     snap.id = session.repo.save_json(FileKind::Snapshot, &snap)?;

@@ -92,6 +92,7 @@ pub fn backup_stream(
                 path,
                 metadata,
             }],
+            requires: Default::default(),
         },
         opts,
     )

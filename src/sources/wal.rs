@@ -14,6 +14,7 @@
 use crate::backend::{is_not_found, FileKind};
 use crate::crypto::compress;
 use crate::error::{Error, ErrorKind};
+use crate::repo::features::{self, Features};
 use crate::repo::Repository;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub struct ArchiveInfo {
     pub system_identifier: String,
     pub segment_size: u32,
     pub created: chrono::DateTime<chrono::FixedOffset>,
+    /// The format features a reader of the archive needs (see [`crate::repo::features`]).
+    #[serde(default, skip_serializing_if = "Features::is_empty")]
+    pub requires: Features,
 }
 
 /// A segment's long page header (the first page of every segment file).
@@ -158,6 +162,7 @@ pub fn archive_info(repo: &Repository) -> Result<Option<ArchiveInfo>> {
             let data = open_file(repo, ARCHIVE_INFO, &sealed)?;
             let info: ArchiveInfo = serde_json::from_slice(&data)
                 .map_err(|e| Error::integrity(format!("wal/{ARCHIVE_INFO} is malformed: {e}")))?;
+            info.requires.check("the WAL archive")?;
             if !valid_segment_size(info.segment_size) {
                 return Err(Error::integrity(format!(
                     "wal/{ARCHIVE_INFO} records a WAL segment size of {} bytes, which PostgreSQL \
@@ -410,6 +415,7 @@ pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8])
                     system_identifier: sysid,
                     segment_size: h.segment_size,
                     created: chrono::Local::now().fixed_offset(),
+                    requires: Features::default().with(features::WAL_ARCHIVE),
                 };
                 let sealed = seal_file(repo, ARCHIVE_INFO, &serde_json::to_vec(&info)?);
                 repo.backend.write(FileKind::Wal, ARCHIVE_INFO, &sealed)?;
@@ -783,6 +789,7 @@ mod tests {
             system_identifier: "7".into(),
             segment_size: 0,
             created: chrono::Local::now().fixed_offset(),
+            requires: Default::default(),
         };
         let sealed = seal_file(&repo, ARCHIVE_INFO, &serde_json::to_vec(&info).unwrap());
         repo.backend

@@ -19,6 +19,7 @@ use super::postgres::physical::{base_backup_info, KIND_PHYSICAL};
 use super::wal::{self, WalFileKind};
 use super::walhold::{self, Hold};
 use crate::backend::FileKind;
+use crate::repo::lock::ExclusiveLock;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 use anyhow::Result;
@@ -205,9 +206,11 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
 /// Carry out the plan: raise the horizon to the cut-off (before anything is removed, so a
 /// `wal-fetch` never finds removed WAL missing without it), remove the planned files oldest
 /// first (a crash leaves only newer WAL, still contiguous), then the expired holds that are
-/// still expired. The caller holds the exclusive lock. Returns how many files and bytes
-/// were removed.
-pub fn apply(repo: &Repository, plan: &Plan) -> Result<(usize, u64)> {
+/// still expired. Only under the exclusive lock, in its repository. Returns how many files
+/// and bytes were removed.
+pub fn apply(lock: &ExclusiveLock, plan: &Plan) -> Result<(usize, u64)> {
+    let repo = lock.repo();
+    lock.ensure_held()?;
     if let (Some(segno), Some(first), false) = (
         plan.keep_from_segno,
         &plan.keep_from,
@@ -286,7 +289,10 @@ mod tests {
         assert_eq!(p.expired[0], gone);
         // No base backup is kept, so no WAL goes, but the expired hold does.
         assert!(p.skipped.is_some() && p.remove.is_empty());
-        apply(&repo, &p).unwrap();
+        let repo = Arc::new(repo);
+        let lock = crate::repo::lock::Lock::exclusive(&repo, "test").unwrap();
+        apply(&lock, &p).unwrap();
+        drop(lock);
         assert!(walhold::read(&repo, &gone.id).unwrap().is_none());
         assert_eq!(walhold::read(&repo, &live.id).unwrap(), Some(live.clone()));
         // A hold that cannot be read stops retention.

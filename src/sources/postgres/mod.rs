@@ -25,6 +25,7 @@ use super::stream::{save_stream, save_stream_to};
 use super::{commit, CommonOptions, Finished, Session};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
+use crate::repo::features::{self, Features};
 use crate::repo::snapshot::{Snapshot, SourceInfo};
 use crate::repo::tree::{Node, Tree};
 use crate::repo::Repository;
@@ -268,6 +269,7 @@ pub fn backup_target(
     let mut sources = Vec::new();
     let mut paths = Vec::new();
     let mut size = 0u64;
+    let mut requires = Features::default();
     for db in &databases {
         progress.set_message(db.clone());
         let t = target.with_db(db);
@@ -278,6 +280,9 @@ pub fn backup_target(
         let path = format!("/{DIR}/{}", node.name.display());
         paths.push(path.clone());
         paths.extend(info.data_streams.iter().map(|d| d.path.clone()));
+        if !info.data_streams.is_empty() {
+            requires.insert(features::SPLIT_DUMP);
+        }
         sources.push(SourceInfo {
             kind: KIND_DUMP.into(),
             name: db.clone(),
@@ -316,6 +321,7 @@ pub fn backup_target(
             parent: None,
             excludes: vec![],
             sources,
+            requires,
         },
         common,
     )

@@ -24,6 +24,7 @@ use super::conn::PgTarget;
 use super::{pg_err, ServerInfo};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
+use crate::repo::features::{self, Features};
 use crate::repo::pack::BlobType;
 use crate::repo::snapshot::{Snapshot, SourceInfo};
 use crate::repo::tree::{Node, NodeKind, OsBytes, Tree};
@@ -548,6 +549,7 @@ pub fn backup_physical(
                 path: format!("/{PGDATA}"),
                 metadata: serde_json::to_value(&info)?,
             }],
+            requires: Features::default().with(features::PHYSICAL),
         },
         &opts.common,
     )

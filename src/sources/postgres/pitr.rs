@@ -164,6 +164,7 @@ fn pick(
         _ => true,
     };
     if let Some(found) = all.iter().rev().find(|(_, i)| fits(i)) {
+        found.0.check_features()?;
         return Ok(found.clone());
     }
     let oldest = &all[0].1;
