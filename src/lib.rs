@@ -25,6 +25,7 @@ pub mod id;
 pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod safefs;
 pub mod sources;
 
 pub use error::{Error, ErrorKind};
