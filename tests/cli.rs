@@ -961,9 +961,10 @@ fn run_with_planted_temp(
     out
 }
 
-#[test]
-fn restore_never_writes_through_links_planted_in_the_target() {
-    use std::os::unix::fs::{symlink, MetadataExt};
+/// A backed-up tree (owned by uid 4321 when run as root) and an "outside" directory of
+/// files that restores must never touch; returns (env, src, outside).
+fn planted_fixture() -> (Env, std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::symlink;
     let env = Env::new();
     env.init();
     let src = env.path("src");
@@ -1000,8 +1001,14 @@ fn restore_never_writes_through_links_planted_in_the_target() {
             ("d/stray", b"outside stray"),
         ],
     );
-    let before = fingerprint(&outside);
+    (env, src, outside)
+}
 
+#[test]
+fn restore_never_writes_through_links_planted_in_the_target() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let (env, src, outside) = planted_fixture();
+    let before = fingerprint(&outside);
     // A plain restore into a target where someone planted links: on an intermediate
     // directory, at a file's name, at the temporary name coffer used to use, and a hard
     // link at a file's name.
@@ -1067,7 +1074,19 @@ fn restore_never_writes_through_links_planted_in_the_target() {
         fs::read_to_string(restored(&target2, &src).join("a/b.txt")).unwrap(),
         "restored b"
     );
+}
 
+#[test]
+fn delta_restore_never_keeps_a_hard_link_or_follows_a_link() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let (env, src, outside) = planted_fixture();
+    let before = fingerprint(&outside);
+    let target = env.path("r");
+    let dest = restored(&target, &src);
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
     // --delta over the restored copy: a hard link to an outside file whose content is
     // right (so it could be kept in place), a link where a directory goes (with a stray
     // file behind it that pruning must not reach), a link at a file's name, and the old
