@@ -33,7 +33,7 @@ fn check_name(name: &OsStr) -> io::Result<()> {
     if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{:?} is not a file name", name),
+            format!("{name:?} is not a file name"),
         ));
     }
     Ok(())
@@ -150,7 +150,7 @@ pub fn remove(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     check_name(name)?;
     match rfs::unlinkat(dir, name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(Errno::ISDIR) => {}
         Err(e) => return Err(err(e)),
     }
     let sub = match rfs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
