@@ -29,6 +29,7 @@ pub mod progress;
 pub mod redact;
 pub mod repo;
 pub mod restore;
+pub mod safefs;
 pub mod sources;
 
 pub use error::{Error, ErrorKind};

@@ -5,6 +5,12 @@
 //! destination and renamed into place only when every chunk arrived verified, so a
 //! corrupted repository never leaves a silently wrong file under the real name. Work is
 //! grouped by pack: each pack is read once, by one of several parallel workers.
+//!
+//! Nothing below the target is reached by path: every directory is opened from its parent's
+//! descriptor without following symlinks, files are created exclusively under unpredictable
+//! temporary names, and metadata is set through descriptors ([`crate::safefs`]), so links
+//! planted in the target cannot redirect a write, chmod or chown outside it. The target's
+//! file system is synced once at the end (`syncfs`), not file by file.
 
 use crate::backend::FileKind;
 use crate::crypto::compress;
@@ -15,16 +21,19 @@ use crate::repo::index::MasterIndex;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Node, NodeKind, Tree};
 use crate::repo::Repository;
+use crate::safefs::{self, Meta, Replace};
 use anyhow::{Context, Result};
-use std::collections::HashMap;
+use rustix::fs::FileType;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -56,18 +65,31 @@ pub struct RestoreReport {
 }
 
 struct FileJob {
+    /// The directory it goes into (an index into the plan's directories) and its name.
+    dir: usize,
+    name: OsString,
+    /// Its path, for messages.
     dest: PathBuf,
-    tmp: PathBuf,
     node: Node,
-    /// The temporary file exists (and must be removed if the restore of it fails).
-    created: AtomicBool,
-    /// Held while the temporary file is created, so exactly one worker creates it.
+    /// Once created: the temporary file's name and (device, inode).
+    tmp: OnceLock<(OsString, (u64, u64))>,
+    /// Held while the temporary file is created or opened again, so exactly one worker
+    /// creates it.
     create_lock: Mutex<()>,
     written: AtomicU64,
     remaining: AtomicUsize,
     failed: AtomicBool,
     /// `delta`: the destination already holds exactly this content.
     unchanged: AtomicBool,
+    /// `delta`: the (device, inode) of the existing file that was checked.
+    existing: OnceLock<(u64, u64)>,
+}
+
+impl FileJob {
+    fn tmp_path(&self) -> PathBuf {
+        let tmp = self.tmp.get().map(|t| t.0.clone()).unwrap_or_default();
+        self.dest.with_file_name(tmp)
+    }
 }
 
 struct BlobUse {
@@ -78,25 +100,11 @@ struct BlobUse {
 /// The blobs needed from one pack, each with the places it goes.
 type PackWork = Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>;
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn mtime_of(n: &Node) -> filetime::FileTime {
-    let (secs, nsec) = crate::repo::tree::split_epoch_ns(n.mtime_ns);
-    filetime::FileTime::from_unix_time(secs, nsec)
-}
-
-fn set_meta(path: &Path, n: &Node, symlink: bool) -> std::io::Result<()> {
-    if is_root() {
-        std::os::unix::fs::lchown(path, Some(n.uid), Some(n.gid))?;
-    }
-    let mtime = mtime_of(n);
-    if symlink {
-        filetime::set_symlink_file_times(path, mtime, mtime)
-    } else {
-        fs::set_permissions(path, fs::Permissions::from_mode(n.mode & 0o7777))?;
-        filetime::set_file_times(path, mtime, mtime)
+fn meta_of(n: &Node, mode: bool) -> Meta {
+    Meta {
+        owner: Some((n.uid, n.gid)),
+        mode: mode.then_some(n.mode),
+        mtime: Some(crate::repo::tree::split_epoch_ns(n.mtime_ns)),
     }
 }
 
@@ -117,16 +125,34 @@ fn selected(path: &str, includes: &[String]) -> (bool, bool) {
     (descend, descend)
 }
 
+/// A directory of the target: the root (index 0) or one the snapshot holds.
+struct DirSlot {
+    /// Index of the parent (the root is its own).
+    parent: usize,
+    name: OsString,
+    path: PathBuf,
+    node: Option<Node>,
+    /// `delta`: the names to keep in it; everything else is removed.
+    keep: Option<HashSet<Vec<u8>>>,
+}
+
+struct Link {
+    dir: usize,
+    name: OsString,
+    path: PathBuf,
+    node: Node,
+}
+
 struct Plan {
-    dirs: Vec<(PathBuf, Node)>,
-    links: Vec<(PathBuf, Node)>,
+    /// Parents before children: a directory's index is above its parent's.
+    dirs: Vec<DirSlot>,
+    links: Vec<Link>,
     files: Vec<FileJob>,
     /// `delta`: remove what the snapshot does not hold, and entries of the wrong type.
     delta: bool,
     /// `delta`: prune only at and below these snapshot paths (the backed-up paths), not in
     /// the directories above them that a snapshot merely mirrors; none: everywhere.
     prune_below: Option<Vec<String>>,
-    removed: u64,
 }
 
 impl Plan {
@@ -141,69 +167,104 @@ impl Plan {
     }
 }
 
-fn remove_any(path: &Path, is_dir: bool) -> Result<()> {
-    let r = if is_dir {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    r.with_context(|| format!("cannot remove {}", path.display()))
+/// The target's directories, opened on demand from their parents (never following a
+/// symlink), with a bounded number kept open.
+struct Dirs {
+    slots: Vec<DirSlot>,
+    open: Mutex<HashMap<usize, Arc<OwnedFd>>>,
+    cap: usize,
 }
 
-/// `delta`: remove the entries of `dest` that `t` does not name.
-fn prune_extra(t: &Tree, dest: &Path, out: &mut Plan) -> Result<()> {
-    let rd = match fs::read_dir(dest) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot read {}", dest.display())))
-        }
-    };
-    let names: std::collections::HashSet<&[u8]> =
-        t.nodes.iter().map(|n| n.name.0.as_slice()).collect();
-    for e in rd {
-        let e = e.with_context(|| format!("cannot read {}", dest.display()))?;
-        if !names.contains(e.file_name().as_bytes()) {
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            remove_any(&e.path(), is_dir)?;
-            out.removed += 1;
+impl Dirs {
+    fn new(slots: Vec<DirSlot>, root: OwnedFd) -> Dirs {
+        // A share of the descriptor limit: workers also hold files open.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur
+        } else {
+            1024
+        };
+        let cap = (soft / 8).clamp(4, 256) as usize;
+        Dirs {
+            slots,
+            open: Mutex::new(HashMap::from([(0, Arc::new(root))])),
+            cap,
         }
     }
-    Ok(())
-}
 
-/// `delta`: remove `d` when it exists with another type than the node's. Returns whether
-/// a regular file of the node's size is there (a candidate for keeping).
-fn clear_mismatch(d: &Path, n: &Node, out: &mut Plan) -> Result<bool> {
-    let Ok(m) = fs::symlink_metadata(d) else {
-        return Ok(false);
-    };
-    let ft = m.file_type();
-    let same = match n.kind {
-        NodeKind::Dir => ft.is_dir(),
-        NodeKind::Symlink => ft.is_symlink(),
-        NodeKind::File | NodeKind::Stream => ft.is_file(),
-    };
-    if !same {
-        remove_any(d, ft.is_dir())?;
-        out.removed += 1;
-        return Ok(false);
+    fn root(&self) -> Arc<OwnedFd> {
+        self.get(0).expect("the root is always open")
     }
-    Ok(ft.is_file() && m.len() == n.size)
+
+    fn remember(&self, open: &mut HashMap<usize, Arc<OwnedFd>>, i: usize, fd: Arc<OwnedFd>) {
+        while open.len() >= self.cap {
+            let Some(k) = open.keys().copied().find(|k| *k != 0) else {
+                break;
+            };
+            open.remove(&k);
+        }
+        open.insert(i, fd);
+    }
+
+    fn insert(&self, i: usize, fd: OwnedFd) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        self.remember(&mut open, i, Arc::new(fd));
+    }
+
+    /// Directory `i`, walked down from the nearest open ancestor.
+    fn get(&self, i: usize) -> std::io::Result<Arc<OwnedFd>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = open.get(&i) {
+            return Ok(fd.clone());
+        }
+        let mut chain = vec![i];
+        let mut at = self.slots[i].parent;
+        while !open.contains_key(&at) {
+            chain.push(at);
+            at = self.slots[at].parent;
+        }
+        let mut fd = open[&at].clone();
+        for &k in chain.iter().rev() {
+            fd = Arc::new(safefs::open_dir(fd.as_fd(), &self.slots[k].name)?);
+            self.remember(&mut open, k, fd.clone());
+        }
+        Ok(fd)
+    }
 }
 
+/// `delta`: remove the entries of a directory that are not in `keep`.
+fn prune_extra(
+    dir: std::os::fd::BorrowedFd<'_>,
+    keep: &HashSet<Vec<u8>>,
+    path: &std::path::Path,
+) -> Result<u64> {
+    let mut removed = 0;
+    for name in safefs::entries(dir).with_context(|| format!("cannot read {}", path.display()))? {
+        if !keep.contains(name.as_bytes()) {
+            safefs::remove(dir, &name)
+                .with_context(|| format!("cannot remove {}", path.join(&name).display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Walk the snapshot's trees (nothing on disk is touched here).
 fn plan(
     repo: &Repository,
     index: &MasterIndex,
     tree: &Id,
     snap_path: &str,
-    dest: &Path,
+    dir: usize,
     includes: &[String],
     out: &mut Plan,
 ) -> Result<()> {
     let t: Tree = repo.load_tree(index, tree)?;
     if includes.is_empty() && out.prunes(snap_path) {
-        prune_extra(&t, dest, out)?;
+        out.dirs[dir].keep = Some(t.nodes.iter().map(|n| n.name.0.clone()).collect());
     }
     for n in t.nodes {
         let name = n.name.to_os();
@@ -219,57 +280,95 @@ fn plan(
         if !take && !descend {
             continue;
         }
-        let d = dest.join(&name);
-        let in_place = out.delta && take && clear_mismatch(&d, &n, out)?;
+        let path = out.dirs[dir].path.join(&name);
         match n.kind {
             NodeKind::Dir => {
-                if let Some(sub) = n.subtree {
-                    plan(repo, index, &sub, &p, &d, includes, out)?;
+                let sub = n.subtree;
+                out.dirs.push(DirSlot {
+                    parent: dir,
+                    name,
+                    path,
+                    node: Some(n),
+                    keep: None,
+                });
+                if let Some(sub) = sub {
+                    let i = out.dirs.len() - 1;
+                    plan(repo, index, &sub, &p, i, includes, out)?;
                 }
-                out.dirs.push((d, n));
             }
             _ if !take => {}
-            NodeKind::Symlink => out.links.push((d, n)),
-            NodeKind::File | NodeKind::Stream => {
-                let mut tmpname = OsString::from(".");
-                tmpname.push(&name);
-                tmpname.push(format!(".coffer-restore-{}", std::process::id()));
-                out.files.push(FileJob {
-                    tmp: dest.join(tmpname),
-                    dest: d,
-                    remaining: AtomicUsize::new(n.content.len()),
-                    node: n,
-                    created: AtomicBool::new(false),
-                    create_lock: Mutex::new(()),
-                    written: AtomicU64::new(0),
-                    failed: AtomicBool::new(false),
-                    unchanged: AtomicBool::new(in_place),
-                });
-            }
+            NodeKind::Symlink => out.links.push(Link {
+                dir,
+                name,
+                path,
+                node: n,
+            }),
+            NodeKind::File | NodeKind::Stream => out.files.push(FileJob {
+                dir,
+                name,
+                dest: path,
+                remaining: AtomicUsize::new(n.content.len()),
+                node: n,
+                tmp: OnceLock::new(),
+                create_lock: Mutex::new(()),
+                written: AtomicU64::new(0),
+                failed: AtomicBool::new(false),
+                unchanged: AtomicBool::new(false),
+                existing: OnceLock::new(),
+            }),
         }
     }
     Ok(())
 }
 
-/// Create the temporary file (replacing a stale one) or, once created, open it again.
-fn open_tmp(job: &FileJob) -> std::io::Result<fs::File> {
-    let _guard = job.create_lock.lock().unwrap_or_else(|e| e.into_inner());
-    if job.created.load(Ordering::SeqCst) {
-        return OpenOptions::new().write(true).open(&job.tmp);
+/// `delta`: remove what stands where a file or symlink goes when its type differs.
+/// Returns whether a regular file of the node's size is there (a candidate for keeping).
+fn clear_mismatch(
+    dirs: &Dirs,
+    dir: usize,
+    name: &std::ffi::OsStr,
+    n: &Node,
+) -> Result<(bool, u64)> {
+    let d = dirs.get(dir)?;
+    let path = || dirs.slots[dir].path.join(name);
+    let Some(st) = safefs::lstat_at(d.as_fd(), name)
+        .with_context(|| format!("cannot read {}", path().display()))?
+    else {
+        return Ok((false, 0));
+    };
+    let ft = safefs::file_type(&st);
+    let want = if n.kind == NodeKind::Symlink {
+        FileType::Symlink
+    } else {
+        FileType::RegularFile
+    };
+    if ft != want {
+        safefs::remove(d.as_fd(), name)
+            .with_context(|| format!("cannot remove {}", path().display()))?;
+        return Ok((false, 1));
     }
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&job.tmp)?;
-    job.created.store(true, Ordering::SeqCst);
+    Ok((
+        ft == FileType::RegularFile && st.st_size as u64 == n.size,
+        0,
+    ))
+}
+
+/// Create the temporary file (exclusively, under a new random name) or, once created,
+/// open it again (only if it is still the file created).
+fn open_tmp(job: &FileJob, dirs: &Dirs) -> std::io::Result<File> {
+    let _guard = job.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = dirs.get(job.dir)?;
+    if let Some((tmp, ident)) = job.tmp.get() {
+        return safefs::reopen_temp(dir.as_fd(), tmp, *ident);
+    }
+    let (tmp, f, ident) = safefs::create_temp(dir.as_fd(), &job.name)?;
+    let _ = job.tmp.set((tmp, ident));
     Ok(f)
 }
 
-/// Check the size, set metadata (through `file` when the caller has it open) and rename
-/// the temporary file into place.
-fn finalize(job: &FileJob, file: Option<&fs::File>) -> std::io::Result<()> {
+/// Check the size, set metadata (through the caller's open handle, or one opened again)
+/// and rename the temporary file into place.
+fn finalize(job: &FileJob, file: Option<File>, dirs: &Dirs) -> std::io::Result<()> {
     let written = job.written.load(Ordering::SeqCst);
     if written != job.node.size {
         return Err(std::io::Error::other(format!(
@@ -277,27 +376,34 @@ fn finalize(job: &FileJob, file: Option<&fs::File>) -> std::io::Result<()> {
             job.node.size
         )));
     }
-    match file {
-        Some(f) => {
-            let n = &job.node;
-            if is_root() {
-                std::os::unix::fs::fchown(f, Some(n.uid), Some(n.gid))?;
-            }
-            f.set_permissions(fs::Permissions::from_mode(n.mode & 0o7777))?;
-            let mtime = mtime_of(n);
-            filetime::set_file_handle_times(f, Some(mtime), Some(mtime))?;
-        }
-        None => set_meta(&job.tmp, &job.node, false)?,
-    }
-    fs::rename(&job.tmp, &job.dest)
+    let Some((tmp, ident)) = job.tmp.get() else {
+        return Err(std::io::Error::other("no temporary file was created"));
+    };
+    let dir = dirs.get(job.dir)?;
+    let f = match file {
+        Some(f) => f,
+        None => safefs::reopen_temp(dir.as_fd(), tmp, *ident)?,
+    };
+    safefs::set_meta(f.as_fd(), &meta_of(&job.node, true))?;
+    safefs::start_writeback(&f);
+    drop(f);
+    safefs::rename(dir.as_fd(), tmp, &job.name)
 }
 
 /// `delta`: confirm, in parallel, which candidate files already hold their content. A
 /// candidate is read in the lengths of its recorded chunks (from the index), and each piece
 /// is hashed with the repository's id key and compared with the chunk's id: if the content
 /// is the same, so are the chunk boundaries, and any difference changes a hash. Big files
-/// are split into pieces of about 32 MiB so that both cores share them.
-fn keep_unchanged(repo: &Repository, index: &MasterIndex, files: &[FileJob], progress: &Progress) {
+/// are split into pieces of about 32 MiB so that both cores share them. Only a regular file
+/// with a single link is read (one with more may be a hard link to a file outside the
+/// target, whose metadata must not be set); anything else is rewritten.
+fn keep_unchanged(
+    repo: &Repository,
+    index: &MasterIndex,
+    files: &[FileJob],
+    dirs: &Dirs,
+    progress: &Progress,
+) {
     const PIECE: u64 = 32 << 20;
     // Per piece: the file, the piece's offset in it, its chunks with their lengths.
     type Piece = (usize, u64, Vec<(Id, u32)>);
@@ -333,6 +439,14 @@ fn keep_unchanged(repo: &Repository, index: &MasterIndex, files: &[FileJob], pro
             job.unchanged.store(false, Ordering::Relaxed);
         }
     }
+    // Opens the existing file, records (or compares) which inode was checked.
+    let open_existing = |job: &FileJob| -> Option<File> {
+        let dir = dirs.get(job.dir).ok()?;
+        let (f, st) = safefs::open_existing(dir.as_fd(), &job.name).ok()??;
+        let ident = (st.st_dev, st.st_ino);
+        (st.st_size as u64 == job.node.size && *job.existing.get_or_init(|| ident) == ident)
+            .then_some(f)
+    };
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -341,7 +455,7 @@ fn keep_unchanged(repo: &Repository, index: &MasterIndex, files: &[FileJob], pro
         for _ in 0..threads {
             sc.spawn(|| {
                 let mut buf = Vec::new();
-                let mut open: Option<(usize, fs::File)> = None;
+                let mut open: Option<(usize, File)> = None;
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some((i, offset, chunks)) = pieces.get(k) else {
@@ -352,7 +466,7 @@ fn keep_unchanged(repo: &Repository, index: &MasterIndex, files: &[FileJob], pro
                         continue;
                     }
                     if open.as_ref().is_none_or(|(f, _)| f != i) {
-                        open = fs::File::open(&job.dest).ok().map(|f| (*i, f));
+                        open = open_existing(job).map(|f| (*i, f));
                     }
                     let Some((_, f)) = &open else {
                         job.unchanged.store(false, Ordering::Relaxed);
@@ -376,6 +490,29 @@ fn keep_unchanged(repo: &Repository, index: &MasterIndex, files: &[FileJob], pro
             });
         }
     });
+    // Empty files have no pieces: check them here.
+    for job in files {
+        if job.unchanged.load(Ordering::Relaxed)
+            && job.node.content.is_empty()
+            && open_existing(job).is_none()
+        {
+            job.unchanged.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Set the metadata of a file kept in place, through a descriptor, if it is still the
+/// inode that was checked.
+fn set_kept_meta(job: &FileJob, dirs: &Dirs) -> std::io::Result<bool> {
+    let dir = dirs.get(job.dir)?;
+    let Some((f, st)) = safefs::open_existing(dir.as_fd(), &job.name)? else {
+        return Ok(false);
+    };
+    if job.existing.get() != Some(&(st.st_dev, st.st_ino)) || st.st_size as u64 != job.node.size {
+        return Ok(false);
+    }
+    safefs::set_meta(f.as_fd(), &meta_of(&job.node, true))?;
+    Ok(true)
 }
 
 pub fn restore(
@@ -391,21 +528,23 @@ pub fn restore(
         .map(|i| format!("/{}", i.trim_matches('/')))
         .collect();
     let mut p = Plan {
-        dirs: vec![],
+        dirs: vec![DirSlot {
+            parent: 0,
+            name: OsString::new(),
+            path: opts.target.clone(),
+            node: None,
+            keep: None,
+        }],
         links: vec![],
         files: vec![],
         delta: opts.delta,
         // A subtree (a data directory) is restored as a whole; a snapshot's root mirrors
         // the absolute paths above what was backed up, which are not ours to clean.
         prune_below: opts.tree.is_none().then(|| snap.paths.clone()),
-        removed: 0,
     };
     let root = opts.tree.unwrap_or(snap.tree);
-    plan(repo, index, &root, "", &opts.target, &includes, &mut p)?;
-    if opts.delta {
-        keep_unchanged(repo, index, &p.files, progress);
-    }
-    if !includes.is_empty() && p.files.is_empty() && p.links.is_empty() && p.dirs.is_empty() {
+    plan(repo, index, &root, "", 0, &includes, &mut p)?;
+    if !includes.is_empty() && p.files.is_empty() && p.links.is_empty() && p.dirs.len() == 1 {
         return Err(Error::new(
             ErrorKind::NotFound,
             format!("nothing in the snapshot matches {:?}", opts.includes),
@@ -413,22 +552,72 @@ pub fn restore(
         .into());
     }
     let mut report = RestoreReport::default();
-    fs::create_dir_all(&opts.target)
+    let root_fd = safefs::open_root(&opts.target)
         .with_context(|| format!("cannot create {}", opts.target.display()))?;
-    // Directories (parents before children: they were pushed children first).
-    for (d, _) in p.dirs.iter().rev() {
-        fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    let dirs = Dirs::new(std::mem::take(&mut p.dirs), root_fd);
+    // Directories, parents first. Where the target has a symlink (with --delta: anything
+    // but a directory), it is replaced by a directory; with --delta, entries the snapshot
+    // does not hold are removed before anything is written.
+    let replace = if opts.delta {
+        Replace::Anything
+    } else {
+        Replace::Links
+    };
+    if let Some(keep) = &dirs.slots[0].keep {
+        report.removed += prune_extra(dirs.root().as_fd(), keep, &opts.target)?;
     }
-    for (d, n) in &p.links {
-        if let Some(parent) = d.parent() {
-            fs::create_dir_all(parent)?;
+    for (i, s) in dirs.slots.iter().enumerate().skip(1) {
+        let parent = dirs.get(s.parent)?;
+        let (fd, removed) = safefs::ensure_dir(parent.as_fd(), &s.name, replace)
+            .with_context(|| format!("cannot create {}", s.path.display()))?;
+        if removed && opts.delta {
+            report.removed += 1;
         }
-        let _ = fs::remove_file(d);
-        let target = n.target.clone().unwrap_or_default().to_os();
-        std::os::unix::fs::symlink(&target, d)
-            .with_context(|| format!("cannot create symlink {}", d.display()))?;
-        set_meta(d, n, true).with_context(|| format!("cannot set metadata of {}", d.display()))?;
+        if let Some(keep) = &s.keep {
+            report.removed += prune_extra(fd.as_fd(), keep, &s.path)?;
+        }
+        dirs.insert(i, fd);
+    }
+    if opts.delta {
+        for l in &p.links {
+            report.removed += clear_mismatch(&dirs, l.dir, &l.name, &l.node)?.1;
+        }
+        for job in &p.files {
+            let (candidate, removed) = clear_mismatch(&dirs, job.dir, &job.name, &job.node)?;
+            report.removed += removed;
+            job.unchanged.store(candidate, Ordering::SeqCst);
+        }
+        keep_unchanged(repo, index, &p.files, &dirs, progress);
+    }
+    for l in &p.links {
+        let d = dirs.get(l.dir)?;
+        let target = l.node.target.clone().unwrap_or_default().to_os();
+        safefs::symlink(d.as_fd(), &l.name, &target, &meta_of(&l.node, false))
+            .with_context(|| format!("cannot create symlink {}", l.path.display()))?;
         report.symlinks += 1;
+    }
+
+    let errors = Mutex::new(Vec::<String>::new());
+    let io_failed = AtomicBool::new(false);
+    let damaged = AtomicBool::new(false);
+    let fail = |job: &FileJob, msg: String| {
+        if !job.failed.swap(true, Ordering::SeqCst) {
+            errors
+                .lock()
+                .unwrap()
+                .push(format!("{}: {msg}", job.dest.display()));
+        }
+    };
+    // Files kept in place get their metadata; one that changed since it was checked is
+    // written like any other.
+    for job in &p.files {
+        if job.unchanged.load(Ordering::SeqCst) {
+            match set_kept_meta(job, &dirs) {
+                Ok(true) => {}
+                Ok(false) => job.unchanged.store(false, Ordering::SeqCst),
+                Err(e) => fail(job, format!("cannot set metadata: {e}")),
+            }
+        }
     }
 
     // Files: map every chunk to its places. Nothing is created before the whole plan is
@@ -436,7 +625,7 @@ pub fn restore(
     let mut by_pack: HashMap<u32, PackWork> = HashMap::new();
     let mut blob_slot: HashMap<Id, (u32, usize)> = HashMap::new();
     for (i, job) in p.files.iter().enumerate() {
-        if job.unchanged.load(Ordering::SeqCst) {
+        if job.unchanged.load(Ordering::SeqCst) || job.failed.load(Ordering::SeqCst) {
             continue;
         }
         let mut off = 0u64;
@@ -470,29 +659,17 @@ pub fn restore(
             .into());
         }
     }
-    let errors = Mutex::new(Vec::<String>::new());
-    let io_failed = AtomicBool::new(false);
-    let damaged = AtomicBool::new(false);
-    let fail = |job: &FileJob, msg: String| {
-        if !job.failed.swap(true, Ordering::SeqCst) {
-            errors
-                .lock()
-                .unwrap()
-                .push(format!("{}: {msg}", job.dest.display()));
-        }
-    };
-    for job in &p.files {
-        if job.unchanged.load(Ordering::SeqCst) {
-            if let Err(e) = set_meta(&job.dest, &job.node, false) {
-                fail(job, format!("cannot set metadata: {e}"));
-            }
-        }
-    }
     // Empty files are complete once created.
     for job in &p.files {
-        if job.node.content.is_empty() && !job.unchanged.load(Ordering::SeqCst) {
-            if let Err(e) = open_tmp(job).and_then(|f| finalize(job, Some(&f))) {
-                fail(job, format!("cannot create {}: {e}", job.tmp.display()));
+        if job.node.content.is_empty()
+            && !job.unchanged.load(Ordering::SeqCst)
+            && !job.failed.load(Ordering::SeqCst)
+        {
+            if let Err(e) = open_tmp(job, &dirs).and_then(|f| finalize(job, Some(f), &dirs)) {
+                fail(
+                    job,
+                    format!("cannot create {}: {e}", job.tmp_path().display()),
+                );
             }
         }
     }
@@ -528,7 +705,7 @@ pub fn restore(
     std::thread::scope(|sc| {
         for _ in 0..threads {
             sc.spawn(|| {
-                let mut handles: HashMap<usize, std::fs::File> = HashMap::new();
+                let mut handles: HashMap<usize, File> = HashMap::new();
                 let mut buf: Vec<u8> = Vec::new();
                 let mut decoder = compress::Decoder::default();
                 loop {
@@ -603,12 +780,12 @@ pub fn restore(
                             let f = match handles.entry(u.file) {
                                 std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
                                 std::collections::hash_map::Entry::Vacant(v) => {
-                                    open_tmp(job).map(|f| v.insert(f))
+                                    open_tmp(job, &dirs).map(|f| v.insert(f))
                                 }
                             };
                             let res = f.and_then(|f| f.write_all_at(d, u.offset)).map_err(|e| {
                                 io_failed.store(true, Ordering::SeqCst);
-                                format!("cannot write {}: {e}", job.tmp.display())
+                                format!("cannot write {}: {e}", job.tmp_path().display())
                             });
                             if let Err(m) = res {
                                 fail(job, m);
@@ -619,7 +796,7 @@ pub fn restore(
                             if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
                                 // The last chunk: this worker has the file open.
                                 let f = handles.remove(&u.file);
-                                if let Err(e) = finalize(job, f.as_ref()) {
+                                if let Err(e) = finalize(job, f, &dirs) {
                                     fail(job, e.to_string());
                                 }
                             }
@@ -631,8 +808,10 @@ pub fn restore(
     });
     for job in &p.files {
         if job.failed.load(Ordering::SeqCst) {
-            if job.created.load(Ordering::SeqCst) {
-                let _ = fs::remove_file(&job.tmp);
+            if let Some((tmp, _)) = job.tmp.get() {
+                if let Ok(d) = dirs.get(job.dir) {
+                    let _ = safefs::unlink(d.as_fd(), tmp);
+                }
             }
         } else {
             report.files += 1;
@@ -643,12 +822,23 @@ pub fn restore(
             }
         }
     }
-    report.removed = p.removed;
-    // Directory metadata last, deepest first, so writing files does not disturb mtimes.
-    for (d, n) in &p.dirs {
-        set_meta(d, n, false).with_context(|| format!("cannot set metadata of {}", d.display()))?;
+    // Directory metadata last, deepest first (children have higher indexes than their
+    // parents), so writing files does not disturb mtimes.
+    for (i, s) in dirs.slots.iter().enumerate().skip(1).rev() {
+        let Some(n) = &s.node else { continue };
+        dirs.get(i)
+            .and_then(|fd| safefs::set_meta(fd.as_fd(), &meta_of(n, true)))
+            .with_context(|| format!("cannot set metadata of {}", s.path.display()))?;
         report.dirs += 1;
     }
+    // Everything written, renamed and removed reaches the disk before restore reports
+    // success (and before `restore --pgdata` writes recovery.signal).
+    safefs::sync_fs(dirs.root().as_fd()).with_context(|| {
+        format!(
+            "cannot flush the restored files in {} to disk",
+            opts.target.display()
+        )
+    })?;
     report.errors = errors.into_inner().unwrap();
     if !report.errors.is_empty() {
         let (kind, why) = if damaged.load(Ordering::SeqCst) {

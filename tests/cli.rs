@@ -1062,3 +1062,267 @@ fn file_rewritten_within_the_timestamp_tick_is_read_again() {
     }
     panic!("no attempt reproduced the race (the machine was too slow or wrote the pages back)");
 }
+
+fn as_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `coffer ARGS…` run through `sh`, which first makes `.NAME.coffer-restore-$$` in `dir`
+/// a symlink to `victim`: after `exec`, `$$` is coffer's own pid, the temporary name older
+/// versions used.
+fn run_with_planted_temp(
+    env: &Env,
+    dir: &std::path::Path,
+    name: &str,
+    victim: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let bin = assert_cmd::cargo::cargo_bin("coffer");
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ln -s '{}' '{}/.{name}.coffer-restore-'$$ && exec '{}' {}",
+            victim.display(),
+            dir.display(),
+            bin.display(),
+            quoted.join(" ")
+        ))
+        .env("COFFER_HOME", env.path("home"))
+        .env("COFFER_REPO", &env.repo)
+        .env("COFFER_PASSWORD", "correct horse")
+        .output()
+        .unwrap();
+    out
+}
+
+/// A backed-up tree (owned by uid 4321 when run as root) and an "outside" directory of
+/// files that restores must never touch; returns (env, src, outside).
+fn planted_fixture() -> (Env, std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a/b.txt"), b"restored b").unwrap();
+    fs::write(src.join("c.txt"), b"restored c").unwrap();
+    fs::write(src.join("e.txt"), b"restored e").unwrap();
+    fs::write(src.join("h.txt"), b"restored h").unwrap();
+    fs::write(src.join("d/f.txt"), b"restored f").unwrap();
+    symlink("a/b.txt", src.join("l")).unwrap();
+    fs::set_permissions(src.join("a/b.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    if as_root() {
+        // Owned by someone else, so a chown through a link would show.
+        let st = std::process::Command::new("chown")
+            .args(["-hR", "4321:4321"])
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    env.backup(&[src.to_str().unwrap()]);
+
+    let outside = env.path("outside");
+    make_outside(
+        &outside,
+        &[
+            ("b.txt", b"outside b"),
+            ("c.txt", b"outside c"),
+            ("tmp", b"outside tmp"),
+            ("hard", b"outside h"),
+            ("same", b"restored b"),
+            ("d/f.txt", b"restored f"),
+            ("d/stray", b"outside stray"),
+        ],
+    );
+    (env, src, outside)
+}
+
+#[test]
+fn restore_never_writes_through_links_planted_in_the_target() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let (env, src, outside) = planted_fixture();
+    let before = fingerprint(&outside);
+    // A plain restore into a target where someone planted links: on an intermediate
+    // directory, at a file's name, at the temporary name coffer used to use, and a hard
+    // link at a file's name.
+    let target = env.path("r");
+    let dest = restored(&target, &src);
+    fs::create_dir_all(&dest).unwrap();
+    symlink(&outside, dest.join("a")).unwrap();
+    symlink(outside.join("c.txt"), dest.join("c.txt")).unwrap();
+    symlink(outside.join("d"), dest.join("d")).unwrap();
+    fs::hard_link(outside.join("hard"), dest.join("h.txt")).unwrap();
+    symlink(outside.join("b.txt"), dest.join("l")).unwrap();
+    let out = run_with_planted_temp(
+        &env,
+        &dest,
+        "e.txt",
+        &outside.join("tmp"),
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fingerprint(&outside),
+        before,
+        "restore changed files outside"
+    );
+    for (f, content) in [
+        ("a/b.txt", "restored b"),
+        ("c.txt", "restored c"),
+        ("e.txt", "restored e"),
+        ("h.txt", "restored h"),
+        ("d/f.txt", "restored f"),
+    ] {
+        let m = fs::symlink_metadata(dest.join(f)).unwrap();
+        assert!(m.is_file() && m.nlink() == 1, "{f}: {m:?}");
+        assert_eq!(fs::read_to_string(dest.join(f)).unwrap(), content);
+    }
+    assert!(fs::symlink_metadata(dest.join("a")).unwrap().is_dir());
+    assert_eq!(
+        fs::read_link(dest.join("l")).unwrap(),
+        std::path::Path::new("a/b.txt")
+    );
+    if as_root() {
+        assert_eq!(fs::metadata(dest.join("a/b.txt")).unwrap().uid(), 4321);
+    }
+
+    // The whole mirrored path redirected: a link on the target's first directory.
+    let target2 = env.path("r2");
+    let top = src.components().nth(1).unwrap().as_os_str().to_owned();
+    fs::create_dir_all(&target2).unwrap();
+    let elsewhere = env.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let before_elsewhere = fingerprint(&elsewhere);
+    symlink(&elsewhere, target2.join(&top)).unwrap();
+    env.cmd()
+        .args(["restore", "latest", "--target", target2.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(fingerprint(&elsewhere), before_elsewhere);
+    assert_eq!(
+        fs::read_to_string(restored(&target2, &src).join("a/b.txt")).unwrap(),
+        "restored b"
+    );
+}
+
+#[test]
+fn delta_restore_never_keeps_a_hard_link_or_follows_a_link() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let (env, src, outside) = planted_fixture();
+    let before = fingerprint(&outside);
+    let target = env.path("r");
+    let dest = restored(&target, &src);
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    // --delta over the restored copy: a hard link to an outside file whose content is
+    // right (so it could be kept in place), a link where a directory goes (with a stray
+    // file behind it that pruning must not reach), a link at a file's name, and the old
+    // temporary name.
+    fs::remove_file(dest.join("a/b.txt")).unwrap();
+    fs::hard_link(outside.join("same"), dest.join("a/b.txt")).unwrap();
+    fs::remove_dir_all(dest.join("d")).unwrap();
+    symlink(outside.join("d"), dest.join("d")).unwrap();
+    fs::remove_file(dest.join("c.txt")).unwrap();
+    symlink(outside.join("c.txt"), dest.join("c.txt")).unwrap();
+    fs::write(dest.join("e.txt"), b"changed e!").unwrap();
+    let out = run_with_planted_temp(
+        &env,
+        &dest,
+        "e.txt",
+        &outside.join("tmp"),
+        &[
+            "restore",
+            "latest",
+            "--delta",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fingerprint(&outside),
+        before,
+        "restore --delta changed files outside"
+    );
+    assert_same_tree(&src, &dest);
+    let m = fs::metadata(dest.join("a/b.txt")).unwrap();
+    assert_eq!(m.nlink(), 1);
+    if as_root() {
+        assert_eq!(m.uid(), 4321);
+    }
+}
+
+#[test]
+fn dump_out_never_follows_a_link_and_leaves_nothing_on_failure() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.backup(&[src.to_str().unwrap()]);
+    let outside = env.path("outside");
+    make_outside(&outside, &[("hello.txt", b"outside")]);
+    let before = fingerprint(&outside);
+    let out_dir = env.path("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    std::os::unix::fs::symlink(outside.join("hello.txt"), out_dir.join("hello.txt")).unwrap();
+    let hello = format!("{}/hello.txt", src.display());
+    let out = env
+        .cmd()
+        .args(["dump", "latest", &hello, "--out", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fingerprint(&outside), before);
+    fs::remove_file(out_dir.join("hello.txt")).unwrap();
+    env.cmd()
+        .args(["dump", "latest", &hello, "--out", out_dir.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read(out_dir.join("hello.txt")).unwrap(),
+        b"hello world\n"
+    );
+
+    // A damaged chunk: dump --out fails and leaves neither the file nor a temporary.
+    for p in env.packs() {
+        let mut bytes = fs::read(&p).unwrap();
+        let n = bytes.len() / 2;
+        bytes[n] ^= 0x40;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&p, &bytes).unwrap();
+    }
+    let big = format!("{}/dir/big.bin", src.display());
+    let out = env
+        .cmd()
+        .args(["dump", "latest", &big, "--out", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<_> = fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("hello.txt")], "{left:?}");
+}

@@ -789,6 +789,35 @@ fn tablespaces_are_restored_moved_and_updated_in_place() {
     std::fs::write(&rel_in_ts2, vec![0x55u8; len as usize]).unwrap();
     let stray = a.holder.path().join("moved").join("stray.txt");
     std::fs::write(&stray, "not in the backup").unwrap();
+    // Links planted in the tablespace directory and the data directory must not lead the
+    // delta restore outside: a hard link to an outside copy of an unchanged file (which
+    // would otherwise be kept and chowned in place), and pg_tblspc/OID pointing elsewhere.
+    let outside = a.holder.path().join("outside-ts");
+    let oid = a.pg.psql(
+        "postgres",
+        "SELECT oid FROM pg_tablespace WHERE spcname = 'ts'",
+    );
+    // A file that recovery left as the backup has it, so --delta could keep it.
+    let kept = common::list_files(&ts2)
+        .into_iter()
+        .find(|f| {
+            let rel = f.strip_prefix(&ts2).unwrap().display().to_string();
+            let out = a
+                .cmd()
+                .args(["dump", "latest", &format!("/tablespaces/{oid}/{rel}")])
+                .output()
+                .unwrap();
+            *f != rel_in_ts2 && out.status.success() && out.stdout == std::fs::read(f).unwrap()
+        })
+        .unwrap();
+    common::make_outside(&outside, &[("copy", &std::fs::read(&kept).unwrap())]);
+    // (Taken before the hard link is made: the restore replaces it, leaving one link.)
+    let before = common::fingerprint(&outside);
+    std::fs::remove_file(&kept).unwrap();
+    std::fs::hard_link(outside.join("copy"), &kept).unwrap();
+    let link = a.holder.path().join("moved/pg_tblspc").join(&oid);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
     let (_, out) = a.restore("moved", &["--tablespace-map", &map]);
     assert!(stderr(&out).contains("--delta"), "{}", stderr(&out));
     let (dir, out) = a.restore(
@@ -809,6 +838,8 @@ fn tablespaces_are_restored_moved_and_updated_in_place() {
     assert!(unchanged > files / 2 && unchanged < files, "{v}");
     assert!(v["removed"].as_u64().unwrap() >= 1, "{v}");
     assert!(!stray.exists());
+    assert_eq!(common::fingerprint(&outside), before);
+    assert_eq!(std::fs::read_link(&link).unwrap(), ts2);
     let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
     assert_eq!(markers(&r), [1, 2]);
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM big"), "30000");
@@ -980,4 +1011,71 @@ fn restore_keeps_alter_system_settings_in_any_encoding() {
     assert!(text.contains("recovery_target = 'immediate'"), "{text}");
     let recovered = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
     assert_eq!(recovered.psql("postgres", "SHOW work_mem"), "7MB");
+}
+
+#[test]
+fn pgdata_restore_never_writes_through_links_planted_in_the_target() {
+    use std::os::unix::fs::symlink;
+    let a = Archived::new();
+    a.pg.psql(
+        "postgres",
+        "CREATE TABLE marker (id int PRIMARY KEY); INSERT INTO marker VALUES (1)",
+    );
+    a.base_backup();
+    a.archive_all();
+    let (dir, out) = a.restore("planted", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let outside = a.holder.path().join("outside");
+    let control = std::fs::read(dir.join("global/pg_control")).unwrap();
+    common::make_outside(
+        &outside,
+        &[
+            ("pg_control", &control),
+            ("auto.conf", b"outside"),
+            ("recovery.toml", b"outside"),
+            ("notify/stray", b"outside"),
+            ("tblspc/stray", b"outside"),
+            ("base/stray", b"outside"),
+        ],
+    );
+    let before = common::fingerprint(&outside);
+    let plant = |dir: &Path| {
+        // A hard link to an outside copy of a file whose content is right.
+        let _ = std::fs::remove_file(dir.join("global/pg_control"));
+        std::fs::hard_link(outside.join("pg_control"), dir.join("global/pg_control")).unwrap();
+        // Links where directories go, at a file's name and at coffer's own files.
+        for (name, to) in [
+            ("pg_notify", "notify"),
+            ("pg_tblspc", "tblspc"),
+            ("base", "base"),
+            ("postgresql.auto.conf", "auto.conf"),
+            ("coffer-recovery.toml", "recovery.toml"),
+        ] {
+            let p = dir.join(name);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+            symlink(outside.join(to), &p).unwrap();
+        }
+    };
+    plant(&dir);
+    let (_, out) = a.restore("planted", &["--delta", "--target-action", "promote"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        common::fingerprint(&outside),
+        before,
+        "--delta wrote outside"
+    );
+    plant(&dir);
+    let (_, out) = a.restore("planted", &["--force", "--target-action", "promote"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        common::fingerprint(&outside),
+        before,
+        "--force wrote outside"
+    );
+    let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
+    assert_eq!(markers(&r), [1]);
 }

@@ -832,11 +832,22 @@ fn split_dumps_restore_whole_by_table_and_by_hand() {
         .output()
         .unwrap();
     assert!(raw.status.success() && raw.stdout.starts_with(b"PGDMP"));
+    // Someone made DIR/src.data a symlink to another directory: it is replaced, and nothing
+    // is written there.
     let dir = env.path("by-hand");
+    let outside = env.path("outside");
+    common::make_outside(&outside, &[("other", b"outside")]);
+    let before = common::fingerprint(&outside);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("src.data")).unwrap();
     let printed = ok(&run(
         &env,
         &["dump", "latest", "--out", dir.to_str().unwrap()],
     ));
+    assert_eq!(common::fingerprint(&outside), before);
+    assert!(std::fs::symlink_metadata(dir.join("src.data"))
+        .unwrap()
+        .is_dir());
     assert!(dir.join("src.dump").is_file());
     assert!(dir.join("src.data/01.dump").is_file());
     assert!(dir.join("src.data/02.dump").is_file());

@@ -668,7 +668,9 @@ pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
 }
 
 /// `coffer dump --out DIR`: every stream of the file or dump into DIR (mode 0600), and
-/// for a PostgreSQL dump the pg_restore commands that load it, in order.
+/// for a PostgreSQL dump the pg_restore commands that load it, in order. Each file is
+/// written under a temporary name, fsynced and renamed to its name (which must not exist
+/// yet), then its directory is fsynced; nothing below DIR is reached through a symlink.
 fn dump_to_dir(
     repo: &coffer::repo::Repository,
     index: &coffer::repo::index::MasterIndex,
@@ -677,29 +679,47 @@ fn dump_to_dir(
     pg: Option<&DumpInfo>,
     dir: &std::path::Path,
 ) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use coffer::safefs::{self, Meta, NewFile, Replace};
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
     let base = path.rsplit_once('/').map_or("", |(b, _)| b);
     let mut paths = vec![path.to_string()];
     if let Some(info) = pg {
         paths.extend(info.data_streams.iter().map(|d| d.path.clone()));
     }
+    let root =
+        safefs::open_root(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
     for p in &paths {
         let rel = p.strip_prefix(base).unwrap_or(p).trim_start_matches('/');
         let file = dir.join(rel);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+        let mut parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let name = parts
+            .pop()
+            .ok_or_else(|| Error::usage(format!("{p:?} names no file")))?;
+        let mut at = None;
+        let mut here = dir.to_path_buf();
+        for part in parts {
+            here.push(part);
+            let parent = at.as_ref().unwrap_or(&root);
+            let (fd, _) = safefs::ensure_dir(parent.as_fd(), OsStr::new(part), Replace::Links)
+                .with_context(|| format!("cannot create {}", here.display()))?;
+            at = Some(fd);
         }
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&file)
+        let fd = at.as_ref().unwrap_or(&root).as_fd();
+        let out = NewFile::create(fd, OsStr::new(name))
             .with_context(|| format!("cannot create {}", file.display()))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-        restore::dump(repo, index, snap, p, &mut out)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
+        restore::dump(repo, index, snap, p, &mut w)?;
+        drop(w);
+        let private = Meta {
+            owner: None,
+            mode: Some(0o600),
+            mtime: None,
+        };
+        out.commit(&private, false)
+            .with_context(|| format!("cannot create {}", file.display()))?;
+        safefs::fsync(fd).with_context(|| format!("cannot write {}", file.display()))?;
         written.push(file);
     }
     use coffer::sources::postgres::tools::shell_quote;

@@ -227,3 +227,51 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub fn restored(target: &Path, src: &Path) -> PathBuf {
     target.join(src.strip_prefix("/").unwrap())
 }
+
+/// Everything observable about a tree, without following symlinks: for each entry (the
+/// root too) its type, content or link target, permission bits, owner, group, link count
+/// and mtime. Two equal fingerprints mean nothing there was written, chmodded, chowned,
+/// touched, added or removed.
+pub fn fingerprint(root: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let what = if m.file_type().is_symlink() {
+            format!("link {:?}", fs::read_link(&p).unwrap())
+        } else if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            "dir".to_string()
+        } else {
+            format!("file {:?}", fs::read(&p).unwrap())
+        };
+        out.insert(
+            p.strip_prefix(root).unwrap().to_path_buf(),
+            format!(
+                "{what} mode {:o} owner {}:{} links {} mtime {}.{}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.nlink(),
+                m.mtime(),
+                m.mtime_nsec()
+            ),
+        );
+    }
+    out
+}
+
+/// A directory of files coffer must never touch, each with an old mtime.
+pub fn make_outside(dir: &Path, files: &[(&str, &[u8])]) {
+    fs::create_dir_all(dir).unwrap();
+    let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+    for (name, content) in files {
+        let p = dir.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        filetime::set_file_mtime(&p, old).unwrap();
+    }
+}

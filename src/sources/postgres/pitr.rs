@@ -20,13 +20,15 @@ use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Node;
 use crate::repo::Repository;
 use crate::restore::{restore, RestoreOptions, RestoreReport};
+use crate::safefs::{self, Meta};
 use crate::sources::wal;
 use crate::sources::walhold;
 use crate::sources::walverify::{self, ChainError};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, FixedOffset};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The recovery config file coffer writes into a restored data directory.
@@ -382,83 +384,76 @@ pub(crate) fn newest_commit_time(
 
 /// DIR must be empty or missing, unless `delta` (its contents are kept, and the restore
 /// rewrites only what differs) or `force` (its contents are removed first). Never while a
-/// server runs on it.
+/// server runs on it. Nothing below DIR is followed: a symlink in it is removed, not the
+/// file it points to.
 fn prepare_dir(dir: &Path, force: bool, delta: bool) -> Result<()> {
-    match std::fs::read_dir(dir) {
-        Ok(mut rd) => {
-            if rd.next().is_none() {
-                return Ok(());
-            }
-            if !force && !delta {
-                return Err(usage(format!(
-                    "{} is not empty; restore into an empty directory, or give --delta to \
-                     update it in place (only what differs is written) or --force to replace \
-                     its contents",
-                    dir.display()
-                )));
-            }
-            if let Ok(pid) = std::fs::read_to_string(dir.join("postmaster.pid")) {
-                let alive = pid
-                    .lines()
-                    .next()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                    .map(|p| {
-                        p > 0
-                            && (unsafe { libc::kill(p, 0) } == 0
-                                || std::io::Error::last_os_error().raw_os_error()
-                                    == Some(libc::EPERM))
-                    })
-                    .unwrap_or(false);
-                if alive {
-                    return Err(usage(format!(
-                        "a PostgreSQL server is running on {}; stop it first",
-                        dir.display()
-                    )));
-                }
-            }
-            if delta {
-                return Ok(());
-            }
-            for e in std::fs::read_dir(dir)? {
-                let p = e?.path();
-                let r = if std::fs::symlink_metadata(&p)?.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                r.with_context(|| format!("cannot remove {}", p.display()))?;
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
-        }
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", dir.display()))),
+    let fd = safefs::open_root(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let names =
+        safefs::entries(fd.as_fd()).with_context(|| format!("cannot read {}", dir.display()))?;
+    if names.is_empty() {
+        return Ok(());
     }
+    if !force && !delta {
+        return Err(usage(format!(
+            "{} is not empty; restore into an empty directory, or give --delta to \
+             update it in place (only what differs is written) or --force to replace \
+             its contents",
+            dir.display()
+        )));
+    }
+    // Only a regular postmaster.pid is read (a symlink there could point anywhere).
+    if let Ok(Some(pid)) = safefs::read(fd.as_fd(), OsStr::new("postmaster.pid")) {
+        let alive = String::from_utf8_lossy(&pid)
+            .lines()
+            .next()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .map(|p| {
+                p > 0
+                    && (unsafe { libc::kill(p, 0) } == 0
+                        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+            })
+            .unwrap_or(false);
+        if alive {
+            return Err(usage(format!(
+                "a PostgreSQL server is running on {}; stop it first",
+                dir.display()
+            )));
+        }
+    }
+    if delta {
+        return Ok(());
+    }
+    for n in names {
+        safefs::remove(fd.as_fd(), &n)
+            .with_context(|| format!("cannot remove {}", dir.join(&n).display()))?;
+    }
+    Ok(())
 }
 
 /// Point the restored cluster at moved tablespaces: `tablespace_map` (which PostgreSQL
 /// reads at the start of recovery and makes the `pg_tblspc` links from) and the links.
 fn point_tablespaces(
+    root: BorrowedFd<'_>,
     dir: &Path,
     spc: &[(&TablespaceInfo, PathBuf, Node)],
     owner: &Node,
 ) -> Result<()> {
     let mut map = String::new();
+    let links = safefs::open_dir(root, OsStr::new("pg_tblspc"))
+        .with_context(|| format!("cannot open {}/pg_tblspc", dir.display()))?;
     for (t, loc, _) in spc {
         map.push_str(&format!("{} {}\n", t.oid, tablespace_map_path(loc)));
-        let link = dir.join("pg_tblspc").join(t.oid.to_string());
-        if std::fs::symlink_metadata(&link).is_ok() {
-            std::fs::remove_file(&link)
-                .with_context(|| format!("cannot replace {}", link.display()))?;
-        }
-        std::os::unix::fs::symlink(loc, &link)
-            .with_context(|| format!("cannot create {}", link.display()))?;
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::lchown(&link, Some(owner.uid), Some(owner.gid))?;
-        }
+        let name = t.oid.to_string();
+        safefs::symlink(
+            links.as_fd(),
+            OsStr::new(&name),
+            loc.as_os_str(),
+            &owned_by(owner, None),
+        )
+        .with_context(|| format!("cannot create {}/pg_tblspc/{name}", dir.display()))?;
     }
-    write_private(&dir.join("tablespace_map"), map.as_bytes(), owner)
+    safefs::fsync(links.as_fd())?;
+    write_private(root, dir, "tablespace_map", map.as_bytes(), owner)
 }
 
 /// A path as `tablespace_map` spells it: backslashes escaped (line breaks are refused
@@ -467,40 +462,35 @@ fn tablespace_map_path(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "\\\\")
 }
 
-fn chown_like(path: &Path, n: &Node) -> Result<()> {
-    if unsafe { libc::geteuid() } == 0 {
-        std::os::unix::fs::chown(path, Some(n.uid), Some(n.gid))
-            .with_context(|| format!("cannot change the owner of {}", path.display()))?;
+/// The owner recorded for `n` (applied when running as root) and `mode`.
+fn owned_by(n: &Node, mode: Option<u32>) -> Meta {
+    Meta {
+        owner: Some((n.uid, n.gid)),
+        mode,
+        mtime: None,
     }
-    Ok(())
 }
 
-/// Write a private file (mode 0600 from its creation, owned like `owner`). Whatever was at
-/// `path` is unlinked first, never opened: writing through it would change a file that a
-/// planted hard link or symlink points at, and would keep that file's mode while the secret
-/// is written.
-fn write_private(path: &Path, data: &[u8], owner: &Node) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot replace {}", path.display())))
-        }
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    if unsafe { libc::geteuid() } == 0 {
-        std::os::unix::fs::fchown(&f, Some(owner.uid), Some(owner.gid))
-            .with_context(|| format!("cannot change the owner of {}", path.display()))?;
-    }
-    std::io::Write::write_all(&mut f, data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
+/// A restored data or tablespace directory: the recorded owner, mode 0700, made durable.
+fn finish_root(dir: &Path, n: &Node) -> Result<()> {
+    let fd = safefs::open_root(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    safefs::set_meta(fd.as_fd(), &owned_by(n, Some(0o700)))
+        .and_then(|()| safefs::fsync(fd.as_fd()))
+        .with_context(|| format!("cannot set the owner and mode of {}", dir.display()))
+}
+
+/// Write `name` in the data directory, mode 0600 and owned like it: a new file under a
+/// temporary name (created exclusively, never through a symlink), fsynced and renamed over
+/// the old one. The caller fsyncs the directory.
+fn write_private(
+    root: BorrowedFd<'_>,
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    owner: &Node,
+) -> Result<()> {
+    safefs::write_file(root, OsStr::new(name), data, &owned_by(owner, Some(0o600)))
+        .with_context(|| format!("cannot write {}/{name}", dir.display()))
 }
 
 /// A path as one word of a command PostgreSQL runs: it replaces `%`-escapes before the
@@ -719,14 +709,13 @@ pub fn restore_pitr(
         total.unchanged += r.unchanged;
         total.unchanged_bytes += r.unchanged_bytes;
         total.removed += r.removed;
-        chown_like(loc, node)?;
-        std::fs::set_permissions(loc, std::fs::Permissions::from_mode(0o700))?;
+        finish_root(loc, node)?;
     }
+    let root = safefs::open_root(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
     if !opts.tablespace_map.is_empty() {
-        point_tablespaces(&dir, &spc_dirs, &pg_node)?;
+        point_tablespaces(root.as_fd(), &dir, &spc_dirs, &pg_node)?;
     }
-    chown_like(&dir, &pg_node)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    finish_root(&dir, &pg_node)?;
 
     // restore_command: this coffer, with a config file naming the repository.
     let conf_path = dir.join(RECOVERY_CONFIG);
@@ -750,7 +739,13 @@ pub fn restore_pitr(
         conf.push_str("\n[s3]\n");
         conf.push_str(&toml::to_string(s3)?);
     }
-    write_private(&conf_path, conf.as_bytes(), &pg_node)?;
+    write_private(
+        root.as_fd(),
+        &dir,
+        RECOVERY_CONFIG,
+        conf.as_bytes(),
+        &pg_node,
+    )?;
     let exe = std::env::current_exe().context("cannot find the coffer executable")?;
     let command = restore_command(&exe, &conf_path, hold.id());
     let mut settings = vec![
@@ -772,13 +767,13 @@ pub fn restore_pitr(
     if let Some(t) = &opts.timeline {
         settings.push(format!("recovery_target_timeline = {}", conf_quote(t)));
     }
+    // The restored file holds the cluster's ALTER SYSTEM settings: read without following a
+    // symlink, kept as bytes (PostgreSQL does not require UTF-8 there). Missing is empty; an
+    // error reading it stops the restore (rewriting it from nothing would drop them).
     let auto = dir.join("postgresql.auto.conf");
-    // The restored file holds the cluster's ALTER SYSTEM settings: an error reading it stops
-    // the restore (rewriting it from nothing would silently drop them). A backup without
-    // one is fine.
-    let old = match std::fs::read(&auto) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    let old = match safefs::read(root.as_fd(), OsStr::new("postgresql.auto.conf")) {
+        Ok(None) => Vec::new(),
+        Ok(Some(b)) => b,
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!(
                 "cannot read the restored {} (its ALTER SYSTEM settings would be lost)",
@@ -799,8 +794,18 @@ pub fn restore_pitr(
         text.extend_from_slice(s.as_bytes());
         text.push(b'\n');
     }
-    write_private(&auto, &text, &pg_node)?;
-    write_private(&dir.join("recovery.signal"), b"", &pg_node)?;
+    write_private(
+        root.as_fd(),
+        &dir,
+        "postgresql.auto.conf",
+        &text,
+        &pg_node,
+    )?;
+    // Every restored file is durable (each restore ends with a syncfs of its file system),
+    // and so are the files above once their renames are: then recovery.signal, last.
+    safefs::fsync(root.as_fd())?;
+    write_private(root.as_fd(), &dir, "recovery.signal", b"", &pg_node)?;
+    safefs::fsync(root.as_fd())?;
     Ok(PitrReport {
         snapshot: snap,
         info,
@@ -841,23 +846,27 @@ mod tests {
 
     #[test]
     fn private_files_replace_what_is_there_without_writing_through_it() {
-        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let d = tempfile::tempdir().unwrap();
         let outside = d.path().join("outside");
         std::fs::write(&outside, b"keep").unwrap();
         std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let owner = Node::stream("x", 0, vec![], 0);
+        let mut owner = Node::stream("x", 0, vec![], 0);
+        owner.uid = unsafe { libc::geteuid() };
+        owner.gid = unsafe { libc::getegid() };
         // A hard link and a symlink planted at the file's name.
-        let hard = d.path().join("hard.toml");
-        std::fs::hard_link(&outside, &hard).unwrap();
-        let soft = d.path().join("soft.toml");
-        std::os::unix::fs::symlink(&outside, &soft).unwrap();
-        for p in [&hard, &soft] {
-            write_private(p, b"password = 'secret'", &owner).unwrap();
-            let m = std::fs::symlink_metadata(p).unwrap();
+        let dir = d.path().join("pgdata");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::hard_link(&outside, dir.join("hard.toml")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("soft.toml")).unwrap();
+        let root = safefs::open_root(&dir).unwrap();
+        for name in ["hard.toml", "soft.toml"] {
+            write_private(root.as_fd(), &dir, name, b"password = 'secret'", &owner).unwrap();
+            let p = dir.join(name);
+            let m = std::fs::symlink_metadata(&p).unwrap();
             assert!(m.is_file());
             assert_eq!(m.mode() & 0o777, 0o600);
-            assert_eq!(std::fs::read(p).unwrap(), b"password = 'secret'");
+            assert_eq!(std::fs::read(&p).unwrap(), b"password = 'secret'");
         }
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
         let m = std::fs::metadata(&outside).unwrap();
