@@ -794,13 +794,7 @@ pub fn restore_pitr(
         text.extend_from_slice(s.as_bytes());
         text.push(b'\n');
     }
-    write_private(
-        root.as_fd(),
-        &dir,
-        "postgresql.auto.conf",
-        &text,
-        &pg_node,
-    )?;
+    write_private(root.as_fd(), &dir, "postgresql.auto.conf", &text, &pg_node)?;
     // Every restored file is durable (each restore ends with a syncfs of its file system),
     // and so are the files above once their renames are: then recovery.signal, last.
     safefs::fsync(root.as_fd())?;
