@@ -85,6 +85,7 @@ for r in $(seq "$RUNS"); do
     fi
     run "${first[@]}" >>"$WORK/$tool.first"
     run "${first[@]}" >>"$WORK/$tool.second"
+    sync  # restore ends with a syncfs (coffer): do not make it pay for earlier writes
     run "${restore[@]}" >>"$WORK/$tool.restore"
     S[$tool]=$(du -sb "$repo" | cut -f1)
     if [ "$r" = 1 ]; then

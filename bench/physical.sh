@@ -17,6 +17,10 @@
 #                  directory (files only; recovery itself is PostgreSQL's work), and a
 #                  delta restore over that restored directory (both tools' --delta: every
 #                  file is read and checksummed, nothing needs writing).
+# IMMEDIATE=1 restores to the end of the base backup (coffer --target-immediate, pgBackRest
+# --type=immediate) instead of the end of the archive. Both tools make the restored files
+# durable before they exit (pgBackRest fsyncs each file, coffer syncs the file system once);
+# a `sync` before each timed restore keeps either from paying for the other's write-back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-64}
@@ -125,12 +129,14 @@ for run in $(seq 1 "$RUNS"); do
     if [ $tool = coffer ]; then
       timed c-full $W/coffer backup -q --postgres --physical
       timed c-incr $W/coffer backup -q --postgres --physical
-      timed c-restore $W/coffer restore -q --pgdata $W/r-coffer
+      sync
+      timed c-restore $W/coffer restore -q ${IMMEDIATE:+--target-immediate} --pgdata $W/r-coffer
       timed c-delta $W/coffer restore -q --delta --pgdata $W/r-coffer
     else
       timed p-full $PGBR backup --type=full
       timed p-incr $PGBR backup --type=incr
-      timed p-restore $PGBR restore --pg1-path=$W/r-pgbackrest
+      sync
+      timed p-restore $PGBR restore ${IMMEDIATE:+--type=immediate} --pg1-path=$W/r-pgbackrest
       timed p-delta $PGBR restore --delta --pg1-path=$W/r-pgbackrest
     fi
   done

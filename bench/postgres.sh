@@ -11,11 +11,13 @@
 #   SCALE=60          pgbench scale; the database is pgbench -i -s SCALE (≈ 15 MiB per unit) plus
 #                     SCALE × 10000 rows of text/JSON in `events` (≈ 4.4 MiB per unit): 60 gives
 #                     ≈ 1.1 GiB, the size the numbers in docs/BENCHMARKS.md are taken at
+#   EVENTS_ROWS       rows in `events` instead of SCALE × 10000 (issue 10's database: SCALE=30
+#                     EVENTS_ROWS=1500000, pgbench plus a 1.5M-row JSON table)
 #   RUNS=3            every measurement is run RUNS times; the table shows the median time and
 #                     the largest peak memory
 #   BENCH_DIR         work directory (default /tmp/coffer-pgbench); must be reachable by the
 #                     `postgres` OS user when run as root. The generated cluster is kept there
-#                     and reused by later runs with the same SCALE (marker pg/.done-SCALE)
+#                     and reused by later runs with the same SCALE (marker pg/.done-SCALE-EVENTS_ROWS)
 #   COFFER            coffer binary (default target/release/coffer, built if missing)
 #   SKIP_COFFER=1     leave out every coffer step (and the build): for trying the script on a
 #                     machine whose coffer has no --postgres yet
@@ -56,7 +58,7 @@ SKIP_COFFER=${SKIP_COFFER:-0}
 RESTORE_JOBS=${RESTORE_JOBS:-1 2}
 PGBIN=/usr/lib/postgresql/15/bin
 TIME=/usr/bin/time
-EVENTS_ROWS=$((SCALE * 10000))
+EVENTS_ROWS=${EVENTS_ROWS:-$((SCALE * 10000))}
 
 case $SCALE in '' | *[!0-9]* | 0) echo "SCALE must be a positive integer, not '$SCALE'" >&2; exit 1 ;; esac
 missing=()
@@ -94,7 +96,7 @@ if [ -f "$PGDATA/postmaster.pid" ] && as_pg pg_ctl -D "$PGDATA" status >/dev/nul
 fi
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-if [ ! -f "$PGROOT/.done-$SCALE" ]; then
+if [ ! -f "$PGROOT/.done-$SCALE-$EVENTS_ROWS" ]; then
   rm -rf "$PGROOT"
   mkdir -p "$PGROOT/run"
   [ "$(id -u)" = 0 ] && chown -R postgres: "$PGROOT"
@@ -162,7 +164,7 @@ FROM generate_series(1, :rows) AS i;
 VACUUM (FREEZE, ANALYZE);
 CHECKPOINT;
 SQL
-  touch "$PGROOT/.done-$SCALE"
+  touch "$PGROOT/.done-$SCALE-$EVENTS_ROWS"
 fi
 # Leftovers of an interrupted run
 for db in $(psql -d postgres -XAtq -c "SELECT datname FROM pg_database WHERE datname LIKE 'restored\_%'"); do

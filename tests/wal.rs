@@ -606,6 +606,7 @@ fn prefetched_segments_are_durable_and_checked_before_use() {
     let mut calls: Vec<String> = Vec::new();
     for l in log.lines() {
         let (pid, rest) = l.split_once(' ').unwrap_or(("", l));
+        let rest = rest.trim_start();
         if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
             pending.insert(pid, head);
         } else if rest.starts_with("<... ") {
