@@ -9,8 +9,10 @@
 //! Nothing below the target is reached by path: every directory is opened from its parent's
 //! descriptor without following symlinks, files are created exclusively under unpredictable
 //! temporary names, and metadata is set through descriptors ([`crate::safefs`]), so links
-//! planted in the target cannot redirect a write, chmod or chown outside it. The target's
-//! file system is synced once at the end (`syncfs`), not file by file.
+//! planted in the target cannot redirect a write, chmod or chown outside it. With
+//! [`RestoreOptions::sync`] (always for `restore --pgdata`), write-back of each file starts
+//! when it is complete and the target's file system is synced once at the end (`syncfs`),
+//! not file by file.
 
 use crate::backend::FileKind;
 use crate::crypto::compress;
@@ -47,6 +49,10 @@ pub struct RestoreOptions {
     /// kept and only its metadata set; whatever the snapshot does not hold is removed
     /// (only when everything is restored, not with `includes`).
     pub delta: bool,
+    /// Make everything written durable before returning: write-back of each file starts
+    /// when it is complete, and the target's file system is synced once at the end. Without
+    /// it (as with restic, tar or rsync) the kernel writes the files back in its own time.
+    pub sync: bool,
 }
 
 #[derive(Debug, Default)]
@@ -368,7 +374,7 @@ fn open_tmp(job: &FileJob, dirs: &Dirs) -> std::io::Result<File> {
 
 /// Check the size, set metadata (through the caller's open handle, or one opened again)
 /// and rename the temporary file into place.
-fn finalize(job: &FileJob, file: Option<File>, dirs: &Dirs) -> std::io::Result<()> {
+fn finalize(job: &FileJob, file: Option<File>, dirs: &Dirs, sync: bool) -> std::io::Result<()> {
     let written = job.written.load(Ordering::SeqCst);
     if written != job.node.size {
         return Err(std::io::Error::other(format!(
@@ -385,7 +391,9 @@ fn finalize(job: &FileJob, file: Option<File>, dirs: &Dirs) -> std::io::Result<(
         None => safefs::reopen_temp(dir.as_fd(), tmp, *ident)?,
     };
     safefs::set_meta(f.as_fd(), &meta_of(&job.node, true))?;
-    safefs::start_writeback(&f);
+    if sync {
+        safefs::start_writeback(&f);
+    }
     drop(f);
     safefs::rename(dir.as_fd(), tmp, &job.name)
 }
@@ -665,7 +673,9 @@ pub fn restore(
             && !job.unchanged.load(Ordering::SeqCst)
             && !job.failed.load(Ordering::SeqCst)
         {
-            if let Err(e) = open_tmp(job, &dirs).and_then(|f| finalize(job, Some(f), &dirs)) {
+            if let Err(e) =
+                open_tmp(job, &dirs).and_then(|f| finalize(job, Some(f), &dirs, opts.sync))
+            {
                 fail(
                     job,
                     format!("cannot create {}: {e}", job.tmp_path().display()),
@@ -796,7 +806,7 @@ pub fn restore(
                             if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
                                 // The last chunk: this worker has the file open.
                                 let f = handles.remove(&u.file);
-                                if let Err(e) = finalize(job, f, &dirs) {
+                                if let Err(e) = finalize(job, f, &dirs, opts.sync) {
                                     fail(job, e.to_string());
                                 }
                             }
@@ -831,14 +841,16 @@ pub fn restore(
             .with_context(|| format!("cannot set metadata of {}", s.path.display()))?;
         report.dirs += 1;
     }
-    // Everything written, renamed and removed reaches the disk before restore reports
-    // success (and before `restore --pgdata` writes recovery.signal).
-    safefs::sync_fs(dirs.root().as_fd()).with_context(|| {
-        format!(
-            "cannot flush the restored files in {} to disk",
-            opts.target.display()
-        )
-    })?;
+    // With `sync`, everything written, renamed and removed reaches the disk before restore
+    // reports success (and before `restore --pgdata` writes recovery.signal).
+    if opts.sync {
+        safefs::sync_fs(dirs.root().as_fd()).with_context(|| {
+            format!(
+                "cannot flush the restored files in {} to disk",
+                opts.target.display()
+            )
+        })?;
+    }
     report.errors = errors.into_inner().unwrap();
     if !report.errors.is_empty() {
         let (kind, why) = if damaged.load(Ordering::SeqCst) {

@@ -3,6 +3,8 @@
 //! once the folder holding it was synced after it appeared; these tests watch the system
 //! calls of a real run (strace) and require that order.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ enum Call {
     Sync(PathBuf),
     /// link or rename to a new name.
     Name(PathBuf),
+    /// syncfs of the file system holding this file or folder.
+    SyncFs(PathBuf),
 }
 
 /// The quoted path after `prefix` in `line`, or the path inside `<…>` for a fd argument.
@@ -25,16 +29,12 @@ fn quoted(s: &str) -> Vec<PathBuf> {
 /// Run coffer under strace with `envs` (nothing else of ours inherited); the calls it
 /// made that succeeded, in order.
 fn traced(log: &Path, envs: &[(&str, &Path)], args: &[&str]) -> Vec<Call> {
-    let strace = ["/usr/bin/strace", "/bin/strace"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("strace is missing: install it (scripts/test does on Debian)");
-    let mut cmd = std::process::Command::new(strace);
+    let mut cmd = std::process::Command::new(common::strace::binary());
     cmd.args(["-f", "-y", "-qq", "-s", "4096", "-o"])
         .arg(log)
         .args([
             "-e",
-            "trace=mkdir,mkdirat,fsync,fdatasync,link,linkat,rename,renameat,renameat2",
+            "trace=mkdir,mkdirat,fsync,fdatasync,syncfs,link,linkat,rename,renameat,renameat2",
         ])
         .arg(assert_cmd::cargo::cargo_bin("coffer"))
         .args(args);
@@ -54,25 +54,36 @@ fn traced(log: &Path, envs: &[(&str, &Path)], args: &[&str]) -> Vec<Call> {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut calls = Vec::new();
-    for line in fs::read_to_string(log).unwrap().lines() {
-        // "PID call(args) = result"
+    for line in common::strace::completed_calls(&fs::read_to_string(log).unwrap()) {
+        // "PID call(args) = 0"
         let Some((_, rest)) = line.split_once(' ') else {
             continue;
         };
-        let Some((call, args)) = rest.trim_start().split_once('(') else {
+        let Some((call, args)) = rest.split_once('(') else {
             continue;
         };
-        if !line.trim_end().ends_with("= 0") {
-            continue;
-        }
+        let line = line.as_str();
+        let fd_path = || {
+            let fd = args.split_once('<').and_then(|(_, p)| p.split_once('>'));
+            PathBuf::from(fd.expect(line).0)
+        };
         match call {
             "mkdir" | "mkdirat" => calls.push(Call::Mkdir(quoted(args).remove(0))),
-            "fsync" | "fdatasync" => {
-                let fd = args.split_once('<').and_then(|(_, p)| p.split_once('>'));
-                calls.push(Call::Sync(PathBuf::from(fd.expect(line).0)));
-            }
+            "fsync" | "fdatasync" => calls.push(Call::Sync(fd_path())),
+            "syncfs" => calls.push(Call::SyncFs(fd_path())),
             "link" | "linkat" | "rename" | "renameat" | "renameat2" => {
-                calls.push(Call::Name(quoted(args).pop().expect(line)))
+                // A name relative to a directory descriptor (…at calls) is joined to the
+                // directory's path, which -y prints as `FD<PATH>` before it.
+                let name = quoted(args).pop().expect(line);
+                let before = &args[..args.rfind('"').and_then(|e| args[..e].rfind('"')).unwrap()];
+                let dir = before
+                    .rsplit_once('<')
+                    .and_then(|(_, p)| p.split_once('>'))
+                    .map(|(p, _)| PathBuf::from(p));
+                calls.push(Call::Name(match dir {
+                    Some(d) if name.is_relative() => d.join(name),
+                    _ => name,
+                }))
             }
             _ => {}
         }
@@ -175,4 +186,64 @@ fn a_new_local_repository_is_durable_down_to_its_parent() {
             p.display()
         );
     }
+}
+
+/// `restore --sync` exits only after a syncfs of the target's file system that follows the
+/// last file it named there; a plain restore leaves write-back to the kernel.
+#[test]
+fn restore_with_sync_flushes_what_it_wrote_before_it_exits() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().canonicalize().unwrap();
+    let src = root.join("src");
+    common::make_tree(&src);
+    let repo = root.join("repo");
+    let pw = root.join("pw");
+    fs::write(&pw, "correct horse\n").unwrap();
+    let envs = [
+        ("COFFER_REPO", repo.as_path()),
+        ("COFFER_PASSWORD_FILE", &pw),
+    ];
+    traced(&root.join("init.log"), &envs, &["init", "--pack-size", "4"]);
+    traced(
+        &root.join("backup.log"),
+        &envs,
+        &["backup", src.to_str().unwrap()],
+    );
+
+    let target = root.join("synced");
+    let calls = traced(
+        &root.join("restore.log"),
+        &envs,
+        &[
+            "restore",
+            "latest",
+            "--sync",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    common::assert_same_tree(&src, &common::restored(&target, &src));
+    let last_named = calls
+        .iter()
+        .rposition(|c| matches!(c, Call::Name(p) if p.starts_with(&target)))
+        .unwrap_or_else(|| panic!("no file was named in {}: {calls:#?}", target.display()));
+    assert!(
+        calls[last_named..]
+            .iter()
+            .any(|c| matches!(c, Call::SyncFs(p) if p.starts_with(&target))),
+        "no syncfs of {} after the last file was named: {calls:#?}",
+        target.display()
+    );
+
+    let plain = root.join("plain");
+    let calls = traced(
+        &root.join("plain.log"),
+        &envs,
+        &["restore", "latest", "--target", plain.to_str().unwrap()],
+    );
+    common::assert_same_tree(&src, &common::restored(&plain, &src));
+    assert!(
+        !calls.iter().any(|c| matches!(c, Call::SyncFs(_))),
+        "a plain restore synced: {calls:#?}"
+    );
 }

@@ -1079,3 +1079,78 @@ fn pgdata_restore_never_writes_through_links_planted_in_the_target() {
     let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
     assert_eq!(markers(&r), [1]);
 }
+
+/// `restore --pgdata` makes every restored file durable (a syncfs of the data directory's
+/// file system) and flushes the directory before `recovery.signal` gets its name, and
+/// flushes the directory again after, so a data directory that has the signal is complete
+/// even after a power failure. Watched with strace.
+#[test]
+fn pgdata_restore_is_durable_before_recovery_signal_appears() {
+    let a = Archived::new();
+    a.base_backup();
+    a.archive_all();
+    let dir = a.holder.path().canonicalize().unwrap().join("traced");
+    let log = a.holder.path().join("restore.strace");
+    let mut c = std::process::Command::new(common::strace::binary());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("COFFER_") || k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    let out = c
+        .env("COFFER_HOME", a.holder.path().join("home"))
+        .env("COFFER_REPO", &a.repo)
+        .env("COFFER_PASSWORD_FILE", &a.pwfile)
+        .args(["-f", "-y", "-qq", "-o"])
+        .arg(&log)
+        .args([
+            "-e",
+            "trace=fsync,fdatasync,syncfs,rename,renameat,renameat2",
+        ])
+        .arg(assert_cmd::cargo::cargo_bin("coffer"))
+        .args([
+            "restore",
+            "--target-immediate",
+            "--target-action",
+            "promote",
+            "--pgdata",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let calls = common::strace::completed_calls(&std::fs::read_to_string(&log).unwrap());
+    let at_dir = format!("<{}>", dir.display());
+    let signal = calls
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("\"recovery.signal\""))
+        .unwrap_or_else(|| panic!("recovery.signal was not renamed into place:\n{calls:#?}"));
+    let synced_fs = calls[..signal]
+        .iter()
+        .rposition(|l| l.contains("syncfs(") && l.contains(&dir.display().to_string()))
+        .unwrap_or_else(|| panic!("no syncfs of {at_dir} before recovery.signal:\n{calls:#?}"));
+    // Every restored file was named before that syncfs (pg_control last of all).
+    let last_file = calls[..signal]
+        .iter()
+        .rposition(|l| l.contains("rename") && l.contains("\"pg_control\""))
+        .expect("pg_control was not renamed into place");
+    assert!(
+        last_file < synced_fs,
+        "pg_control named after the syncfs:\n{calls:#?}"
+    );
+    assert!(
+        calls[synced_fs..signal]
+            .iter()
+            .any(|l| l.contains("fsync(") && l.contains(&at_dir)),
+        "{at_dir} was not flushed before recovery.signal:\n{calls:#?}"
+    );
+    assert!(
+        calls[signal..]
+            .iter()
+            .any(|l| l.contains("fsync(") && l.contains(&at_dir)),
+        "{at_dir} was not flushed after recovery.signal:\n{calls:#?}"
+    );
+    let recovered = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
+    assert_eq!(recovered.psql("postgres", "SELECT 1"), "1");
+}

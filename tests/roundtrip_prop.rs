@@ -123,7 +123,7 @@ proptest! {
         let tree_of = |s| coffer::restore::find_node(&repo, &index, s, src_str).unwrap().subtree;
         prop_assert_eq!(tree_of(&snap2), tree_of(&snap));
         let target = t.path().join("out");
-        restore(&repo, &index, &snap, &RestoreOptions { target: target.clone(), includes: vec![], tree: None, delta: false }, &Progress::hidden()).unwrap();
+        restore(&repo, &index, &snap, &RestoreOptions { target: target.clone(), includes: vec![], tree: None, delta: false, sync: false }, &Progress::hidden()).unwrap();
         common::assert_same_tree(&src, &common::restored(&target, &src));
     }
 }

@@ -582,12 +582,7 @@ fn prefetched_segments_are_durable_and_checked_before_use() {
     // Fetch the first with two ahead, under strace: every file is flushed (fdatasync)
     // before it is renamed into place, and the directory is flushed after.
     let trace = env.path("strace.out");
-    let strace = Path::new("/usr/bin/strace");
-    assert!(
-        strace.exists(),
-        "strace is needed for this test (scripts/test installs it)"
-    );
-    let out = std_cmd(&env, strace)
+    let out = std_cmd(&env, common::strace::binary())
         .args(["-f", "-y", "-qq", "-o"])
         .arg(&trace)
         .args(["-e", "trace=fsync,fdatasync,rename,renameat,renameat2"])
@@ -599,26 +594,7 @@ fn prefetched_segments_are_durable_and_checked_before_use() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == bytes[0]);
     let log = std::fs::read_to_string(&trace).unwrap();
-    // Threads interleave: strace splits a call another thread interrupts into
-    // "PID call(args <unfinished ...>" and "PID <... call resumed>) = 0". Join them, in the
-    // order the calls completed.
-    let mut pending = std::collections::HashMap::new();
-    let mut calls: Vec<String> = Vec::new();
-    for l in log.lines() {
-        let (pid, rest) = l.split_once(' ').unwrap_or(("", l));
-        let rest = rest.trim_start();
-        if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
-            pending.insert(pid, head);
-        } else if rest.starts_with("<... ") {
-            if let Some(head) = pending.remove(pid) {
-                let tail = rest.split_once("resumed>").map_or("", |(_, t)| t);
-                calls.push(format!("{pid} {head}{tail}"));
-            }
-        } else {
-            calls.push(l.to_string());
-        }
-    }
-    calls.retain(|l| l.ends_with("= 0"));
+    let calls = common::strace::completed_calls(&log);
     for target in [&dest, &prefetch.join(&names[1]), &prefetch.join(&names[2])] {
         let t = format!("\"{}\"", target.display());
         let at = calls

@@ -204,6 +204,10 @@ pub struct RestoreArgs {
     /// does not hold is removed
     #[arg(long, conflicts_with = "to_postgres")]
     pub delta: bool,
+    /// With --target: exit only once everything restored is on disk (write-back started
+    /// file by file, one syncfs at the end); --pgdata always does this
+    #[arg(long, requires = "target")]
+    pub sync: bool,
     /// With --pgdata: restore a tablespace (by name or OID) to DIR instead of its original
     /// location (repeatable)
     #[arg(long, value_name = "NAME=DIR", requires = "pgdata", value_parser = parse_tablespace_map)]

@@ -342,6 +342,7 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
             includes: a.includes.clone(),
             tree: None,
             delta: a.delta,
+            sync: a.sync,
         },
         &p,
     );

@@ -4,6 +4,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod strace;
 pub mod tls;
 
 use assert_cmd::Command;

@@ -685,6 +685,7 @@ pub fn restore_pitr(
             includes: vec![],
             tree: pg_node.subtree,
             delta: opts.delta,
+            sync: true,
         },
         progress,
     )?;
@@ -699,6 +700,7 @@ pub fn restore_pitr(
                 includes: vec![],
                 tree: node.subtree,
                 delta: opts.delta,
+                sync: true,
             },
             progress,
         )?;
