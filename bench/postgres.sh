@@ -176,12 +176,14 @@ PG_VERSION=$(psql -d bench -XAtq -c "SHOW server_version" | cut -d' ' -f1)
 # fingerprint DB : row count and hash sum of every table, and the number of indexes
 fingerprint() {
   psql -d "$1" -XAtq -v ON_ERROR_STOP=1 <<'SQL'
+SELECT * FROM (
 SELECT 'accounts', count(*), sum(hashtext(t::text)::bigint) FROM pgbench_accounts t
 UNION ALL SELECT 'branches', count(*), sum(hashtext(t::text)::bigint) FROM pgbench_branches t
 UNION ALL SELECT 'tellers', count(*), sum(hashtext(t::text)::bigint) FROM pgbench_tellers t
 UNION ALL SELECT 'history', count(*), sum(hashtext(t::text)::bigint) FROM pgbench_history t
 UNION ALL SELECT 'events', count(*), sum(hashtext(t::text)::bigint) FROM events t
-UNION ALL SELECT 'indexes', count(*), NULL FROM pg_indexes WHERE schemaname = 'public';
+UNION ALL SELECT 'indexes', count(*), NULL FROM pg_indexes WHERE schemaname = 'public'
+) f ORDER BY 1;  -- the order of UNION ALL's rows is not guaranteed (parallel append)
 SQL
 }
 echo "warming up (one pg_dump) and making the pg_restore source (pg_dump -Fc)" >&2
@@ -220,7 +222,8 @@ restore_into() {
     run "coffer_restore.j$jobs" "$COFFER" restore latest --to-postgres "$URL/$db" --yes --no-safety-backup "${jobarg[@]}"
   fi
   if [ "$r" = 1 ] && [ "$(fingerprint "$db")" != "$FP_BENCH" ]; then
-    echo "$tool --jobs $jobs restored different data into $db" >&2; exit 1
+    echo "$tool --jobs $jobs restored different data into $db:" >&2
+    diff <(echo "$FP_BENCH") <(fingerprint "$db") >&2; exit 1
   fi
   psql -d postgres -Xq -c "DROP DATABASE $db WITH (FORCE)" >/dev/null
 }
