@@ -15,7 +15,7 @@
 //! seconds; `PROPTEST_CASES=100000 cargo test --lib fuzz::` runs a longer campaign.
 
 use crate::backend::{Backend, FileKind, LocalBackend};
-use crate::crypto::compress;
+use crate::repo::crypto::compress;
 use crate::repo::index::{IndexFile, IndexPack};
 use crate::repo::keys::KdfParams;
 use crate::repo::lock::LockInfo;

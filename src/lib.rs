@@ -17,20 +17,16 @@
 //! library and prints. The on-disk format and its crash stories are in `docs/FORMAT.md`.
 
 pub mod backend;
-pub mod chunker;
 pub mod config;
-pub mod crypto;
 pub mod error;
 pub mod fsutil;
 #[cfg(test)]
 mod fuzz;
-pub mod id;
 pub mod progress;
 pub mod redact;
 pub mod repo;
-pub mod restore;
 pub mod safefs;
 pub mod sources;
 
 pub use error::{Error, ErrorKind};
-pub use id::Id;
+pub use repo::id::Id;

@@ -7,7 +7,7 @@
 mod common;
 
 use coffer::backend::{Backend, FileKind, LocalBackend};
-use coffer::crypto::compress;
+use coffer::repo::crypto::compress;
 use coffer::repo::index::MasterIndex;
 use coffer::repo::pack::BlobType;
 use coffer::repo::saver::BlobSaver;

@@ -6,8 +6,8 @@ mod common;
 use coffer::backend::{Backend, LocalBackend};
 use coffer::progress::Progress;
 use coffer::repo::keys::KdfParams;
+use coffer::repo::restore::{restore, RestoreOptions};
 use coffer::repo::{InitOptions, Repository};
-use coffer::restore::{restore, RestoreOptions};
 use coffer::sources::files::{backup_files, FilesOptions};
 use proptest::prelude::*;
 use std::fs;
@@ -120,7 +120,7 @@ proptest! {
         let snap2 = backup_files(repo.clone(), &opts, &Progress::hidden()).unwrap();
         let index = repo.load_index().unwrap();
         let src_str = src.to_str().unwrap();
-        let tree_of = |s| coffer::restore::find_node(&repo, &index, s, src_str).unwrap().subtree;
+        let tree_of = |s| coffer::repo::restore::find_node(&repo, &index, s, src_str).unwrap().subtree;
         prop_assert_eq!(tree_of(&snap2), tree_of(&snap));
         let target = t.path().join("out");
         restore(&repo, &index, &snap, &RestoreOptions { target: target.clone(), includes: vec![], tree: None, delta: false, sync: false }, &Progress::hidden()).unwrap();

@@ -6,12 +6,12 @@
 //! subset of packs), each pack is downloaded, its hash compared with its name, and every
 //! blob decrypted and re-hashed. Damaged packs are named with the snapshots that need them.
 
+use super::id::Id;
 use super::index::{IndexFile, MasterIndex};
 use super::pack::parse_pack;
 use super::tree::NodeKind;
 use super::{snapshot::Snapshot, Repository};
 use crate::backend::FileKind;
-use crate::id::Id;
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -187,7 +187,7 @@ mod tests {
         let mut plain = (wal::ARCHIVE_INFO.len() as u16).to_le_bytes().to_vec();
         plain.extend_from_slice(wal::ARCHIVE_INFO.as_bytes());
         plain.extend_from_slice(&data);
-        let enc = crate::crypto::compress::Compressor::new(1).encode(&plain);
+        let enc = crate::repo::crypto::compress::Compressor::new(1).encode(&plain);
         backend
             .write(
                 FileKind::Wal,

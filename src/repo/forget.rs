@@ -198,7 +198,7 @@ pub fn remove(lock: &ExclusiveLock, snapshots: &[Snapshot]) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Id;
+    use crate::repo::id::Id;
 
     fn snap(t: &str) -> Snapshot {
         Snapshot {

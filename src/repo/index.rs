@@ -6,8 +6,8 @@
 //! is harmless. The index can be rebuilt from the pack headers alone (`coffer check`
 //! reports packs that no index lists; `prune` removes them).
 
+use super::id::Id;
 use super::pack::{BlobType, PackEntry};
-use crate::id::Id;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

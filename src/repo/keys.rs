@@ -8,9 +8,9 @@
 //! `kind` is `"passphrase"`. The value `"recipient"` is reserved for a later public-key
 //! mode in which a backup host holds a key that can write but not read (see FORMAT.md).
 
-use crate::crypto::{b64vec, MasterKey, WrappingKey};
+use super::crypto::{b64vec, MasterKey, WrappingKey};
+use super::id::Id;
 use crate::error::{Error, ErrorKind};
-use crate::id::Id;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use rand::RngCore;

@@ -12,22 +12,26 @@
 //! ```
 
 pub mod check;
+pub mod chunker;
+pub mod crypto;
 pub mod features;
 pub mod forget;
+pub mod id;
 pub mod index;
 pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod prune;
+pub mod restore;
 pub mod saver;
 pub mod snapshot;
 pub mod tree;
 
 use crate::backend::{self, Backend, FileKind};
-use crate::crypto::{compress, MasterKey};
 use crate::error::{Error, ErrorKind};
-use crate::id::Id;
 use anyhow::{Context, Result};
+use crypto::{compress, MasterKey};
+use id::Id;
 use index::{IndexFile, MasterIndex};
 use keys::{KdfParams, KeyFile};
 use pack::BlobType;

@@ -8,10 +8,10 @@
 //! follow from the order. A pack is named by the BLAKE3 hash of all its bytes, so storage
 //! corruption is detectable without the key, and the index can be rebuilt from the packs.
 
+use super::crypto::MasterKey;
+use super::id::Id;
 use crate::backend::{Backend, FileKind, Spool};
-use crate::crypto::MasterKey;
 use crate::error::Error;
-use crate::id::Id;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 

@@ -9,6 +9,7 @@
 //! A crash after step 2 leaves duplicate index entries (harmless); after step 3, packs in
 //! no index, which the next prune deletes. No step deletes anything a snapshot needs.
 
+use super::id::Id;
 use super::index::{IndexFile, IndexPack, MasterIndex};
 use super::lock::ExclusiveLock;
 use super::pack::parse_pack;
@@ -17,7 +18,6 @@ use super::tree::NodeKind;
 use super::Repository;
 use crate::backend::FileKind;
 use crate::error::Error;
-use crate::id::Id;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -13,12 +13,12 @@
 //! the end), which is what makes an interrupted backup reusable by the next one: what it loses
 //! is bounded by size on a fast link and by time on a slow one.
 
+use super::crypto::compress::{Compressor, Framed};
+use super::id::Id;
 use super::index::{IndexFile, IndexPack, MasterIndex};
 use super::pack::{BlobType, FinishedPack, PackWriter};
 use super::Repository;
 use crate::backend::FileKind;
-use crate::crypto::compress::{Compressor, Framed};
-use crate::id::Id;
 use anyhow::{anyhow, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashSet;

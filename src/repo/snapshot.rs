@@ -4,7 +4,7 @@
 //! Its name is the BLAKE3 hash of its stored bytes.
 
 use super::features::Features;
-use crate::id::Id;
+use super::id::Id;
 use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,7 @@
 //! hash of that JSON, so an unchanged directory produces the same tree blob and costs
 //! nothing in the next backup.
 
-use crate::id::Id;
+use super::id::Id;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

@@ -9,10 +9,10 @@
 //! snapshot is written.
 
 use super::{commit, CommonOptions, Finished, Session};
-use crate::chunker::Chunker;
 use crate::error::{Error, ErrorKind};
-use crate::id::Id;
 use crate::progress::Progress;
+use crate::repo::chunker::Chunker;
+use crate::repo::id::Id;
 use crate::repo::pack::BlobType;
 use crate::repo::saver::PendingId;
 use crate::repo::snapshot::{Snapshot, SourceInfo};

@@ -15,7 +15,7 @@ pub mod walverify;
 
 use crate::backend::FileKind;
 use crate::error::{Error, ErrorKind};
-use crate::id::Id;
+use crate::repo::id::Id;
 use crate::repo::index::MasterIndex;
 use crate::repo::saver::BlobSaver;
 use crate::repo::snapshot::{Snapshot, SourceInfo, Summary};

@@ -1,9 +1,9 @@
 //! Byte streams: stdin today; pg_dump, Redis and command output build on this.
 
 use super::{commit, CommonOptions, Finished, Session};
-use crate::chunker::Chunker;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
+use crate::repo::chunker::Chunker;
 use crate::repo::pack::BlobType;
 use crate::repo::saver::BlobSaver;
 use crate::repo::snapshot::{Snapshot, SourceInfo};

@@ -12,8 +12,8 @@
 //! again only with identical content.
 
 use crate::backend::{is_not_found, FileKind};
-use crate::crypto::compress;
 use crate::error::{Error, ErrorKind};
+use crate::repo::crypto::compress;
 use crate::repo::features::{self, Features};
 use crate::repo::Repository;
 use anyhow::{Context as _, Result};

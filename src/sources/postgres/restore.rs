@@ -195,7 +195,7 @@ fn spool(
         .with_context(|| format!("cannot create a spool file in {}", dir.display()))?;
     progress.set_message("reading and verifying the dump");
     let mut out = BufWriter::with_capacity(1 << 20, file.as_file());
-    crate::restore::dump(repo, index, snap, path, &mut out).map_err(|e| {
+    crate::repo::restore::dump(repo, index, snap, path, &mut out).map_err(|e| {
         if crate::error::kind_of(&e) == ErrorKind::Other {
             e.context(format!(
                 "writing the dump to the spool file in {} failed (use --spool-dir for a \

@@ -6,8 +6,8 @@
 //! Blob identifiers are BLAKE3 keyed with a second secret key, so the storage provider
 //! cannot confirm that a known file is in the repository by hashing it.
 
+use super::id::Id;
 use crate::error::Error;
-use crate::id::Id;
 use aws_lc_rs::aead;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};

@@ -14,10 +14,10 @@
 //! when it is complete and the target's file system is synced once at the end (`syncfs`),
 //! not file by file.
 
+use super::crypto::compress;
+use super::id::Id;
 use crate::backend::FileKind;
-use crate::crypto::compress;
 use crate::error::{Error, ErrorKind};
-use crate::id::Id;
 use crate::progress::Progress;
 use crate::repo::index::MasterIndex;
 use crate::repo::snapshot::Snapshot;

@@ -1,6 +1,6 @@
 //! Content-defined chunking (FastCDC 2020 with a secret gear seed).
 
-use crate::crypto::compress::Framed;
+use super::crypto::compress::Framed;
 use crate::repo::ChunkerParams;
 use std::io::Read;
 
