@@ -409,12 +409,12 @@ fn wal_objects() {
     let mut valid = (name.len() as u16).to_le_bytes().to_vec();
     valid.extend_from_slice(name.as_bytes());
     valid.extend_from_slice(&[0xd1, 0x10, 7, 0, 1, 0, 0, 0]);
-    let object = crate::sources::wal::object_name(name);
+    let object = crate::sources::postgres::wal::archive::object_name(name);
     runner()
         .run(&input(valid), |bytes| {
             for stored in layers(&f, &bytes) {
                 f.backend.write(FileKind::Wal, &object, &stored).unwrap();
-                let r = watched(|| crate::sources::wal::read(&f.repo, name))?;
+                let r = watched(|| crate::sources::postgres::wal::archive::read(&f.repo, name))?;
                 // Only an object that names this very file is accepted.
                 if let Ok(Some(data)) = r {
                     prop_assert!(bytes.len() >= 2 + name.len() + data.len());

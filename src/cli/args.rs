@@ -399,7 +399,7 @@ pub enum WalHoldCommand {
 }
 
 fn parse_hold_id(s: &str) -> Result<String, String> {
-    if coffer::sources::walhold::valid_id(s) {
+    if coffer::sources::postgres::wal::hold::valid_id(s) {
         Ok(s.to_string())
     } else {
         Err(format!(

@@ -14,11 +14,12 @@ use coffer::repo::restore::{self, RestoreOptions};
 use coffer::repo::tree::NodeKind;
 use coffer::repo::{prune, walk_tree, Repository};
 use coffer::sources::files::{backup_files, FilesOptions};
-use coffer::sources::postgres::physical::{backup_physical, base_backup_info, PhysicalOptions};
+use coffer::sources::postgres::basebackup::base_backup_info;
+use coffer::sources::postgres::physical::{backup_physical, PhysicalOptions};
 use coffer::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
+use coffer::sources::postgres::wal;
 use coffer::sources::postgres::{backup_postgres, DumpInfo, DumpSplit, PostgresOptions};
 use coffer::sources::stream::backup_stream;
-use coffer::sources::wal;
 use coffer::sources::CommonOptions;
 use serde_json::json;
 use std::io::Write;
@@ -443,7 +444,7 @@ fn restore_pgdata(
     let target = if let Some(t) = &a.target_time {
         Target::Time(parse_target_time(t)?)
     } else if let Some(l) = &a.target_lsn {
-        Target::Lsn(coffer::sources::wal::parse_lsn(l).ok_or_else(|| {
+        Target::Lsn(wal::archive::parse_lsn(l).ok_or_else(|| {
             Error::usage(format!("--target-lsn {l:?} is not an LSN (e.g. 0/3000060)"))
         })?)
     } else if let Some(x) = &a.target_xid {
@@ -520,7 +521,7 @@ fn restore_pgdata(
         "start PostgreSQL on {} to recover; then delete {}/{} (it can read the repository)",
         dir.display(),
         dir.display(),
-        coffer::sources::postgres::pitr::RECOVERY_CONFIG
+        coffer::sources::postgres::basebackup::RECOVERY_CONFIG
     ));
     Ok(())
 }
@@ -958,9 +959,8 @@ fn wal_retention(
     kept: &[coffer::repo::snapshot::Snapshot],
     lock: Option<&ExclusiveLock>,
 ) -> Result<serde_json::Value> {
-    use coffer::sources::walretention;
-    let plan = walretention::plan(repo, kept)?;
-    let hold_json = |h: &coffer::sources::walhold::Hold| {
+    let plan = wal::retention::plan(repo, kept)?;
+    let hold_json = |h: &wal::hold::Hold| {
         json!({"id": h.id, "purpose": h.purpose, "host": h.host, "start_wal": h.start_wal,
                "refreshed": h.refreshed, "expires": h.expires()})
     };
@@ -1013,7 +1013,7 @@ fn wal_retention(
             ctx.say(&format!("WAL archive: {why}"));
         }
         if let Some(lock) = lock {
-            walretention::apply(lock, &plan)?;
+            wal::retention::apply(lock, &plan)?;
         }
         return Ok(report);
     }
@@ -1035,7 +1035,7 @@ fn wal_retention(
             plan.kept
         ));
         if let Some(lock) = lock {
-            walretention::apply(lock, &plan)?;
+            wal::retention::apply(lock, &plan)?;
         }
         return Ok(report);
     }
@@ -1050,7 +1050,7 @@ fn wal_retention(
         for f in plan
             .remove
             .iter()
-            .filter(|f| f.kind == wal::WalFileKind::Segment)
+            .filter(|f| f.kind == wal::archive::WalFileKind::Segment)
         {
             let r = runs.entry(f.timeline).or_default();
             match r.last_mut() {
@@ -1064,8 +1064,8 @@ fn wal_retention(
                 ctx.say(&format!(
                     "  {}",
                     segment_run(
-                        &wal::segment_name(*tli, *a, seg),
-                        &wal::segment_name(*tli, *z, seg),
+                        &wal::archive::segment_name(*tli, *a, seg),
+                        &wal::archive::segment_name(*tli, *z, seg),
                         z - a + 1
                     )
                 ));
@@ -1074,13 +1074,13 @@ fn wal_retention(
         for f in plan
             .remove
             .iter()
-            .filter(|f| f.kind != wal::WalFileKind::Segment)
+            .filter(|f| f.kind != wal::archive::WalFileKind::Segment)
         {
             ctx.say(&format!("  {}", f.name));
         }
         return Ok(report);
     };
-    let (n, bytes) = walretention::apply(lock, &plan)?;
+    let (n, bytes) = wal::retention::apply(lock, &plan)?;
     ctx.say(&format!(
         "WAL archive: removed {n} file(s), {}, {from}; {} file(s) kept",
         mib(bytes),
@@ -1225,12 +1225,12 @@ pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
 }
 
 pub fn wal_push(ctx: &Context, a: &WalPushArgs) -> Result<()> {
-    if wal::take_marker(&a.path) {
+    if wal::push::take_marker(&a.path) {
         // Pushed ahead by an earlier call, durably.
         return Ok(());
     }
     let repo = ctx.open()?;
-    let n = wal::push_with_ahead(&repo, &a.path, a.jobs as usize)?;
+    let n = wal::push::push_with_ahead(&repo, &a.path, a.jobs as usize)?;
     if ctx.verbose() {
         ctx.say(&format!(
             "archived {} ({n} file(s) in this call)",
@@ -1242,16 +1242,16 @@ pub fn wal_push(ctx: &Context, a: &WalPushArgs) -> Result<()> {
 
 pub fn wal_fetch(ctx: &Context, a: &WalFetchArgs) -> Result<()> {
     // A segment prefetched by an earlier call needs no repository (no key derivation).
-    if wal::take_prefetched(&a.name, &a.dest)? {
+    if wal::fetch::take_prefetched(&a.name, &a.dest)? {
         refresh_hold(ctx, a, None);
         return Ok(());
     }
     let repo = ctx.open()?;
-    let fetched = wal::fetch(&repo, &a.name, &a.dest, a.prefetch as usize);
+    let fetched = wal::fetch::fetch(&repo, &a.name, &a.dest, a.prefetch as usize);
     refresh_hold(ctx, a, Some(&repo));
     match fetched? {
-        wal::Fetched::Written => Ok(()),
-        wal::Fetched::NotArchived => {
+        wal::fetch::Fetched::Written => Ok(()),
+        wal::fetch::Fetched::NotArchived => {
             if ctx.verbose() {
                 ctx.say(&format!("{} is not in the archive", a.name));
             }
@@ -1265,12 +1265,11 @@ pub fn wal_fetch(ctx: &Context, a: &WalFetchArgs) -> Result<()> {
 /// (or its absence established) correctly, and failing the fetch would stop a recovery that
 /// can succeed, for the sake of protection against a `forget` that may never come.
 fn refresh_hold(ctx: &Context, a: &WalFetchArgs, repo: Option<&Repository>) {
-    use coffer::sources::walhold;
     let Some(id) = &a.hold else {
         return;
     };
-    let stamp = walhold::stamp_path(&wal::prefetch_dir(&a.dest), id);
-    if !walhold::refresh_due(&stamp) {
+    let stamp = wal::hold::stamp_path(&wal::fetch::prefetch_dir(&a.dest), id);
+    if !wal::hold::refresh_due(&stamp) {
         return;
     }
     let opened;
@@ -1287,7 +1286,7 @@ fn refresh_hold(ctx: &Context, a: &WalFetchArgs, repo: Option<&Repository>) {
             }
         },
     };
-    match walhold::refresh(repo, id) {
+    match wal::hold::refresh(repo, id) {
         Ok(Some(_)) => {}
         Ok(None) => tracing::warn!(
             "WAL hold {id} no longer exists (released, or expired and removed by forget): \
@@ -1295,27 +1294,26 @@ fn refresh_hold(ctx: &Context, a: &WalFetchArgs, repo: Option<&Repository>) {
         ),
         Err(e) => tracing::warn!("cannot refresh WAL hold {id}: {e:#}"),
     }
-    if let Err(e) = walhold::touch(&stamp) {
+    if let Err(e) = wal::hold::touch(&stamp) {
         tracing::warn!("{e:#}");
     }
 }
 
 pub fn wal_hold(ctx: &Context, c: &WalHoldCommand) -> Result<()> {
-    use coffer::sources::walhold;
     let repo = ctx.open()?;
     match c {
         WalHoldCommand::List { json: as_json } => {
             let now = chrono::Local::now().fixed_offset();
-            let holds = walhold::list(&repo)?;
+            let holds = wal::hold::list(&repo)?;
             if *as_json {
                 let v: Vec<serde_json::Value> = holds
                     .iter()
                     .map(|l| match l {
-                        walhold::Listed::Hold(h) => json!({"id": h.id, "purpose": h.purpose,
+                        wal::hold::Listed::Hold(h) => json!({"id": h.id, "purpose": h.purpose,
                             "host": h.host, "start_wal": h.start_wal, "snapshot": h.snapshot,
                             "created": h.created, "refreshed": h.refreshed,
                             "expires": h.expires(), "expired": h.expired(now)}),
-                        walhold::Listed::Unreadable { id, error } => {
+                        wal::hold::Listed::Unreadable { id, error } => {
                             json!({"id": id, "error": error})
                         }
                     })
@@ -1326,7 +1324,7 @@ pub fn wal_hold(ctx: &Context, c: &WalHoldCommand) -> Result<()> {
             let mut out = std::io::stdout().lock();
             for l in &holds {
                 match l {
-                    walhold::Listed::Hold(h) => writeln!(
+                    wal::hold::Listed::Hold(h) => writeln!(
                         out,
                         "{}  from {}  {} on {}  last used {}  {} {}",
                         h.id,
@@ -1339,7 +1337,7 @@ pub fn wal_hold(ctx: &Context, c: &WalHoldCommand) -> Result<()> {
                             .map(|e| e.to_rfc3339())
                             .unwrap_or_else(|| "never".into())
                     )?,
-                    walhold::Listed::Unreadable { id, error } => {
+                    wal::hold::Listed::Unreadable { id, error } => {
                         writeln!(out, "{id}  unreadable: {error}")?
                     }
                 }
@@ -1351,8 +1349,8 @@ pub fn wal_hold(ctx: &Context, c: &WalHoldCommand) -> Result<()> {
         }
         WalHoldCommand::Release { ids } => {
             for prefix in ids {
-                let id = walhold::find(&repo, prefix)?;
-                walhold::release(&repo, &id)?;
+                let id = wal::hold::find(&repo, prefix)?;
+                wal::hold::release(&repo, &id)?;
                 ctx.say(&format!("released WAL hold {id}"));
             }
             Ok(())
@@ -1368,7 +1366,7 @@ fn segment_run(first: &str, last: &str, count: u64) -> String {
     }
 }
 
-fn window_text(w: &coffer::sources::walverify::Window) -> String {
+fn window_text(w: &wal::verify::Window) -> String {
     let latest_time = match w.latest_archived_at {
         Some(t) => format!(
             "archived {}; the last commit in it is no later",
@@ -1388,10 +1386,9 @@ fn window_text(w: &coffer::sources::walverify::Window) -> String {
 }
 
 pub fn wal_verify(ctx: &Context, a: &WalVerifyArgs) -> Result<()> {
-    use coffer::sources::walverify;
     let repo = ctx.open()?;
     let _lock = Lock::shared(&repo, "wal-verify")?;
-    let r = walverify::verify(&repo)?;
+    let r = wal::verify::verify(&repo)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -155,7 +155,7 @@ mod tests {
     fn the_wal_archive_record_declares_its_feature_and_is_checked() {
         use crate::backend::{Backend, FileKind, LocalBackend};
         use crate::repo::{keys::KdfParams, InitOptions, Repository};
-        use crate::sources::wal;
+        use crate::sources::postgres::wal::{archive, push};
         let t = tempfile::tempdir().unwrap();
         let backend = std::sync::Arc::new(LocalBackend::new(t.path().join("repo")));
         let opts = InitOptions {
@@ -170,32 +170,32 @@ mod tests {
         seg[24..32].copy_from_slice(&42u64.to_le_bytes());
         seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
         seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
-        wal::push_bytes(
+        push::push_bytes(
             &repo,
             "000000010000000000000001",
-            wal::WalFileKind::Segment,
+            archive::WalFileKind::Segment,
             &seg,
         )
         .unwrap();
-        let info = wal::archive_info(&repo).unwrap().unwrap();
+        let info = archive::archive_info(&repo).unwrap().unwrap();
         assert!(info.requires.contains(WAL_ARCHIVE), "{info:?}");
 
-        // The record as a newer coffer would write it (sealed as wal::seal_file does).
+        // The record as a newer coffer would write it (sealed as archive::seal_file does).
         let mut v = serde_json::to_value(&info).unwrap();
         v["requires"] = serde_json::json!({"wal-archive-v2": "0.7.0"});
         let data = serde_json::to_vec(&v).unwrap();
-        let mut plain = (wal::ARCHIVE_INFO.len() as u16).to_le_bytes().to_vec();
-        plain.extend_from_slice(wal::ARCHIVE_INFO.as_bytes());
+        let mut plain = (archive::ARCHIVE_INFO.len() as u16).to_le_bytes().to_vec();
+        plain.extend_from_slice(archive::ARCHIVE_INFO.as_bytes());
         plain.extend_from_slice(&data);
         let enc = crate::repo::crypto::compress::Compressor::new(1).encode(&plain);
         backend
             .write(
                 FileKind::Wal,
-                wal::ARCHIVE_INFO,
+                archive::ARCHIVE_INFO,
                 &repo.key.seal_encoded(enc),
             )
             .unwrap();
-        let e = wal::archive_info(&repo).unwrap_err();
+        let e = archive::archive_info(&repo).unwrap_err();
         assert_eq!(crate::error::kind_of(&e), ErrorKind::NeedsNewer, "{e:#}");
         assert!(
             e.to_string()

@@ -8,10 +8,6 @@
 pub mod files;
 pub mod postgres;
 pub mod stream;
-pub mod wal;
-pub mod walhold;
-pub mod walretention;
-pub mod walverify;
 
 use crate::backend::FileKind;
 use crate::error::{Error, ErrorKind};

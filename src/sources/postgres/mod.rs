@@ -13,13 +13,20 @@
 //! `--all-databases`, `globals.sql` (roles and tablespaces from `pg_dumpall
 //! --globals-only`). Each database has a [`SourceInfo`] of kind `postgres` whose
 //! metadata is a [`DumpInfo`].
+//!
+//! The rest of the PostgreSQL support is in the submodules: [`restore`] (logical restores),
+//! [`physical`] (base backups), [`basebackup`] (the record a base backup carries), [`pitr`]
+//! (point-in-time recovery), [`wal`] (the WAL archive), [`conn`] and [`tls`] (connections)
+//! and [`tools`] (finding and running the client programs).
 
+pub mod basebackup;
 pub mod conn;
 pub mod physical;
 pub mod pitr;
 pub mod restore;
 pub mod tls;
 pub mod tools;
+pub mod wal;
 
 use super::stream::{save_stream, save_stream_to};
 use super::{commit, CommonOptions, Finished, Session};

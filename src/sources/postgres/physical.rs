@@ -20,7 +20,12 @@
 //! was read is stored with inode 0, so the next backup reads it again: a file rewritten
 //! right after being read, within one timestamp tick, is never taken as unchanged.
 
+use super::basebackup::{
+    base_backup_info, BaseBackupInfo, TablespaceInfo, KIND_PHYSICAL, PGDATA, RECOVERY_CONFIG,
+    TABLESPACES,
+};
 use super::conn::PgTarget;
+use super::wal::archive;
 use super::{pg_err, ServerInfo};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
@@ -30,73 +35,12 @@ use crate::repo::snapshot::{Snapshot, SourceInfo};
 use crate::repo::tree::{Node, NodeKind, OsBytes, Tree};
 use crate::repo::Repository;
 use crate::sources::files::{meta_node, Archiver, EntryRules};
-use crate::sources::wal;
 use crate::sources::{commit, CommonOptions, Finished, Session};
 use anyhow::Result;
-use chrono::{DateTime, FixedOffset};
-use serde::{Deserialize, Serialize};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Source and snapshot kind of a physical base backup.
-pub const KIND_PHYSICAL: &str = "postgres-physical";
-/// The data directory in a base backup snapshot.
-pub const PGDATA: &str = "pgdata";
-/// Tablespace directories, by OID.
-pub const TABLESPACES: &str = "tablespaces";
-
-/// What a base backup's [`SourceInfo`] records.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BaseBackupInfo {
-    pub server: String,
-    pub server_version: String,
-    pub server_version_num: u32,
-    /// pg_control's system identifier (decimal string).
-    pub system_identifier: String,
-    pub timeline: u32,
-    pub start_lsn: String,
-    pub stop_lsn: String,
-    /// The first and last WAL segment the backup needs.
-    pub start_wal: String,
-    pub stop_wal: String,
-    pub wal_segment_size: u32,
-    pub data_directory: String,
-    pub label: String,
-    /// Just before `pg_backup_start`, and once `pg_backup_stop` returned.
-    pub started_at: DateTime<FixedOffset>,
-    pub stopped_at: DateTime<FixedOffset>,
-    #[serde(default)]
-    pub tablespaces: Vec<TablespaceInfo>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TablespaceInfo {
-    pub oid: u32,
-    pub name: String,
-    pub location: String,
-}
-
-impl BaseBackupInfo {
-    pub fn start(&self) -> u64 {
-        wal::parse_lsn(&self.start_lsn).unwrap_or(0)
-    }
-    pub fn stop(&self) -> u64 {
-        wal::parse_lsn(&self.stop_lsn).unwrap_or(0)
-    }
-}
-
-/// The base backup a snapshot holds, if it is one.
-pub fn base_backup_info(snap: &Snapshot) -> Option<BaseBackupInfo> {
-    snap.sources
-        .iter()
-        .find(|s| s.kind == KIND_PHYSICAL)
-        .and_then(|s| serde_json::from_value::<BaseBackupInfo>(s.metadata.clone()).ok())
-        // Segment arithmetic divides by the size: a record with an impossible one is
-        // unreadable, as a malformed one is.
-        .filter(|i| wal::valid_segment_size(i.wal_segment_size))
-}
 
 /// The server's `wal_segment_size` setting (bytes, as `pg_settings` gives it since
 /// PostgreSQL 11). An error, never a guess: with a wrong size every segment name and WAL
@@ -106,7 +50,7 @@ fn parse_segment_size(setting: &str) -> Result<u32> {
         .trim()
         .parse::<u32>()
         .ok()
-        .filter(|n| wal::valid_segment_size(*n))
+        .filter(|n| archive::valid_segment_size(*n))
         .ok_or_else(|| {
             source_err(format!(
                 "the server reports wal_segment_size = {setting:?}, which is not a WAL segment \
@@ -148,7 +92,7 @@ const ROOT_FILES: &[&str] = &[
     "backup_manifest",
     "recovery.signal",
     "standby.signal",
-    super::pitr::RECOVERY_CONFIG,
+    RECOVERY_CONFIG,
 ];
 
 struct PgRules {
@@ -359,7 +303,7 @@ pub fn backup_physical(
             target.server()
         )));
     }
-    if let Some(info) = wal::archive_info(&repo)? {
+    if let Some(info) = archive::archive_info(&repo)? {
         if info.system_identifier != sysid {
             return Err(source_err(format!(
                 "this repository's WAL archive belongs to cluster {}, not {sysid}; use another repository",
@@ -459,7 +403,7 @@ pub fn backup_physical(
     let stop_lsn_text: String = row.get(0);
     let labelfile: String = row.get(1);
     let spcmapfile: Option<String> = row.get(2);
-    let stop_lsn = wal::parse_lsn(&stop_lsn_text).ok_or_else(|| {
+    let stop_lsn = archive::parse_lsn(&stop_lsn_text).ok_or_else(|| {
         source_err(format!(
             "pg_backup_stop returned a bad LSN {stop_lsn_text:?}"
         ))
@@ -474,16 +418,16 @@ pub fn backup_physical(
         .next()
         .unwrap_or("")
         .to_string();
-    let start_lsn = wal::parse_lsn(&start_lsn_text)
+    let start_lsn = archive::parse_lsn(&start_lsn_text)
         .ok_or_else(|| source_err(format!("bad START WAL LOCATION {start_field:?}")))?;
     let start_segno = start_lsn / segment_size as u64;
     // The segment holding the last byte before the stop LSN.
     let stop_segno = stop_lsn.saturating_sub(1) / segment_size as u64;
-    let start_wal = wal::segment_name(timeline, start_segno, segment_size);
-    let stop_wal = wal::segment_name(timeline, stop_segno.max(start_segno), segment_size);
+    let start_wal = archive::segment_name(timeline, start_segno, segment_size);
+    let stop_wal = archive::segment_name(timeline, stop_segno.max(start_segno), segment_size);
 
     let needed: Vec<String> = (start_segno..=stop_segno.max(start_segno))
-        .map(|n| wal::segment_name(timeline, n, segment_size))
+        .map(|n| archive::segment_name(timeline, n, segment_size))
         .collect();
     wait_for_wal(&repo, needed, opts.archive_timeout, progress)?;
 
@@ -523,8 +467,8 @@ pub fn backup_physical(
         server_version_num: server.version_num,
         system_identifier: sysid,
         timeline,
-        start_lsn: wal::format_lsn(start_lsn),
-        stop_lsn: wal::format_lsn(stop_lsn),
+        start_lsn: archive::format_lsn(start_lsn),
+        stop_lsn: archive::format_lsn(stop_lsn),
         start_wal,
         stop_wal,
         wal_segment_size: segment_size,
@@ -569,7 +513,7 @@ fn wait_for_wal(
     loop {
         let mut still = Vec::new();
         for name in missing {
-            let obj = wal::object_name(&name);
+            let obj = archive::object_name(&name);
             if repo
                 .backend
                 .stat(crate::backend::FileKind::Wal, &obj)?

@@ -9,10 +9,15 @@
 //! (`coffer-recovery.toml`, 0600, left out of later base backups) and the target into
 //! `postgresql.auto.conf`. Starting PostgreSQL on DIR then recovers to the target.
 
-use super::physical::{
-    base_backup_info, BaseBackupInfo, TablespaceInfo, KIND_PHYSICAL, PGDATA, TABLESPACES,
+use super::basebackup::{
+    base_backup_info, BaseBackupInfo, TablespaceInfo, KIND_PHYSICAL, PGDATA, RECOVERY_CONFIG,
+    TABLESPACES,
 };
 use super::tools::shell_quote;
+use super::wal::archive::{format_lsn, segment_name};
+use super::wal::hold::{Hold, HoldSpec, Taken};
+use super::wal::timeline::{self, ChainError};
+use super::wal::waldump::newest_commit_time;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::index::MasterIndex;
@@ -21,18 +26,12 @@ use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Node;
 use crate::repo::Repository;
 use crate::safefs::{self, Meta};
-use crate::sources::wal;
-use crate::sources::walhold;
-use crate::sources::walverify::{self, ChainError};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, FixedOffset};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-/// The recovery config file coffer writes into a restored data directory.
-pub const RECOVERY_CONFIG: &str = "coffer-recovery.toml";
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +54,7 @@ impl Target {
                 "recovery_target_time",
                 t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string(),
             )),
-            Target::Lsn(l) => Some(("recovery_target_lsn", wal::format_lsn(*l))),
+            Target::Lsn(l) => Some(("recovery_target_lsn", format_lsn(*l))),
             Target::Xid(x) => Some(("recovery_target_xid", x.clone())),
             Target::Name(n) => Some(("recovery_target_name", n.clone())),
             Target::Immediate => Some(("recovery_target", "immediate".into())),
@@ -119,7 +118,7 @@ pub struct PitrReport {
     /// The newest archived segment.
     pub newest_wal: Option<String>,
     /// The hold that keeps the WAL from the backup's start on while the recovery runs.
-    pub wal_hold: walhold::Hold,
+    pub wal_hold: Hold,
 }
 
 fn usage(msg: String) -> anyhow::Error {
@@ -178,7 +177,7 @@ fn pick(
         ),
         Target::Lsn(l) => format!(
             "the target LSN {} is before the end of the oldest base backup ({})",
-            wal::format_lsn(*l),
+            format_lsn(*l),
             oldest.stop_lsn
         ),
         _ => unreachable!("every base backup fits other targets"),
@@ -194,17 +193,17 @@ fn check_archive(
     opts: &PitrOptions,
 ) -> Result<Option<String>> {
     let seg = info.wal_segment_size;
-    let backup = walverify::Backup::of_snapshot(snap).ok_or_else(|| {
+    let backup = timeline::Backup::of_snapshot(snap).ok_or_else(|| {
         Error::integrity(format!(
             "snapshot {} has a base backup record whose WAL positions cannot be read",
             snap.id.short()
         ))
     })?;
-    let archive = walverify::load_archive(repo, seg, None)?;
+    let archive = timeline::load_archive(repo, seg, None)?;
     // The timelines recovery follows: PostgreSQL's recovery_target_timeline.
     let chain = match opts.timeline.as_deref() {
         None | Some("latest") => {
-            walverify::timeline_chain(info.timeline, backup.stop_lsn, &archive.histories)
+            timeline::timeline_chain(info.timeline, backup.stop_lsn, &archive.histories)
         }
         Some("current") => vec![(info.timeline, None)],
         Some(tl) => {
@@ -213,7 +212,7 @@ fn check_archive(
                     "--target-timeline {tl:?}: give a number, current or latest"
                 ))
             })?;
-            walverify::timeline_chain_to(info.timeline, backup.stop_lsn, &archive.histories, n)
+            timeline::timeline_chain_to(info.timeline, backup.stop_lsn, &archive.histories, n)
                 .map_err(|e| match e {
                     ChainError::NoHistory => not_found(format!(
                         "timeline {n} is not in the archive (no {n:08X}.history); the backup is \
@@ -229,14 +228,14 @@ fn check_archive(
                         "timeline mismatch: timeline {n} left timeline {} at {}, before base \
                          backup {} ended ({}); pick an older base backup",
                         info.timeline,
-                        wal::format_lsn(switch),
+                        format_lsn(switch),
                         info.label,
                         info.stop_lsn
                     )),
                 })?
         }
     };
-    let walk = walverify::walk(&archive, &backup, &chain);
+    let walk = timeline::walk(&archive, &backup, &chain);
     if walk.incomplete() {
         return Err(not_found(format!(
             "WAL segment {}, part of base backup {}, is missing from the archive; this backup \
@@ -249,7 +248,7 @@ fn check_archive(
     let names: Vec<String> = walk
         .present
         .iter()
-        .map(|(s, t)| wal::segment_name(*t, *s, seg))
+        .map(|(s, t)| segment_name(*t, *s, seg))
         .collect();
     let newest_segno = walk
         .present
@@ -262,7 +261,7 @@ fn check_archive(
             return Err(usage(format!(
                 "the target LSN {} is before the end of base backup {} ({}); pick an older snapshot \
                  or leave SNAPSHOT out",
-                wal::format_lsn(l),
+                format_lsn(l),
                 info.label,
                 info.stop_lsn
             )));
@@ -271,8 +270,8 @@ fn check_archive(
         if l > end {
             return Err(usage(format!(
                 "the target LSN {} is after the newest archived WAL (which ends at {})",
-                wal::format_lsn(l),
-                wal::format_lsn(end)
+                format_lsn(l),
+                format_lsn(end)
             )));
         }
     }
@@ -320,66 +319,14 @@ fn check_archive(
              cannot pass LSN {}; give --target-lsn before that point to accept it",
             walk.name(*a),
             info.label,
-            wal::format_lsn(a * seg as u64)
+            format_lsn(a * seg as u64)
         )));
     }
     Ok(walk
         .present
         .iter()
         .next_back()
-        .map(|(s, t)| wal::segment_name(*t, *s, seg)))
-}
-
-/// The commit and abort times `pg_waldump` shows in its output.
-fn commit_times(text: &str) -> impl Iterator<Item = DateTime<FixedOffset>> + '_ {
-    text.lines().filter_map(|l| {
-        let (_, desc) = l.split_once("desc: ")?;
-        let rest = desc
-            .strip_prefix("COMMIT ")
-            .or_else(|| desc.strip_prefix("ABORT "))?;
-        let stamp = rest.get(..26)?;
-        rest.get(26..)?.strip_prefix(" UTC")?;
-        let n = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.f").ok()?;
-        Some(n.and_utc().fixed_offset())
-    })
-}
-
-/// The time of the newest commit or abort in the archived WAL, read with `pg_waldump` from
-/// the newest segments (the newest few, until one has a commit). `None` when pg_waldump is
-/// not installed or no commit is found.
-pub(crate) fn newest_commit_time(
-    repo: &Repository,
-    names: &[String],
-    seg: u32,
-    major: u32,
-) -> Result<Option<DateTime<FixedOffset>>> {
-    let Ok(tool) = super::tools::find("pg_waldump", major) else {
-        return Ok(None);
-    };
-    let mut segs: Vec<(u64, u32, &String)> = names
-        .iter()
-        .filter_map(|n| wal::parse_segment(n, seg).map(|(tli, s)| (s, tli, n)))
-        .collect();
-    segs.sort();
-    let tmp = tempfile::tempdir()?;
-    for (_, _, name) in segs.iter().rev().take(4) {
-        let Some(data) = wal::read(repo, name)? else {
-            continue;
-        };
-        let path = tmp.path().join(name);
-        std::fs::write(&path, &data)?;
-        let out = tool
-            .command()
-            .env("TZ", "UTC")
-            .args(["-r", "Transaction"])
-            .arg(&path)
-            .output()?;
-        std::fs::remove_file(&path)?;
-        if let Some(t) = commit_times(&String::from_utf8_lossy(&out.stdout)).max() {
-            return Ok(Some(t));
-        }
-    }
-    Ok(None)
+        .map(|(s, t)| segment_name(*t, *s, seg)))
 }
 
 /// DIR must be empty or missing, unless `delta` (its contents are kept, and the restore
@@ -566,11 +513,11 @@ pub fn restore_pitr(
 ) -> Result<PitrReport> {
     let (snap, info) = pick(repo, opts.snapshot.as_deref(), &opts.target)?;
     let newest_wal = check_archive(repo, &snap, &info, opts)?;
-    // Keep forget from removing the WAL this recovery fetches (walhold); released again if
+    // Keep forget from removing the WAL this recovery fetches (wal::hold); released again if
     // the restore fails.
-    let hold = walhold::Taken::new(
+    let hold = Taken::new(
         repo,
-        &walhold::HoldSpec {
+        &HoldSpec {
             purpose: format!("restore --pgdata {}", opts.pgdata.display()),
             start_wal: info.start_wal.clone(),
             segment_size: info.wal_segment_size,
@@ -828,16 +775,6 @@ mod tests {
         let out = strip_recovery_settings(latin1);
         assert!(out.starts_with(b"search_path = '\xe9t\xe9'\n# recovery_target_name"));
         assert!(out.ends_with(b"work_mem = '4MB'\n"));
-    }
-
-    #[test]
-    fn commit_times_from_pg_waldump() {
-        let out = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000060, prev 0/03000028, desc: COMMIT 2024-05-01 14:03:00.123456 UTC\n\
-                   rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/03000090, prev 0/03000060, desc: ABORT 2024-05-01 14:04:00.000001 UTC\n\
-                   rmgr: Transaction len (rec/tot):     50/    50, tx:          0, lsn: 0/030000C0, prev 0/03000090, desc: RUNNING_XACTS nextXid 737\n";
-        let t: Vec<_> = commit_times(out).collect();
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[1].to_rfc3339(), "2024-05-01T14:04:00.000001+00:00");
     }
 
     #[test]

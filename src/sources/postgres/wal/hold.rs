@@ -1,6 +1,6 @@
 //! Holds on archived WAL, and the retention horizon.
 //!
-//! WAL retention (`coffer forget`, [`super::walretention`]) removes the WAL that no kept base
+//! WAL retention (`coffer forget`, [`super::retention`]) removes the WAL that no kept base
 //! backup needs. A recovery in progress may still need older WAL: it was set up from a base
 //! backup that `forget` has since removed, and its `wal-fetch` calls take no lock. A *hold*
 //! says so: retention keeps every archived segment whose segment number is at least the
@@ -19,7 +19,7 @@
 //!   `coffer wal-hold release ID` does by hand.
 //!
 //! Each hold is one object `wal/holds/<id>` (`id`: 16 random bytes, 32 lowercase hex digits),
-//! sealed like a WAL object (`wal::seal_file`) under the name `holds/<id>`, holding the JSON
+//! sealed like a WAL object ([`archive::seal_file`]) under the name `holds/<id>`, holding the JSON
 //! of [`Hold`].
 //!
 //! The *horizon* `wal/retention` (sealed under the name `retention`, JSON of [`Horizon`])
@@ -29,7 +29,7 @@
 //! on purpose, and PostgreSQL would take "not archived" for the end of the archive and end
 //! recovery early, at the wrong point.
 
-use super::wal::{self, WalFileKind};
+use super::archive::{self, WalFileKind};
 use crate::backend::{is_not_found, FileKind};
 use crate::error::{Error, ErrorKind};
 use crate::repo::Repository;
@@ -92,7 +92,7 @@ impl Hold {
         if self.segment_size != segment_size {
             return None;
         }
-        wal::parse_segment(&self.start_wal, segment_size).map(|(_, s)| s)
+        archive::parse_segment(&self.start_wal, segment_size).map(|(_, s)| s)
     }
 }
 
@@ -154,7 +154,7 @@ fn sealed_name(id: &str) -> String {
 }
 
 fn write(repo: &Repository, h: &Hold) -> Result<()> {
-    let sealed = wal::seal_file(repo, &sealed_name(&h.id), &serde_json::to_vec(h)?);
+    let sealed = archive::seal_file(repo, &sealed_name(&h.id), &serde_json::to_vec(h)?);
     repo.backend.write(FileKind::WalHold, &h.id, &sealed)
 }
 
@@ -166,11 +166,11 @@ pub fn read(repo: &Repository, id: &str) -> Result<Option<Hold>> {
         Err(e) if is_not_found(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let data = wal::open_file(repo, &sealed_name(id), &sealed)?;
+    let data = archive::open_file(repo, &sealed_name(id), &sealed)?;
     let path = FileKind::WalHold.path(id);
     let h: Hold = serde_json::from_slice(&data)
         .map_err(|e| Error::integrity(format!("{path} is malformed: {e}")))?;
-    if h.id != id || !wal::valid_segment_size(h.segment_size) {
+    if h.id != id || !archive::valid_segment_size(h.segment_size) {
         return Err(Error::integrity(format!(
             "{path} is malformed (another id, or an impossible segment size)"
         ))
@@ -183,8 +183,8 @@ pub fn read(repo: &Repository, id: &str) -> Result<Option<Hold>> {
 /// conflicts with `forget`'s exclusive one (restore's shared lock): then every `forget`
 /// that runs later sees it, and none is running meanwhile.
 pub fn take(repo: &Repository, spec: &HoldSpec) -> Result<Hold> {
-    if !wal::valid_segment_size(spec.segment_size)
-        || wal::parse_segment(&spec.start_wal, spec.segment_size).is_none()
+    if !archive::valid_segment_size(spec.segment_size)
+        || archive::parse_segment(&spec.start_wal, spec.segment_size).is_none()
     {
         return Err(Error::usage(format!(
             "{:?} is not a WAL segment name for {}-byte segments",
@@ -361,10 +361,10 @@ impl Horizon {
     /// Whether `name` is a file retention removes (a segment, `.partial` or `.backup` file)
     /// below the horizon. `.history` files are never removed, so never covered.
     pub fn covers(&self, name: &str) -> bool {
-        match wal::classify(name) {
+        match archive::classify(name) {
             Some(WalFileKind::Segment | WalFileKind::Partial | WalFileKind::Backup) => name
                 .get(..24)
-                .and_then(|seg| wal::parse_segment(seg, self.segment_size))
+                .and_then(|seg| archive::parse_segment(seg, self.segment_size))
                 .is_some_and(|(_, segno)| segno < self.segno),
             _ => false,
         }
@@ -378,10 +378,10 @@ pub fn horizon(repo: &Repository) -> Result<Option<Horizon>> {
         Err(e) if is_not_found(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let data = wal::open_file(repo, HORIZON, &sealed)?;
+    let data = archive::open_file(repo, HORIZON, &sealed)?;
     let h: Horizon = serde_json::from_slice(&data)
         .map_err(|e| Error::integrity(format!("wal/{HORIZON} is malformed: {e}")))?;
-    if !wal::valid_segment_size(h.segment_size) {
+    if !archive::valid_segment_size(h.segment_size) {
         return Err(Error::integrity(format!(
             "wal/{HORIZON} records an impossible segment size ({} bytes)",
             h.segment_size
@@ -412,13 +412,14 @@ pub fn raise_horizon(
         first_kept: first_kept.to_string(),
         updated: chrono::Local::now().fixed_offset(),
     };
-    let sealed = wal::seal_file(repo, HORIZON, &serde_json::to_vec(&h)?);
+    let sealed = archive::seal_file(repo, HORIZON, &serde_json::to_vec(&h)?);
     repo.backend.write(FileKind::Wal, HORIZON, &sealed)?;
     Ok(h)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fetch::{fetch, Fetched};
     use super::*;
     use crate::backend::LocalBackend;
     use crate::repo::keys::KdfParams;
@@ -450,16 +451,13 @@ mod tests {
         assert_eq!(horizon(&repo).unwrap(), Some(h));
         let dest = dir.path().join("pg_wal/RECOVERYXLOG");
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        let e = wal::fetch(&repo, "000000020000000100000004", &dest, 0).unwrap_err();
+        let e = fetch(&repo, "000000020000000100000004", &dest, 0).unwrap_err();
         assert!(
             format!("{e}").contains("removed from the archive by WAL retention"),
             "{e}"
         );
         for name in ["000000020000000100000005", "00000002.history"] {
-            assert_eq!(
-                wal::fetch(&repo, name, &dest, 0).unwrap(),
-                wal::Fetched::NotArchived
-            );
+            assert_eq!(fetch(&repo, name, &dest, 0).unwrap(), Fetched::NotArchived);
         }
         assert!(!dest.exists());
     }

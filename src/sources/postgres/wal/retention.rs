@@ -9,15 +9,15 @@
 //! backup of the archive's cluster is kept, or when a physical base backup's record cannot
 //! be read (better some WAL too many than a backup without its WAL).
 //!
-//! Live holds ([`super::walhold`]: a recovery in progress) lower the cut-off to their start
+//! Live holds ([`super::hold`]: a recovery in progress) lower the cut-off to their start
 //! when it is older; an unreadable hold stops retention (it may protect a recovery). Expired
 //! holds are not honoured, and are removed. Before removing WAL, retention raises the
 //! horizon to its cut-off, so a `wal-fetch` of removed WAL fails instead of answering "not
 //! archived".
 
-use super::postgres::physical::{base_backup_info, KIND_PHYSICAL};
-use super::wal::{self, WalFileKind};
-use super::walhold::{self, Hold};
+use super::super::basebackup::{base_backup_info, KIND_PHYSICAL};
+use super::archive::{self, WalFileKind};
+use super::hold::{self, Hold};
 use crate::backend::FileKind;
 use crate::repo::lock::ExclusiveLock;
 use crate::repo::snapshot::Snapshot;
@@ -70,11 +70,11 @@ impl Plan {
 
 /// The segment number an archived file belongs to (none for `.history` files).
 fn segment_of(name: &str, segment_size: u32) -> Option<(WalFileKind, u32, u64)> {
-    let kind = wal::classify(name)?;
+    let kind = archive::classify(name)?;
     if kind == WalFileKind::History {
         return None;
     }
-    let (tli, segno) = wal::parse_segment(name.get(..24)?, segment_size)?;
+    let (tli, segno) = archive::parse_segment(name.get(..24)?, segment_size)?;
     Some((kind, tli, segno))
 }
 
@@ -101,7 +101,7 @@ pub fn select(files: &[(String, u64)], segment_size: u32, keep_from: u64) -> Vec
 /// Plan retention for the snapshots that stay (`kept`: every snapshot of the repository
 /// that is not being forgotten).
 pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
-    let Some(info) = wal::archive_info(repo)? else {
+    let Some(info) = archive::archive_info(repo)? else {
         return Ok(Plan {
             skipped: Some("no WAL segment is archived".into()),
             ..Default::default()
@@ -111,11 +111,11 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
     let mut holds = Vec::new();
     let mut expired = Vec::new();
     let mut unreadable = None;
-    for l in walhold::list(repo)? {
+    for l in hold::list(repo)? {
         match l {
-            walhold::Listed::Hold(h) if h.expired(now) => expired.push(h),
-            walhold::Listed::Hold(h) => holds.push(h),
-            walhold::Listed::Unreadable { id, error } => {
+            hold::Listed::Hold(h) if h.expired(now) => expired.push(h),
+            hold::Listed::Hold(h) => holds.push(h),
+            hold::Listed::Unreadable { id, error } => {
                 unreadable.get_or_insert((id, error));
             }
         }
@@ -148,7 +148,7 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
         if b.system_identifier != info.system_identifier {
             continue;
         }
-        let Some((_, segno)) = wal::parse_segment(&b.start_wal, info.segment_size)
+        let Some((_, segno)) = archive::parse_segment(&b.start_wal, info.segment_size)
             .filter(|_| b.wal_segment_size == info.segment_size)
         else {
             return skip(format!(
@@ -184,7 +184,7 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
         .into_iter()
         .filter_map(|l| {
             let name = l.name.rsplit('/').next().unwrap_or("").to_string();
-            wal::classify(&name).map(|_| (name, l.size))
+            archive::classify(&name).map(|_| (name, l.size))
         })
         .collect();
     let remove = select(&files, info.segment_size, keep_from);
@@ -216,21 +216,21 @@ pub fn apply(lock: &ExclusiveLock, plan: &Plan) -> Result<(usize, u64)> {
         &plan.keep_from,
         plan.remove.is_empty(),
     ) {
-        walhold::raise_horizon(repo, segno, plan.segment_size, first)?;
+        hold::raise_horizon(repo, segno, plan.segment_size, first)?;
     }
     let mut n = 0;
     let mut bytes = 0;
     for f in &plan.remove {
         repo.backend
-            .remove(FileKind::Wal, &wal::object_name(&f.name))?;
+            .remove(FileKind::Wal, &archive::object_name(&f.name))?;
         n += 1;
         bytes += f.size;
     }
     let now = chrono::Local::now().fixed_offset();
     for h in &plan.expired {
         // A wal-fetch may have refreshed it since the plan was made.
-        if walhold::read(repo, &h.id)?.is_some_and(|h| h.expired(now)) {
-            walhold::release(repo, &h.id)?;
+        if hold::read(repo, &h.id)?.is_some_and(|h| h.expired(now)) {
+            hold::release(repo, &h.id)?;
         }
     }
     Ok((n, bytes))
@@ -238,6 +238,7 @@ pub fn apply(lock: &ExclusiveLock, plan: &Plan) -> Result<(usize, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::push::push_bytes;
     use super::*;
     use crate::backend::LocalBackend;
     use crate::repo::keys::KdfParams;
@@ -272,16 +273,16 @@ mod tests {
         )
         .unwrap();
         let name = "000000010000000000000003";
-        wal::push_bytes(&repo, name, WalFileKind::Segment, &segment(1, 3)).unwrap();
-        let spec = |expires_after| walhold::HoldSpec {
+        push_bytes(&repo, name, WalFileKind::Segment, &segment(1, 3)).unwrap();
+        let spec = |expires_after| hold::HoldSpec {
             purpose: "test".into(),
             start_wal: "000000010000000000000002".into(),
             segment_size: 16 << 20,
             snapshot: None,
             expires_after,
         };
-        let live = walhold::take(&repo, &spec(walhold::DEFAULT_EXPIRY)).unwrap();
-        let gone = walhold::take(&repo, &spec(std::time::Duration::ZERO)).unwrap();
+        let live = hold::take(&repo, &spec(hold::DEFAULT_EXPIRY)).unwrap();
+        let gone = hold::take(&repo, &spec(std::time::Duration::ZERO)).unwrap();
         let p = plan(&repo, &[]).unwrap();
         assert_eq!(p.holds.len(), 1);
         assert_eq!(p.holds[0], live);
@@ -293,8 +294,8 @@ mod tests {
         let lock = crate::repo::lock::Lock::exclusive(&repo, "test").unwrap();
         apply(&lock, &p).unwrap();
         drop(lock);
-        assert!(walhold::read(&repo, &gone.id).unwrap().is_none());
-        assert_eq!(walhold::read(&repo, &live.id).unwrap(), Some(live.clone()));
+        assert!(hold::read(&repo, &gone.id).unwrap().is_none());
+        assert_eq!(hold::read(&repo, &live.id).unwrap(), Some(live.clone()));
         // A hold that cannot be read stops retention.
         std::fs::write(
             dir.path().join("repo/wal/holds").join(&gone.id),
@@ -307,9 +308,9 @@ mod tests {
             why.contains(&gone.id) && why.contains("cannot be read"),
             "{why}"
         );
-        assert!(walhold::release(&repo, &gone.id).unwrap());
-        assert!(walhold::release(&repo, &live.id).unwrap());
-        assert!(walhold::list(&repo).unwrap().is_empty());
+        assert!(hold::release(&repo, &gone.id).unwrap());
+        assert!(hold::release(&repo, &live.id).unwrap());
+        assert!(hold::list(&repo).unwrap().is_empty());
     }
 
     #[test]

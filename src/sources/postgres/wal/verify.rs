@@ -8,7 +8,7 @@
 //! Segment `s` is looked for on the newest timeline of that chain which had begun by `s`
 //! (the first segment of a new timeline holds the end of its parent's WAL), as PostgreSQL
 //! itself does. The backup's own segments (start to stop) may also be found on its own
-//! timeline.
+//! timeline. The chain and the walk along it are in [`super::timeline`].
 //!
 //! A backup is *ok* when every segment from its start to the newest archived segment of
 //! its chain is present; it has a *gap* when a segment is missing after its stop (it is
@@ -17,75 +17,15 @@
 //! gathers its input from a repository. Only the presence of the objects is checked:
 //! `wal-fetch` verifies each one's content when recovery reads it.
 
-use super::postgres::physical::{base_backup_info, KIND_PHYSICAL};
-use super::wal::{self, WalFileKind};
-use crate::backend::FileKind;
-use crate::repo::snapshot::Snapshot;
+use super::super::basebackup::{base_backup_info, KIND_PHYSICAL};
+use super::archive::{archive_info, format_lsn, parse_lsn, parse_segment, segment_name};
+use super::timeline::{by_timeline, load_archive, timeline_chain, walk_in, Archive, Backup};
+use super::waldump::newest_commit_time;
 use crate::repo::Repository;
 use anyhow::Result;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
-
-/// An archived WAL segment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Segment {
-    pub timeline: u32,
-    pub segno: u64,
-    /// When its object was written, when the storage says.
-    pub pushed: Option<DateTime<Utc>>,
-}
-
-/// A physical base backup, as far as WAL is concerned.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Backup {
-    pub id: String,
-    pub short_id: String,
-    pub timeline: u32,
-    pub start_lsn: u64,
-    pub stop_lsn: u64,
-    /// Its first and last segment numbers (PostgreSQL's `start_wal`/`stop_wal`).
-    pub start_segno: u64,
-    pub stop_segno: u64,
-    pub stopped_at: DateTime<FixedOffset>,
-    pub system_identifier: String,
-}
-
-impl Backup {
-    /// The base backup a snapshot holds, if it is one.
-    pub fn of_snapshot(snap: &Snapshot) -> Option<Backup> {
-        if snap.kind != KIND_PHYSICAL {
-            return None;
-        }
-        let info = base_backup_info(snap)?;
-        let seg = info.wal_segment_size;
-        Some(Backup {
-            id: snap.id.to_hex(),
-            short_id: snap.id.short(),
-            timeline: info.timeline,
-            start_lsn: wal::parse_lsn(&info.start_lsn)?,
-            stop_lsn: wal::parse_lsn(&info.stop_lsn)?,
-            start_segno: wal::parse_segment(&info.start_wal, seg)?.1,
-            stop_segno: wal::parse_segment(&info.stop_wal, seg)?.1,
-            stopped_at: info.stopped_at,
-            system_identifier: info.system_identifier,
-        })
-    }
-}
-
-/// What the analysis works on.
-#[derive(Debug, Clone, Default)]
-pub struct Archive {
-    pub segment_size: u32,
-    pub system_identifier: Option<String>,
-    pub segments: Vec<Segment>,
-    /// Each archived `.history` file, parsed: the timeline's ancestors with the LSN at
-    /// which each one ended, oldest first.
-    pub histories: BTreeMap<u32, Vec<(u32, u64)>>,
-    /// How many `.partial` and `.backup` files the archive holds (reported only).
-    pub partial_files: usize,
-    pub backup_files: usize,
-}
+use std::collections::BTreeSet;
 
 /// A point of the recoverable window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -178,189 +118,8 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-/// The timelines recovery from a backup on `tli` that stopped at `stop` follows, with the
-/// LSN at which each one begins (none for the first): up to the highest-numbered timeline
-/// that descends from `tli` after `stop` (PostgreSQL's `recovery_target_timeline = latest`).
-pub fn timeline_chain(
-    tli: u32,
-    stop: u64,
-    histories: &BTreeMap<u32, Vec<(u32, u64)>>,
-) -> Vec<(u32, Option<u64>)> {
-    histories
-        .iter()
-        .rev()
-        .filter(|(t, _)| **t > tli)
-        .find_map(|(t, h)| chain_through(tli, stop, *t, h).ok())
-        .unwrap_or_else(|| vec![(tli, None)])
-}
-
-/// Why recovery cannot follow a requested timeline.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChainError {
-    /// The archive has no `.history` file for it.
-    NoHistory,
-    /// Its history does not pass through the backup's timeline.
-    NotDescendant,
-    /// It left the backup's timeline at this LSN, before the backup ended.
-    LeftBefore(u64),
-}
-
-/// The timelines recovery from a backup on `tli` that stopped at `stop` follows to reach
-/// timeline `target` (`recovery_target_timeline = N`).
-pub fn timeline_chain_to(
-    tli: u32,
-    stop: u64,
-    histories: &BTreeMap<u32, Vec<(u32, u64)>>,
-    target: u32,
-) -> Result<Vec<(u32, Option<u64>)>, ChainError> {
-    if target == tli {
-        return Ok(vec![(tli, None)]);
-    }
-    let history = histories.get(&target).ok_or(ChainError::NoHistory)?;
-    chain_through(tli, stop, target, history)
-}
-
-/// The chain from `tli` to `target` along `target`'s history.
-fn chain_through(
-    tli: u32,
-    stop: u64,
-    target: u32,
-    history: &[(u32, u64)],
-) -> Result<Vec<(u32, Option<u64>)>, ChainError> {
-    let i = history
-        .iter()
-        .position(|(p, _)| *p == tli)
-        .ok_or(ChainError::NotDescendant)?;
-    if history[i].1 < stop {
-        return Err(ChainError::LeftBefore(history[i].1));
-    }
-    let mut chain = vec![(tli, None)];
-    for k in i + 1..history.len() {
-        chain.push((history[k].0, Some(history[k - 1].1)));
-    }
-    chain.push((target, Some(history[history.len() - 1].1)));
-    Ok(chain)
-}
-
-type ByTimeline = BTreeMap<u32, BTreeMap<u64, Option<DateTime<Utc>>>>;
-
-fn by_timeline(archive: &Archive) -> ByTimeline {
-    let mut by_tli: ByTimeline = BTreeMap::new();
-    for s in &archive.segments {
-        by_tli
-            .entry(s.timeline)
-            .or_default()
-            .insert(s.segno, s.pushed);
-    }
-    by_tli
-}
-
-/// What recovery of one base backup along one chain of timelines finds in the archive.
-#[derive(Debug, Clone)]
-pub struct Walk {
-    /// (timeline, first segment number on it).
-    pub pieces: Vec<(u32, u64)>,
-    /// Present segments along the chain: segno → the timeline of its file.
-    pub present: BTreeMap<u64, u32>,
-    /// Runs of missing segments from the backup's start to the last present segment (or its
-    /// stop segment), inclusive.
-    pub runs: Vec<(u64, u64)>,
-    /// The backup's own first and last segment.
-    pub start: u64,
-    pub stop: u64,
-    seg: u32,
-}
-
-impl Walk {
-    /// The timeline segment `s` is expected on.
-    pub fn tli_of(&self, s: u64) -> u32 {
-        self.pieces
-            .iter()
-            .rev()
-            .find(|(_, from)| *from <= s)
-            .map(|(t, _)| *t)
-            .unwrap_or(self.pieces[0].0)
-    }
-    /// The name segment `s` is expected under.
-    pub fn name(&self, s: u64) -> String {
-        wal::segment_name(self.tli_of(s), s, self.seg)
-    }
-    /// One of the backup's own segments is missing: it cannot be restored.
-    pub fn incomplete(&self) -> bool {
-        self.runs.first().is_some_and(|(a, _)| *a <= self.stop)
-    }
-    /// The last segment of the WAL that is contiguous from the backup's start.
-    pub fn reach(&self) -> Option<u64> {
-        match self.runs.first() {
-            Some((a, _)) if *a == self.start => None,
-            Some((a, _)) => Some(a - 1),
-            None => Some(self.last()),
-        }
-    }
-    fn last(&self) -> u64 {
-        self.present
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(self.start)
-            .max(self.stop)
-    }
-}
-
-/// Walk the archive from base backup `b` along `chain` (from [`timeline_chain`] or
-/// [`timeline_chain_to`]).
-pub fn walk(archive: &Archive, b: &Backup, chain: &[(u32, Option<u64>)]) -> Walk {
-    walk_in(&by_timeline(archive), archive.segment_size.max(1), b, chain)
-}
-
-fn walk_in(by_tli: &ByTimeline, seg: u32, b: &Backup, chain: &[(u32, Option<u64>)]) -> Walk {
-    let pieces: Vec<(u32, u64)> = chain
-        .iter()
-        .map(|(t, from)| (*t, from.map(|l| l / seg as u64).unwrap_or(0)))
-        .collect();
-    let (start, stop) = (b.start_segno, b.stop_segno.max(b.start_segno));
-    let mut present: BTreeMap<u64, u32> = BTreeMap::new();
-    if let Some(own) = by_tli.get(&b.timeline) {
-        for s in own.range(start..=stop).map(|(s, _)| *s) {
-            present.insert(s, b.timeline);
-        }
-    }
-    for (k, (tli, from)) in pieces.iter().enumerate() {
-        let to = pieces.get(k + 1).map(|(_, f)| *f).unwrap_or(u64::MAX);
-        let lo = (*from).max(start);
-        if lo >= to {
-            continue;
-        }
-        if let Some(segs) = by_tli.get(tli) {
-            for s in segs.range(lo..to).map(|(s, _)| *s) {
-                present.insert(s, *tli);
-            }
-        }
-    }
-    let mut w = Walk {
-        pieces,
-        present,
-        runs: Vec::new(),
-        start,
-        stop,
-        seg,
-    };
-    let last = w.last();
-    let mut next = start;
-    for &s in w.present.keys() {
-        if s > next {
-            w.runs.push((next, s - 1));
-        }
-        next = s + 1;
-    }
-    if next <= last {
-        w.runs.push((next, last));
-    }
-    w
-}
-
 fn lsn_of(segno: u64, seg: u32) -> String {
-    wal::format_lsn(segno.saturating_mul(seg as u64))
+    format_lsn(segno.saturating_mul(seg as u64))
 }
 
 /// Check every base backup against the archive.
@@ -417,13 +176,13 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
             Some(r) if !incomplete => {
                 let tli = present.get(&r).copied().unwrap_or(b.timeline);
                 Some(Window {
-                    earliest_lsn: wal::format_lsn(b.stop_lsn),
+                    earliest_lsn: format_lsn(b.stop_lsn),
                     earliest_time: b.stopped_at,
                     earliest_timeline: b.timeline,
                     earliest_backup: b.id.clone(),
                     latest_lsn: lsn_of(r + 1, seg),
                     latest_timeline: tli,
-                    latest_segment: wal::segment_name(tli, r, seg),
+                    latest_segment: segment_name(tli, r, seg),
                     latest_archived_at: by_tli.get(&tli).and_then(|m| m.get(&r).copied().flatten()),
                 })
             }
@@ -450,10 +209,10 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
             id: b.id.clone(),
             short_id: b.short_id.clone(),
             timeline: b.timeline,
-            start_lsn: wal::format_lsn(b.start_lsn),
-            stop_lsn: wal::format_lsn(b.stop_lsn),
-            start_wal: wal::segment_name(b.timeline, start, seg),
-            stop_wal: wal::segment_name(b.timeline, stop, seg),
+            start_lsn: format_lsn(b.start_lsn),
+            stop_lsn: format_lsn(b.stop_lsn),
+            start_wal: segment_name(b.timeline, start, seg),
+            stop_wal: segment_name(b.timeline, stop, seg),
             stopped_at: b.stopped_at,
             status,
             timelines: chain.pieces.iter().map(|(t, _)| *t).collect(),
@@ -463,19 +222,14 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
             notes: bnotes,
         });
     }
-    gaps.sort_by_key(|g| (wal::parse_lsn(&g.start_lsn), g.first.clone()));
+    gaps.sort_by_key(|g| (parse_lsn(&g.start_lsn), g.first.clone()));
 
     // The overall window: from the oldest usable backup to the furthest reach.
     let usable: Vec<&Window> = statuses.iter().filter_map(|s| s.window.as_ref()).collect();
     let window = usable.first().map(|oldest| {
         let furthest = usable
             .iter()
-            .max_by_key(|w| {
-                (
-                    wal::parse_lsn(&w.latest_lsn).unwrap_or(0),
-                    w.latest_timeline,
-                )
-            })
+            .max_by_key(|w| (parse_lsn(&w.latest_lsn).unwrap_or(0), w.latest_timeline))
             .unwrap_or(oldest);
         Window {
             earliest_lsn: oldest.earliest_lsn.clone(),
@@ -503,11 +257,11 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
             TimelineInfo {
                 timeline: *t,
                 parent: parent.map(|(p, _)| p),
-                switch_lsn: parent.map(|(_, l)| wal::format_lsn(l)),
+                switch_lsn: parent.map(|(_, l)| format_lsn(l)),
                 history_file: archive.histories.contains_key(t),
                 segments: count,
-                first_segment: first.map(|s| wal::segment_name(*t, s, seg)),
-                last_segment: last.map(|s| wal::segment_name(*t, s, seg)),
+                first_segment: first.map(|s| segment_name(*t, s, seg)),
+                last_segment: last.map(|s| segment_name(*t, s, seg)),
                 holes: match (first, last) {
                     (Some(f), Some(l)) => (l - f + 1).saturating_sub(count as u64),
                     _ => 0,
@@ -547,54 +301,9 @@ pub fn analyze(archive: &Archive, backups: &[Backup]) -> Report {
     }
 }
 
-/// List the WAL archive and read its `.history` files.
-pub fn load_archive(
-    repo: &Repository,
-    segment_size: u32,
-    system_identifier: Option<String>,
-) -> Result<Archive> {
-    let mut archive = Archive {
-        segment_size,
-        system_identifier,
-        ..Default::default()
-    };
-    let mut history_names = Vec::new();
-    for l in repo.backend.list(FileKind::Wal)? {
-        let name = l.name.rsplit('/').next().unwrap_or("");
-        match wal::classify(name) {
-            Some(WalFileKind::Segment) => {
-                if let Some((timeline, segno)) = wal::parse_segment(name, segment_size) {
-                    archive.segments.push(Segment {
-                        timeline,
-                        segno,
-                        pushed: l.modified,
-                    });
-                }
-            }
-            Some(WalFileKind::History) => history_names.push(name.to_string()),
-            Some(WalFileKind::Partial) => archive.partial_files += 1,
-            Some(WalFileKind::Backup) => archive.backup_files += 1,
-            None => {}
-        }
-    }
-    history_names.sort();
-    history_names.dedup();
-    for h in history_names {
-        let Ok(tli) = u32::from_str_radix(&h[..8], 16) else {
-            continue;
-        };
-        if let Some(text) = wal::read(repo, &h)? {
-            archive
-                .histories
-                .insert(tli, wal::parse_history(&String::from_utf8_lossy(&text)));
-        }
-    }
-    Ok(archive)
-}
-
 /// Gather the archive's listing, its `.history` files and the base backups, and analyze.
 pub fn verify(repo: &Repository) -> Result<Report> {
-    let info = wal::archive_info(repo)?;
+    let info = archive_info(repo)?;
     let snapshots = repo.load_snapshots()?;
     let mut unreadable = Vec::new();
     let mut backups = Vec::new();
@@ -622,19 +331,14 @@ pub fn verify(repo: &Repository) -> Result<Report> {
             .find_map(base_backup_info)
             .map(|i| i.server_version_num / 10000)
             .unwrap_or(15);
-        let end = wal::parse_segment(&w.latest_segment, segment_size).map(|(_, s)| s);
+        let end = parse_segment(&w.latest_segment, segment_size).map(|(_, s)| s);
         let reachable: Vec<String> = archive
             .segments
             .iter()
             .filter(|s| s.timeline <= w.latest_timeline && Some(s.segno) <= end)
-            .map(|s| wal::segment_name(s.timeline, s.segno, segment_size))
+            .map(|s| segment_name(s.timeline, s.segno, segment_size))
             .collect();
-        report.latest_commit_time = crate::sources::postgres::pitr::newest_commit_time(
-            repo,
-            &reachable,
-            segment_size,
-            major,
-        )?;
+        report.latest_commit_time = newest_commit_time(repo, &reachable, segment_size, major)?;
     }
     for id in unreadable {
         report.notes.push(format!(
@@ -647,7 +351,9 @@ pub fn verify(repo: &Repository) -> Result<Report> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::timeline::{parse_history, Segment};
     use super::*;
+    use std::collections::BTreeMap;
 
     const SEG: u32 = 16 << 20;
 
@@ -665,7 +371,7 @@ mod tests {
                 .collect(),
             histories: histories
                 .iter()
-                .map(|(t, text)| (*t, wal::parse_history(text)))
+                .map(|(t, text)| (*t, parse_history(text)))
                 .collect(),
             ..Default::default()
         }
@@ -822,7 +528,7 @@ mod tests {
         let h4 = "1\t0/2800000\tz\n"; // branched from 1 before the backup ended
         let hist: BTreeMap<u32, Vec<(u32, u64)>> = [(2, h2), (3, h3), (4, h4)]
             .iter()
-            .map(|(t, h)| (*t, wal::parse_history(h)))
+            .map(|(t, h)| (*t, parse_history(h)))
             .collect();
         let stop = 3 * SEG as u64 + 0x100;
         assert_eq!(

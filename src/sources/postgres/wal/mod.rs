@@ -1,0 +1,22 @@
+//! The PostgreSQL WAL archive: `archive_command` (`coffer wal-push %p`) and
+//! `restore_command` (`coffer wal-fetch %f %p`), and what reads the archive as a whole.
+//!
+//! - [`archive`]: the object format under `wal/`, file names and kinds, segment names and
+//!   LSN arithmetic, the segment header, the cluster record `wal/archive`, reading a file.
+//! - [`push`]: `wal-push`, with push-ahead of the segments PostgreSQL has marked ready.
+//! - [`fetch`]: `wal-fetch`, with prefetch of the segments that follow.
+//! - [`timeline`]: `.history` files, the archive listed by timeline, the chain of timelines
+//!   recovery follows from a base backup, and the walk along it.
+//! - [`waldump`]: reading archived WAL with `pg_waldump` (the newest commit time).
+//! - [`verify`]: `wal-verify`, the report on every base backup's WAL.
+//! - [`retention`]: which WAL no kept base backup needs (`forget`), and removing it.
+//! - [`hold`]: holds on WAL taken by recoveries in progress, and the retention horizon.
+
+pub mod archive;
+pub mod fetch;
+pub mod hold;
+pub mod push;
+pub mod retention;
+pub mod timeline;
+pub mod verify;
+pub mod waldump;

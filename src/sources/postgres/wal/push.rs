@@ -1,0 +1,284 @@
+//! `archive_command`: `coffer wal-push %p` archives one file, and pushes ahead the other
+//! segments PostgreSQL has marked ready. The first segment pushed records the cluster in
+//! `wal/archive`; a segment of another cluster is refused. A name that already exists is
+//! accepted again only with identical content.
+
+use super::archive::{
+    archive_info, classify, object_name, open_file, seal_file, segment_header, valid_segment_size,
+    ArchiveInfo, WalFileKind, ARCHIVE_INFO,
+};
+use crate::backend::{is_not_found, FileKind};
+use crate::error::{Error, ErrorKind};
+use crate::repo::features::{self, Features};
+use crate::repo::Repository;
+use anyhow::{Context as _, Result};
+use std::path::Path;
+
+/// [`archive_info`], read once per repository and process: the object is immutable once
+/// written, and a push-ahead call checks it for every segment.
+fn known_archive_info(repo: &Repository) -> Result<Option<ArchiveInfo>> {
+    static KNOWN: std::sync::Mutex<Vec<(String, ArchiveInfo)>> = std::sync::Mutex::new(Vec::new());
+    let location = repo.backend.location();
+    let cached = KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(l, _)| *l == location)
+        .map(|(_, i)| i.clone());
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    let info = archive_info(repo)?;
+    if let Some(i) = &info {
+        KNOWN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((location, i.clone()));
+    }
+    Ok(info)
+}
+
+/// What [`push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Stored,
+    /// The same content was archived before.
+    AlreadyArchived,
+}
+
+/// Archive one file given by path (`%p`, relative to the data directory). Returns once
+/// the object is durable.
+pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::usage(format!("{} is not a WAL file path", path.display())))?;
+    let kind = classify(name).ok_or_else(|| {
+        Error::usage(format!(
+            "{name:?} is not a WAL segment, .partial, .history or .backup file name"
+        ))
+    })?;
+    let data = std::fs::read(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Source,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    push_bytes(repo, name, kind, &data)
+}
+
+/// The `archive_command` entry point: archive `path`, and with `jobs > 1` also push
+/// ahead the other segments that PostgreSQL has marked ready (`archive_status/*.ready`,
+/// looking again while there are more, up to [`MAX_AHEAD`]), with `jobs` parallel
+/// workers, so one key derivation serves a whole backlog. A segment pushed ahead gets a marker in
+/// `pg_wal/.coffer-pushed/`, written only after its object is durable; when PostgreSQL
+/// asks for it, the marker answers at once. Returns how many files this call archived.
+pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<usize> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::usage(format!("{} is not a WAL file path", path.display())))?
+        .to_string();
+    let wal_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let status = wal_dir.join("archive_status");
+    let markers = wal_dir.join(".coffer-pushed");
+    if take_marker(path) {
+        return Ok(0);
+    }
+    let ahead_on = jobs > 1 && classify(&name) == Some(WalFileKind::Segment);
+    if ahead_on {
+        // Markers whose segment is no longer waiting are stale.
+        if let Ok(rd) = std::fs::read_dir(&markers) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !status.join(format!("{n}.ready")).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    // Ready segments not yet pushed nor taken by this call, oldest first.
+    let scan = |taken: &std::collections::HashSet<String>| -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&status) else {
+            return Vec::new();
+        };
+        let mut ready: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".ready").map(str::to_string)
+            })
+            .filter(|n| classify(n) == Some(WalFileKind::Segment) && !taken.contains(n))
+            .filter(|n| !markers.join(n).exists())
+            .collect();
+        ready.sort();
+        ready
+    };
+    struct Queue {
+        todo: std::collections::VecDeque<String>,
+        taken: std::collections::HashSet<String>,
+        rescans: usize,
+    }
+    let queue = std::sync::Mutex::new(Queue {
+        todo: Default::default(),
+        taken: [name.clone()].into_iter().collect(),
+        rescans: 0,
+    });
+    if ahead_on {
+        let mut q = queue.lock().unwrap();
+        let first = scan(&q.taken);
+        q.taken.extend(first.iter().cloned());
+        q.todo.extend(first);
+    }
+    // The next segment to push ahead; when the queue is empty, look again for segments
+    // that became ready meanwhile (a busy server), up to MAX_AHEAD in one call.
+    let next = || -> Option<String> {
+        let mut q = queue.lock().unwrap();
+        if let Some(n) = q.todo.pop_front() {
+            return Some(n);
+        }
+        if !ahead_on || q.taken.len() > MAX_AHEAD || q.rescans > MAX_AHEAD {
+            return None;
+        }
+        q.rescans += 1;
+        let more = scan(&q.taken);
+        q.taken.extend(more.iter().cloned());
+        q.todo.extend(more);
+        q.todo.pop_front()
+    };
+    let pushed_ahead = std::sync::atomic::AtomicUsize::new(0);
+    // A segment that fails to be pushed ahead (or to get its marker) is reported as a
+    // warning, not an error: this call's status answers for PATH alone, and the failed
+    // segment stays `.ready`, so PostgreSQL calls wal-push for it later, when the same
+    // failure fails that call. Failing this call instead would make PostgreSQL retry PATH,
+    // which is already archived, and not the segment that failed.
+    let work = || {
+        while let Some(n) = next() {
+            let done = push(repo, &wal_dir.join(&n)).and_then(|_| {
+                std::fs::create_dir_all(&markers)
+                    .and_then(|_| std::fs::File::create(markers.join(&n)))
+                    .with_context(|| {
+                        format!("cannot write the marker {}", markers.join(&n).display())
+                    })
+            });
+            match done {
+                Ok(_) => {
+                    pushed_ahead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(
+                    "pushing {n} ahead failed (it stays ready; PostgreSQL archives it in a \
+                     later call): {e:#}"
+                ),
+            }
+        }
+    };
+    let this = std::thread::scope(|s| {
+        if ahead_on {
+            for _ in 1..jobs {
+                s.spawn(work);
+            }
+        }
+        let this = push(repo, path);
+        if this.is_ok() && ahead_on {
+            work();
+        }
+        this
+    });
+    this?;
+    Ok(1 + pushed_ahead.into_inner())
+}
+
+/// At most this many segments are pushed ahead by one `wal-push` call.
+const MAX_AHEAD: usize = 256;
+
+/// True (and the marker is gone) when an earlier call already pushed `path` ahead. Cheap:
+/// callers check this before opening the repository (which costs a key derivation).
+pub fn take_marker(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    std::fs::remove_file(dir.join(".coffer-pushed").join(name)).is_ok()
+}
+
+/// Archive `data` under `name`.
+pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8]) -> Result<Pushed> {
+    if matches!(kind, WalFileKind::Segment | WalFileKind::Partial) {
+        let h = segment_header(data).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Source,
+                format!("{name} does not start with a WAL long page header"),
+            )
+        })?;
+        if !valid_segment_size(h.segment_size) {
+            return Err(Error::new(
+                ErrorKind::Source,
+                format!(
+                    "{name}'s page header gives a segment size of {} bytes, which PostgreSQL never \
+                     uses (a power of two from 1 MiB to 1 GiB): not a WAL file, or a damaged one",
+                    h.segment_size
+                ),
+            )
+            .into());
+        }
+        if kind == WalFileKind::Segment && data.len() as u64 != h.segment_size as u64 {
+            return Err(Error::new(
+                ErrorKind::Source,
+                format!(
+                    "{name} is {} bytes but its header says segments are {} bytes (a torn copy?)",
+                    data.len(),
+                    h.segment_size
+                ),
+            )
+            .into());
+        }
+        let sysid = h.system_identifier.to_string();
+        match known_archive_info(repo)? {
+            Some(info) if info.system_identifier != sysid => {
+                return Err(Error::usage(format!(
+                    "{name} comes from the cluster with system identifier {sysid}, but this \
+                     archive belongs to cluster {}; give each cluster its own repository",
+                    info.system_identifier
+                ))
+                .into())
+            }
+            Some(_) => {}
+            None => {
+                let info = ArchiveInfo {
+                    system_identifier: sysid,
+                    segment_size: h.segment_size,
+                    created: chrono::Local::now().fixed_offset(),
+                    requires: Features::default().with(features::WAL_ARCHIVE),
+                };
+                let sealed = seal_file(repo, ARCHIVE_INFO, &serde_json::to_vec(&info)?);
+                repo.backend.write(FileKind::Wal, ARCHIVE_INFO, &sealed)?;
+            }
+        }
+    }
+    let obj = object_name(name);
+    match repo.backend.read(FileKind::Wal, &obj) {
+        Ok(existing) => {
+            let old = open_file(repo, name, &existing)?;
+            if old == data {
+                return Ok(Pushed::AlreadyArchived);
+            }
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{name} is already archived with different content; refusing to overwrite it \
+                     (is another cluster archiving into this repository, or was the data \
+                     directory restored without a new timeline?)"
+                ),
+            )
+            .into());
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e),
+    }
+    repo.backend
+        .write(FileKind::Wal, &obj, &seal_file(repo, name, data))?;
+    Ok(Pushed::Stored)
+}
