@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorKind};
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 const STALE_AFTER_MINUTES: i64 = 30;
@@ -31,13 +31,12 @@ const REFRESH_EVERY_SECS: u64 = 300;
 /// Past this without a successful refresh, others may take our lock for stale.
 const LOST_AFTER_SECS: u64 = 25 * 60;
 
-/// Set when this process could not refresh its lock for too long.
-static LOST: AtomicBool = AtomicBool::new(false);
-
-/// Fail if this process's lock may have been taken for stale by another host. Called
-/// before the writes that would be unsafe without a lock (a snapshot, prune's deletes).
-pub fn ensure_held() -> Result<()> {
-    if LOST.load(Ordering::SeqCst) {
+/// Fail if a lock taken through this repository handle may have been taken for stale by
+/// another host (it could not be refreshed for too long). Called before the writes that
+/// would be unsafe without a lock (a snapshot, prune's deletes). Another handle, on this
+/// repository or another, is not affected.
+pub fn ensure_held(repo: &Repository) -> Result<()> {
+    if repo.lock_lost.load(Ordering::SeqCst) {
         return Err(Error::new(
             ErrorKind::Locked,
             "the repository lock could not be refreshed for 25 minutes (storage unreachable?); \
@@ -109,7 +108,7 @@ impl ExclusiveLock {
     /// Fail if the lock may have been taken for stale by another host (see
     /// [`ensure_held`]); called before deleting.
     pub fn ensure_held(&self) -> Result<()> {
-        ensure_held()
+        ensure_held(&self.0.repo)
     }
 }
 
@@ -237,7 +236,7 @@ impl Lock {
                         _ => return,
                     }
                     if last_ok.elapsed().as_secs() > LOST_AFTER_SECS {
-                        LOST.store(true, Ordering::SeqCst);
+                        repo.lock_lost.store(true, Ordering::SeqCst);
                     }
                     if started.elapsed() < next_refresh {
                         continue;
@@ -461,5 +460,28 @@ mod tests {
             .map(|l| l.name)
             .collect();
         assert_eq!(names, [new]);
+    }
+
+    #[test]
+    fn a_lost_lock_stops_only_its_own_repository_handle() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            ..Default::default()
+        };
+        let init = |name: &str| {
+            let backend = Arc::new(LocalBackend::new(t.path().join(name)));
+            Arc::new(Repository::init(backend, b"pw", &opts).unwrap())
+        };
+        let (a, b) = (init("a"), init("b"));
+        let _backup = Lock::shared(&a, "backup").unwrap();
+        let prune = Lock::exclusive(&b, "prune").unwrap();
+        // What the refresher of a's lock records once it could not refresh it for
+        // LOST_AFTER_SECS.
+        a.lock_lost.store(true, Ordering::SeqCst);
+        let e = ensure_held(&a).unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), ErrorKind::Locked, "{e:#}");
+        ensure_held(&b).unwrap();
+        prune.ensure_held().unwrap();
     }
 }

@@ -37,7 +37,10 @@ use keys::{KdfParams, KeyFile};
 use pack::BlobType;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use snapshot::Snapshot;
-use std::sync::Arc;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use tree::Tree;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -129,7 +132,6 @@ pub fn username() -> String {
         .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }))
 }
 
-/// An open repository: storage plus the unwrapped master key.
 /// A key slot as listed by [`Repository::list_keys`].
 #[derive(Debug)]
 pub struct ListedKey {
@@ -138,15 +140,43 @@ pub struct ListedKey {
     pub slot: std::result::Result<KeyFile, String>,
 }
 
+/// An open repository: storage plus the unwrapped master key, and the state that belongs
+/// to this handle alone (two handles in one process share none of it, even on the same
+/// storage).
 pub struct Repository {
     pub backend: Arc<dyn Backend>,
     pub key: MasterKey,
     pub config: RepoConfig,
     /// The key slot that opened the repository.
     pub key_name: String,
+    /// Set when a lock taken through this handle could not be refreshed for too long (see
+    /// [`lock::ensure_held`]).
+    lock_lost: AtomicBool,
+    /// What [`Repository::remember`] keeps, by type.
+    remembered: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
 }
 
 impl Repository {
+    /// Keep `value` for the life of this handle, one per type (a later one replaces it): for
+    /// what is read from an object that never changes once written, such as the WAL
+    /// archive's cluster record, so that it is read once per handle.
+    pub fn remember<T: Any + Send + Sync>(&self, value: T) {
+        self.remembered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    /// What [`Repository::remember`] kept of type `T` on this handle, if anything.
+    pub fn remembered<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
+        self.remembered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
     /// Create a new repository at an empty location.
     pub fn init(
         backend: Arc<dyn Backend>,
@@ -186,6 +216,8 @@ impl Repository {
             key,
             config,
             key_name,
+            lock_lost: AtomicBool::new(false),
+            remembered: Mutex::default(),
         };
         // The config object is written last: its presence means "initialised".
         let sealed = repo.seal_json(&repo.config)?;
@@ -267,6 +299,8 @@ impl Repository {
                     key,
                     config,
                     key_name: k.name,
+                    lock_lost: AtomicBool::new(false),
+                    remembered: Mutex::default(),
                 });
             }
         }

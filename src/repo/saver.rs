@@ -120,7 +120,7 @@ impl Shared {
             // A backup whose lock may have been taken for stale writes no index file: a prune
             // elsewhere may have deleted these packs as unindexed, and an index file listing them
             // would let a later backup deduplicate against data that is gone.
-            super::lock::ensure_held()?;
+            super::lock::ensure_held(&self.repo)?;
             self.repo.save_json(
                 FileKind::Index,
                 &IndexFile {

@@ -111,7 +111,7 @@ pub fn commit(mut session: Session, f: Finished, opts: &CommonOptions) -> Result
         program_version: format!("coffer {}", env!("CARGO_PKG_VERSION")),
         requires: f.requires,
     };
-    crate::repo::lock::ensure_held()?;
+    crate::repo::lock::ensure_held(&session.repo)?;
     snap.id = session.repo.save_json(FileKind::Snapshot, &snap)?;
     Ok(snap)
 }

@@ -14,26 +14,15 @@ use crate::repo::Repository;
 use anyhow::{Context as _, Result};
 use std::path::Path;
 
-/// [`archive_info`], read once per repository and process: the object is immutable once
+/// [`archive_info`], read once per repository handle: the object is immutable once
 /// written, and a push-ahead call checks it for every segment.
 fn known_archive_info(repo: &Repository) -> Result<Option<ArchiveInfo>> {
-    static KNOWN: std::sync::Mutex<Vec<(String, ArchiveInfo)>> = std::sync::Mutex::new(Vec::new());
-    let location = repo.backend.location();
-    let cached = KNOWN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(l, _)| *l == location)
-        .map(|(_, i)| i.clone());
-    if cached.is_some() {
-        return Ok(cached);
+    if let Some(info) = repo.remembered::<ArchiveInfo>() {
+        return Ok(Some(info));
     }
     let info = archive_info(repo)?;
     if let Some(i) = &info {
-        KNOWN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((location, i.clone()));
+        repo.remember(i.clone());
     }
     Ok(info)
 }
@@ -281,4 +270,53 @@ pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8])
     repo.backend
         .write(FileKind::Wal, &obj, &seal_file(repo, name, data))?;
     Ok(Pushed::Stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+    use crate::repo::{keys::KdfParams, InitOptions};
+    use std::sync::Arc;
+
+    /// A 1 MiB segment (the smallest size) of cluster `sysid`, with its long page header.
+    fn segment(sysid: u64) -> Vec<u8> {
+        let mut seg = vec![0u8; 1 << 20];
+        seg[2..4].copy_from_slice(&2u16.to_le_bytes());
+        seg[4..8].copy_from_slice(&1u32.to_le_bytes());
+        seg[24..32].copy_from_slice(&sysid.to_le_bytes());
+        seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        seg
+    }
+
+    #[test]
+    fn the_archive_record_is_remembered_per_repository_handle() {
+        let t = tempfile::tempdir().unwrap();
+        let init = || {
+            let backend = Arc::new(LocalBackend::new(t.path().join("repo")));
+            let opts = InitOptions {
+                kdf: KdfParams::insecure_for_tests(),
+                ..Default::default()
+            };
+            Repository::init(backend, b"pw", &opts).unwrap()
+        };
+        let name = "000000010000000000000001";
+        let first = init();
+        push_bytes(&first, name, WalFileKind::Segment, &segment(42)).unwrap();
+        let e = push_bytes(&first, name, WalFileKind::Segment, &segment(43)).unwrap_err();
+        assert!(e.to_string().contains("belongs to cluster 42"), "{e:#}");
+
+        // A new repository at the same location, for another cluster: the first handle's
+        // record is not taken for this one's.
+        drop(first);
+        std::fs::remove_dir_all(t.path().join("repo")).unwrap();
+        let second = init();
+        assert_eq!(
+            push_bytes(&second, name, WalFileKind::Segment, &segment(43)).unwrap(),
+            Pushed::Stored
+        );
+        let info = archive_info(&second).unwrap().unwrap();
+        assert_eq!(info.system_identifier, "43");
+    }
 }
