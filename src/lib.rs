@@ -1,20 +1,40 @@
 //! coffer — backup and recovery for a whole application stack.
 //!
-//! The crate is split the way the data flows:
+//! The library is built in layers; the code of each uses only the layers below it:
 //!
-//! * [`backend`] — where bytes live: a local directory or S3-compatible object storage
-//!   (through OpenDAL). Backends store immutable, content-named objects; nothing is renamed
-//!   or appended on object storage.
-//! * [`crypto`] — the master key, keyed BLAKE3 blob identifiers, XChaCha20-Poly1305 sealing.
-//! * [`repo`] — the repository engine: key slots, packs, index, trees, snapshots, locks,
-//!   check, prune and the retention policy.
-//! * [`sources`] — what gets backed up: directory trees, byte streams (stdin), PostgreSQL
-//!   logical dumps and restores (`sources::postgres`), and the WAL archive behind
-//!   `archive_command`/`restore_command` (`sources::wal`); later Redis and command output.
-//! * [`restore`] — writing a snapshot back to disk, verifying every byte it writes.
+//! ```text
+//!   CLI        src/main.rs, src/cli/     parse arguments, call the engine and the sources, print
+//!   sources    sources::{files, stream, postgres::{…, wal}}
+//!   engine     repo::{chunker, crypto, id, keys, pack, index, tree, snapshot, lock,
+//!                     saver, restore, check, prune, forget, features}
+//!   storage    backend::{local, s3}
+//! ```
 //!
-//! The `coffer` binary (`src/main.rs`, `src/cli/`) only parses arguments, calls into this
-//! library and prints. The on-disk format and its crash stories are in `docs/FORMAT.md`.
+//! * [`backend`] — storage, at the bottom: where bytes live, a local directory or
+//!   S3-compatible object storage (through OpenDAL). Backends store immutable,
+//!   content-named objects; nothing is renamed or appended on object storage.
+//! * [`repo`] — the repository engine, on the storage: content-defined chunking, the master
+//!   key, keyed BLAKE3 blob ids and XChaCha20-Poly1305 sealing, key slots, packs, the
+//!   index, trees, snapshots, locks, the blob saver, restore to disk (verifying every byte
+//!   it writes), check, prune, the retention policy and the format features. A
+//!   [`repo::Repository`] handle holds all the state of one open repository: nothing is
+//!   kept in process-global state, so one process may open several.
+//! * [`sources`] — what gets backed up, on the engine: directory trees
+//!   ([`sources::files`]), byte streams from stdin ([`sources::stream`]) and PostgreSQL
+//!   ([`sources::postgres`]: logical dumps and their restores, physical base backups,
+//!   point-in-time recovery, and under [`sources::postgres::wal`] the WAL archive behind
+//!   `archive_command`/`restore_command`, its verification and retention).
+//! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls
+//!   the engine and the sources, and prints.
+//!
+//! Beside the layers, used by them: [`error`] (the error kinds behind the exit codes),
+//! [`progress`] (progress output), [`redact`] (`Debug` without secrets), [`config`] (the
+//! configuration file, read by the CLI), and two file-system helpers: [`safefs`] (writing
+//! below a directory without following symbolic links; used by restore to disk, PITR and
+//! `dump --out`) and [`fsutil`] (durable creation of files and directories; used by the
+//! local backend and the CLI).
+//!
+//! The on-disk format and its crash stories are in `docs/FORMAT.md`.
 
 pub mod backend;
 pub mod config;

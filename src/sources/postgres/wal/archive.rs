@@ -230,6 +230,7 @@ pub fn next_segments(name: &str, segment_size: u32, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::super::fetch::fetch;
+    use super::super::push::push_bytes;
     use super::*;
     use crate::error::ErrorKind;
 
@@ -347,5 +348,54 @@ mod tests {
         assert_eq!(h.timeline, 1);
         page[2] = 0;
         assert!(segment_header(&page).is_none());
+    }
+
+    #[test]
+    fn the_wal_archive_record_declares_its_feature_and_is_checked() {
+        use crate::backend::{Backend, LocalBackend};
+        use crate::repo::features::WAL_ARCHIVE;
+        use crate::repo::{keys::KdfParams, InitOptions};
+        let t = tempfile::tempdir().unwrap();
+        let backend = std::sync::Arc::new(LocalBackend::new(t.path().join("repo")));
+        let opts = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            ..Default::default()
+        };
+        let repo = Repository::init(backend.clone(), b"pw", &opts).unwrap();
+        // A segment with a long page header: 1 MiB segments (the smallest) of cluster 42.
+        let mut seg = vec![0u8; 1 << 20];
+        seg[2..4].copy_from_slice(&2u16.to_le_bytes());
+        seg[4..8].copy_from_slice(&1u32.to_le_bytes());
+        seg[24..32].copy_from_slice(&42u64.to_le_bytes());
+        seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        push_bytes(
+            &repo,
+            "000000010000000000000001",
+            WalFileKind::Segment,
+            &seg,
+        )
+        .unwrap();
+        let info = archive_info(&repo).unwrap().unwrap();
+        assert!(info.requires.contains(WAL_ARCHIVE), "{info:?}");
+
+        // The record as a newer coffer would write it (sealed as seal_file does).
+        let mut v = serde_json::to_value(&info).unwrap();
+        v["requires"] = serde_json::json!({"wal-archive-v2": "0.7.0"});
+        let data = serde_json::to_vec(&v).unwrap();
+        let mut plain = (ARCHIVE_INFO.len() as u16).to_le_bytes().to_vec();
+        plain.extend_from_slice(ARCHIVE_INFO.as_bytes());
+        plain.extend_from_slice(&data);
+        let enc = crate::repo::crypto::compress::Compressor::new(1).encode(&plain);
+        backend
+            .write(FileKind::Wal, ARCHIVE_INFO, &repo.key.seal_encoded(enc))
+            .unwrap();
+        let e = archive_info(&repo).unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), ErrorKind::NeedsNewer, "{e:#}");
+        assert!(
+            e.to_string()
+                .starts_with("the WAL archive needs coffer >= 0.7.0 (feature wal-archive-v2)"),
+            "{e}"
+        );
     }
 }
