@@ -619,17 +619,8 @@ fn prune_removes_unreferenced_data_and_keeps_the_rest() {
 /// A backup reading from a pipe we control stays in progress (holding its lock) until
 /// we close the pipe.
 fn start_stdin_backup(env: &Env, name: &str) -> std::process::Child {
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().to_string();
-        if k.starts_with("COFFER_") {
-            c.env_remove(&k);
-        }
-    }
-    c.env("COFFER_REPO", &env.repo)
-        .env("COFFER_PASSWORD", "correct horse")
-        .env("COFFER_HOME", env.path("home"))
-        .args(["backup", "--quiet", "--stdin", "--stdin-name", name])
+    let mut c = env.std_cmd(assert_cmd::cargo::cargo_bin("coffer"));
+    c.args(["backup", "--quiet", "--stdin", "--stdin-name", name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -981,16 +972,8 @@ fn file_rewritten_within_the_timestamp_tick_is_read_again() {
 
         // The first write comes once the backup holds its lock (its passphrase is checked), so
         // that it reads the file soon after.
-        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("COFFER_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("COFFER_HOME", env.path("home"))
-            .env("COFFER_REPO", &env.repo)
-            .env("COFFER_PASSWORD", "correct horse")
-            .args(["backup", "--json", src.to_str().unwrap()])
+        let mut c = env.std_cmd(assert_cmd::cargo::cargo_bin("coffer"));
+        c.args(["backup", "--json", src.to_str().unwrap()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
@@ -1061,10 +1044,6 @@ fn file_rewritten_within_the_timestamp_tick_is_read_again() {
         );
     }
     panic!("no attempt reproduced the race (the machine was too slow or wrote the pages back)");
-}
-
-fn as_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// `coffer ARGS…` run through `sh`, which first makes `.NAME.coffer-restore-$$` in `dir`

@@ -38,12 +38,7 @@ fn traced(log: &Path, envs: &[(&str, &Path)], args: &[&str]) -> Vec<Call> {
         ])
         .arg(assert_cmd::cargo::cargo_bin("coffer"))
         .args(args);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().to_string();
-        if k.starts_with("COFFER_") || k.starts_with("AWS_") || k == "XDG_DATA_HOME" {
-            cmd.env_remove(&k);
-        }
-    }
+    common::clean_env(&mut cmd);
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -6,82 +6,35 @@
 
 mod common;
 
-use common::pg::PgCluster;
-use std::os::unix::fs::PermissionsExt;
+use common::pg::{chown_to_server_user, ArchiveRepo, PgCluster};
+use common::{stderr, step};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// A cluster archiving into a fresh repository; the repository and the passphrase file
 /// belong to the server's OS user, which runs wal-push and wal-fetch.
 struct Archived {
-    holder: tempfile::TempDir,
+    archive: ArchiveRepo,
+    holder: PathBuf,
     repo: PathBuf,
-    pwfile: PathBuf,
     pg: PgCluster,
-}
-
-fn as_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn chown_to_server_user(p: &Path) {
-    if as_root() {
-        let st = std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(p)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-fn coffer_for(holder: &Path, repo: &Path, pwfile: &Path) -> assert_cmd::Command {
-    let mut c = assert_cmd::Command::cargo_bin("coffer").unwrap();
-    common::clean_env(&mut c);
-    c.env("COFFER_HOME", holder.join("home"))
-        .env("COFFER_REPO", repo)
-        .env("COFFER_PASSWORD_FILE", pwfile);
-    c
 }
 
 impl Archived {
     fn new() -> Archived {
-        let holder = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let repo = holder.path().join("repo");
-        let pwfile = holder.path().join("pw");
-        std::fs::write(&pwfile, "pitr secret\n").unwrap();
-        coffer_for(holder.path(), &repo, &pwfile)
-            .args(["init", "--pack-size", "8"])
-            .assert()
-            .success();
-        chown_to_server_user(holder.path());
-        let archive_command = format!(
-            "COFFER_REPO='{}' COFFER_PASSWORD_FILE='{}' '{}' wal-push %p",
-            repo.display(),
-            pwfile.display(),
-            assert_cmd::cargo::cargo_bin("coffer").display()
-        );
-        let pg = PgCluster::start_with(&[
-            ("archive_mode", "on"),
-            ("archive_command", &archive_command),
-            ("archive_timeout", "0"),
-        ]);
+        let archive = ArchiveRepo::new("pitr secret\n", &["--pack-size", "8"]);
+        let pg = archive.start_archiving(&[]);
         Archived {
-            holder,
-            repo,
-            pwfile,
+            holder: archive.holder.path().to_path_buf(),
+            repo: archive.repo.clone(),
+            archive,
             pg,
         }
     }
 
     fn cmd(&self) -> assert_cmd::Command {
-        coffer_for(self.holder.path(), &self.repo, &self.pwfile)
+        self.archive.cmd()
     }
 
     fn base_backup(&self) -> serde_json::Value {
@@ -106,7 +59,7 @@ impl Archived {
 
     /// `coffer restore --pgdata DIR ARGS…` into a new directory.
     fn restore(&self, name: &str, args: &[&str]) -> (PathBuf, Output) {
-        let dir = self.holder.path().join(name);
+        let dir = self.holder.join(name);
         let out = self
             .cmd()
             .args(["restore", "--pgdata"])
@@ -176,6 +129,35 @@ fn amcheck(pg: &PgCluster) {
 #[test]
 fn point_in_time_recovery_lands_on_each_target() {
     let a = Archived::new();
+    step("a base backup while pgbench writes", || {
+        base_backup_while_pgbench_writes(&a)
+    });
+    let m = step("marker rows between recovery points", || {
+        write_markers(&a.pg)
+    });
+    step("recovery by time", || recovers_by_time(&a, &m));
+    step("recovery by LSN", || recovers_by_lsn(&a, &m));
+    step("recovery by transaction id", || recovers_by_xid(&a, &m));
+    step("recovery by restore point name", || recovers_by_name(&a));
+    step("replay to the end", || replays_to_the_end(&a, &m));
+    step("targets outside the archive, a busy directory", || {
+        refuses_bad_targets_and_a_busy_directory(&a)
+    });
+    step("a segment missing from the archive", || {
+        refuses_a_gap_in_the_archive(&a, &m)
+    });
+}
+
+/// The points between the marker rows of [`write_markers`], and the pgbench state after them.
+struct Markers {
+    time_after: Vec<String>,
+    lsn_after: Vec<String>,
+    xid_of: Vec<String>,
+    accounts: String,
+    history: String,
+}
+
+fn base_backup_while_pgbench_writes(a: &Archived) {
     let pg = &a.pg;
     pgbench_init(pg, 5);
     pg.psql(
@@ -184,7 +166,6 @@ fn point_in_time_recovery_lands_on_each_target() {
          CREATE UNLOGGED TABLE scratch AS SELECT generate_series(1, 1000) AS x;",
     );
 
-    // A base backup while pgbench writes.
     let mut load = pgbench(pg, &["-c", "2", "-T", "6", "-n"]);
     std::thread::sleep(Duration::from_millis(500));
     let first = a.base_backup();
@@ -201,8 +182,10 @@ fn point_in_time_recovery_lands_on_each_target() {
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["kind"], "postgres-physical");
     assert_eq!(snaps[0]["id"], first["id"]);
+}
 
-    // Marker rows, one transaction each; remember the points between them.
+/// Marker rows, one transaction each; remember the points between them.
+fn write_markers(pg: &PgCluster) -> Markers {
     let mut time_after = Vec::new();
     let mut lsn_after = Vec::new();
     let mut xid_of = Vec::new();
@@ -224,14 +207,23 @@ fn point_in_time_recovery_lands_on_each_target() {
         "SELECT sum(abalance), count(*) FROM pgbench_accounts",
     );
     let history = pg.psql("postgres", "SELECT count(*) FROM pgbench_history");
-    a.archive_all();
+    pg.archive_all();
+    Markers {
+        time_after,
+        lsn_after,
+        xid_of,
+        accounts,
+        history,
+    }
+}
 
-    // By time: between markers 2 and 3.
+/// By time: between markers 2 and 3.
+fn recovers_by_time(a: &Archived, m: &Markers) {
     let r = a.recover(
         "by-time",
         &[
             "--target-time",
-            &time_after[1],
+            &m.time_after[1],
             "--target-action",
             "promote",
         ],
@@ -241,21 +233,28 @@ fn point_in_time_recovery_lands_on_each_target() {
     amcheck(&r);
     // The unlogged table is there, empty (only its init fork was backed up).
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM scratch"), "0");
-    drop(r);
+}
 
-    // By LSN: just after marker 3's commit.
+/// By LSN: just after marker 3's commit.
+fn recovers_by_lsn(a: &Archived, m: &Markers) {
     let r = a.recover(
         "by-lsn",
-        &["--target-lsn", &lsn_after[2], "--target-action", "promote"],
+        &[
+            "--target-lsn",
+            &m.lsn_after[2],
+            "--target-action",
+            "promote",
+        ],
         false,
     );
     assert_eq!(markers(&r), [1, 2, 3]);
-    drop(r);
+}
 
-    // By transaction id, inclusive and exclusive.
+/// By transaction id, inclusive and exclusive.
+fn recovers_by_xid(a: &Archived, m: &Markers) {
     let r = a.recover(
         "by-xid",
-        &["--target-xid", &xid_of[4], "--target-action", "promote"],
+        &["--target-xid", &m.xid_of[4], "--target-action", "promote"],
         false,
     );
     assert_eq!(markers(&r), [1, 2, 3, 4, 5]);
@@ -264,7 +263,7 @@ fn point_in_time_recovery_lands_on_each_target() {
         "by-xid-excl",
         &[
             "--target-xid",
-            &xid_of[4],
+            &m.xid_of[4],
             "--target-exclusive",
             "--target-action",
             "promote",
@@ -272,18 +271,20 @@ fn point_in_time_recovery_lands_on_each_target() {
         false,
     );
     assert_eq!(markers(&r), [1, 2, 3, 4]);
-    drop(r);
+}
 
-    // By restore point name.
+/// By restore point name.
+fn recovers_by_name(a: &Archived) {
     let r = a.recover(
         "by-name",
         &["--target-name", "after-4", "--target-action", "promote"],
         false,
     );
     assert_eq!(markers(&r), [1, 2, 3, 4]);
-    drop(r);
+}
 
-    // Replay everything: every marker and the same pgbench state.
+/// Replay everything: every marker and the same pgbench state.
+fn replays_to_the_end(a: &Archived, m: &Markers) {
     let r = a.recover("to-end", &["--target-action", "promote"], false);
     assert_eq!(markers(&r), [1, 2, 3, 4, 5, 6]);
     assert_eq!(
@@ -291,17 +292,18 @@ fn point_in_time_recovery_lands_on_each_target() {
             "postgres",
             "SELECT sum(abalance), count(*) FROM pgbench_accounts"
         ),
-        accounts
+        m.accounts
     );
     assert_eq!(
         r.psql("postgres", "SELECT count(*) FROM pgbench_history"),
-        history
+        m.history
     );
     amcheck(&r);
-    drop(r);
+}
 
-    // Errors: a target before the only backup, a target past the archive, a non-empty
-    // directory, a snapshot that is not a base backup.
+/// Errors: a target before the only backup, a target past the archive, a non-empty
+/// directory.
+fn refuses_bad_targets_and_a_busy_directory(a: &Archived) {
     let (_, out) = a.restore("too-early", &["--target-time", "2001-01-01 00:00:00+00"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -316,7 +318,7 @@ fn point_in_time_recovery_lands_on_each_target() {
         "{}",
         stderr(&out)
     );
-    let now = pg.psql("postgres", "SELECT clock_timestamp()");
+    let now = a.pg.psql("postgres", "SELECT clock_timestamp()");
     let (_, out) = a.restore("too-late-time", &["--target-time", &now]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -324,19 +326,22 @@ fn point_in_time_recovery_lands_on_each_target() {
         "{}",
         stderr(&out)
     );
-    let busy = a.holder.path().join("busy");
+    let busy = a.holder.join("busy");
     std::fs::create_dir_all(&busy).unwrap();
     std::fs::write(busy.join("keep-me"), "x").unwrap();
     let (_, out) = a.restore("busy", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     assert!(busy.join("keep-me").exists());
+}
 
-    // A segment missing from the archive after the backup: replay-to-end is refused and
-    // names it, and nothing is written.
+/// A segment missing from the archive after the backup: replay-to-end is refused and
+/// names it, and nothing is written.
+fn refuses_a_gap_in_the_archive(a: &Archived, m: &Markers) {
+    let pg = &a.pg;
     let gap = pg.psql(
         "postgres",
-        &format!("SELECT pg_walfile_name('{}')", lsn_after[5]),
+        &format!("SELECT pg_walfile_name('{}')", m.lsn_after[5]),
     );
     pg.psql("postgres", "INSERT INTO marker (id) VALUES (7)");
     a.archive_all();
@@ -426,13 +431,7 @@ fn base_backup_needs_archiving() {
         .args(["backup", "--postgres", &pg.url("postgres"), "--physical"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("archive_mode = on"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(env.snapshots().is_empty());
+    common::refused_without_snapshot(&env, &out, None, &["archive_mode = on"], 0);
 }
 
 impl Archived {
@@ -713,7 +712,7 @@ fn forget_removes_wal_no_kept_base_backup_needs() {
 fn tablespaces_are_restored_moved_and_updated_in_place() {
     let a = Archived::new();
     let pg = &a.pg;
-    let ts1 = a.holder.path().join("ts1");
+    let ts1 = a.holder.join("ts1");
     std::fs::create_dir(&ts1).unwrap();
     chown_to_server_user(&ts1);
     pg.psql(
@@ -752,7 +751,7 @@ fn tablespaces_are_restored_moved_and_updated_in_place() {
         stderr(&out)
     );
 
-    let ts2 = a.holder.path().join("ts2");
+    let ts2 = a.holder.join("ts2");
     let map = format!("ts={}", ts2.display());
     let r = a.recover(
         "moved",
@@ -787,12 +786,12 @@ fn tablespaces_are_restored_moved_and_updated_in_place() {
     let rel_in_ts2 = ts2.join(relpath.splitn(3, '/').nth(2).unwrap());
     let len = std::fs::metadata(&rel_in_ts2).unwrap().len();
     std::fs::write(&rel_in_ts2, vec![0x55u8; len as usize]).unwrap();
-    let stray = a.holder.path().join("moved").join("stray.txt");
+    let stray = a.holder.join("moved").join("stray.txt");
     std::fs::write(&stray, "not in the backup").unwrap();
     // Links planted in the tablespace directory and the data directory must not lead the
     // delta restore outside: a hard link to an outside copy of an unchanged file (which
     // would otherwise be kept and chowned in place), and pg_tblspc/OID pointing elsewhere.
-    let outside = a.holder.path().join("outside-ts");
+    let outside = a.holder.join("outside-ts");
     let oid = a.pg.psql(
         "postgres",
         "SELECT oid FROM pg_tablespace WHERE spcname = 'ts'",
@@ -815,7 +814,7 @@ fn tablespaces_are_restored_moved_and_updated_in_place() {
     let before = common::fingerprint(&outside);
     std::fs::remove_file(&kept).unwrap();
     std::fs::hard_link(outside.join("copy"), &kept).unwrap();
-    let link = a.holder.path().join("moved/pg_tblspc").join(&oid);
+    let link = a.holder.join("moved/pg_tblspc").join(&oid);
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&outside, &link).unwrap();
     let (_, out) = a.restore("moved", &["--tablespace-map", &map]);
@@ -900,7 +899,7 @@ fn forget_keeps_wal_a_recovery_holds_and_refuses_wal_it_removed() {
 
     // A wal-fetch with the hold refreshes it, but not on every call: a stamp file says when
     // it last did, and ten minutes later the next call refreshes again.
-    let scratch = a.holder.path().join("scratch/pg_wal");
+    let scratch = a.holder.join("scratch/pg_wal");
     std::fs::create_dir_all(&scratch).unwrap();
     let fetch = |name: &str| {
         let out = a
@@ -1025,7 +1024,7 @@ fn pgdata_restore_never_writes_through_links_planted_in_the_target() {
     a.archive_all();
     let (dir, out) = a.restore("planted", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let outside = a.holder.path().join("outside");
+    let outside = a.holder.join("outside");
     let control = std::fs::read(dir.join("global/pg_control")).unwrap();
     common::make_outside(
         &outside,
@@ -1089,19 +1088,12 @@ fn pgdata_restore_is_durable_before_recovery_signal_appears() {
     let a = Archived::new();
     a.base_backup();
     a.archive_all();
-    let dir = a.holder.path().canonicalize().unwrap().join("traced");
-    let log = a.holder.path().join("restore.strace");
+    let dir = a.holder.canonicalize().unwrap().join("traced");
+    let log = a.holder.join("restore.strace");
     let mut c = std::process::Command::new(common::strace::binary());
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("COFFER_") || k.starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
+    common::clean_env(&mut c);
     let out = c
-        .env("COFFER_HOME", a.holder.path().join("home"))
-        .env("COFFER_REPO", &a.repo)
-        .env("COFFER_PASSWORD_FILE", &a.pwfile)
+        .envs(a.archive.vars())
         .args(["-f", "-y", "-qq", "-o"])
         .arg(&log)
         .args([

@@ -3,7 +3,7 @@
 mod common;
 
 use common::pg::{PgCluster, RICH_SCHEMA_ITEMS, RICH_SCHEMA_ORDERS};
-use common::Env;
+use common::{ok, refused_without_snapshot, stderr, Env};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,19 +11,7 @@ use std::path::Path;
 /// `coffer` with no PostgreSQL settings inherited from the environment.
 fn coffer(env: &Env) -> assert_cmd::Command {
     let mut c = env.cmd();
-    for k in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGDATABASE",
-        "PGSERVICE",
-        "PGPASSFILE",
-        "DATABASE_URL",
-        "COFFER_PG_BINDIR",
-    ] {
-        c.env_remove(k);
-    }
+    common::clean_pg_env(&mut c);
     c
 }
 
@@ -31,24 +19,20 @@ fn run(env: &Env, args: &[&str]) -> std::process::Output {
     coffer(env).args(args).output().unwrap()
 }
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "coffer failed ({:?}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn backup(env: &Env, url: &str, extra: &[&str]) -> Value {
     let mut args = vec!["backup", "--json", "--postgres", url];
     args.extend_from_slice(extra);
     serde_json::from_str(&ok(&run(env, &args))).unwrap()
+}
+
+/// `coffer backup --postgres URL [extra…]` with the PostgreSQL programs of `bindir`.
+fn backup_with_bindir(env: &Env, bindir: &Path, url: &str, extra: &[&str]) -> std::process::Output {
+    coffer(env)
+        .env("COFFER_PG_BINDIR", bindir)
+        .args(["backup", "--postgres", url])
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 /// `coffer restore latest --to-postgres URL --table TABLE [extra…]`.
@@ -61,11 +45,7 @@ fn restore_table(env: &Env, url: &str, table: &str, extra: &[&str]) -> std::proc
 /// A backup that failed as a source error (exit 8), said `needle` and that no snapshot
 /// was written, and left none.
 fn assert_refused_without_snapshot(env: &Env, out: &std::process::Output, needle: &str) {
-    let said = stderr(out);
-    assert_eq!(out.status.code(), Some(8), "{said}");
-    assert!(said.contains(needle), "{said}");
-    assert!(said.contains("no snapshot"), "{said}");
-    assert_eq!(snapshot_count(env), 0);
+    refused_without_snapshot(env, out, Some(8), &[needle, "no snapshot"], 0);
 }
 
 fn snapshot_count(env: &Env) -> usize {
@@ -247,10 +227,8 @@ fn replacing_a_database_asks_first_and_keeps_a_safety_backup() {
 
     // Without --yes and without a terminal: refused, nothing touched.
     let out = run(&env, &["restore", &snap, "--to-postgres", &pg.url("app")]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    refused_without_snapshot(&env, &out, Some(2), &["--yes"], 1);
     assert_eq!(pg.data_checksums("app"), damaged);
-    assert_eq!(snapshot_count(&env), 1);
 
     // On a terminal coffer asks for the database name; a wrong answer stops it.
     let cmdline = format!(
@@ -485,26 +463,14 @@ fn a_failing_pg_dump_leaves_no_snapshot() {
             pg.bindir().display()
         ),
     );
-    let out = coffer(&env)
-        .env("COFFER_PG_BINDIR", &bin)
-        .args(["backup", "--postgres", &pg.url("app")])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    assert!(stderr(&out).contains("signal 9"), "{}", stderr(&out));
-    assert_eq!(snapshot_count(&env), 0);
+    let out = backup_with_bindir(&env, &bin, &pg.url("app"), &[]);
+    refused_without_snapshot(&env, &out, Some(8), &["signal 9"], 0);
 
     // pg_dump exits 0 but writes something that is not an archive.
     let bin = env.path("garbage-bin");
     fake_bindir(&pg, &bin, "echo not a dump");
-    let out = coffer(&env)
-        .env("COFFER_PG_BINDIR", &bin)
-        .args(["backup", "--postgres", &pg.url("app")])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    assert!(stderr(&out).contains("custom-format"), "{}", stderr(&out));
-    assert_eq!(snapshot_count(&env), 0);
+    let out = backup_with_bindir(&env, &bin, &pg.url("app"), &[]);
+    refused_without_snapshot(&env, &out, Some(8), &["custom-format"], 0);
 
     // The password reaches pg_dump through the environment, never its command line.
     let bin = env.path("spy-bin");
@@ -518,11 +484,7 @@ fn a_failing_pg_dump_leaves_no_snapshot() {
             log = log.display()
         ),
     );
-    let out = coffer(&env)
-        .env("COFFER_PG_BINDIR", &bin)
-        .args(["backup", "--postgres", &pg.url("app")])
-        .output()
-        .unwrap();
+    let out = backup_with_bindir(&env, &bin, &pg.url("app"), &[]);
     ok(&out);
     let spied = std::fs::read_to_string(&log).unwrap();
     let args = spied.lines().find(|l| l.starts_with("ARGS")).unwrap();
@@ -902,31 +864,32 @@ fn a_failing_data_stream_leaves_no_snapshot() {
             pg.bindir().display()
         ),
     );
-    let mut cmd = coffer(&env);
-    cmd.env("COFFER_PG_BINDIR", &bin)
-        .args(["backup", "--postgres", &pg.url("app")])
-        .args(split);
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    let said = stderr(&out);
-    assert!(said.contains("the disk is on fire"), "{said}");
-    assert!(said.contains("pg_dump of the data of"), "{said}");
-    assert!(said.contains("exit status 3"), "{said}");
-    assert_eq!(snapshot_count(&env), 0);
+    let out = backup_with_bindir(&env, &bin, &pg.url("app"), &split);
+    refused_without_snapshot(
+        &env,
+        &out,
+        Some(8),
+        &[
+            "the disk is on fire",
+            "pg_dump of the data of",
+            "exit status 3",
+        ],
+        0,
+    );
 
     // The same database in one stream (--dump-jobs 1) never runs a data-only pg_dump.
-    let mut cmd = coffer(&env);
-    cmd.env("COFFER_PG_BINDIR", &bin).args([
-        "backup",
-        "--json",
-        "--postgres",
+    ok(&backup_with_bindir(
+        &env,
+        &bin,
         &pg.url("app"),
-        "--dump-jobs",
-        "1",
-        "--dump-min-table-bytes",
-        "65536",
-    ]);
-    ok(&cmd.output().unwrap());
+        &[
+            "--json",
+            "--dump-jobs",
+            "1",
+            "--dump-min-table-bytes",
+            "65536",
+        ],
+    ));
     assert!(data_streams(&env).is_empty());
     assert_eq!(env.snapshots()[0]["requires"], serde_json::json!({}));
     ok(&run(
@@ -940,7 +903,7 @@ fn a_failing_data_stream_leaves_no_snapshot() {
 /// with the server's default and the restore says so (text and JSON), instead of silently.
 #[test]
 fn a_missing_locale_is_reported_when_the_database_is_created() {
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/share/i18n/locales/en_US").exists() {
+    if !common::as_root() || !Path::new("/usr/share/i18n/locales/en_US").exists() {
         eprintln!("skipped: needs root and the locales sources (package locales)");
         return;
     }

@@ -283,12 +283,7 @@ impl S3Env {
     /// The same as a plain process, for a test that controls it while it runs.
     fn command(&self, repo: &str, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("COFFER_") || k.starts_with("AWS_") || k == "XDG_DATA_HOME" {
-                c.env_remove(k.as_ref());
-            }
-        }
+        common::clean_env(&mut c);
         c.env("COFFER_HOME", self.home.path())
             .env("COFFER_PASSWORD", &self.password)
             .env("AWS_ENDPOINT_URL", &self.endpoint)

@@ -3,15 +3,11 @@
 
 mod common;
 
-use common::pg::PgCluster;
-use common::Env;
+use common::pg::{ArchiveRepo, PgCluster};
+use common::{stderr, step, Env};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Make some WAL and switch to a new segment; returns the finished segment's name.
 fn finished_segment(pg: &PgCluster) -> String {
@@ -37,11 +33,39 @@ fn the_archive_contract_holds() {
     let other = PgCluster::start();
     let env = Env::new();
     env.init();
-    let seg_name = finished_segment(&pg);
-    let seg = copy_segment(&pg, &seg_name, &env.path("wal-a"));
+    let seg = step("push twice, stored sealed", || push_twice(&env, &pg));
+    step("different content refused", || {
+        refuses_different_content(&env, &seg)
+    });
+    step("another cluster's segment refused", || {
+        refuses_another_clusters_segment(&env, &other)
+    });
+    step("a torn copy refused", || refuses_a_torn_copy(&env, &seg));
+    let dest = step("fetch gives the exact bytes", || {
+        fetches_exact_bytes(&env, &seg)
+    });
+    let missing = step("a missing file exits 1", || missing_file_exits_1(&env));
+    step("history files go through", || {
+        history_files_go_through(&env, &missing)
+    });
+    step("bad name, wrong passphrase", || {
+        refuses_bad_names_and_wrong_passphrase(&env, &seg, &dest)
+    });
+}
+
+/// A segment of the first cluster, pushed into the archive.
+struct Pushed {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+/// Push, then push the same again: both succeed; nothing of the segment is readable in the
+/// stored object.
+fn push_twice(env: &Env, pg: &PgCluster) -> Pushed {
+    let seg_name = finished_segment(pg);
+    let seg = copy_segment(pg, &seg_name, &env.path("wal-a"));
     let bytes = std::fs::read(&seg).unwrap();
 
-    // Push, then push the same again: both succeed.
     for _ in 0..2 {
         let out = env.cmd().args(["wal-push"]).arg(&seg).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -61,17 +85,24 @@ fn the_archive_contract_holds() {
         std::fs::metadata(obj).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    Pushed {
+        name: seg_name,
+        bytes,
+    }
+}
 
-    // Different content under the same name is refused.
+/// Different content under the same name is refused.
+fn refuses_different_content(env: &Env, seg: &Pushed) {
+    let (seg_name, bytes) = (&seg.name, &seg.bytes);
     let mut changed = bytes.clone();
     changed[bytes.len() / 2] ^= 0xff;
     let bad_dir = env.path("wal-changed");
     std::fs::create_dir_all(&bad_dir).unwrap();
-    std::fs::write(bad_dir.join(&seg_name), &changed).unwrap();
+    std::fs::write(bad_dir.join(seg_name), &changed).unwrap();
     let out = env
         .cmd()
         .arg("wal-push")
-        .arg(bad_dir.join(&seg_name))
+        .arg(bad_dir.join(seg_name))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -80,10 +111,12 @@ fn the_archive_contract_holds() {
         "{}",
         stderr(&out)
     );
+}
 
-    // A segment of another cluster is refused.
-    let foreign_name = finished_segment(&other);
-    let foreign = copy_segment(&other, &foreign_name, &env.path("wal-b"));
+/// A segment of another cluster is refused.
+fn refuses_another_clusters_segment(env: &Env, other: &PgCluster) {
+    let foreign_name = finished_segment(other);
+    let foreign = copy_segment(other, &foreign_name, &env.path("wal-b"));
     let out = env.cmd().arg("wal-push").arg(&foreign).output().unwrap();
     assert!(!out.status.success());
     assert!(
@@ -91,8 +124,11 @@ fn the_archive_contract_holds() {
         "{}",
         stderr(&out)
     );
+}
 
-    // A torn copy (shorter than a segment) is refused.
+/// A torn copy (shorter than a segment) is refused.
+fn refuses_a_torn_copy(env: &Env, seg: &Pushed) {
+    let (seg_name, bytes) = (&seg.name, &seg.bytes);
     let torn_dir = env.path("wal-torn");
     std::fs::create_dir_all(&torn_dir).unwrap();
     let torn_name = format!("{}FF", &seg_name[..22]);
@@ -104,21 +140,29 @@ fn the_archive_contract_holds() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
 
-    // Fetch gives the exact bytes.
+/// Fetch gives the exact bytes; returns where it wrote them.
+fn fetches_exact_bytes(env: &Env, seg: &Pushed) -> PathBuf {
+    let (seg_name, bytes) = (&seg.name, &seg.bytes);
     let restore_dir = env.path("pg_wal");
     std::fs::create_dir_all(&restore_dir).unwrap();
     let dest = restore_dir.join("RECOVERYXLOG");
     let out = env
         .cmd()
-        .args(["wal-fetch", &seg_name])
+        .args(["wal-fetch", seg_name])
         .arg(&dest)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(std::fs::read(&dest).unwrap() == bytes);
+    assert!(std::fs::read(&dest).unwrap() == *bytes);
+    dest
+}
 
-    // A missing file: exit 1, no file left behind, nothing printed.
+/// A missing file: exit 1, no file left behind, nothing printed; returns the name asked
+/// for.
+fn missing_file_exits_1(env: &Env) -> PathBuf {
+    let restore_dir = env.path("pg_wal");
     let missing = restore_dir.join("RECOVERYHISTORY");
     for name in ["00000002.history", "0000000100000000000000F0"] {
         let out = env
@@ -137,8 +181,11 @@ fn the_archive_contract_holds() {
         .filter(|n| n != "RECOVERYXLOG" && n != ".coffer-prefetch")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    missing
+}
 
-    // History files go through too.
+/// History files go through too.
+fn history_files_go_through(env: &Env, missing: &Path) {
     let hist_dir = env.path("hist");
     std::fs::create_dir_all(&hist_dir).unwrap();
     std::fs::write(
@@ -156,16 +203,18 @@ fn the_archive_contract_holds() {
     let out = env
         .cmd()
         .args(["wal-fetch", "00000002.history"])
-        .arg(&missing)
+        .arg(missing)
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(
-        std::fs::read_to_string(&missing).unwrap(),
+        std::fs::read_to_string(missing).unwrap(),
         "1\t0/3000000\tbefore 2024\n"
     );
+}
 
-    // Not a WAL file name; a wrong passphrase is not "not found" (recovery must stop).
+/// Not a WAL file name; a wrong passphrase is not "not found" (recovery must stop).
+fn refuses_bad_names_and_wrong_passphrase(env: &Env, seg: &Pushed, dest: &Path) {
     let out = env
         .cmd()
         .args(["wal-push", "/etc/passwd"])
@@ -175,8 +224,8 @@ fn the_archive_contract_holds() {
     let out = env
         .cmd()
         .env("COFFER_PASSWORD", "wrong")
-        .args(["wal-fetch", &seg_name])
-        .arg(&dest)
+        .args(["wal-fetch", &seg.name])
+        .arg(dest)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
@@ -184,40 +233,9 @@ fn the_archive_contract_holds() {
 
 #[test]
 fn postgres_archives_through_coffer() {
-    // A first cluster only to host the repository directory next to it.
-    let holder = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let repo = holder.path().join("repo");
-    let pwfile = holder.path().join("pw");
-    std::fs::write(&pwfile, "archive secret").unwrap();
-    let coffer = assert_cmd::cargo::cargo_bin("coffer");
-    let mut init = assert_cmd::Command::new(&coffer);
-    common::clean_env(&mut init);
-    init.env("COFFER_REPO", &repo)
-        .env("COFFER_PASSWORD_FILE", &pwfile)
-        .args(["init"])
-        .assert()
-        .success();
-    let archive_command = format!(
-        "COFFER_REPO='{}' COFFER_PASSWORD_FILE='{}' '{}' wal-push %p",
-        repo.display(),
-        pwfile.display(),
-        coffer.display()
-    );
     // The server user must own the repository and the password file.
-    if unsafe { libc::geteuid() } == 0 {
-        let st = std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(holder.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let pg = PgCluster::start_with(&[
-        ("archive_mode", "on"),
-        ("archive_command", &archive_command),
-        ("archive_timeout", "0"),
-    ]);
+    let archive = ArchiveRepo::new("archive secret", &[]);
+    let pg = archive.start_archiving(&[]);
 
     // Several segments in a row: every one is archived, none is lost.
     let mut names = Vec::new();
@@ -253,15 +271,12 @@ fn postgres_archives_through_coffer() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Each segment can be fetched back, byte for byte equal to what the server wrote.
-    let out_dir = holder.path().join("fetched");
+    let out_dir = archive.holder.path().join("fetched");
     std::fs::create_dir_all(&out_dir).unwrap();
     for n in &names {
-        let mut fetch = assert_cmd::Command::new(&coffer);
-        common::clean_env(&mut fetch);
         let dest = out_dir.join(n);
-        let out = fetch
-            .env("COFFER_REPO", &repo)
-            .env("COFFER_PASSWORD_FILE", &pwfile)
+        let out = archive
+            .cmd()
             .args(["wal-fetch", n])
             .arg(&dest)
             .output()
@@ -324,28 +339,12 @@ fn one_call_pushes_the_whole_ready_backlog() {
     assert!(!pg_wal.join(".coffer-pushed").join(&names[1]).exists());
 }
 
-/// `coffer` as a `std::process::Command` (to run under another user or a tracer), with the
-/// environment of [`Env::cmd`].
-fn std_cmd(env: &Env, program: &Path) -> std::process::Command {
-    let mut c = std::process::Command::new(program);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("COFFER_") || k.starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("COFFER_HOME", env.path("home"))
-        .env("COFFER_REPO", &env.repo)
-        .env("COFFER_PASSWORD", "correct horse");
-    c
-}
-
 /// `coffer` run as another user than the repository's owner, so that its permissions
 /// apply (as root, `nobody`; otherwise the current user, with the permissions taken away).
 fn as_other_user(env: &Env) -> std::process::Command {
     use std::os::unix::process::CommandExt;
-    let mut c = std_cmd(env, &assert_cmd::cargo::cargo_bin("coffer"));
-    if unsafe { libc::geteuid() } == 0 {
+    let mut c = env.std_cmd(assert_cmd::cargo::cargo_bin("coffer"));
+    if common::as_root() {
         c.uid(65534).gid(65534);
     }
     c
@@ -365,110 +364,156 @@ fn wal_fetch_exits_126_on_every_failure_but_not_archived() {
     env.cmd().arg("wal-push").arg(&seg).assert().success();
     let pg_wal = env.path("restored/pg_wal");
     std::fs::create_dir_all(&pg_wal).unwrap();
-    let dest = pg_wal.join("RECOVERYXLOG");
-    let d = dest.to_str().unwrap();
-    let check = |what: &str, out: std::process::Output| {
+    let f = Fetching {
+        env: &env,
+        seg_name,
+        dest: pg_wal.join("RECOVERYXLOG"),
+        pg_wal,
+    };
+    step("usage errors and a bad name", || usage_errors_exit_126(&f));
+    step("config and passphrase files", || {
+        config_and_passphrase_failures_exit_126(&f)
+    });
+    step("storage missing or refusing", || {
+        storage_failures_exit_126(&f)
+    });
+    step("a damaged object", || damaged_object_exits_126(&f));
+    step("the archive still works", || archive_still_works(&f));
+}
+
+/// An archived segment, and where a recovery's `wal-fetch` writes it.
+struct Fetching<'a> {
+    env: &'a Env,
+    seg_name: String,
+    pg_wal: PathBuf,
+    dest: PathBuf,
+}
+
+impl Fetching<'_> {
+    fn d(&self) -> &str {
+        self.dest.to_str().unwrap()
+    }
+
+    /// `wal-fetch` failed with exit 126, without a panic, and wrote nothing.
+    fn check(&self, what: &str, out: std::process::Output) {
         assert_eq!(out.status.code(), Some(126), "{what}: {}", stderr(&out));
         assert!(
             !stderr(&out).contains("panicked"),
             "{what}: {}",
             stderr(&out)
         );
-        assert!(!dest.exists(), "{what}: {d} was written");
-    };
+        assert!(!self.dest.exists(), "{what}: {} was written", self.d());
+    }
+}
 
-    // Usage errors, which clap reports itself: unknown options, missing arguments, bad
-    // values, also after global options.
+/// Usage errors, which clap reports itself: unknown options, missing arguments, bad
+/// values, also after global options; and a name that is not a WAL file name.
+fn usage_errors_exit_126(f: &Fetching) {
     for args in [
-        vec!["wal-fetch", "--bogus", &seg_name, d],
+        vec!["wal-fetch", "--bogus", &f.seg_name, f.d()],
         vec!["wal-fetch"],
-        vec!["wal-fetch", &seg_name],
-        vec!["wal-fetch", &seg_name, d, "extra"],
-        vec!["wal-fetch", "--prefetch", "999", &seg_name, d],
-        vec!["wal-fetch", "--hold", "../../config", &seg_name, d],
+        vec!["wal-fetch", &f.seg_name],
+        vec!["wal-fetch", &f.seg_name, f.d(), "extra"],
+        vec!["wal-fetch", "--prefetch", "999", &f.seg_name, f.d()],
+        vec!["wal-fetch", "--hold", "../../config", &f.seg_name, f.d()],
         vec!["-q", "--repo", "/nonexistent", "-v", "wal-fetch", "--bogus"],
     ] {
-        check(
+        f.check(
             &format!("{args:?}"),
-            env.cmd().args(&args).output().unwrap(),
+            f.env.cmd().args(&args).output().unwrap(),
         );
     }
     // Not a WAL file name.
-    check(
+    f.check(
         "bad name",
-        env.cmd().args(["wal-fetch", "passwd", d]).output().unwrap(),
+        f.env
+            .cmd()
+            .args(["wal-fetch", "passwd", f.d()])
+            .output()
+            .unwrap(),
     );
-    // An unreadable or malformed config file, an unreadable passphrase file.
-    check(
+}
+
+/// An unreadable or malformed config file, an unreadable passphrase file, a wrong
+/// passphrase.
+fn config_and_passphrase_failures_exit_126(f: &Fetching) {
+    f.check(
         "missing config file",
-        env.cmd()
+        f.env
+            .cmd()
             .arg("--config")
-            .arg(env.path("no-such.toml"))
-            .args(["wal-fetch", &seg_name, d])
+            .arg(f.env.path("no-such.toml"))
+            .args(["wal-fetch", &f.seg_name, f.d()])
             .output()
             .unwrap(),
     );
-    std::fs::write(env.path("bad.toml"), "repository = [").unwrap();
-    check(
+    std::fs::write(f.env.path("bad.toml"), "repository = [").unwrap();
+    f.check(
         "malformed config file",
-        env.cmd()
+        f.env
+            .cmd()
             .arg("--config")
-            .arg(env.path("bad.toml"))
-            .args(["wal-fetch", &seg_name, d])
+            .arg(f.env.path("bad.toml"))
+            .args(["wal-fetch", &f.seg_name, f.d()])
             .output()
             .unwrap(),
     );
-    check(
+    f.check(
         "missing passphrase file",
-        env.cmd()
+        f.env
+            .cmd()
             .env_remove("COFFER_PASSWORD")
-            .env("COFFER_PASSWORD_FILE", env.path("no-such-pw"))
-            .args(["wal-fetch", &seg_name, d])
+            .env("COFFER_PASSWORD_FILE", f.env.path("no-such-pw"))
+            .args(["wal-fetch", &f.seg_name, f.d()])
             .output()
             .unwrap(),
     );
-    // A wrong passphrase.
-    check(
+    f.check(
         "wrong passphrase",
-        env.cmd()
+        f.env
+            .cmd()
             .env("COFFER_PASSWORD", "wrong")
-            .args(["wal-fetch", &seg_name, d])
+            .args(["wal-fetch", &f.seg_name, f.d()])
             .output()
             .unwrap(),
     );
-    // Storage missing, or refusing: a repository this user may not read at all, or whose
-    // segment folder it may not read (the rest readable).
-    check(
+}
+
+/// Storage missing, or refusing: a repository this user may not read at all, or whose
+/// segment folder it may not read (the rest readable).
+fn storage_failures_exit_126(f: &Fetching) {
+    f.check(
         "missing repository",
-        env.cmd()
-            .env("COFFER_REPO", env.path("no-such-repo"))
-            .args(["wal-fetch", &seg_name, d])
+        f.env
+            .cmd()
+            .env("COFFER_REPO", f.env.path("no-such-repo"))
+            .args(["wal-fetch", &f.seg_name, f.d()])
             .output()
             .unwrap(),
     );
-    chmod(env.dir.path(), 0o755);
-    chmod(pg_wal.parent().unwrap(), 0o777);
-    chmod(&pg_wal, 0o777);
-    check(
+    chmod(f.env.dir.path(), 0o755);
+    chmod(f.pg_wal.parent().unwrap(), 0o777);
+    chmod(&f.pg_wal, 0o777);
+    f.check(
         "unreadable repository",
-        as_other_user(&env)
-            .args(["wal-fetch", &seg_name, d])
+        as_other_user(f.env)
+            .args(["wal-fetch", &f.seg_name, f.d()])
             .output()
             .unwrap(),
     );
-    let seg_dir = env.repo.join("wal").join(&seg_name[..16]);
-    for p in common::list_files(&env.repo) {
+    let seg_dir = f.env.repo.join("wal").join(&f.seg_name[..16]);
+    for p in common::list_files(&f.env.repo) {
         chmod(&p, 0o644);
     }
     for dir in ["", "keys", "wal", "locks"] {
-        chmod(&env.repo.join(dir), 0o755);
+        chmod(&f.env.repo.join(dir), 0o755);
     }
     chmod(&seg_dir, 0o700);
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::as_root() {
         chmod(&seg_dir, 0o000);
     }
-    let out = as_other_user(&env)
-        .args(["wal-fetch", &seg_name, d])
+    let out = as_other_user(f.env)
+        .args(["wal-fetch", &f.seg_name, f.d()])
         .output()
         .unwrap();
     assert!(
@@ -476,42 +521,50 @@ fn wal_fetch_exits_126_on_every_failure_but_not_archived() {
         "{}",
         stderr(&out)
     );
-    check("unreadable segment folder", out);
+    f.check("unreadable segment folder", out);
     // The other user can read the rest: a file that is not archived is still "not archived".
-    let out = as_other_user(&env)
-        .args(["wal-fetch", "00000005.history", d])
+    let out = as_other_user(f.env)
+        .args(["wal-fetch", "00000005.history", f.d()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     chmod(&seg_dir, 0o700);
+}
 
-    // A damaged object: decryption fails.
-    let obj = seg_dir.join(&seg_name);
+/// A damaged object: decryption fails.
+fn damaged_object_exits_126(f: &Fetching) {
+    let seg_dir = f.env.repo.join("wal").join(&f.seg_name[..16]);
+    let obj = seg_dir.join(&f.seg_name);
     let mut raw = std::fs::read(&obj).unwrap();
     let mid = raw.len() / 2;
     raw[mid] ^= 0x40;
     std::fs::write(&obj, &raw).unwrap();
-    let out = env
+    let out = f
+        .env
         .cmd()
-        .args(["wal-fetch", &seg_name, d])
+        .args(["wal-fetch", &f.seg_name, f.d()])
         .output()
         .unwrap();
-    assert!(stderr(&out).contains(&seg_name), "{}", stderr(&out));
-    check("damaged object", out);
+    assert!(stderr(&out).contains(&f.seg_name), "{}", stderr(&out));
+    f.check("damaged object", out);
     raw[mid] ^= 0x40;
     std::fs::write(&obj, &raw).unwrap();
+}
 
-    // And the archive works: found is 0, not archived is 1.
-    let out = env
+/// And the archive works: found is 0, not archived is 1.
+fn archive_still_works(f: &Fetching) {
+    let out = f
+        .env
         .cmd()
-        .args(["wal-fetch", &seg_name, d])
+        .args(["wal-fetch", &f.seg_name, f.d()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = env
+    let out = f
+        .env
         .cmd()
         .args(["wal-fetch", "0000000100000000000000F0", "--prefetch", "0"])
-        .arg(pg_wal.join("missing"))
+        .arg(f.pg_wal.join("missing"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -582,7 +635,8 @@ fn prefetched_segments_are_durable_and_checked_before_use() {
     // Fetch the first with two ahead, under strace: every file is flushed (fdatasync)
     // before it is renamed into place, and the directory is flushed after.
     let trace = env.path("strace.out");
-    let out = std_cmd(&env, common::strace::binary())
+    let out = env
+        .std_cmd(common::strace::binary())
         .args(["-f", "-y", "-qq", "-o"])
         .arg(&trace)
         .args(["-e", "trace=fsync,fdatasync,rename,renameat,renameat2"])

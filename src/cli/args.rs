@@ -114,7 +114,8 @@ pub struct BackupArgs {
     /// With --physical: the server's data directory (default: its data_directory setting)
     #[arg(long, requires = "physical")]
     pub pgdata: Option<PathBuf>,
-    /// With --physical: seconds to wait for the backup's last WAL segment to be archived
+    /// With --physical: seconds to wait, in all, for every WAL segment from the backup's start to
+    /// its stop to be archived
     #[arg(long, default_value_t = 300, requires = "physical")]
     pub archive_timeout: u64,
     /// File name for the stdin stream inside the snapshot

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests: a coffer command with a clean environment,
+//! checks on what a command did (succeeded, refused, refused without a snapshot),
 //! generated trees, and a strict tree comparison.
 #![allow(dead_code)]
 
@@ -8,10 +9,12 @@ pub mod strace;
 pub mod tls;
 
 use assert_cmd::Command;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -29,13 +32,30 @@ impl Env {
         self.dir.path().join(p)
     }
 
+    /// The variables that point coffer at this repository, with its passphrase and home.
+    fn vars(&self) -> [(&'static str, OsString); 3] {
+        [
+            ("COFFER_HOME", self.dir.path().join("home").into()),
+            ("COFFER_REPO", self.repo.clone().into()),
+            ("COFFER_PASSWORD", "correct horse".into()),
+        ]
+    }
+
     /// `coffer` with the repository and passphrase set and nothing inherited.
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("coffer").unwrap();
         clean_env(&mut c);
-        c.env("COFFER_HOME", self.dir.path().join("home"))
-            .env("COFFER_REPO", &self.repo)
-            .env("COFFER_PASSWORD", "correct horse");
+        c.envs(self.vars());
+        c
+    }
+
+    /// `program` (coffer itself, or a tracer or `su` that runs it) as a
+    /// `std::process::Command`, for a test that controls it while it runs, with the
+    /// environment of [`Env::cmd`].
+    pub fn std_cmd(&self, program: impl AsRef<OsStr>) -> std::process::Command {
+        let mut c = std::process::Command::new(program);
+        clean_env(&mut c);
+        c.envs(self.vars());
         c
     }
 
@@ -64,6 +84,7 @@ impl Env {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The repository's snapshots, from `snapshots --json`.
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
         let out = self.cmd().args(["snapshots", "--json"]).output().unwrap();
         assert!(
@@ -79,13 +100,108 @@ impl Env {
     }
 }
 
-pub fn clean_env(c: &mut Command) {
+impl Snapshots for Env {
+    fn snapshots(&self) -> Vec<serde_json::Value> {
+        Env::snapshots(self)
+    }
+}
+
+/// A repository whose snapshots a test can list.
+pub trait Snapshots {
+    fn snapshots(&self) -> Vec<serde_json::Value>;
+}
+
+/// A command whose environment a test cleans: assert_cmd's or the standard library's.
+pub trait EnvRemove {
+    fn remove_env(&mut self, key: &OsStr);
+}
+
+impl EnvRemove for Command {
+    fn remove_env(&mut self, key: &OsStr) {
+        self.env_remove(key);
+    }
+}
+
+impl EnvRemove for std::process::Command {
+    fn remove_env(&mut self, key: &OsStr) {
+        self.env_remove(key);
+    }
+}
+
+/// Remove the inherited variables for which `pred` holds.
+fn remove_vars(c: &mut impl EnvRemove, pred: impl Fn(&str) -> bool) {
     for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().to_string();
-        if k.starts_with("COFFER_") || k.starts_with("AWS_") {
-            c.env_remove(&k);
+        if pred(&k.to_string_lossy()) {
+            c.remove_env(&k);
         }
     }
+}
+
+/// Remove every inherited variable that would point coffer at another repository,
+/// passphrase, home or S3 account: `COFFER_*`, `AWS_*` and `XDG_DATA_HOME`.
+pub fn clean_env(c: &mut impl EnvRemove) {
+    remove_vars(c, |k| {
+        k.starts_with("COFFER_") || k.starts_with("AWS_") || k == "XDG_DATA_HOME"
+    });
+}
+
+/// Remove every inherited PostgreSQL setting: `PG*` and `DATABASE_URL`.
+pub fn clean_pg_env(c: &mut impl EnvRemove) {
+    remove_vars(c, |k| k.starts_with("PG") || k == "DATABASE_URL");
+}
+
+/// Whether the tests run as root (and PostgreSQL then runs as its own OS user).
+pub fn as_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// What a command wrote to standard error.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A command that succeeded (or the test fails, showing its standard error); its
+/// standard output.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "coffer failed ({:?}):\n{}",
+        out.status,
+        stderr(out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A failed command: exit `code`, and standard error says `needle`.
+pub fn refused(out: &Output, code: i32, needle: &str) {
+    let said = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{said}");
+    assert!(said.contains(needle), "expected {needle:?} in:\n{said}");
+}
+
+/// A command that was refused and wrote no snapshot: it failed (with exit `code`, when
+/// given), its standard error says each of `needles`, and `repo` still holds exactly
+/// `held` snapshots.
+pub fn refused_without_snapshot(
+    repo: &impl Snapshots,
+    out: &Output,
+    code: Option<i32>,
+    needles: &[&str],
+    held: usize,
+) {
+    let said = stderr(out);
+    match code {
+        Some(code) => assert_eq!(out.status.code(), Some(code), "{said}"),
+        None => assert!(!out.status.success(), "{said}"),
+    }
+    for needle in needles {
+        assert!(said.contains(needle), "expected {needle:?} in:\n{said}");
+    }
+    assert_eq!(
+        repo.snapshots().len(),
+        held,
+        "snapshots after a refused command"
+    );
 }
 
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {
@@ -275,4 +391,21 @@ pub fn make_outside(dir: &Path, files: &[(&str, &[u8])]) {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         filetime::set_file_mtime(&p, old).unwrap();
     }
+}
+
+/// Run one named step of a long scenario. The step's name goes to standard error when it
+/// starts, and again when it fails, so a failing test says which step broke (the test
+/// harness shows a failed test's standard error).
+pub fn step<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    struct Failed<'a>(&'a str);
+    impl Drop for Failed<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("=== step failed: {}", self.0);
+            }
+        }
+    }
+    eprintln!("=== step: {name}");
+    let _failed = Failed(name);
+    f()
 }

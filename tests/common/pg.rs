@@ -116,7 +116,7 @@ impl PgCluster {
             "no postgres in {}",
             bindir.display()
         );
-        let as_root = unsafe { libc::geteuid() } == 0;
+        let as_root = super::as_root();
         let dir = tempfile::Builder::new()
             .prefix("coffer-pg-")
             .tempdir()
@@ -195,7 +195,7 @@ impl PgCluster {
     /// connections (for a recovering server: until recovery ended and it was promoted). The
     /// socket and log live in a new temporary directory.
     pub fn start_on(data: &Path, extra_conf: &[(&str, &str)]) -> PgCluster {
-        let as_root = unsafe { libc::geteuid() } == 0;
+        let as_root = super::as_root();
         let dir = tempfile::Builder::new()
             .prefix("coffer-pg-")
             .tempdir()
@@ -373,7 +373,7 @@ impl PgCluster {
         } else {
             Command::new(prog)
         };
-        remove_pg_env(&mut c);
+        super::clean_pg_env(&mut c);
         c.current_dir(self.dir.path());
         c
     }
@@ -383,7 +383,7 @@ impl PgCluster {
     /// PGPASSWORD (the superuser over TCP). Other `PG*` variables are removed.
     pub fn client(&self, program: &str) -> Command {
         let mut c = Command::new(self.bindir.join(program));
-        remove_pg_env(&mut c);
+        super::clean_pg_env(&mut c);
         c.env("PGHOST", "127.0.0.1")
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", PG_USER)
@@ -664,14 +664,6 @@ fn append_conf(data: &Path, base: &[(&str, &str)], extra: &[(&str, &str)]) {
         .unwrap();
 }
 
-fn remove_pg_env(c: &mut Command) {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
-            c.env_remove(&k);
-        }
-    }
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -785,5 +777,87 @@ impl PgCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         pg
+    }
+}
+
+/// Give `path` (recursively) to the server's OS user when the tests run as root, so that a
+/// server running as that user can use it; does nothing otherwise.
+pub fn chown_to_server_user(path: &Path) {
+    if super::as_root() {
+        let st = Command::new("chown")
+            .args(["-R", &format!("{SERVER_OS_USER}:{SERVER_OS_USER}")])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// A repository that a cluster archives into through `coffer wal-push %p`: the repository
+/// and its passphrase file sit in `holder` (mode 0755) and belong to the server's OS user,
+/// which runs wal-push and wal-fetch.
+pub struct ArchiveRepo {
+    pub holder: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub pwfile: PathBuf,
+}
+
+impl ArchiveRepo {
+    /// `coffer init INIT_ARGS…` with the passphrase `secret` in a file, then handed to the
+    /// server's OS user.
+    pub fn new(secret: &str, init_args: &[&str]) -> ArchiveRepo {
+        let holder = tempfile::tempdir().unwrap();
+        fs::set_permissions(holder.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let repo = holder.path().join("repo");
+        let pwfile = holder.path().join("pw");
+        fs::write(&pwfile, secret).unwrap();
+        let a = ArchiveRepo {
+            holder,
+            repo,
+            pwfile,
+        };
+        a.cmd().arg("init").args(init_args).assert().success();
+        chown_to_server_user(a.holder.path());
+        a
+    }
+
+    /// The variables that point coffer at this repository (and a home in the holder).
+    pub fn vars(&self) -> [(&'static str, PathBuf); 3] {
+        [
+            ("COFFER_HOME", self.holder.path().join("coffer-home")),
+            ("COFFER_REPO", self.repo.clone()),
+            ("COFFER_PASSWORD_FILE", self.pwfile.clone()),
+        ]
+    }
+
+    /// `coffer` with this repository and nothing else of ours inherited.
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("coffer").unwrap();
+        super::clean_env(&mut c);
+        c.envs(self.vars());
+        c
+    }
+
+    /// The archive_command that pushes into this repository.
+    pub fn archive_command(&self) -> String {
+        format!(
+            "COFFER_REPO='{}' COFFER_PASSWORD_FILE='{}' '{}' wal-push %p",
+            self.repo.display(),
+            self.pwfile.display(),
+            assert_cmd::cargo::cargo_bin("coffer").display()
+        )
+    }
+
+    /// A cluster archiving into this repository (`archive_timeout = 0`), with `extra`
+    /// settings.
+    pub fn start_archiving(&self, extra: &[(&str, &str)]) -> PgCluster {
+        let cmd = self.archive_command();
+        let mut all = vec![
+            ("archive_mode", "on"),
+            ("archive_command", cmd.as_str()),
+            ("archive_timeout", "0"),
+        ];
+        all.extend_from_slice(extra);
+        PgCluster::start_with(&all)
     }
 }

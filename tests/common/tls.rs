@@ -107,7 +107,7 @@ impl Pki {
         pki.sign("server", names[0], &san.join(","), "serverAuth");
         let d = pki.dir.path();
         fs::set_permissions(d.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
-        if unsafe { libc::geteuid() } == 0 {
+        if super::as_root() {
             let st = Command::new("chown")
                 .arg(format!("{SERVER_OS_USER}:"))
                 .arg(d.join("server.key"))
