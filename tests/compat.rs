@@ -115,6 +115,62 @@ fn a_snapshot_needing_an_unknown_feature_is_refused_by_readers_forget_and_prune(
 }
 
 #[test]
+fn a_snapshot_of_an_unknown_kind_is_listed_and_refused_where_its_kind_matters() {
+    let (env, src, old, _) = two_snapshots();
+    let repo = open(&env);
+    // A kind a later coffer may add, holding one source of a kind this coffer knows.
+    let old = rewrite_snapshot(&repo, &old, |v| {
+        v["kind"] = json!("stack");
+        v["sources"] = json!([v["sources"][0].clone()]);
+    });
+    // Listed as it is, in JSON and in the table.
+    let snaps = env.snapshots();
+    let listed = snaps.iter().find(|s| s["id"] == old.as_str()).unwrap();
+    assert_eq!(listed["kind"], "stack");
+    let out = env.cmd().arg("snapshots").assert().success();
+    let table = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(table.contains(" stack "), "{table}");
+    // Choosing what to dump, or reading it as a base backup, needs its kind.
+    let needle = format!(r#"snapshot {} is of kind "stack""#, &old[..8]);
+    refused(&env, &["dump", &old[..8]], &needle);
+    let pgdata = env.path("pgdata");
+    refused(
+        &env,
+        &["restore", &old[..8], "--pgdata", pgdata.to_str().unwrap()],
+        &needle,
+    );
+    assert!(!pgdata.exists());
+    // What does not depend on its kind still works: its files restore.
+    let target = env.path("r");
+    env.cmd()
+        .args(["restore", &old[..8], "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert!(restored(&target, &src).join("a").exists());
+}
+
+#[test]
+fn source_metadata_that_does_not_decode_is_named_not_skipped() {
+    let (env, src, old, _) = two_snapshots();
+    let repo = open(&env);
+    let file = format!("{}/a", src.display());
+    // A PostgreSQL dump source whose record is not a dump's.
+    let old = rewrite_snapshot(&repo, &old, |v| {
+        v["sources"] = json!([{"kind": "postgres", "name": "app", "path": file,
+                               "metadata": {"tables": 5}}]);
+    });
+    let (code, err) = run(&env, &["dump", &old[..8], &file]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            r#"snapshot {}: the metadata of its postgres source "app" is unreadable"#,
+            &old[..8]
+        )),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_tree_entry_of_an_unknown_kind_is_refused_not_called_damage() {
     let (env, src, old, _) = two_snapshots();
     let repo = open(&env);

@@ -11,6 +11,7 @@ use coffer::repo::forget::{self, Policy};
 use coffer::repo::keys::KdfParams;
 use coffer::repo::lock::{self, ExclusiveLock, Lock};
 use coffer::repo::restore::{self, RestoreOptions};
+use coffer::repo::snapshot::Kind;
 use coffer::repo::tree::NodeKind;
 use coffer::repo::{prune, walk_tree, Repository};
 use coffer::sources::files::{backup_files, FilesOptions};
@@ -20,7 +21,7 @@ use coffer::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
 use coffer::sources::postgres::wal;
 use coffer::sources::postgres::{backup_postgres, DumpInfo, DumpSplit, PostgresOptions};
 use coffer::sources::stream::backup_stream;
-use coffer::sources::CommonOptions;
+use coffer::sources::{sources_of, CommonOptions, Metadata};
 use serde_json::json;
 use std::io::Write;
 use std::sync::Arc;
@@ -99,7 +100,7 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         p.finish();
         let s = s?;
         if !a.json {
-            if let Some(info) = base_backup_info(&s) {
+            if let Some(info) = base_backup_info(&s)? {
                 ctx.say(&format!(
                     "base backup of {} (PostgreSQL {}, cluster {}, timeline {}): WAL {} to {} ({} to {})",
                     info.data_directory,
@@ -132,9 +133,8 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         p.finish();
         let s = s?;
         if !a.json {
-            for src in &s.sources {
-                if let Ok(info) = serde_json::from_value::<DumpInfo>(src.metadata.clone()) {
-                    ctx.say(&format!(
+            for (_, info) in sources_of::<DumpInfo>(&s)? {
+                ctx.say(&format!(
                         "dumped database {:?} from PostgreSQL {} at {} with pg_dump {}: {} in {} tables",
                         info.database,
                         info.server_version,
@@ -143,22 +143,21 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
                         mib(info.dump_size),
                         info.tables.len()
                     ));
-                    if !info.data_streams.is_empty() {
-                        let streams: Vec<String> = info
-                            .data_streams
-                            .iter()
-                            .map(|d| {
-                                let names: Vec<String> =
-                                    d.tables.iter().map(|t| t.qualified()).collect();
-                                format!("{} ({})", names.join(", "), mib(d.size))
-                            })
-                            .collect();
-                        ctx.say(&format!(
-                            "  in {} streams: the main dump, and the data of {}",
-                            streams.len() + 1,
-                            streams.join("; ")
-                        ));
-                    }
+                if !info.data_streams.is_empty() {
+                    let streams: Vec<String> = info
+                        .data_streams
+                        .iter()
+                        .map(|d| {
+                            let names: Vec<String> =
+                                d.tables.iter().map(|t| t.qualified()).collect();
+                            format!("{} ({})", names.join(", "), mib(d.size))
+                        })
+                        .collect();
+                    ctx.say(&format!(
+                        "  in {} streams: the main dump, and the data of {}",
+                        streams.len() + 1,
+                        streams.join("; ")
+                    ));
                 }
             }
         }
@@ -166,15 +165,7 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
     } else if a.stdin {
         let p = Progress::bytes(ctx.mode, "backup stdin", None);
         let stdin = std::io::stdin().lock();
-        let s = backup_stream(
-            repo.clone(),
-            stdin,
-            &a.stdin_name,
-            "stream",
-            &common,
-            &p,
-            |_| Ok(serde_json::Value::Null),
-        )?;
+        let s = backup_stream(repo.clone(), stdin, &a.stdin_name, &common, &p)?;
         p.finish();
         s
     } else {
@@ -199,7 +190,7 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
                    "size": snap.size, "summary": sm, "parent": snap.parent.map(|p| p.to_hex())})
         );
     } else {
-        let what = if snap.kind == "postgres" {
+        let what = if snap.kind == Kind::Postgres {
             "streams"
         } else {
             "files"
@@ -393,10 +384,9 @@ fn latest_dump(
         .into_iter()
         .filter(|s| !s.has_tag("safety-backup"))
         .filter(|s| {
-            s.sources.iter().any(|src| {
-                src.kind == coffer::sources::postgres::KIND_DUMP
-                    && database.is_none_or(|d| src.name == d)
-            })
+            s.sources
+                .iter()
+                .any(|src| src.kind == Kind::Postgres && database.is_none_or(|d| src.name == d))
         })
         .max_by_key(|s| s.time)
         .ok_or_else(|| {
@@ -627,7 +617,7 @@ pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
     let path = match &a.path {
         Some(p) => p.clone(),
         None => match snap.sources.as_slice() {
-            [one] if snap.kind != "files" => one.path.clone(),
+            [one] if *snap.known_kind()? != Kind::Files => one.path.clone(),
             _ => {
                 return Err(Error::usage(format!(
                 "snapshot {} holds several files or streams; name one (coffer ls {0} lists them)",
@@ -641,8 +631,9 @@ pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
     let pg = snap
         .sources
         .iter()
-        .find(|s| s.kind == coffer::sources::postgres::KIND_DUMP && s.path == path)
-        .and_then(|s| serde_json::from_value::<DumpInfo>(s.metadata.clone()).ok());
+        .find(|s| s.kind == DumpInfo::KIND && s.path == path)
+        .map(|s| DumpInfo::of(&snap, s))
+        .transpose()?;
     if let Some(dir) = &a.out {
         return dump_to_dir(&repo, &index, &snap, &path, pg.as_ref(), dir);
     }

@@ -208,7 +208,7 @@ mod tests {
             username: "u".into(),
             tags: vec![],
             paths: vec!["/x".into()],
-            kind: "files".into(),
+            kind: crate::repo::snapshot::Kind::Files,
             tree: Id::default(),
             parent: None,
             size: 0,

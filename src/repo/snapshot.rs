@@ -5,15 +5,102 @@
 
 use super::features::Features;
 use super::id::Id;
+use crate::error::{Error, ErrorKind};
 use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
 
-/// One source that contributed to a snapshot (a directory tree, a stream, later a
-/// database), with free-form metadata (LSNs, row counts, versions…).
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $id:ident = $name:literal;)*) => {
+        /// The kind of a snapshot, and of each source in it, stored as its name. A snapshot
+        /// made by one source has that source's kind; some kinds only name sources
+        /// (`postgres-globals`), and a snapshot of several sources will have a kind of its
+        /// own. A name this coffer does not know (a newer coffer's) reads as
+        /// [`Kind::Unknown`]: listed as it is, refused ([`Kind::known`]) where it must be
+        /// understood.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum Kind {
+            $($(#[$doc])* $id,)*
+            Unknown(String),
+        }
+
+        impl Kind {
+            /// The stored name.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Kind::$id => $name,)*
+                    Kind::Unknown(s) => s,
+                }
+            }
+
+            fn from_name(name: &str) -> Kind {
+                match name {
+                    $($name => Kind::$id,)*
+                    other => Kind::Unknown(other.to_string()),
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// Directory trees (`backup PATH…`).
+    Files = "files";
+    /// A byte stream (`backup --stdin`).
+    Stream = "stream";
+    /// PostgreSQL logical dumps: a snapshot of them, and each database's dump in it.
+    Postgres = "postgres";
+    /// The `pg_dumpall --globals-only` script beside the dumps (a source only).
+    PostgresGlobals = "postgres-globals";
+    /// A PostgreSQL physical base backup: a snapshot of one, and its source.
+    PostgresPhysical = "postgres-physical";
+}
+
+impl Kind {
+    /// This kind, or (exit 2) "needs a newer coffer" when this coffer does not know it;
+    /// `what` names the object (`snapshot 1a2b3c4d`).
+    pub fn known(&self, what: &str) -> Result<&Kind> {
+        match self {
+            Kind::Unknown(name) => Err(Error::new(
+                ErrorKind::NeedsNewer,
+                format!(
+                    "{what} is of kind {name:?}, which this coffer ({}) does not know: it needs \
+                     a newer coffer",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            )
+            .into()),
+            known => Ok(known),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Kind, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        Ok(Kind::from_name(&name))
+    }
+}
+
+/// One source that contributed to a snapshot (a directory tree, a stream, a database…),
+/// with its metadata (LSNs, row counts, versions…): stored as JSON, typed by the source
+/// that wrote it (see `sources::Metadata`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceInfo {
-    pub kind: String,
+    pub kind: Kind,
     pub name: String,
     /// Where the source's data sits in the snapshot's tree.
     pub path: String,
@@ -46,8 +133,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub tags: Vec<String>,
     pub paths: Vec<String>,
-    /// `files`, `stream`; later `postgres`, `stack`…
-    pub kind: String,
+    pub kind: Kind,
     pub tree: Id,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Id>,
@@ -75,5 +161,62 @@ impl Snapshot {
     pub fn check_features(&self) -> Result<()> {
         self.requires
             .check(&format!("snapshot {}", self.id.short()))
+    }
+
+    /// Its kind, or (exit 2) "needs a newer coffer" when this coffer does not know it.
+    pub fn known_kind(&self) -> Result<&Kind> {
+        self.kind.known(&format!("snapshot {}", self.id.short()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_read_and_write_as_their_names() {
+        for (kind, name) in [
+            (Kind::Files, "files"),
+            (Kind::Stream, "stream"),
+            (Kind::Postgres, "postgres"),
+            (Kind::PostgresGlobals, "postgres-globals"),
+            (Kind::PostgresPhysical, "postgres-physical"),
+            (Kind::Unknown("stack".into()), "stack"),
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("{name:?}"));
+            assert_eq!(serde_json::from_str::<Kind>(&json).unwrap(), kind);
+        }
+        assert_eq!(format!("{:<8}|", Kind::Files), "files   |");
+    }
+
+    #[test]
+    fn stored_snapshots_read_back_byte_for_byte() {
+        // Snapshots as coffer wrote them before kinds were typed, one of a kind it does not
+        // know: each reads and writes back as the same bytes (and so keeps its id).
+        for kind in ["files", "stream", "postgres", "postgres-physical", "stack"] {
+            let stored = format!(
+                r#"{{"time":"2024-05-01T02:00:00+02:00","hostname":"h","username":"u","tags":[],"paths":["/x"],"kind":"{kind}","tree":"{zero}","size":5,"excludes":[],"sources":[{{"kind":"{kind}","name":"x","path":"/x","metadata":{{"a":1,"b":[2]}}}},{{"kind":"postgres-globals","name":"globals","path":"/postgres/globals.sql"}}],"summary":{{"files_new":1,"files_changed":0,"files_unchanged":0,"dirs":0,"blobs_added":1,"bytes_added":5,"bytes_stored":9,"duration_secs":0.5}},"program_version":"coffer 0.1.0"}}"#,
+                zero = "0".repeat(64)
+            );
+            let snap: Snapshot = serde_json::from_str(&stored).unwrap();
+            assert_eq!(snap.kind.as_str(), kind);
+            assert_eq!(snap.sources[1].kind, Kind::PostgresGlobals);
+            assert_eq!(serde_json::to_string(&snap).unwrap(), stored);
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_needs_a_newer_coffer() {
+        assert_eq!(Kind::Files.known("x").unwrap(), &Kind::Files);
+        let e = Kind::Unknown("stack".into())
+            .known("snapshot 1a2b3c4d")
+            .unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), ErrorKind::NeedsNewer);
+        assert!(
+            e.to_string()
+                .starts_with(r#"snapshot 1a2b3c4d is of kind "stack", which this coffer"#),
+            "{e}"
+        );
     }
 }

@@ -8,20 +8,21 @@
 //! so the snapshot is still a true picture); any other read error fails the backup and no
 //! snapshot is written.
 
-use super::{commit, CommonOptions, Finished, Session};
+use super::{run, CommonOptions, Metadata, Saved, Session, Source};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::chunker::Chunker;
 use crate::repo::id::Id;
 use crate::repo::pack::BlobType;
 use crate::repo::saver::PendingId;
-use crate::repo::snapshot::{Snapshot, SourceInfo};
+use crate::repo::snapshot::{Kind, Snapshot};
 use crate::repo::tree::{Node, NodeKind, OsBytes, Tree};
 use crate::repo::Repository;
 use anyhow::Result;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, Metadata};
+use std::fs;
 use std::io::ErrorKind as IoKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -84,7 +85,7 @@ pub(crate) trait EntryRules {
 }
 
 pub(crate) struct Archiver<'a> {
-    session: Session,
+    session: &'a mut Session,
     excluder: Excluder,
     progress: &'a Progress,
     size: u64,
@@ -101,7 +102,7 @@ pub(crate) struct Archiver<'a> {
 /// rule for every source that archives files (`backup PATH…`, physical base backups).
 pub(crate) const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
-pub(crate) fn meta_node(name: &[u8], kind: NodeKind, m: &Metadata) -> Node {
+pub(crate) fn meta_node(name: &[u8], kind: NodeKind, m: &fs::Metadata) -> Node {
     Node {
         name: OsBytes(name.to_vec()),
         kind,
@@ -148,7 +149,7 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
 impl<'a> Archiver<'a> {
     /// An archiver for a source other than `backup PATH…`.
     pub(crate) fn new(
-        session: Session,
+        session: &'a mut Session,
         progress: &'a Progress,
         rules: Option<&'a dyn EntryRules>,
     ) -> Result<Archiver<'a>> {
@@ -163,12 +164,12 @@ impl<'a> Archiver<'a> {
     }
 
     pub(crate) fn session(&mut self) -> &mut Session {
-        &mut self.session
+        self.session
     }
 
-    /// The session back, with the bytes of all files archived.
-    pub(crate) fn finish(self) -> (Session, u64) {
-        (self.session, self.size)
+    /// The bytes of all files archived.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
     }
 
     pub(crate) fn parent_tree(&self, node: Option<&Node>) -> Option<Tree> {
@@ -192,11 +193,11 @@ impl<'a> Archiver<'a> {
         }
     }
 
-    /// A tree for a trie level: leaves are archived whole, inner nodes only carry the
+    /// The nodes of a trie level: leaves are archived whole, inner nodes only carry the
     /// directory's own metadata.
-    fn save_trie(&mut self, trie: &Trie, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+    fn trie_nodes(&mut self, trie: &Trie, path: &Path, parent: Option<&Tree>) -> Result<Vec<Node>> {
         if trie.leaf {
-            return self.save_dir(path, parent);
+            return self.dir_nodes(path, parent);
         }
         let mut nodes = Vec::new();
         for (name, child) in &trie.children {
@@ -210,15 +211,16 @@ impl<'a> Archiver<'a> {
                 let m = fs::symlink_metadata(&p).map_err(|e| read_err(&p, e))?;
                 let sub_parent = self.parent_tree(pnode);
                 let mut n = meta_node(name, NodeKind::Dir, &m);
-                n.subtree = Some(self.save_trie(child, &p, sub_parent.as_ref())?);
+                let sub = self.trie_nodes(child, &p, sub_parent.as_ref())?;
+                n.subtree = Some(self.session.save_tree(Tree { nodes: sub })?);
                 nodes.push(n.into());
             }
         }
-        self.save_tree(nodes)
+        self.resolve(nodes)
     }
 
-    /// Wait for the files' content ids, then store the tree.
-    fn save_tree(&mut self, pending: Vec<PendingNode>) -> Result<Id> {
+    /// Wait for the files' content ids.
+    fn resolve(&mut self, pending: Vec<PendingNode>) -> Result<Vec<Node>> {
         let mut nodes = Vec::with_capacity(pending.len());
         for p in pending {
             let mut n = p.node;
@@ -227,10 +229,16 @@ impl<'a> Archiver<'a> {
             }
             nodes.push(n);
         }
-        self.session.save_tree(Tree { nodes })
+        Ok(nodes)
     }
 
     fn save_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        let nodes = self.dir_nodes(path, parent)?;
+        self.session.save_tree(Tree { nodes })
+    }
+
+    /// The nodes of a directory's entries (none when it vanished).
+    fn dir_nodes(&mut self, path: &Path, parent: Option<&Tree>) -> Result<Vec<Node>> {
         let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
         let rd = match fs::read_dir(path) {
             Ok(rd) => rd,
@@ -239,7 +247,7 @@ impl<'a> Archiver<'a> {
                     "warning: {} vanished during the backup; stored empty",
                     path.display()
                 ));
-                return self.session.save_tree(Tree::default());
+                return Ok(Vec::new());
             }
             Err(e) => return Err(read_err(path, e)),
         };
@@ -259,7 +267,7 @@ impl<'a> Archiver<'a> {
             }
         }
         self.session.summary.dirs += 1;
-        self.save_tree(nodes)
+        self.resolve(nodes)
     }
 
     /// Archive one entry and wait for its content ids (recursively for a directory);
@@ -378,7 +386,103 @@ fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option
     Ok(repo
         .load_snapshots()?
         .into_iter()
-        .rfind(|s| s.kind == "files" && s.hostname == host && s.paths == paths))
+        .rfind(|s| s.kind == Kind::Files && s.hostname == host && s.paths == paths))
+}
+
+/// The metadata of a directory tree's source: none (stored as no `metadata`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FilesInfo;
+
+impl Metadata for FilesInfo {
+    const KIND: Kind = Kind::Files;
+}
+
+/// Directory trees, each stored under its absolute path.
+pub struct Files {
+    root: Trie,
+    paths: Vec<String>,
+    excluder: Excluder,
+    excludes: Vec<String>,
+    parent: Option<Snapshot>,
+}
+
+impl Files {
+    /// Check the paths and patterns, and find the parent snapshot.
+    pub fn new(repo: &Repository, opts: &FilesOptions) -> Result<Files> {
+        if opts.paths.is_empty() {
+            return Err(Error::usage("nothing to back up: give at least one path").into());
+        }
+        let mut abs: Vec<PathBuf> = Vec::new();
+        for p in &opts.paths {
+            let a = std::path::absolute(p).map_err(|e| read_err(p, e))?;
+            fs::symlink_metadata(&a).map_err(|e| read_err(&a, e))?;
+            abs.push(a);
+        }
+        abs.sort();
+        abs.dedup();
+        let mut root = Trie::default();
+        for a in &abs {
+            let mut t = &mut root;
+            for c in a.components() {
+                if let std::path::Component::Normal(n) = c {
+                    t = t.children.entry(n.as_bytes().to_vec()).or_default();
+                }
+            }
+            t.leaf = true;
+        }
+        let paths: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
+        let host = opts
+            .common
+            .hostname
+            .clone()
+            .unwrap_or_else(crate::repo::hostname);
+        let parent = find_parent(repo, &host, &paths)?;
+        Ok(Files {
+            root,
+            paths,
+            excluder: Excluder::new(&opts.excludes)?,
+            excludes: opts.excludes.clone(),
+            parent,
+        })
+    }
+}
+
+impl Source for Files {
+    fn kind(&self) -> Kind {
+        Kind::Files
+    }
+
+    fn save(self: Box<Self>, session: &mut Session, progress: &Progress) -> Result<Saved> {
+        let Files {
+            root,
+            paths,
+            excluder,
+            excludes,
+            parent,
+        } = *self;
+        let mut a = Archiver {
+            session,
+            excluder,
+            progress,
+            size: 0,
+            window: Vec::new(),
+            rules: None,
+        };
+        let parent_tree = parent.as_ref().and_then(|p| a.load_parent(&p.tree));
+        let nodes = a.trie_nodes(&root, Path::new("/"), parent_tree.as_ref())?;
+        Ok(Saved {
+            nodes,
+            sources: paths
+                .iter()
+                .map(|p| FilesInfo.entry(p, p))
+                .collect::<Result<_>>()?,
+            paths,
+            size: a.size,
+            parent: parent.map(|p| p.id),
+            excludes,
+            requires: Default::default(),
+        })
+    }
 }
 
 pub fn backup_files(
@@ -386,66 +490,6 @@ pub fn backup_files(
     opts: &FilesOptions,
     progress: &Progress,
 ) -> Result<Snapshot> {
-    if opts.paths.is_empty() {
-        return Err(Error::usage("nothing to back up: give at least one path").into());
-    }
-    let mut abs: Vec<PathBuf> = Vec::new();
-    for p in &opts.paths {
-        let a = std::path::absolute(p).map_err(|e| read_err(p, e))?;
-        fs::symlink_metadata(&a).map_err(|e| read_err(&a, e))?;
-        abs.push(a);
-    }
-    abs.sort();
-    abs.dedup();
-    let mut root = Trie::default();
-    for a in &abs {
-        let mut t = &mut root;
-        for c in a.components() {
-            if let std::path::Component::Normal(n) = c {
-                t = t.children.entry(n.as_bytes().to_vec()).or_default();
-            }
-        }
-        t.leaf = true;
-    }
-    let paths: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
-    let host = opts
-        .common
-        .hostname
-        .clone()
-        .unwrap_or_else(crate::repo::hostname);
-    let parent = find_parent(&repo, &host, &paths)?;
-    let session = Session::start(repo.clone())?;
-    let mut a = Archiver {
-        session,
-        excluder: Excluder::new(&opts.excludes)?,
-        progress,
-        size: 0,
-        window: Vec::new(),
-        rules: None,
-    };
-    let parent_tree = parent.as_ref().and_then(|p| a.load_parent(&p.tree));
-    let tree = a.save_trie(&root, Path::new("/"), parent_tree.as_ref())?;
-    let size = a.size;
-    commit(
-        a.session,
-        Finished {
-            kind: "files".into(),
-            sources: paths
-                .iter()
-                .map(|p| SourceInfo {
-                    kind: "files".into(),
-                    name: p.clone(),
-                    path: p.clone(),
-                    metadata: serde_json::Value::Null,
-                })
-                .collect(),
-            paths,
-            tree,
-            size,
-            parent: parent.map(|p| p.id),
-            excludes: opts.excludes.clone(),
-            requires: Default::default(),
-        },
-        &opts.common,
-    )
+    let files = Files::new(&repo, opts)?;
+    run(repo, files, &opts.common, progress)
 }

@@ -1,9 +1,10 @@
 //! Sources: what goes into a snapshot.
 //!
-//! Every source feeds the same [`BlobSaver`](crate::repo::saver::BlobSaver) and contributes
-//! nodes to the snapshot's root tree plus a [`SourceInfo`] with its metadata. A snapshot
-//! is committed only after the source reported success and every pack and index file is
-//! durable ([`commit`]); a failing source returns an error and no snapshot exists.
+//! Every kind of backup implements [`Source`]: it feeds the same
+//! [`BlobSaver`](crate::repo::saver::BlobSaver) and contributes nodes to the snapshot's
+//! root tree plus a [`SourceInfo`] with its typed [`Metadata`]. [`run`] runs any source; it
+//! commits a snapshot only after the source reported success and every pack and index file
+//! is durable. A failing source returns an error and no snapshot exists.
 
 pub mod files;
 pub mod postgres;
@@ -11,13 +12,18 @@ pub mod stream;
 
 use crate::backend::FileKind;
 use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
+use crate::repo::features::Features;
 use crate::repo::id::Id;
 use crate::repo::index::MasterIndex;
 use crate::repo::saver::BlobSaver;
-use crate::repo::snapshot::{Snapshot, SourceInfo, Summary};
-use crate::repo::{pack::BlobType, tree::Tree, Repository};
+use crate::repo::snapshot::{Kind, Snapshot, SourceInfo, Summary};
+use crate::repo::tree::{Node, Tree};
+use crate::repo::{pack::BlobType, Repository};
 use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::sync::Arc;
 
 /// Options every kind of backup shares.
@@ -70,21 +76,73 @@ impl Session {
     }
 }
 
-/// What a finished source hands to [`commit`].
-pub struct Finished {
-    pub kind: String,
+/// A kind of backup: it feeds a [`Session`] and says what it stored. [`run`] runs any
+/// source and does everything the kinds share, once: it starts the session, lets the
+/// source save, stores the snapshot's root tree from the source's nodes, waits until every
+/// pack and index file is durable, checks the lock, and writes the snapshot with its kind,
+/// tags, host, user and time, the summary (the source counts its files in
+/// `session.summary`; `run` adds the blobs, bytes and duration) and the source entries. A
+/// source that fails (a producer's non-zero exit or signal, a short or foreign stream, a
+/// cut connection, a read error) returns an error from [`Source::save`], and then no
+/// snapshot is written: `run` returns before committing.
+///
+/// # Adding a source
+///
+/// 1. One new module, `src/sources/NAME.rs` (declared with `pub mod NAME;` here), holding:
+///    - its options, and a constructor that checks them and does everything that can fail
+///      before data is stored (connecting, finding programs, finding the parent
+///      snapshot); it returns a value that implements `Source`;
+///    - `impl Source`: [`Source::kind`], the snapshot kind it writes, and [`Source::save`],
+///      which reads the data into the session ([`stream::save_stream`] for a byte stream,
+///      or the file archiver [`files::Archiver`]), counts what it stored in
+///      `session.summary`, fails with [`ErrorKind::Source`] when the data is not whole, and
+///      returns a [`Saved`]: its nodes of the root tree, its paths and size, and one
+///      [`SourceInfo`] per source made with [`Metadata::entry`];
+///    - its metadata type: a `Serialize + Deserialize` struct implementing [`Metadata`]
+///      (its `KIND`), which every reader decodes with [`Metadata::of`] or [`sources_of`];
+///    - `pub fn backup_NAME(repo, opts, progress) -> Result<Snapshot>`: the constructor,
+///      then [`run`].
+/// 2. One registration: the kind's name in the `kinds!` table of `src/repo/snapshot.rs`
+///    (a format feature in `src/repo/features.rs` too, if older coffers must refuse its
+///    snapshots), and the kind in docs/FORMAT.md's snapshot section.
+///
+/// Nothing is copied: committing, tags, host, time, summaries and the "failed source, no
+/// snapshot" rule stay in [`run`]; the CLI calls `backup_NAME` and prints.
+pub trait Source {
+    /// The kind of the snapshot it writes.
+    fn kind(&self) -> Kind;
+    /// Store the data through `session`; an error means the source failed, and no
+    /// snapshot is written.
+    fn save(self: Box<Self>, session: &mut Session, progress: &Progress) -> Result<Saved>;
+}
+
+/// What a source stored, for [`run`] to commit.
+pub struct Saved {
+    /// Its entries in the snapshot's root tree.
+    pub nodes: Vec<Node>,
     pub paths: Vec<String>,
-    pub tree: Id,
+    /// Bytes of the files and streams it stored.
     pub size: u64,
+    /// The earlier snapshot it skipped unchanged files against.
     pub parent: Option<Id>,
     pub excludes: Vec<String>,
     pub sources: Vec<SourceInfo>,
     /// The format features a reader needs (see [`crate::repo::features`]).
-    pub requires: crate::repo::features::Features,
+    pub requires: Features,
 }
 
-/// Flush all data and index, then write the snapshot. The snapshot is the last write.
-pub fn commit(mut session: Session, f: Finished, opts: &CommonOptions) -> Result<Snapshot> {
+/// Run a source into a new snapshot (see [`Source`]). The snapshot is the last write:
+/// it is written once the source succeeded and all data and index are flushed.
+pub fn run<S: Source>(
+    repo: Arc<Repository>,
+    source: S,
+    opts: &CommonOptions,
+    progress: &Progress,
+) -> Result<Snapshot> {
+    let kind = source.kind();
+    let mut session = Session::start(repo)?;
+    let saved = Box::new(source).save(&mut session, progress)?;
+    let tree = session.save_tree(Tree { nodes: saved.nodes })?;
     let stats = session.saver.stats.clone();
     session.saver.finish()?;
     use std::sync::atomic::Ordering::Relaxed;
@@ -100,18 +158,69 @@ pub fn commit(mut session: Session, f: Finished, opts: &CommonOptions) -> Result
         hostname: opts.hostname.clone().unwrap_or_else(crate::repo::hostname),
         username: crate::repo::username(),
         tags: opts.tags.clone(),
-        paths: f.paths,
-        kind: f.kind,
-        tree: f.tree,
-        parent: f.parent,
-        size: f.size,
-        excludes: f.excludes,
-        sources: f.sources,
+        paths: saved.paths,
+        kind,
+        tree,
+        parent: saved.parent,
+        size: saved.size,
+        excludes: saved.excludes,
+        sources: saved.sources,
         summary: session.summary,
         program_version: format!("coffer {}", env!("CARGO_PKG_VERSION")),
-        requires: f.requires,
+        requires: saved.requires,
     };
     crate::repo::lock::ensure_held(&session.repo)?;
     snap.id = session.repo.save_json(FileKind::Snapshot, &snap)?;
     Ok(snap)
+}
+
+/// The typed metadata of one kind of source, stored as the `metadata` of its
+/// [`SourceInfo`]. Writers make entries with [`Metadata::entry`]; readers decode with
+/// [`Metadata::of`] or [`sources_of`], where metadata that does not decode is an
+/// integrity error naming the snapshot, never skipped.
+pub trait Metadata: Serialize + DeserializeOwned {
+    /// The kind of the sources that carry it.
+    const KIND: Kind;
+
+    /// What a record must hold beyond its shape to be read (e.g. a base backup's segment
+    /// size); the reason when it does not.
+    fn validate(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// The snapshot entry of a source with this metadata.
+    fn entry(&self, name: &str, path: &str) -> Result<SourceInfo> {
+        Ok(SourceInfo {
+            kind: Self::KIND,
+            name: name.to_string(),
+            path: path.to_string(),
+            metadata: serde_json::to_value(self)?,
+        })
+    }
+
+    /// The metadata of `src` (a source of this kind in `snap`).
+    fn of(snap: &Snapshot, src: &SourceInfo) -> Result<Self> {
+        debug_assert_eq!(src.kind, Self::KIND);
+        serde_json::from_value::<Self>(src.metadata.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|m| m.validate().map(|()| m))
+            .map_err(|e| {
+                Error::integrity(format!(
+                    "snapshot {}: the metadata of its {} source {:?} is unreadable: {e}",
+                    snap.id.short(),
+                    src.kind,
+                    src.name
+                ))
+                .into()
+            })
+    }
+}
+
+/// Every source of `M`'s kind in a snapshot, with its metadata decoded.
+pub fn sources_of<M: Metadata>(snap: &Snapshot) -> Result<Vec<(&SourceInfo, M)>> {
+    snap.sources
+        .iter()
+        .filter(|s| s.kind == M::KIND)
+        .map(|s| Ok((s, M::of(snap, s)?)))
+        .collect()
 }

@@ -1,16 +1,18 @@
-//! Byte streams: stdin today; pg_dump, Redis and command output build on this.
+//! Byte streams: the stdin source, and the chunking of a stream that pg_dump (and later
+//! Redis and command output) build on.
 
-use super::{commit, CommonOptions, Finished, Session};
+use super::{run, CommonOptions, Metadata, Saved, Session, Source};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::chunker::Chunker;
 use crate::repo::pack::BlobType;
 use crate::repo::saver::BlobSaver;
-use crate::repo::snapshot::{Snapshot, SourceInfo};
-use crate::repo::tree::{Node, Tree};
+use crate::repo::snapshot::{Kind, Snapshot};
+use crate::repo::tree::Node;
 use crate::repo::ChunkerParams;
 use crate::repo::Repository;
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -49,51 +51,66 @@ pub fn save_stream_to(
     Ok((saver.resolve(pending)?, size))
 }
 
-/// Back up one stream as `/NAME`. `finish` runs after end-of-stream and before the
-/// snapshot is written: it confirms the producer succeeded (exit status, expected length)
-/// and returns the source metadata; an error there means no snapshot.
+/// The metadata of a stream's source: none (stored as no `metadata`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StreamInfo;
+
+impl Metadata for StreamInfo {
+    const KIND: Kind = Kind::Stream;
+}
+
+/// One byte stream, stored as `/NAME`.
+pub struct Stream<R> {
+    reader: R,
+    name: String,
+}
+
+impl<R: Read> Stream<R> {
+    /// A stream to store as `/NAME`; the name must be one a file can have.
+    pub fn new(reader: R, name: &str) -> Result<Stream<R>> {
+        let name = name.trim_matches('/');
+        if !crate::repo::tree::valid_name(name.as_bytes()) {
+            return Err(Error::usage(format!(
+                "the stream name {name:?} cannot be restored as a file: give a plain file name, e.g. db.dump"
+            ))
+            .into());
+        }
+        Ok(Stream {
+            reader,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl<R: Read> Source for Stream<R> {
+    fn kind(&self) -> Kind {
+        Kind::Stream
+    }
+
+    fn save(self: Box<Self>, session: &mut Session, progress: &Progress) -> Result<Saved> {
+        let (content, size) = save_stream(session, self.reader, progress)?;
+        let mtime = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        session.summary.files_new = 1;
+        let path = format!("/{}", self.name);
+        Ok(Saved {
+            nodes: vec![Node::stream(&self.name, size, content, mtime)],
+            paths: vec![path.clone()],
+            size,
+            parent: None,
+            excludes: vec![],
+            sources: vec![StreamInfo.entry(&self.name, &path)?],
+            requires: Default::default(),
+        })
+    }
+}
+
+/// Back up one stream (stdin) as `/NAME`. A read error fails, and no snapshot is written.
 pub fn backup_stream(
     repo: Arc<Repository>,
     reader: impl Read,
     name: &str,
-    kind: &str,
     opts: &CommonOptions,
     progress: &Progress,
-    finish: impl FnOnce(u64) -> Result<serde_json::Value>,
 ) -> Result<Snapshot> {
-    let name = name.trim_matches('/');
-    if !crate::repo::tree::valid_name(name.as_bytes()) {
-        return Err(Error::usage(format!(
-            "the stream name {name:?} cannot be restored as a file: give a plain file name, e.g. db.dump"
-        ))
-        .into());
-    }
-    let mut session = Session::start(repo)?;
-    let (content, size) = save_stream(&mut session, reader, progress)?;
-    let metadata = finish(size)?;
-    let mtime = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-    let tree = session.save_tree(Tree {
-        nodes: vec![Node::stream(name, size, content, mtime)],
-    })?;
-    session.summary.files_new = 1;
-    let path = format!("/{name}");
-    commit(
-        session,
-        Finished {
-            kind: kind.to_string(),
-            paths: vec![path.clone()],
-            tree,
-            size,
-            parent: None,
-            excludes: vec![],
-            sources: vec![SourceInfo {
-                kind: kind.to_string(),
-                name: name.to_string(),
-                path,
-                metadata,
-            }],
-            requires: Default::default(),
-        },
-        opts,
-    )
+    run(repo, Stream::new(reader, name)?, opts, progress)
 }

@@ -1,16 +1,19 @@
 //! The record of a physical base backup, shared by what makes base backups
 //! ([`super::physical`]) and what reads them ([`super::pitr`], [`super::wal::verify`],
-//! [`super::wal::retention`]): the snapshot kind, the layout of the snapshot, the
-//! [`BaseBackupInfo`] its source carries, and the recovery config file that a restored data
-//! directory holds (and later base backups leave out).
+//! [`super::wal::retention`]): the layout of the snapshot, the [`BaseBackupInfo`] its
+//! source carries (of kind [`Kind::PostgresPhysical`]), and the recovery config file that a
+//! restored data directory holds (and later base backups leave out).
+//!
+//! A snapshot holds a base backup when one of its sources is of that kind, whatever the
+//! snapshot's own kind: every reader finds base backups by their source ([`base_backups`]).
 
 use super::wal::archive::{parse_lsn, valid_segment_size};
-use crate::repo::snapshot::Snapshot;
+use crate::repo::snapshot::{Kind, Snapshot};
+use crate::sources::{sources_of, Metadata};
+use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
-/// Source and snapshot kind of a physical base backup.
-pub const KIND_PHYSICAL: &str = "postgres-physical";
 /// The data directory in a base backup snapshot.
 pub const PGDATA: &str = "pgdata";
 /// Tablespace directories, by OID.
@@ -56,15 +59,35 @@ impl BaseBackupInfo {
     }
 }
 
-/// The base backup a snapshot holds, if it is one.
-pub fn base_backup_info(snap: &Snapshot) -> Option<BaseBackupInfo> {
-    snap.sources
-        .iter()
-        .find(|s| s.kind == KIND_PHYSICAL)
-        .and_then(|s| serde_json::from_value::<BaseBackupInfo>(s.metadata.clone()).ok())
+impl Metadata for BaseBackupInfo {
+    const KIND: Kind = Kind::PostgresPhysical;
+
+    fn validate(&self) -> std::result::Result<(), String> {
         // Segment arithmetic divides by the size: a record with an impossible one is
         // unreadable, as a malformed one is.
-        .filter(|i| valid_segment_size(i.wal_segment_size))
+        if valid_segment_size(self.wal_segment_size) {
+            Ok(())
+        } else {
+            Err(format!(
+                "wal_segment_size {} is not a WAL segment size",
+                self.wal_segment_size
+            ))
+        }
+    }
+}
+
+/// The base backups a snapshot holds (none, for most kinds); a record that cannot be read
+/// is an integrity error naming the snapshot.
+pub fn base_backups(snap: &Snapshot) -> Result<Vec<BaseBackupInfo>> {
+    Ok(sources_of::<BaseBackupInfo>(snap)?
+        .into_iter()
+        .map(|(_, info)| info)
+        .collect())
+}
+
+/// The (first) base backup a snapshot holds, if it holds one.
+pub fn base_backup_info(snap: &Snapshot) -> Result<Option<BaseBackupInfo>> {
+    Ok(base_backups(snap)?.into_iter().next())
 }
 
 /// The recovery config file coffer writes into a restored data directory.

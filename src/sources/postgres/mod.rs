@@ -11,8 +11,8 @@
 //!
 //! Layout in the snapshot: a directory `/postgres` with `DB.dump` per database and, for
 //! `--all-databases`, `globals.sql` (roles and tablespaces from `pg_dumpall
-//! --globals-only`). Each database has a [`SourceInfo`] of kind `postgres` whose
-//! metadata is a [`DumpInfo`].
+//! --globals-only`). Each database has a [`SourceInfo`](crate::repo::snapshot::SourceInfo) of kind `postgres` whose
+//! metadata is a [`DumpInfo`]; the globals script's is a [`GlobalsInfo`].
 //!
 //! The rest of the PostgreSQL support is in the submodules: [`restore`] (logical restores),
 //! [`physical`] (base backups), [`basebackup`] (the record a base backup carries), [`pitr`]
@@ -29,11 +29,11 @@ pub mod tools;
 pub mod wal;
 
 use super::stream::{save_stream, save_stream_to};
-use super::{commit, CommonOptions, Finished, Session};
+use super::{run, CommonOptions, Metadata, Saved, Session, Source};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::features::{self, Features};
-use crate::repo::snapshot::{Snapshot, SourceInfo};
+use crate::repo::snapshot::{Kind, Snapshot};
 use crate::repo::tree::{Node, Tree};
 use crate::repo::Repository;
 use anyhow::Result;
@@ -44,14 +44,10 @@ use std::io::Read;
 use std::sync::Arc;
 use tools::{status_text, Tool};
 
-/// Source kind of a database dump in [`SourceInfo::kind`].
-pub const KIND_DUMP: &str = "postgres";
-/// Source kind of the `pg_dumpall --globals-only` script.
-pub const KIND_GLOBALS: &str = "postgres-globals";
 /// The directory holding the dumps in a snapshot.
 pub const DIR: &str = "postgres";
 
-/// What a database dump's [`SourceInfo`] records.
+/// What a database dump's [`SourceInfo`](crate::repo::snapshot::SourceInfo) records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DumpInfo {
     pub database: String,
@@ -113,6 +109,26 @@ impl TableName {
             self.name.replace('"', "\"\"")
         )
     }
+}
+
+impl Metadata for DumpInfo {
+    const KIND: Kind = Kind::Postgres;
+}
+
+/// What the [`SourceInfo`](crate::repo::snapshot::SourceInfo) of the `pg_dumpall --globals-only` script records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GlobalsInfo {
+    pub server: String,
+    pub server_version: String,
+    pub pg_dumpall_version: String,
+    /// Bytes of the script.
+    pub size: u64,
+    /// When pg_dumpall was started.
+    pub started_at: DateTime<FixedOffset>,
+}
+
+impl Metadata for GlobalsInfo {
+    const KIND: Kind = Kind::PostgresGlobals;
 }
 
 impl DumpInfo {
@@ -254,84 +270,109 @@ pub fn backup_target(
     common: &CommonOptions,
     progress: &Progress,
 ) -> Result<Snapshot> {
-    let mut client = target.connect()?;
-    let server = ServerInfo::query(&mut client, target)?;
-    let databases: Vec<String> = if all_databases {
-        client
-            .query(
-                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
-                &[],
-            )
-            .map_err(|e| pg_err(target, "listing databases", &e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    } else {
-        vec![target.db().to_string()]
-    };
-    drop(client);
-    let pg_dump = tools::find("pg_dump", server.major())?;
-    let mut session = Session::start(repo)?;
-    let mut nodes = Vec::new();
-    let mut sources = Vec::new();
-    let mut paths = Vec::new();
-    let mut size = 0u64;
-    let mut requires = Features::default();
-    for db in &databases {
-        progress.set_message(db.clone());
-        let t = target.with_db(db);
-        let (dumped, info) = dump_database(&mut session, &t, &server, &pg_dump, split, progress)?;
-        let node = dumped[0].clone();
-        size += info.dump_size;
-        session.summary.files_new += 1 + info.data_streams.len() as u64;
-        let path = format!("/{DIR}/{}", node.name.display());
-        paths.push(path.clone());
-        paths.extend(info.data_streams.iter().map(|d| d.path.clone()));
-        if !info.data_streams.is_empty() {
-            requires.insert(features::SPLIT_DUMP);
+    let source = Dumps::connect(target, all_databases, split)?;
+    run(repo, source, common, progress)
+}
+
+/// Logical dumps of a server's databases, ready to run.
+pub struct Dumps<'a> {
+    target: &'a PgTarget,
+    server: ServerInfo,
+    databases: Vec<String>,
+    all_databases: bool,
+    pg_dump: Tool,
+    split: DumpSplit,
+}
+
+impl<'a> Dumps<'a> {
+    /// Connect to the target, list the databases to dump (its own, or every one that
+    /// accepts connections) and find a pg_dump for the server's version.
+    pub fn connect(target: &'a PgTarget, all_databases: bool, split: DumpSplit) -> Result<Self> {
+        let mut client = target.connect()?;
+        let server = ServerInfo::query(&mut client, target)?;
+        let databases: Vec<String> = if all_databases {
+            client
+                .query(
+                    "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+                    &[],
+                )
+                .map_err(|e| pg_err(target, "listing databases", &e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        } else {
+            vec![target.db().to_string()]
+        };
+        drop(client);
+        let pg_dump = tools::find("pg_dump", server.major())?;
+        Ok(Dumps {
+            target,
+            server,
+            databases,
+            all_databases,
+            pg_dump,
+            split,
+        })
+    }
+}
+
+impl Source for Dumps<'_> {
+    fn kind(&self) -> Kind {
+        Kind::Postgres
+    }
+
+    fn save(self: Box<Self>, session: &mut Session, progress: &Progress) -> Result<Saved> {
+        let Dumps {
+            target,
+            server,
+            databases,
+            all_databases,
+            pg_dump,
+            split,
+        } = *self;
+        let mut nodes = Vec::new();
+        let mut sources = Vec::new();
+        let mut paths = Vec::new();
+        let mut size = 0u64;
+        let mut requires = Features::default();
+        for db in &databases {
+            progress.set_message(db.clone());
+            let t = target.with_db(db);
+            let (dumped, info) = dump_database(session, &t, &server, &pg_dump, split, progress)?;
+            let node = dumped[0].clone();
+            size += info.dump_size;
+            session.summary.files_new += 1 + info.data_streams.len() as u64;
+            let path = format!("/{DIR}/{}", node.name.display());
+            paths.push(path.clone());
+            paths.extend(info.data_streams.iter().map(|d| d.path.clone()));
+            if !info.data_streams.is_empty() {
+                requires.insert(features::SPLIT_DUMP);
+            }
+            sources.push(info.entry(db, &path)?);
+            nodes.extend(dumped);
         }
-        sources.push(SourceInfo {
-            kind: KIND_DUMP.into(),
-            name: db.clone(),
-            path,
-            metadata: serde_json::to_value(&info)?,
-        });
-        nodes.extend(dumped);
-    }
-    if all_databases {
-        progress.set_message("globals");
-        let (node, info) = dump_globals(&mut session, target, &server, progress)?;
-        size += node.size;
-        session.summary.files_new += 1;
-        let path = format!("/{DIR}/{}", node.name.display());
-        paths.push(path.clone());
-        sources.push(SourceInfo {
-            kind: KIND_GLOBALS.into(),
-            name: "globals".into(),
-            path,
-            metadata: info,
-        });
-        nodes.push(node);
-    }
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-    let sub = session.save_tree(Tree { nodes })?;
-    let tree = session.save_tree(Tree {
-        nodes: vec![Node::dir(DIR, sub, now)],
-    })?;
-    commit(
-        session,
-        Finished {
-            kind: KIND_DUMP.into(),
+        if all_databases {
+            progress.set_message("globals");
+            let (node, info) = dump_globals(session, target, &server, progress)?;
+            size += node.size;
+            session.summary.files_new += 1;
+            let path = format!("/{DIR}/{}", node.name.display());
+            paths.push(path.clone());
+            sources.push(info.entry("globals", &path)?);
+            nodes.push(node);
+        }
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let sub = session.save_tree(Tree { nodes })?;
+        Ok(Saved {
+            nodes: vec![Node::dir(DIR, sub, now)],
             paths,
-            tree,
             size,
             parent: None,
             excludes: vec![],
             sources,
             requires,
-        },
-        common,
-    )
+        })
+    }
 }
 
 /// Reads through to the inner reader, keeping the first bytes for a format check.
@@ -776,7 +817,7 @@ fn dump_globals(
     target: &PgTarget,
     server: &ServerInfo,
     progress: &Progress,
-) -> Result<(Node, serde_json::Value)> {
+) -> Result<(Node, GlobalsInfo)> {
     let tool = tools::find("pg_dumpall", server.major())?;
     let started_at = now();
     let mut cmd = tool.command();
@@ -801,13 +842,13 @@ fn dump_globals(
         .into());
     }
     let (content, size) = saved?;
-    let info = serde_json::json!({
-        "server": target.server(),
-        "server_version": server.version,
-        "pg_dumpall_version": tool.version,
-        "size": size,
-        "started_at": started_at,
-    });
+    let info = GlobalsInfo {
+        server: target.server(),
+        server_version: server.version.clone(),
+        pg_dumpall_version: tool.version.clone(),
+        size,
+        started_at,
+    };
     let mtime = started_at.timestamp_nanos_opt().unwrap_or(0);
     Ok((Node::stream("globals.sql", size, content, mtime), info))
 }

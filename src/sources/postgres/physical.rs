@@ -21,8 +21,7 @@
 //! right after being read, within one timestamp tick, is never taken as unchanged.
 
 use super::basebackup::{
-    base_backup_info, BaseBackupInfo, TablespaceInfo, KIND_PHYSICAL, PGDATA, RECOVERY_CONFIG,
-    TABLESPACES,
+    base_backups, BaseBackupInfo, TablespaceInfo, PGDATA, RECOVERY_CONFIG, TABLESPACES,
 };
 use super::conn::PgTarget;
 use super::wal::archive;
@@ -31,11 +30,11 @@ use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::features::{self, Features};
 use crate::repo::pack::BlobType;
-use crate::repo::snapshot::{Snapshot, SourceInfo};
+use crate::repo::snapshot::{Kind, Snapshot};
 use crate::repo::tree::{Node, NodeKind, OsBytes, Tree};
 use crate::repo::Repository;
 use crate::sources::files::{meta_node, Archiver, EntryRules};
-use crate::sources::{commit, CommonOptions, Finished, Session};
+use crate::sources::{run, CommonOptions, Metadata, Saved, Session, Source};
 use anyhow::Result;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -203,12 +202,15 @@ fn find_parent(
     sysid: &str,
     pgdata: &str,
 ) -> Result<Option<(Snapshot, BaseBackupInfo)>> {
-    Ok(repo
-        .load_snapshots()?
-        .into_iter()
-        .filter(|s| s.kind == KIND_PHYSICAL)
-        .filter_map(|s| base_backup_info(&s).map(|i| (s, i)))
-        .rfind(|(_, i)| i.system_identifier == sysid && i.data_directory == pgdata))
+    let mut found = None;
+    for s in repo.load_snapshots()? {
+        for i in base_backups(&s)? {
+            if i.system_identifier == sysid && i.data_directory == pgdata {
+                found = Some((s.clone(), i));
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn small_file(
@@ -245,258 +247,306 @@ pub fn backup_physical(
     opts: &PhysicalOptions,
     progress: &Progress,
 ) -> Result<Snapshot> {
-    let mut target = PgTarget::resolve(opts.conn.as_deref(), false)?;
-    if target.dbname.is_none() {
-        target.dbname = Some("postgres".into());
-    }
-    let mut c = target.connect()?;
-    let server = ServerInfo::query(&mut c, &target)?;
-    if server.major() < 15 {
-        return Err(source_err(format!(
-            "physical backups need PostgreSQL 15 or newer (pg_backup_start); {} runs {}",
-            target.server(),
-            server.version
-        )));
-    }
-    let row = c
-        .query_one(
-            "SELECT current_setting('data_directory'), current_setting('archive_mode'),
+    let source = Physical::connect(&repo, opts, progress)?;
+    run(repo, source, &opts.common, progress)
+}
+
+/// A base backup, connected and checked, ready to copy the data directory.
+pub struct Physical {
+    client: postgres::Client,
+    target: PgTarget,
+    server: ServerInfo,
+    sysid: String,
+    segment_size: u32,
+    pgdata: PathBuf,
+    tablespaces: Vec<TablespaceInfo>,
+    parent: Option<(Snapshot, BaseBackupInfo)>,
+    archive_timeout: Duration,
+}
+
+impl Physical {
+    /// Connect to the server, check that a base backup of it can be taken and restored
+    /// (version, archiving, this host's data directory, this repository's archive), and
+    /// find the previous base backup of the same cluster.
+    pub fn connect(
+        repo: &Repository,
+        opts: &PhysicalOptions,
+        progress: &Progress,
+    ) -> Result<Physical> {
+        let mut target = PgTarget::resolve(opts.conn.as_deref(), false)?;
+        if target.dbname.is_none() {
+            target.dbname = Some("postgres".into());
+        }
+        let mut c = target.connect()?;
+        let server = ServerInfo::query(&mut c, &target)?;
+        if server.major() < 15 {
+            return Err(source_err(format!(
+                "physical backups need PostgreSQL 15 or newer (pg_backup_start); {} runs {}",
+                target.server(),
+                server.version
+            )));
+        }
+        let row = c
+            .query_one(
+                "SELECT current_setting('data_directory'), current_setting('archive_mode'),
                     current_setting('archive_command'),
                     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
                     (SELECT system_identifier::text FROM pg_control_system()),
                     pg_is_in_recovery()",
-            &[],
-        )
-        .map_err(|e| pg_err(&target, "reading the server settings", &e))?;
-    let data_directory: String = row.get(0);
-    let archive_mode: String = row.get(1);
-    let archive_command: String = row.get(2);
-    let segment_size = parse_segment_size(&row.get::<_, String>(3))?;
-    let sysid: String = row.get(4);
-    if row.get::<_, bool>(5) {
-        return Err(source_err(format!(
-            "{} is a standby; take base backups from the primary",
-            target.server()
-        )));
-    }
-    if archive_mode == "off" {
-        return Err(source_err(format!(
-            "WAL archiving is off on {}, so a base backup could never be restored: set \
+                &[],
+            )
+            .map_err(|e| pg_err(&target, "reading the server settings", &e))?;
+        let data_directory: String = row.get(0);
+        let archive_mode: String = row.get(1);
+        let archive_command: String = row.get(2);
+        let segment_size = parse_segment_size(&row.get::<_, String>(3))?;
+        let sysid: String = row.get(4);
+        if row.get::<_, bool>(5) {
+            return Err(source_err(format!(
+                "{} is a standby; take base backups from the primary",
+                target.server()
+            )));
+        }
+        if archive_mode == "off" {
+            return Err(source_err(format!(
+                "WAL archiving is off on {}, so a base backup could never be restored: set \
              archive_mode = on and archive_command = 'coffer wal-push %p' (with this repository's \
              settings in its environment or config file), restart the server and try again",
-            target.server()
-        )));
-    }
-    if !archive_command.contains("wal-push") {
-        progress.log(&format!(
+                target.server()
+            )));
+        }
+        if !archive_command.contains("wal-push") {
+            progress.log(&format!(
             "warning: archive_command is {archive_command:?}; the base backup waits for its WAL \
              in this repository's archive (coffer wal-push %p)"
         ));
-    }
-    let pgdata = std::path::absolute(opts.pgdata.as_deref().unwrap_or(Path::new(&data_directory)))?;
-    let on_disk = control_system_identifier(&pgdata)?;
-    if on_disk.to_string() != sysid {
-        return Err(source_err(format!(
+        }
+        let pgdata =
+            std::path::absolute(opts.pgdata.as_deref().unwrap_or(Path::new(&data_directory)))?;
+        let on_disk = control_system_identifier(&pgdata)?;
+        if on_disk.to_string() != sysid {
+            return Err(source_err(format!(
             "{} belongs to cluster {on_disk}, but {} is cluster {sysid}; give the server's data \
              directory with --pgdata (coffer must run on the database host)",
             pgdata.display(),
             target.server()
         )));
-    }
-    if let Some(info) = archive::archive_info(&repo)? {
-        if info.system_identifier != sysid {
-            return Err(source_err(format!(
+        }
+        if let Some(info) = archive::archive_info(&repo)? {
+            if info.system_identifier != sysid {
+                return Err(source_err(format!(
                 "this repository's WAL archive belongs to cluster {}, not {sysid}; use another repository",
                 info.system_identifier
             )));
-        }
-    }
-    let tablespaces: Vec<TablespaceInfo> = c
-        .query(
-            "SELECT oid::int8, spcname::text, pg_tablespace_location(oid)
-             FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
-            &[],
-        )
-        .map_err(|e| pg_err(&target, "listing tablespaces", &e))?
-        .iter()
-        .map(|r| TablespaceInfo {
-            oid: r.get::<_, i64>(0) as u32,
-            name: r.get(1),
-            location: r.get(2),
-        })
-        .collect();
-
-    let pgdata_str = pgdata.display().to_string();
-    let parent = find_parent(&repo, &sysid, &pgdata_str)?;
-    let session = Session::start(repo.clone())?;
-    let rules = PgRules {
-        root: pgdata.clone(),
-    };
-    // A file written less than a second before coffer reads it is read again next time
-    // (files::RACY_WINDOW_NS, as for `backup PATH…`).
-    let mut a = Archiver::new(session, progress, Some(&rules))?;
-    let parent_tree = parent.as_ref().and_then(|(s, _)| a.load_parent(&s.tree));
-
-    let started_at = chrono::Local::now().fixed_offset();
-    let label = format!("coffer {}", started_at.format("%Y-%m-%dT%H:%M:%S%:z"));
-    c.query_one("SELECT pg_backup_start($1, true)::text", &[&label])
-        .map_err(|e| pg_err(&target, "pg_backup_start", &e))?;
-    progress.set_message(pgdata_str.clone());
-
-    // The data directory's top level, global/ last.
-    let root_meta = std::fs::symlink_metadata(&pgdata)
-        .map_err(|e| source_err(format!("cannot read {}: {e}", pgdata.display())))?;
-    let mut entries: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(&pgdata)
-        .and_then(|rd| {
-            rd.map(|e| e.map(|e| (e.file_name().as_bytes().to_vec(), e.path())))
-                .collect()
-        })
-        .map_err(|e| source_err(format!("cannot read {}: {e}", pgdata.display())))?;
-    entries.sort();
-    rules.filter(&pgdata, &mut entries);
-    if let Some(i) = entries.iter().position(|(n, _)| n == b"global") {
-        let g = entries.remove(i);
-        entries.push(g);
-    }
-    let parent_pgdata = parent_tree
-        .as_ref()
-        .and_then(|t| t.find(PGDATA.as_bytes()))
-        .and_then(|n| a.parent_tree(Some(n)));
-    let parent_spc = parent_tree
-        .as_ref()
-        .and_then(|t| t.find(TABLESPACES.as_bytes()))
-        .and_then(|n| a.parent_tree(Some(n)));
-    let mut root_nodes = Vec::new();
-    let mut spc_nodes = Vec::new();
-    for (i, (name, path)) in entries.iter().enumerate() {
-        if i + 1 == entries.len() && name == b"global" {
-            // Tablespaces before global/ (pg_control comes last of all).
-            for t in &tablespaces {
-                let oid = t.oid.to_string();
-                let loc = Path::new(&t.location);
-                let pnode = parent_spc.as_ref().and_then(|p| p.find(oid.as_bytes()));
-                if let Some(n) = a.archive_node(loc, oid.as_bytes(), pnode)? {
-                    spc_nodes.push(n);
-                }
             }
         }
-        let pnode = parent_pgdata.as_ref().and_then(|p| p.find(name));
-        if let Some(n) = a.archive_node(path, name, pnode)? {
-            root_nodes.push(n);
+        let tablespaces: Vec<TablespaceInfo> = c
+            .query(
+                "SELECT oid::int8, spcname::text, pg_tablespace_location(oid)
+             FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
+                &[],
+            )
+            .map_err(|e| pg_err(&target, "listing tablespaces", &e))?
+            .iter()
+            .map(|r| TablespaceInfo {
+                oid: r.get::<_, i64>(0) as u32,
+                name: r.get(1),
+                location: r.get(2),
+            })
+            .collect();
+
+        let parent = find_parent(repo, &sysid, &pgdata.display().to_string())?;
+        Ok(Physical {
+            client: c,
+            target,
+            server,
+            sysid,
+            segment_size,
+            pgdata,
+            tablespaces,
+            parent,
+            archive_timeout: opts.archive_timeout,
+        })
+    }
+}
+
+impl Source for Physical {
+    fn kind(&self) -> Kind {
+        Kind::PostgresPhysical
+    }
+
+    fn save(self: Box<Self>, session: &mut Session, progress: &Progress) -> Result<Saved> {
+        let Physical {
+            client: mut c,
+            target,
+            server,
+            sysid,
+            segment_size,
+            pgdata,
+            tablespaces,
+            parent,
+            archive_timeout,
+        } = *self;
+        let repo = session.repo.clone();
+        let pgdata_str = pgdata.display().to_string();
+        let rules = PgRules {
+            root: pgdata.clone(),
+        };
+        // A file written less than a second before coffer reads it is read again next time
+        // (files::RACY_WINDOW_NS, as for `backup PATH…`).
+        let mut a = Archiver::new(session, progress, Some(&rules))?;
+        let parent_tree = parent.as_ref().and_then(|(s, _)| a.load_parent(&s.tree));
+
+        let started_at = chrono::Local::now().fixed_offset();
+        let label = format!("coffer {}", started_at.format("%Y-%m-%dT%H:%M:%S%:z"));
+        c.query_one("SELECT pg_backup_start($1, true)::text", &[&label])
+            .map_err(|e| pg_err(&target, "pg_backup_start", &e))?;
+        progress.set_message(pgdata_str.clone());
+
+        // The data directory's top level, global/ last.
+        let root_meta = std::fs::symlink_metadata(&pgdata)
+            .map_err(|e| source_err(format!("cannot read {}: {e}", pgdata.display())))?;
+        let mut entries: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(&pgdata)
+            .and_then(|rd| {
+                rd.map(|e| e.map(|e| (e.file_name().as_bytes().to_vec(), e.path())))
+                    .collect()
+            })
+            .map_err(|e| source_err(format!("cannot read {}: {e}", pgdata.display())))?;
+        entries.sort();
+        rules.filter(&pgdata, &mut entries);
+        if let Some(i) = entries.iter().position(|(n, _)| n == b"global") {
+            let g = entries.remove(i);
+            entries.push(g);
         }
-    }
-    if !entries.iter().any(|(n, _)| n == b"global") {
-        return Err(source_err(format!(
-            "{} has no global/ directory: not a PostgreSQL data directory",
-            pgdata.display()
-        )));
-    }
+        let parent_pgdata = parent_tree
+            .as_ref()
+            .and_then(|t| t.find(PGDATA.as_bytes()))
+            .and_then(|n| a.parent_tree(Some(n)));
+        let parent_spc = parent_tree
+            .as_ref()
+            .and_then(|t| t.find(TABLESPACES.as_bytes()))
+            .and_then(|n| a.parent_tree(Some(n)));
+        let mut root_nodes = Vec::new();
+        let mut spc_nodes = Vec::new();
+        for (i, (name, path)) in entries.iter().enumerate() {
+            if i + 1 == entries.len() && name == b"global" {
+                // Tablespaces before global/ (pg_control comes last of all).
+                for t in &tablespaces {
+                    let oid = t.oid.to_string();
+                    let loc = Path::new(&t.location);
+                    let pnode = parent_spc.as_ref().and_then(|p| p.find(oid.as_bytes()));
+                    if let Some(n) = a.archive_node(loc, oid.as_bytes(), pnode)? {
+                        spc_nodes.push(n);
+                    }
+                }
+            }
+            let pnode = parent_pgdata.as_ref().and_then(|p| p.find(name));
+            if let Some(n) = a.archive_node(path, name, pnode)? {
+                root_nodes.push(n);
+            }
+        }
+        if !entries.iter().any(|(n, _)| n == b"global") {
+            return Err(source_err(format!(
+                "{} has no global/ directory: not a PostgreSQL data directory",
+                pgdata.display()
+            )));
+        }
 
-    let row = c
-        .query_one(
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
-            &[],
-        )
-        .map_err(|e| pg_err(&target, "pg_backup_stop", &e))?;
-    let stopped_at = chrono::Local::now().fixed_offset();
-    drop(c);
-    let stop_lsn_text: String = row.get(0);
-    let labelfile: String = row.get(1);
-    let spcmapfile: Option<String> = row.get(2);
-    let stop_lsn = archive::parse_lsn(&stop_lsn_text).ok_or_else(|| {
-        source_err(format!(
-            "pg_backup_stop returned a bad LSN {stop_lsn_text:?}"
-        ))
-    })?;
-    let timeline: u32 = label_field(&labelfile, "START TIMELINE")
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| source_err("the backup_label has no START TIMELINE".into()))?;
-    let start_field = label_field(&labelfile, "START WAL LOCATION")
-        .ok_or_else(|| source_err("the backup_label has no START WAL LOCATION".into()))?;
-    let start_lsn_text = start_field
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    let start_lsn = archive::parse_lsn(&start_lsn_text)
-        .ok_or_else(|| source_err(format!("bad START WAL LOCATION {start_field:?}")))?;
-    let start_segno = start_lsn / segment_size as u64;
-    // The segment holding the last byte before the stop LSN.
-    let stop_segno = stop_lsn.saturating_sub(1) / segment_size as u64;
-    let start_wal = archive::segment_name(timeline, start_segno, segment_size);
-    let stop_wal = archive::segment_name(timeline, stop_segno.max(start_segno), segment_size);
+        let row = c
+            .query_one(
+                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
+                &[],
+            )
+            .map_err(|e| pg_err(&target, "pg_backup_stop", &e))?;
+        let stopped_at = chrono::Local::now().fixed_offset();
+        drop(c);
+        let stop_lsn_text: String = row.get(0);
+        let labelfile: String = row.get(1);
+        let spcmapfile: Option<String> = row.get(2);
+        let stop_lsn = archive::parse_lsn(&stop_lsn_text).ok_or_else(|| {
+            source_err(format!(
+                "pg_backup_stop returned a bad LSN {stop_lsn_text:?}"
+            ))
+        })?;
+        let timeline: u32 = label_field(&labelfile, "START TIMELINE")
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| source_err("the backup_label has no START TIMELINE".into()))?;
+        let start_field = label_field(&labelfile, "START WAL LOCATION")
+            .ok_or_else(|| source_err("the backup_label has no START WAL LOCATION".into()))?;
+        let start_lsn_text = start_field
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let start_lsn = archive::parse_lsn(&start_lsn_text)
+            .ok_or_else(|| source_err(format!("bad START WAL LOCATION {start_field:?}")))?;
+        let start_segno = start_lsn / segment_size as u64;
+        // The segment holding the last byte before the stop LSN.
+        let stop_segno = stop_lsn.saturating_sub(1) / segment_size as u64;
+        let start_wal = archive::segment_name(timeline, start_segno, segment_size);
+        let stop_wal = archive::segment_name(timeline, stop_segno.max(start_segno), segment_size);
 
-    let needed: Vec<String> = (start_segno..=stop_segno.max(start_segno))
-        .map(|n| archive::segment_name(timeline, n, segment_size))
-        .collect();
-    wait_for_wal(&repo, needed, opts.archive_timeout, progress)?;
+        let needed: Vec<String> = (start_segno..=stop_segno.max(start_segno))
+            .map(|n| archive::segment_name(timeline, n, segment_size))
+            .collect();
+        wait_for_wal(&repo, needed, archive_timeout, progress)?;
 
-    let mtime_ns = stopped_at.timestamp_nanos_opt().unwrap_or(0);
-    let mut root_dir = meta_node(PGDATA.as_bytes(), NodeKind::Dir, &root_meta);
-    let label_node = small_file(
-        a.session(),
-        "backup_label",
-        labelfile.as_bytes(),
-        &root_dir,
-        mtime_ns,
-    )?;
-    root_nodes.push(label_node);
-    if let Some(map) = spcmapfile.filter(|m| !m.is_empty()) {
-        let n = small_file(
+        let mtime_ns = stopped_at.timestamp_nanos_opt().unwrap_or(0);
+        let mut root_dir = meta_node(PGDATA.as_bytes(), NodeKind::Dir, &root_meta);
+        let label_node = small_file(
             a.session(),
-            "tablespace_map",
-            map.as_bytes(),
+            "backup_label",
+            labelfile.as_bytes(),
             &root_dir,
             mtime_ns,
         )?;
-        root_nodes.push(n);
-    }
-    root_dir.subtree = Some(a.session().save_tree(Tree { nodes: root_nodes })?);
-    let mut top = vec![root_dir];
-    let mut paths = vec![format!("/{PGDATA}")];
-    if !spc_nodes.is_empty() {
-        let sub = a.session().save_tree(Tree { nodes: spc_nodes })?;
-        top.push(Node::dir(TABLESPACES, sub, mtime_ns));
-        paths.push(format!("/{TABLESPACES}"));
-    }
-    let tree = a.session().save_tree(Tree { nodes: top })?;
-    let (session, size) = a.finish();
-    let info = BaseBackupInfo {
-        server: target.server(),
-        server_version: server.version.clone(),
-        server_version_num: server.version_num,
-        system_identifier: sysid,
-        timeline,
-        start_lsn: archive::format_lsn(start_lsn),
-        stop_lsn: archive::format_lsn(stop_lsn),
-        start_wal,
-        stop_wal,
-        wal_segment_size: segment_size,
-        data_directory: pgdata_str.clone(),
-        label,
-        started_at,
-        stopped_at,
-        tablespaces,
-    };
-    commit(
-        session,
-        Finished {
-            kind: KIND_PHYSICAL.into(),
+        root_nodes.push(label_node);
+        if let Some(map) = spcmapfile.filter(|m| !m.is_empty()) {
+            let n = small_file(
+                a.session(),
+                "tablespace_map",
+                map.as_bytes(),
+                &root_dir,
+                mtime_ns,
+            )?;
+            root_nodes.push(n);
+        }
+        root_dir.subtree = Some(a.session().save_tree(Tree { nodes: root_nodes })?);
+        let mut top = vec![root_dir];
+        let mut paths = vec![format!("/{PGDATA}")];
+        if !spc_nodes.is_empty() {
+            let sub = a.session().save_tree(Tree { nodes: spc_nodes })?;
+            top.push(Node::dir(TABLESPACES, sub, mtime_ns));
+            paths.push(format!("/{TABLESPACES}"));
+        }
+        let size = a.size();
+        let info = BaseBackupInfo {
+            server: target.server(),
+            server_version: server.version.clone(),
+            server_version_num: server.version_num,
+            system_identifier: sysid,
+            timeline,
+            start_lsn: archive::format_lsn(start_lsn),
+            stop_lsn: archive::format_lsn(stop_lsn),
+            start_wal,
+            stop_wal,
+            wal_segment_size: segment_size,
+            data_directory: pgdata_str.clone(),
+            label,
+            started_at,
+            stopped_at,
+            tablespaces,
+        };
+        Ok(Saved {
+            nodes: top,
             paths,
-            tree,
             size,
             parent: parent.map(|(s, _)| s.id),
             excludes: vec![],
-            sources: vec![SourceInfo {
-                kind: KIND_PHYSICAL.into(),
-                name: pgdata_str,
-                path: format!("/{PGDATA}"),
-                metadata: serde_json::to_value(&info)?,
-            }],
+            sources: vec![info.entry(&pgdata_str, &format!("/{PGDATA}"))?],
             requires: Features::default().with(features::PHYSICAL),
-        },
-        &opts.common,
-    )
+        })
+    }
 }
 
 /// Wait until every segment the backup needs is in the archive. PostgreSQL archives them

@@ -10,8 +10,7 @@
 //! `postgresql.auto.conf`. Starting PostgreSQL on DIR then recovers to the target.
 
 use super::basebackup::{
-    base_backup_info, BaseBackupInfo, TablespaceInfo, KIND_PHYSICAL, PGDATA, RECOVERY_CONFIG,
-    TABLESPACES,
+    base_backup_info, BaseBackupInfo, TablespaceInfo, PGDATA, RECOVERY_CONFIG, TABLESPACES,
 };
 use super::tools::shell_quote;
 use super::wal::archive::{format_lsn, segment_name};
@@ -135,23 +134,24 @@ fn pick(
     spec: Option<&str>,
     target: &Target,
 ) -> Result<(Snapshot, BaseBackupInfo)> {
-    let all: Vec<(Snapshot, BaseBackupInfo)> = repo
-        .load_snapshots()?
-        .into_iter()
-        .filter(|s| s.kind == KIND_PHYSICAL)
-        .filter_map(|s| base_backup_info(&s).map(|i| (s, i)))
-        .collect();
     if let Some(spec) = spec.filter(|s| *s != "latest") {
         let snap = repo.find_snapshot(spec)?;
-        let info = base_backup_info(&snap).ok_or_else(|| {
-            usage(format!(
+        let Some(info) = base_backup_info(&snap)? else {
+            snap.known_kind()?;
+            return Err(usage(format!(
                 "snapshot {} is not a physical base backup (kind {}); --pgdata needs one made with \
                  `coffer backup --postgres --physical`",
                 snap.id.short(),
                 snap.kind
-            ))
-        })?;
+            )));
+        };
         return Ok((snap, info));
+    }
+    let mut all: Vec<(Snapshot, BaseBackupInfo)> = Vec::new();
+    for s in repo.load_snapshots()? {
+        if let Some(i) = base_backup_info(&s)? {
+            all.push((s, i));
+        }
     }
     if all.is_empty() {
         return Err(not_found(
@@ -193,7 +193,7 @@ fn check_archive(
     opts: &PitrOptions,
 ) -> Result<Option<String>> {
     let seg = info.wal_segment_size;
-    let backup = timeline::Backup::of_snapshot(snap).ok_or_else(|| {
+    let backup = timeline::Backup::of(snap, info).ok_or_else(|| {
         Error::integrity(format!(
             "snapshot {} has a base backup record whose WAL positions cannot be read",
             snap.id.short()

@@ -18,13 +18,13 @@
 
 use super::conn::{describe, qualified, quote_ident, PgTarget};
 use super::tools::{self, status_text, Stderr, Tool};
-use super::{pg_err, DataStream, DumpInfo, ServerInfo, TableRows, KIND_DUMP};
+use super::{pg_err, DataStream, DumpInfo, ServerInfo, TableRows};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::index::MasterIndex;
 use crate::repo::snapshot::{Snapshot, SourceInfo};
 use crate::repo::Repository;
-use crate::sources::CommonOptions;
+use crate::sources::{CommonOptions, Metadata};
 use anyhow::{Context as _, Result};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -114,16 +114,17 @@ pub fn pick_source(snap: &Snapshot, database: Option<&str>) -> Result<(SourceInf
     let dumps: Vec<&SourceInfo> = snap
         .sources
         .iter()
-        .filter(|s| s.kind == KIND_DUMP)
+        .filter(|s| s.kind == DumpInfo::KIND)
         .collect();
     let chosen = match (database, dumps.as_slice()) {
         (_, []) => {
+            snap.known_kind()?;
             return Err(Error::usage(format!(
                 "snapshot {} holds no PostgreSQL dump (it is a {:?} snapshot)",
                 snap.id.short(),
                 snap.kind
             ))
-            .into())
+            .into());
         }
         (None, [one]) => *one,
         (None, many) => {
@@ -147,14 +148,7 @@ pub fn pick_source(snap: &Snapshot, database: Option<&str>) -> Result<(SourceInf
             )
         })?,
     };
-    let info: DumpInfo = serde_json::from_value(chosen.metadata.clone()).map_err(|e| {
-        Error::integrity(format!(
-            "snapshot {}: the metadata of the dump of {:?} is unreadable: {e}",
-            snap.id.short(),
-            chosen.name
-        ))
-    })?;
-    Ok((chosen.clone(), info))
+    Ok((chosen.clone(), DumpInfo::of(snap, chosen)?))
 }
 
 fn sql_literal(s: &str) -> String {

@@ -15,7 +15,7 @@
 //! horizon to its cut-off, so a `wal-fetch` of removed WAL fails instead of answering "not
 //! archived".
 
-use super::super::basebackup::{base_backup_info, KIND_PHYSICAL};
+use super::super::basebackup::base_backups;
 use super::archive::{self, WalFileKind};
 use super::hold::{self, Hold};
 use crate::backend::FileKind;
@@ -138,26 +138,31 @@ pub fn plan(repo: &Repository, kept: &[Snapshot]) -> Result<Plan> {
         ));
     }
     let mut oldest: Option<(u64, String, String)> = None;
-    for s in kept.iter().filter(|s| s.kind == KIND_PHYSICAL) {
-        let Some(b) = base_backup_info(s) else {
+    // Base backups are found by their source, whatever the kind of the snapshot holding
+    // them.
+    for s in kept {
+        let Ok(backups) = base_backups(s) else {
             return skip(format!(
                 "the base backup record of snapshot {} cannot be read, so no WAL is removed",
                 s.id.short()
             ));
         };
-        if b.system_identifier != info.system_identifier {
-            continue;
-        }
-        let Some((_, segno)) = archive::parse_segment(&b.start_wal, info.segment_size)
-            .filter(|_| b.wal_segment_size == info.segment_size)
-        else {
-            return skip(format!(
-                "base backup {} does not match the archive's segment size, so no WAL is removed",
-                s.id.short()
-            ));
-        };
-        if oldest.as_ref().is_none_or(|(o, _, _)| segno < *o) {
-            oldest = Some((segno, s.id.short(), b.start_wal.clone()));
+        for b in backups {
+            if b.system_identifier != info.system_identifier {
+                continue;
+            }
+            let Some((_, segno)) = archive::parse_segment(&b.start_wal, info.segment_size)
+                .filter(|_| b.wal_segment_size == info.segment_size)
+            else {
+                return skip(format!(
+                    "base backup {} does not match the archive's segment size, so no WAL is \
+                     removed",
+                    s.id.short()
+                ));
+            };
+            if oldest.as_ref().is_none_or(|(o, _, _)| segno < *o) {
+                oldest = Some((segno, s.id.short(), b.start_wal.clone()));
+            }
         }
     }
     let Some((backup_from, short, backup_start)) = oldest else {
@@ -311,6 +316,58 @@ mod tests {
         assert!(hold::release(&repo, &gone.id).unwrap());
         assert!(hold::release(&repo, &live.id).unwrap());
         assert!(hold::list(&repo).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_base_backup_is_kept_by_its_source_whatever_the_snapshot_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(
+            Arc::new(LocalBackend::new(dir.path().join("repo"))),
+            b"pw",
+            &InitOptions {
+                kdf: KdfParams::insecure_for_tests(),
+                compression: 0,
+                pack_size: 1 << 20,
+            },
+        )
+        .unwrap();
+        for segno in 1..=4 {
+            let name = format!("00000001000000000000000{segno}");
+            push_bytes(&repo, &name, WalFileKind::Segment, &segment(1, segno)).unwrap();
+        }
+        // A snapshot of several sources (a kind this coffer does not know) whose second
+        // source is a base backup of the archived cluster, starting in segment 3.
+        let snap: Snapshot = serde_json::from_value(serde_json::json!({
+            "time": "2024-05-01T02:00:00Z", "hostname": "h", "username": "u",
+            "paths": ["/app", "/db/pgdata"], "kind": "stack", "tree": "0".repeat(64),
+            "size": 1, "program_version": "coffer 9.0.0",
+            "sources": [
+                {"kind": "files", "name": "/app", "path": "/app"},
+                {"kind": "postgres-physical", "name": "/var/lib/pg", "path": "/db/pgdata",
+                 "metadata": {
+                    "server": "db:5432", "server_version": "15.1", "server_version_num": 150001,
+                    "system_identifier": "7", "timeline": 1,
+                    "start_lsn": "0/3000028", "stop_lsn": "0/3000138",
+                    "start_wal": "000000010000000000000003",
+                    "stop_wal": "000000010000000000000003",
+                    "wal_segment_size": 16777216, "data_directory": "/var/lib/pg",
+                    "label": "coffer", "started_at": "2024-05-01T02:00:00Z",
+                    "stopped_at": "2024-05-01T02:00:01Z"
+                 }}
+            ]
+        }))
+        .unwrap();
+        let p = plan(&repo, &[snap]).unwrap();
+        assert_eq!(p.skipped, None);
+        assert_eq!(p.keep_from.as_deref(), Some("000000010000000000000003"));
+        let removed: Vec<&str> = p.remove.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            removed,
+            ["000000010000000000000001", "000000010000000000000002"]
+        );
+        // Without it, nothing is kept for, so nothing goes.
+        let p = plan(&repo, &[]).unwrap();
+        assert!(p.skipped.is_some() && p.remove.is_empty());
     }
 
     #[test]

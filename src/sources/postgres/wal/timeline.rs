@@ -4,7 +4,7 @@
 //! with it; `restore --pgdata` ([`crate::sources::postgres::pitr`]) checks the one it
 //! restores.
 
-use super::super::basebackup::{base_backup_info, KIND_PHYSICAL};
+use super::super::basebackup::BaseBackupInfo;
 use super::archive::{self, classify, parse_lsn, parse_segment, segment_name, WalFileKind};
 use crate::backend::FileKind;
 use crate::repo::snapshot::Snapshot;
@@ -38,12 +38,11 @@ pub struct Backup {
 }
 
 impl Backup {
-    /// The base backup a snapshot holds, if it is one.
-    pub fn of_snapshot(snap: &Snapshot) -> Option<Backup> {
-        if snap.kind != KIND_PHYSICAL {
-            return None;
-        }
-        let info = base_backup_info(snap)?;
+    /// A base backup held by a snapshot (`info`, one of its [`base_backups`]); `None` when
+    /// its WAL positions cannot be read.
+    ///
+    /// [`base_backups`]: super::super::basebackup::base_backups
+    pub fn of(snap: &Snapshot, info: &BaseBackupInfo) -> Option<Backup> {
         let seg = info.wal_segment_size;
         Some(Backup {
             id: snap.id.to_hex(),
@@ -54,7 +53,7 @@ impl Backup {
             start_segno: parse_segment(&info.start_wal, seg)?.1,
             stop_segno: parse_segment(&info.stop_wal, seg)?.1,
             stopped_at: info.stopped_at,
-            system_identifier: info.system_identifier,
+            system_identifier: info.system_identifier.clone(),
         })
     }
 }

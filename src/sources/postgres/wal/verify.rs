@@ -17,7 +17,7 @@
 //! gathers its input from a repository. Only the presence of the objects is checked:
 //! `wal-fetch` verifies each one's content when recovery reads it.
 
-use super::super::basebackup::{base_backup_info, KIND_PHYSICAL};
+use super::super::basebackup::base_backups;
 use super::archive::{archive_info, format_lsn, parse_lsn, parse_segment, segment_name};
 use super::timeline::{by_timeline, load_archive, timeline_chain, walk_in, Archive, Backup};
 use super::waldump::newest_commit_time;
@@ -306,29 +306,33 @@ pub fn verify(repo: &Repository) -> Result<Report> {
     let info = archive_info(repo)?;
     let snapshots = repo.load_snapshots()?;
     let mut unreadable = Vec::new();
+    // Every base backup, by its source, in snapshot order.
+    let mut infos = Vec::new();
     let mut backups = Vec::new();
-    for s in snapshots.iter().filter(|s| s.kind == KIND_PHYSICAL) {
-        match Backup::of_snapshot(s) {
-            Some(b) => backups.push(b),
-            None => unreadable.push(s.id.short()),
+    for s in &snapshots {
+        match base_backups(s) {
+            Ok(found) => {
+                for i in found {
+                    match Backup::of(s, &i) {
+                        Some(b) => backups.push(b),
+                        None => unreadable.push(s.id.short()),
+                    }
+                    infos.push(i);
+                }
+            }
+            Err(_) => unreadable.push(s.id.short()),
         }
     }
     let segment_size = info
         .as_ref()
         .map(|i| i.segment_size)
-        .or_else(|| {
-            snapshots
-                .iter()
-                .find_map(|s| base_backup_info(s).map(|i| i.wal_segment_size))
-        })
+        .or_else(|| infos.first().map(|i| i.wal_segment_size))
         .unwrap_or(16 << 20);
     let archive = load_archive(repo, segment_size, info.map(|i| i.system_identifier))?;
     let mut report = analyze(&archive, &backups);
     if let Some(w) = &report.window {
-        let major = snapshots
-            .iter()
-            .rev()
-            .find_map(base_backup_info)
+        let major = infos
+            .last()
             .map(|i| i.server_version_num / 10000)
             .unwrap_or(15);
         let end = parse_segment(&w.latest_segment, segment_size).map(|(_, s)| s);
