@@ -50,7 +50,7 @@ fn braces(s: &str) -> Fields {
 fn parse_object(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Fields {
     let mut fields = Fields::default();
     let mut name = String::new();
-    let mut last = None;
+    let mut last: Option<String> = None;
     while let Some(c) = chars.next() {
         match c {
             '{' => {
@@ -73,12 +73,10 @@ fn parse_object(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Fields 
                 last = Some(std::mem::take(&mut name));
             }
             // `[ids]` and `[{…}]`: the brackets only say "a list of".
-            '[' => {
-                if chars.peek() != Some(&'{') {
-                    for c in chars.by_ref() {
-                        if c == ']' {
-                            break;
-                        }
+            '[' if chars.peek() != Some(&'{') => {
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
                     }
                 }
             }
@@ -131,7 +129,10 @@ fn holds(what: &str, doc: &Fields, v: &Value) {
     };
     let documented: Vec<&String> = doc.0.keys().collect();
     let actual: Vec<&String> = map.keys().collect();
-    let mut missing: Vec<_> = documented.iter().filter(|k| !map.contains_key(**k)).collect();
+    let mut missing: Vec<_> = documented
+        .iter()
+        .filter(|k| !map.contains_key(**k))
+        .collect();
     let mut undocumented: Vec<_> = actual.iter().filter(|k| !doc.0.contains_key(**k)).collect();
     missing.sort();
     undocumented.sort();

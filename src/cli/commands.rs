@@ -151,7 +151,6 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
         delta: a.delta,
         sync: a.sync,
     };
-    // The size is known once the snapshot is found: a spinner until then.
     let p = ctx.progress("restore", None);
     let r = ops::restore::files(&repo, spec, &opts, &p);
     p.finish();

@@ -42,6 +42,7 @@ pub fn files(
 ) -> Result<FilesRestored> {
     let _lock = Lock::shared(repo, "restore")?;
     let snap = repo.find_snapshot(spec)?;
+    progress.set_total(snap.size);
     let index = repo.load_index()?;
     let r = restore::restore(repo, &index, &snap, opts, progress)?;
     Ok(FilesRestored {
