@@ -3,7 +3,9 @@
 //! The library is built in layers; the code of each uses only the layers below it:
 //!
 //! ```text
-//!   CLI        src/main.rs, src/cli/     parse arguments, call the engine and the sources, print
+//!   CLI        src/main.rs, src/cli/     parse arguments, call an operation, print its report
+//!   ops        ops::{access, backup, restore, dump, snapshots, ls, check, forget, prune,
+//!                    key, unlock, wal_push, wal_fetch, wal_verify, wal_hold}
 //!   sources    sources::{files, stream, postgres::{…, wal}}
 //!   engine     repo::{chunker, crypto, id, keys, pack, index, tree, snapshot, lock,
 //!                     saver, restore, check, prune, forget, features}
@@ -24,15 +26,21 @@
 //!   ([`sources::postgres`]: logical dumps and their restores, physical base backups,
 //!   point-in-time recovery, and under [`sources::postgres::wal`] the WAL archive behind
 //!   `archive_command`/`restore_command`, its verification and retention).
-//! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls
-//!   the engine and the sources, and prints.
+//! * [`ops`] — the operations, on the sources and the engine: one module per user-visible
+//!   operation, each taking typed options and returning a typed, serializable report (what
+//!   `--json` prints; its `Display` is the human-readable summary). [`ops::access`] opens a
+//!   repository from its location, the configuration file and the passphrase sources.
+//!   Everything the CLI does beyond parsing and printing is here, for a long-running
+//!   service to call as well.
+//! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls an
+//!   operation, and prints its report.
 //!
 //! Beside the layers, used by them: [`error`] (the error kinds behind the exit codes),
 //! [`progress`] (progress output), [`redact`] (`Debug` without secrets), [`config`] (the
-//! configuration file, read by the CLI), and two file-system helpers: [`safefs`] (writing
-//! below a directory without following symbolic links; used by restore to disk, PITR and
-//! `dump --out`) and [`fsutil`] (durable creation of files and directories; used by the
-//! local backend and the CLI).
+//! configuration file, read by [`ops::access`]), and two file-system helpers: [`safefs`]
+//! (writing below a directory without following symbolic links; used by restore to disk,
+//! PITR and `dump --out`) and [`fsutil`] (durable creation of files and directories; used
+//! by the local backend and [`ops::access`]).
 //!
 //! The on-disk format and its crash stories are in `docs/FORMAT.md`.
 
@@ -42,6 +50,7 @@ pub mod error;
 pub mod fsutil;
 #[cfg(test)]
 mod fuzz;
+pub mod ops;
 pub mod progress;
 pub mod redact;
 pub mod repo;

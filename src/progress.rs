@@ -41,12 +41,7 @@ impl Progress {
     pub fn bytes(mode: Mode, what: &str, total: Option<u64>) -> Progress {
         let bar = (mode == Mode::Bar).then(|| {
             let b = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
-            let tmpl = if total.is_some() {
-                "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}"
-            } else {
-                "{prefix} [{elapsed_precise}] {bytes} {bytes_per_sec} {msg}"
-            };
-            b.set_style(ProgressStyle::with_template(tmpl).unwrap());
+            b.set_style(style(total.is_some()));
             b.set_prefix(what.to_string());
             b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
@@ -55,6 +50,14 @@ impl Progress {
             eprintln!("{what}…");
         }
         Progress { bar, mode }
+    }
+
+    /// The total, once it is known: the counter becomes a bar.
+    pub fn set_total(&self, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_style(style(true));
+        }
     }
 
     pub fn inc(&self, n: u64) {
@@ -83,4 +86,13 @@ impl Progress {
             b.finish_and_clear();
         }
     }
+}
+
+fn style(with_total: bool) -> ProgressStyle {
+    let tmpl = if with_total {
+        "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}"
+    } else {
+        "{prefix} [{elapsed_precise}] {bytes} {bytes_per_sec} {msg}"
+    };
+    ProgressStyle::with_template(tmpl).unwrap()
 }

@@ -318,7 +318,7 @@ impl Drop for Lock {
 }
 
 /// What [`unlock`] did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct Unlocked {
     /// Every lock object removed.
     pub removed: Vec<String>,

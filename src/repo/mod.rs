@@ -177,13 +177,18 @@ impl Repository {
             .cloned()
     }
 
+    /// Whether a repository exists at this location (its config object does).
+    pub fn exists(backend: &dyn Backend) -> Result<bool> {
+        Ok(backend.stat(FileKind::Config, "")?.is_some())
+    }
+
     /// Create a new repository at an empty location.
     pub fn init(
         backend: Arc<dyn Backend>,
         passphrase: &[u8],
         opts: &InitOptions,
     ) -> Result<Repository> {
-        if backend.stat(FileKind::Config, "")?.is_some() {
+        if Repository::exists(&*backend)? {
             return Err(Error::usage(format!(
                 "a repository already exists at {}",
                 backend.location()

@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub const DEFAULT_MAX_UNUSED: f64 = 0.10;
 const BLOBS_PER_INDEX_FILE: usize = 100_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct PruneReport {
     pub packs_total: usize,
     pub packs_deleted: usize,

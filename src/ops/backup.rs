@@ -1,0 +1,197 @@
+//! `backup`: files, a stream, a PostgreSQL dump or a physical base backup into a snapshot.
+
+use super::mib;
+use crate::progress::Progress;
+use crate::repo::lock::Lock;
+use crate::repo::snapshot::{Kind, Snapshot, Summary};
+use crate::repo::Repository;
+use crate::sources::files::{backup_files, FilesOptions};
+use crate::sources::postgres::basebackup::base_backup_info;
+use crate::sources::postgres::physical::{backup_physical, PhysicalOptions};
+use crate::sources::postgres::{backup_postgres, DumpInfo, DumpSplit, PostgresOptions};
+use crate::sources::stream::backup_stream;
+use crate::sources::{sources_of, CommonOptions};
+use anyhow::Result;
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to back up.
+pub enum Source<'a> {
+    Files {
+        paths: Vec<PathBuf>,
+        excludes: Vec<String>,
+    },
+    /// A byte stream, stored under `name`.
+    Stream {
+        reader: &'a mut dyn Read,
+        name: String,
+    },
+    /// pg_dump of one database, or of all (`all_databases`).
+    Postgres {
+        conn: Option<String>,
+        all_databases: bool,
+        split: DumpSplit,
+    },
+    /// A physical base backup of the server's data directory.
+    Physical {
+        conn: Option<String>,
+        pgdata: Option<PathBuf>,
+        archive_timeout: Duration,
+    },
+}
+
+impl Source<'_> {
+    /// What a progress display calls this backup.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Source::Files { .. } => "backup",
+            Source::Stream { .. } => "backup stdin",
+            Source::Postgres { .. } => "backup postgres",
+            Source::Physical { .. } => "base backup",
+        }
+    }
+}
+
+/// The snapshot saved (`backup --json`).
+#[derive(Serialize)]
+pub struct BackupReport {
+    pub id: String,
+    pub short_id: String,
+    pub time: String,
+    pub size: u64,
+    pub summary: Summary,
+    pub parent: Option<String>,
+    #[serde(skip)]
+    pub snapshot: Snapshot,
+}
+
+pub fn backup(
+    repo: &Arc<Repository>,
+    source: Source<'_>,
+    common: CommonOptions,
+    progress: &Progress,
+) -> Result<BackupReport> {
+    let _lock = Lock::shared(repo, "backup")?;
+    let repo = repo.clone();
+    let snap = match source {
+        Source::Files { paths, excludes } => backup_files(
+            repo,
+            &FilesOptions {
+                paths,
+                excludes,
+                common,
+            },
+            progress,
+        ),
+        Source::Stream { reader, name } => {
+            backup_stream(repo, reader, &name, &common, progress)
+        }
+        Source::Postgres {
+            conn,
+            all_databases,
+            split,
+        } => backup_postgres(
+            repo,
+            &PostgresOptions {
+                conn,
+                all_databases,
+                split,
+                common,
+            },
+            progress,
+        ),
+        Source::Physical {
+            conn,
+            pgdata,
+            archive_timeout,
+        } => backup_physical(
+            repo,
+            &PhysicalOptions {
+                conn,
+                pgdata,
+                archive_timeout,
+                common,
+            },
+            progress,
+        ),
+    }?;
+    Ok(BackupReport {
+        id: snap.id.to_hex(),
+        short_id: snap.id.short(),
+        time: snap.time.to_rfc3339(),
+        size: snap.size,
+        summary: snap.summary.clone(),
+        parent: snap.parent.map(|p| p.to_hex()),
+        snapshot: snap,
+    })
+}
+
+impl std::fmt::Display for BackupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snap = &self.snapshot;
+        if let Ok(Some(info)) = base_backup_info(snap) {
+            writeln!(
+                f,
+                "base backup of {} (PostgreSQL {}, cluster {}, timeline {}): WAL {} to {} ({} to {})",
+                info.data_directory,
+                info.server_version,
+                info.system_identifier,
+                info.timeline,
+                info.start_lsn,
+                info.stop_lsn,
+                info.start_wal,
+                info.stop_wal
+            )?;
+        }
+        for (_, info) in sources_of::<DumpInfo>(snap).unwrap_or_default() {
+            writeln!(
+                f,
+                "dumped database {:?} from PostgreSQL {} at {} with pg_dump {}: {} in {} tables",
+                info.database,
+                info.server_version,
+                info.server,
+                info.pg_dump_version,
+                mib(info.dump_size),
+                info.tables.len()
+            )?;
+            if !info.data_streams.is_empty() {
+                let streams: Vec<String> = info
+                    .data_streams
+                    .iter()
+                    .map(|d| {
+                        let names: Vec<String> = d.tables.iter().map(|t| t.qualified()).collect();
+                        format!("{} ({})", names.join(", "), mib(d.size))
+                    })
+                    .collect();
+                writeln!(
+                    f,
+                    "  in {} streams: the main dump, and the data of {}",
+                    streams.len() + 1,
+                    streams.join("; ")
+                )?;
+            }
+        }
+        let sm = &self.summary;
+        let what = if snap.kind == Kind::Postgres {
+            "streams"
+        } else {
+            "files"
+        };
+        write!(
+            f,
+            "snapshot {} saved: {} {what} ({} new, {} changed, {} unchanged), {} total; added {} ({} stored) in {:.1}s",
+            self.short_id,
+            sm.files_new + sm.files_changed + sm.files_unchanged,
+            sm.files_new,
+            sm.files_changed,
+            sm.files_unchanged,
+            mib(snap.size),
+            mib(sm.bytes_added),
+            mib(sm.bytes_stored),
+            sm.duration_secs
+        )
+    }
+}
