@@ -332,7 +332,7 @@ impl Physical {
             target.server()
         )));
         }
-        if let Some(info) = archive::archive_info(&repo)? {
+        if let Some(info) = archive::archive_info(repo)? {
             if info.system_identifier != sysid {
                 return Err(source_err(format!(
                 "this repository's WAL archive belongs to cluster {}, not {sysid}; use another repository",
