@@ -86,9 +86,7 @@ pub fn backup(
             },
             progress,
         ),
-        Source::Stream { reader, name } => {
-            backup_stream(repo, reader, &name, &common, progress)
-        }
+        Source::Stream { reader, name } => backup_stream(repo, reader, &name, &common, progress),
         Source::Postgres {
             conn,
             all_databases,

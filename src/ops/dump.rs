@@ -4,11 +4,11 @@
 use crate::error::Error;
 use crate::repo::index::MasterIndex;
 use crate::repo::restore;
+use crate::repo::snapshot::Kind;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 use crate::safefs::{self, Meta, NewFile, Replace};
 use crate::sources::postgres::tools::shell_quote;
-use crate::repo::snapshot::Kind;
 use crate::sources::postgres::DumpInfo;
 use crate::sources::Metadata;
 use anyhow::{Context as _, Result};
