@@ -156,6 +156,22 @@ pub struct Repository {
     remembered: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
 }
 
+/// A new local repository in `dir/repo` with a fast key derivation, no compression and
+/// 1 MiB packs, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_repository(dir: &std::path::Path) -> Repository {
+    Repository::init(
+        Arc::new(crate::backend::LocalBackend::new(dir.join("repo"))),
+        b"pw",
+        &InitOptions {
+            kdf: keys::KdfParams::insecure_for_tests(),
+            compression: 0,
+            pack_size: 1 << 20,
+        },
+    )
+    .unwrap()
+}
+
 impl Repository {
     /// Keep `value` for the life of this handle, one per type (a later one replaces it): for
     /// what is read from an object that never changes once written, such as the WAL

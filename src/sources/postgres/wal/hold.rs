@@ -421,29 +421,13 @@ pub fn raise_horizon(
 mod tests {
     use super::super::fetch::{fetch, Fetched};
     use super::*;
-    use crate::backend::LocalBackend;
-    use crate::repo::keys::KdfParams;
-    use crate::repo::InitOptions;
 
     const SEG: u32 = 16 << 20;
-
-    fn repo(dir: &Path) -> Repository {
-        Repository::init(
-            std::sync::Arc::new(LocalBackend::new(dir.join("repo"))),
-            b"pw",
-            &InitOptions {
-                kdf: KdfParams::insecure_for_tests(),
-                compression: 0,
-                pack_size: 1 << 20,
-            },
-        )
-        .unwrap()
-    }
 
     #[test]
     fn the_horizon_only_rises_and_fetch_refuses_what_is_below_it() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = repo(dir.path());
+        let repo = crate::repo::test_repository(dir.path());
         assert!(horizon(&repo).unwrap().is_none());
         raise_horizon(&repo, 0x105, SEG, "000000010000000100000005").unwrap();
         let h = raise_horizon(&repo, 0x103, SEG, "000000010000000100000003").unwrap();
@@ -465,7 +449,7 @@ mod tests {
     #[test]
     fn holds_are_taken_refreshed_and_released() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = repo(dir.path());
+        let repo = crate::repo::test_repository(dir.path());
         let spec = HoldSpec {
             purpose: "drill".into(),
             start_wal: "000000010000000000000007".into(),

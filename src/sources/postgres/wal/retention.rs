@@ -245,9 +245,6 @@ pub fn apply(lock: &ExclusiveLock, plan: &Plan) -> Result<(usize, u64)> {
 mod tests {
     use super::super::push::push_bytes;
     use super::*;
-    use crate::backend::LocalBackend;
-    use crate::repo::keys::KdfParams;
-    use crate::repo::InitOptions;
     use std::sync::Arc;
 
     /// A segment's worth of bytes with a long page header (system identifier 7).
@@ -267,16 +264,7 @@ mod tests {
     #[test]
     fn expired_holds_are_not_honoured_and_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(
-            Arc::new(LocalBackend::new(dir.path().join("repo"))),
-            b"pw",
-            &InitOptions {
-                kdf: KdfParams::insecure_for_tests(),
-                compression: 0,
-                pack_size: 1 << 20,
-            },
-        )
-        .unwrap();
+        let repo = crate::repo::test_repository(dir.path());
         let name = "000000010000000000000003";
         push_bytes(&repo, name, WalFileKind::Segment, &segment(1, 3)).unwrap();
         let spec = |expires_after| hold::HoldSpec {
@@ -321,16 +309,7 @@ mod tests {
     #[test]
     fn a_base_backup_is_kept_by_its_source_whatever_the_snapshot_kind() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(
-            Arc::new(LocalBackend::new(dir.path().join("repo"))),
-            b"pw",
-            &InitOptions {
-                kdf: KdfParams::insecure_for_tests(),
-                compression: 0,
-                pack_size: 1 << 20,
-            },
-        )
-        .unwrap();
+        let repo = crate::repo::test_repository(dir.path());
         for segno in 1..=4 {
             let name = format!("00000001000000000000000{segno}");
             push_bytes(&repo, &name, WalFileKind::Segment, &segment(1, segno)).unwrap();
