@@ -6,7 +6,7 @@ use crate::repo::lock::Lock;
 use crate::repo::snapshot::{Kind, Snapshot, Summary};
 use crate::repo::Repository;
 use crate::sources::files::{backup_files, FilesOptions};
-use crate::sources::postgres::basebackup::base_backup_info;
+use crate::sources::postgres::basebackup::{base_backup_info, BaseBackupInfo};
 use crate::sources::postgres::physical::{backup_physical, PhysicalOptions};
 use crate::sources::postgres::{backup_postgres, DumpInfo, DumpSplit, PostgresOptions};
 use crate::sources::stream::backup_stream;
@@ -66,6 +66,11 @@ pub struct BackupReport {
     pub parent: Option<String>,
     #[serde(skip)]
     pub snapshot: Snapshot,
+    /// What the text report describes, decoded once (with errors) from the snapshot.
+    #[serde(skip)]
+    base_backup: Option<BaseBackupInfo>,
+    #[serde(skip)]
+    dumps: Vec<DumpInfo>,
 }
 
 pub fn backup(
@@ -116,7 +121,14 @@ pub fn backup(
             progress,
         ),
     }?;
+    let base_backup = base_backup_info(&snap)?;
+    let dumps = sources_of::<DumpInfo>(&snap)?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
     Ok(BackupReport {
+        base_backup,
+        dumps,
         id: snap.id.to_hex(),
         short_id: snap.id.short(),
         time: snap.time.to_rfc3339(),
@@ -130,7 +142,7 @@ pub fn backup(
 impl std::fmt::Display for BackupReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let snap = &self.snapshot;
-        if let Ok(Some(info)) = base_backup_info(snap) {
+        if let Some(info) = &self.base_backup {
             writeln!(
                 f,
                 "base backup of {} (PostgreSQL {}, cluster {}, timeline {}): WAL {} to {} ({} to {})",
@@ -144,7 +156,7 @@ impl std::fmt::Display for BackupReport {
                 info.stop_wal
             )?;
         }
-        for (_, info) in sources_of::<DumpInfo>(snap).unwrap_or_default() {
+        for info in &self.dumps {
             writeln!(
                 f,
                 "dumped database {:?} from PostgreSQL {} at {} with pg_dump {}: {} in {} tables",
