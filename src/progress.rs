@@ -81,6 +81,15 @@ impl Progress {
         }
     }
 
+    /// A warning: something the user should know that does not fail the operation. This is
+    /// the one channel for warnings.
+    pub fn warn(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| tracing::warn!("{line}")),
+            None => tracing::warn!("{line}"),
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
