@@ -33,10 +33,12 @@
 //!   Everything the CLI does beyond parsing and printing is here, for a long-running
 //!   service to call as well.
 //! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls an
-//!   operation, and prints its report.
+//!   operation, renders its events (a bar on a terminal, log lines otherwise) and prints its
+//!   report.
 //!
 //! Beside the layers, used by them: [`error`] (the error kinds behind the exit codes),
-//! [`progress`] (progress output), [`redact`] (`Debug` without secrets), [`config`] (the
+//! [`progress`] (events: operations print nothing; they report progress, notes and
+//! warnings, through one channel, to the [`progress::Observer`] their caller gives), [`redact`] (`Debug` without secrets), [`config`] (the
 //! configuration file, read by [`ops::access`]), and two file-system helpers: [`safefs`]
 //! (writing below a directory without following symbolic links; used by restore to disk,
 //! PITR and `dump --out`) and [`fsutil`] (durable creation of files and directories; used

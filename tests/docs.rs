@@ -235,7 +235,7 @@ fn snapshots_and_ls_json_are_as_documented() {
 #[test]
 fn check_json_is_as_documented() {
     let r = repo();
-    let report = ops::check::check(&r.repo, ReadData::None, &|_| {}).unwrap();
+    let report = ops::check::check(&r.repo, ReadData::None, &Progress::hidden()).unwrap();
     holds(
         "check",
         &braces(&passage("- `--json`: print `{ok, errors")),
@@ -257,7 +257,7 @@ fn forget_json_is_as_documented() {
         dry_run: true,
         prune: false,
     };
-    let report = ops::forget::forget(&r.repo, &opts, &|_| {}, &|_| {}).unwrap();
+    let report = ops::forget::forget(&r.repo, &opts, &|_| {}, &Progress::hidden()).unwrap();
     let text = passage("- `--json`: print `{groups");
     let mut doc = braces(&text);
     doc.0.insert(

@@ -202,9 +202,6 @@ fn restore_to_postgres(
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         ctx.say(&r.plan());
-        for w in &r.report.warnings {
-            tracing::warn!("{w}");
-        }
         let rest = r.to_string();
         if !rest.is_empty() {
             ctx.say(&rest);
@@ -237,17 +234,9 @@ pub fn check(ctx: &Context, a: &CheckArgs) -> Result<()> {
         None => ReadData::None,
     };
     let repo = ctx.open()?;
-    let quiet = ctx.mode == coffer::progress::Mode::Quiet;
-    let r = ops::check::check(&repo, read, &|m| {
-        if !quiet {
-            eprintln!("{m}");
-        }
-    })?;
+    let r = ops::check::check(&repo, read, &ctx.events())?;
     if a.json {
         print_sorted(&r, true)?;
-    }
-    for w in &r.warnings {
-        ctx.say(&format!("warning: {w}"));
     }
     for e in r.problems() {
         eprintln!("{e}");
@@ -289,7 +278,7 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
             ctx.say(&g.to_string());
         }
     };
-    let r = ops::forget::forget(&ctx.open()?, &opts, &on_group, &ctx.log())?;
+    let r = ops::forget::forget(&ctx.open()?, &opts, &on_group, &ctx.events())?;
     if a.json {
         print_sorted(&r, true)?;
     }
@@ -300,12 +289,7 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
 }
 
 pub fn prune(ctx: &Context, a: &PruneArgs) -> Result<()> {
-    let quiet = ctx.mode == coffer::progress::Mode::Quiet;
-    let r = ops::prune::prune(&ctx.open()?, a.dry_run, a.max_unused, &|m| {
-        if !quiet {
-            eprintln!("{m}");
-        }
-    })?;
+    let r = ops::prune::prune(&ctx.open()?, a.dry_run, a.max_unused, &ctx.events())?;
     ctx.say(&r.to_string());
     Ok(())
 }

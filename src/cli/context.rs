@@ -1,11 +1,12 @@
 //! The repository named by the options, environment and config file, and the terminal.
 
 use super::args::Cli;
+use super::render::{Mode, Terminal};
 use anyhow::Result;
 use coffer::config::Config;
 use coffer::error::Error;
 use coffer::ops::access::{Access, Created};
-use coffer::progress::{Mode, Progress};
+use coffer::progress::Progress;
 use coffer::repo::Repository;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -22,14 +23,16 @@ impl Context {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
+        let mode = Mode::detect(cli.quiet);
         Ok(Context {
             access: Access::new(
                 cli.repo.clone(),
                 cli.password_file.clone(),
                 config,
                 Box::new(prompt),
-            )?,
-            mode: Mode::detect(cli.quiet),
+            )?
+            .reporting_to(Terminal::progress(mode)),
+            mode,
             verbose: cli.verbose,
         })
     }
@@ -44,13 +47,16 @@ impl Context {
         }
     }
 
-    /// Progress lines of an operation, on standard error unless quiet.
-    pub fn log(&self) -> impl Fn(&str) + '_ {
-        move |line| self.say(line)
+    /// An operation's events, rendered for the terminal (or the log).
+    pub fn progress(&self, what: &str, total: Option<u64>) -> Progress {
+        let p = Terminal::progress(self.mode);
+        p.begin(what, total);
+        p
     }
 
-    pub fn progress(&self, what: &str, total: Option<u64>) -> Progress {
-        Progress::bytes(self.mode, what, total)
+    /// Where warnings and notes outside an operation's progress go.
+    pub fn events(&self) -> Progress {
+        Terminal::progress(self.mode)
     }
 
     pub fn open(&self) -> Result<Arc<Repository>> {

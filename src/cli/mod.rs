@@ -3,6 +3,7 @@
 pub mod args;
 mod commands;
 mod context;
+mod render;
 
 use anyhow::Result;
 use args::{Cli, Command};

@@ -5,6 +5,7 @@
 use crate::backend::{self, Backend};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
 use crate::repo::keys::KdfParams;
 use crate::repo::{InitOptions, Repository};
 use crate::sources::postgres::pitr::FetchConfig;
@@ -26,6 +27,8 @@ pub struct Access {
     prompt: Prompt,
     /// A passphrase typed at the prompt, so one operation never asks twice.
     prompted: std::cell::OnceCell<Vec<u8>>,
+    /// Where the repositories it opens report their warnings.
+    events: Progress,
 }
 
 /// Where the passphrase comes from, in order of precedence.
@@ -152,7 +155,19 @@ impl Access {
             config,
             prompt,
             prompted: std::cell::OnceCell::new(),
+            events: Progress::hidden(),
         })
+    }
+
+    /// Where the repositories opened through this access report their warnings.
+    pub fn events(&self) -> &Progress {
+        &self.events
+    }
+
+    /// The repositories opened through this access report their warnings to `events`.
+    pub fn reporting_to(mut self, events: Progress) -> Access {
+        self.events = events;
+        self
     }
 
     fn source(&self) -> PassSource<'_> {
@@ -271,14 +286,15 @@ impl Access {
             .into());
         }
         let pw = self.passphrase(false)?;
-        Ok(Arc::new(Repository::open(b, &pw)?))
+        Ok(Arc::new(Repository::open_reporting(b, &pw, &self.events)?))
     }
 
     /// Open, creating the default repository on first use (then saying how).
     pub fn open_or_create_default(&self) -> Result<(Arc<Repository>, Option<Creation>)> {
         if let Some(key) = &self.default_key {
             if !Repository::exists(&*self.backend()?)? {
-                let (repo, how) = self.create_default(key)?;
+                let (mut repo, how) = self.create_default(key)?;
+                repo.report_to(&self.events);
                 let c = self.creation(&repo, how);
                 return Ok((Arc::new(repo), Some(c)));
             }

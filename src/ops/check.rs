@@ -1,6 +1,7 @@
 //! `check`: verify the repository.
 
 use crate::error::Error;
+use crate::progress::Progress;
 use crate::repo::check::{self, ReadData};
 use crate::repo::lock::Lock;
 use crate::repo::Repository;
@@ -42,11 +43,7 @@ pub fn read_data_subset(s: &str) -> Result<ReadData> {
 }
 
 /// Check the repository, reading the data `read` says; `progress` hears what is checked.
-pub fn check(
-    repo: &Arc<Repository>,
-    read: ReadData,
-    progress: &dyn Fn(&str),
-) -> Result<CheckReport> {
+pub fn check(repo: &Arc<Repository>, read: ReadData, progress: &Progress) -> Result<CheckReport> {
     let _lock = Lock::shared(repo, "check")?;
     let r = check::check(repo, read, progress)?;
     Ok(CheckReport {

@@ -5,6 +5,7 @@ use super::mib;
 use super::prune::{prune_locked, PruneReport};
 use super::wal_verify::segment_run;
 use crate::error::Error;
+use crate::progress::Progress;
 use crate::repo::forget::{self, Decision, Policy};
 use crate::repo::lock::{ExclusiveLock, Lock};
 use crate::repo::snapshot::Snapshot;
@@ -135,7 +136,7 @@ pub fn forget(
     repo: &Arc<Repository>,
     opts: &ForgetOptions,
     on_group: &dyn Fn(&Group),
-    log: &dyn Fn(&str),
+    log: &Progress,
 ) -> Result<ForgetReport> {
     opts.check()?;
     let lock = if opts.dry_run {
@@ -193,13 +194,13 @@ pub fn forget(
         .filter(|s| !remove.iter().any(|r| r.id == s.id))
         .collect();
     match &lock {
-        None => log(&format!(
+        None => log.log(&format!(
             "would remove {} snapshot(s) (dry run: nothing changed)",
             remove.len()
         )),
         Some(lock) => {
             let n = forget::remove(lock, &remove)?;
-            log(&format!("removed {n} snapshot(s)"));
+            log.log(&format!("removed {n} snapshot(s)"));
         }
     }
     let wal = wal_retention(repo, &kept, lock.as_ref(), log)?;
@@ -222,7 +223,7 @@ pub fn wal_retention(
     repo: &Repository,
     kept: &[Snapshot],
     lock: Option<&ExclusiveLock>,
-    log: &dyn Fn(&str),
+    log: &Progress,
 ) -> Result<WalRetention> {
     let plan = retention::plan(repo, kept)?;
     let mut report = WalRetention {
@@ -241,7 +242,7 @@ pub fn wal_retention(
     };
     // Live holds keep WAL, and say so; expired ones are removed.
     for h in &plan.holds {
-        log(&format!(
+        log.log(&format!(
             "WAL archive: kept from {} on for WAL hold {} ({} on {}; last used {}, expires {})",
             h.start_wal,
             h.id,
@@ -254,7 +255,7 @@ pub fn wal_retention(
         ));
     }
     for h in &plan.expired {
-        log(&format!(
+        log.log(&format!(
             "WAL archive: WAL hold {} ({} on {}) expired at {}{}",
             h.id,
             h.purpose,
@@ -271,7 +272,7 @@ pub fn wal_retention(
     }
     if let Some(why) = &plan.skipped {
         if plan.archived {
-            log(&format!("WAL archive: {why}"));
+            log.log(&format!("WAL archive: {why}"));
         }
         if let Some(lock) = lock {
             retention::apply(lock, &plan)?;
@@ -293,7 +294,7 @@ pub fn wal_retention(
         }
     );
     if plan.remove.is_empty() {
-        log(&format!(
+        log.log(&format!(
             "WAL archive: nothing to remove ({} file(s) kept; none {from})",
             plan.kept
         ));
@@ -303,18 +304,18 @@ pub fn wal_retention(
         return Ok(report);
     }
     let Some(lock) = lock else {
-        log(&format!(
+        log.log(&format!(
             "WAL archive: would remove {} file(s), {}, {from} (dry run: nothing changed):",
             plan.remove.len(),
             mib(plan.bytes())
         ));
         for line in removal_lines(&plan) {
-            log(&format!("  {line}"));
+            log.log(&format!("  {line}"));
         }
         return Ok(report);
     };
     let (n, bytes) = retention::apply(lock, &plan)?;
-    log(&format!(
+    log.log(&format!(
         "WAL archive: removed {n} file(s), {}, {from}; {} file(s) kept",
         mib(bytes),
         plan.kept

@@ -44,11 +44,11 @@ pub fn list(repo: &Repository) -> Result<Vec<KeyEntry>> {
                 username: s.username,
             },
             Err(e) => {
-                tracing::warn!(
+                repo.events().warn(&format!(
                     "key slot {} is damaged ({e}); remove it with `coffer key remove {}`",
                     k.name,
                     short_name(&k.name)
-                );
+                ));
                 KeyEntry::Damaged {
                     id: k.name,
                     current: false,

@@ -1,6 +1,7 @@
 //! `prune`: remove the data no snapshot needs.
 
 use super::mib;
+use crate::progress::Progress;
 use crate::repo::lock::{ExclusiveLock, Lock};
 use crate::repo::prune::{self, Run};
 use crate::repo::Repository;
@@ -22,7 +23,7 @@ pub fn prune(
     repo: &Arc<Repository>,
     dry_run: bool,
     max_unused_pct: f64,
-    progress: &dyn Fn(&str),
+    progress: &Progress,
 ) -> Result<PruneReport> {
     if dry_run {
         return run(Run::DryRun(repo), max_unused_pct, progress);
@@ -35,12 +36,12 @@ pub fn prune(
 pub fn prune_locked(
     lock: &ExclusiveLock,
     max_unused_pct: f64,
-    progress: &dyn Fn(&str),
+    progress: &Progress,
 ) -> Result<PruneReport> {
     run(Run::Delete(lock), max_unused_pct, progress)
 }
 
-fn run(run: Run<'_>, max_unused_pct: f64, progress: &dyn Fn(&str)) -> Result<PruneReport> {
+fn run(run: Run<'_>, max_unused_pct: f64, progress: &Progress) -> Result<PruneReport> {
     let dry_run = matches!(run, Run::DryRun(_));
     Ok(PruneReport {
         dry_run,

@@ -24,7 +24,7 @@ pub fn wal_fetch(
     prefetch: usize,
     hold: Option<&str>,
 ) -> Result<FetchReport> {
-    let found = if fetch::take_prefetched(name, dest)? {
+    let found = if fetch::take_prefetched(name, dest, access.events())? {
         refresh_hold(access, dest, hold, None);
         true
     } else {
@@ -47,6 +47,7 @@ fn refresh_hold(access: &Access, dest: &Path, id: Option<&str>, repo: Option<&Re
     let Some(id) = id else {
         return;
     };
+    let events = access.events();
     let stamp = hold::stamp_path(&fetch::prefetch_dir(dest), id);
     if !hold::refresh_due(&stamp) {
         return;
@@ -60,20 +61,20 @@ fn refresh_hold(access: &Access, dest: &Path, id: Option<&str>, repo: Option<&Re
                 &opened
             }
             Err(e) => {
-                tracing::warn!("cannot refresh WAL hold {id}: {e:#}");
+                events.warn(&format!("cannot refresh WAL hold {id}: {e:#}"));
                 return;
             }
         },
     };
     match hold::refresh(repo, id) {
         Ok(Some(_)) => {}
-        Ok(None) => tracing::warn!(
+        Ok(None) => events.warn(&format!(
             "WAL hold {id} no longer exists (released, or expired and removed by forget): \
              forget may remove WAL this recovery still needs"
-        ),
-        Err(e) => tracing::warn!("cannot refresh WAL hold {id}: {e:#}"),
+        )),
+        Err(e) => events.warn(&format!("cannot refresh WAL hold {id}: {e:#}")),
     }
     if let Err(e) = hold::touch(&stamp) {
-        tracing::warn!("{e:#}");
+        events.warn(&format!("{e:#}"));
     }
 }

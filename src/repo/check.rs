@@ -12,6 +12,7 @@ use super::pack::parse_pack;
 use super::tree::NodeKind;
 use super::{snapshot::Snapshot, Repository};
 use crate::backend::FileKind;
+use crate::progress::Progress;
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -46,7 +47,7 @@ impl CheckReport {
     }
 }
 
-pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Result<CheckReport> {
+pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     let listed: HashMap<String, u64> = repo
         .backend
@@ -55,7 +56,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
         .map(|l| (l.name, l.size))
         .collect();
 
-    progress("loading index");
+    progress.log("loading index");
     let mut index = MasterIndex::default();
     for f in repo.backend.list(FileKind::Index)? {
         let Ok(id) = f.name.parse::<Id>() else {
@@ -91,13 +92,15 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
         })
         .count();
     if unindexed > 0 {
-        r.warnings.push(format!(
+        let w = format!(
             "{unindexed} pack(s) are not in any index: left by an interrupted backup or written by \
              one in progress; `coffer prune` removes them"
-        ));
+        );
+        progress.warn(&w);
+        r.warnings.push(w);
     }
 
-    progress("checking snapshots");
+    progress.log("checking snapshots");
     let snaps = repo.load_snapshots_lenient(&mut r.errors)?;
     // What this coffer cannot read it cannot check either: a newer format is not damage.
     for s in &snaps {
@@ -187,7 +190,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Fn(&str)) -> Resu
             chosen.truncate(n.max(1).min(chosen.len()));
         }
         r.packs_read = chosen.len();
-        progress(&format!("reading {} pack(s)", chosen.len()));
+        progress.log(&format!("reading {} pack(s)", chosen.len()));
         let damaged = Mutex::new(Vec::new());
         let next = Mutex::new(chosen.into_iter());
         let threads = repo.backend.concurrency().max(2);

@@ -254,7 +254,9 @@ impl Lock {
                             let old = std::mem::replace(&mut *g, new);
                             let _ = repo.backend.remove(FileKind::Lock, &old);
                         }
-                        Err(e) => tracing::warn!("could not refresh the repository lock: {e:#}"),
+                        Err(e) => repo
+                            .events()
+                            .warn(&format!("could not refresh the repository lock: {e:#}")),
                     }
                 }
             })
@@ -312,7 +314,9 @@ impl Drop for Lock {
         }
         let name = self.name.lock().unwrap().clone();
         if let Err(e) = self.repo.backend.remove(FileKind::Lock, &name) {
-            tracing::warn!("could not remove lock {name}: {e:#}");
+            self.repo
+                .events()
+                .warn(&format!("could not remove lock {name}: {e:#}"));
         }
     }
 }

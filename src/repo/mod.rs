@@ -29,6 +29,7 @@ pub mod tree;
 
 use crate::backend::{self, Backend, FileKind};
 use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use crypto::{compress, MasterKey};
 use id::Id;
@@ -154,6 +155,9 @@ pub struct Repository {
     lock_lost: AtomicBool,
     /// What [`Repository::remember`] keeps, by type.
     remembered: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    /// Where this handle's own warnings go (damaged key slots, lock refreshes, skipped
+    /// objects); see [`Repository::events`].
+    events: Progress,
 }
 
 /// A new local repository in `dir/repo` with a fast key derivation, no compression and
@@ -173,6 +177,17 @@ pub(crate) fn test_repository(dir: &std::path::Path) -> Repository {
 }
 
 impl Repository {
+    /// Where this handle reports its warnings: what it was opened with.
+    pub fn events(&self) -> &Progress {
+        &self.events
+    }
+
+    /// Report this handle's warnings to `events` from now on (for a repository just
+    /// created).
+    pub fn report_to(&mut self, events: &Progress) {
+        self.events = events.clone();
+    }
+
     /// Keep `value` for the life of this handle, one per type (a later one replaces it): for
     /// what is read from an object that never changes once written, such as the WAL
     /// archive's cluster record, so that it is read once per handle.
@@ -239,6 +254,7 @@ impl Repository {
             key_name,
             lock_lost: AtomicBool::new(false),
             remembered: Mutex::default(),
+            events: Progress::hidden(),
         };
         // The config object is written last: its presence means "initialised".
         let sealed = repo.seal_json(&repo.config)?;
@@ -246,8 +262,19 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Open an existing repository with a passphrase.
+    /// Open an existing repository with a passphrase; its warnings are not reported (see
+    /// [`Repository::open_reporting`]).
     pub fn open(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
+        Repository::open_reporting(backend, passphrase, &Progress::hidden())
+    }
+
+    /// Open an existing repository with a passphrase; the handle's warnings, from opening
+    /// on, go to `events`.
+    pub fn open_reporting(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        events: &Progress,
+    ) -> Result<Repository> {
         let config_bytes = match backend.read(FileKind::Config, "") {
             Ok(b) => b,
             Err(e) if backend::is_not_found(&e) => {
@@ -273,7 +300,10 @@ impl Repository {
             let slot: KeyFile = match serde_json::from_slice(&raw) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!("key slot {} is damaged and was skipped: {e}", k.name);
+                    events.warn(&format!(
+                        "key slot {} is damaged and was skipped: {e}",
+                        k.name
+                    ));
                     damaged.push(k.name);
                     continue;
                 }
@@ -281,7 +311,10 @@ impl Repository {
             let unwrapped = match slot.unwrap(passphrase) {
                 Ok(u) => u,
                 Err(e) => {
-                    tracing::warn!("key slot {} is damaged and was skipped: {e:#}", k.name);
+                    events.warn(&format!(
+                        "key slot {} is damaged and was skipped: {e:#}",
+                        k.name
+                    ));
                     damaged.push(k.name);
                     continue;
                 }
@@ -290,10 +323,10 @@ impl Repository {
                 // A slot that opens but belongs elsewhere (a stray slot from an interrupted
                 // init, a copied file) must not hide the right one: try the next.
                 let Ok(plain) = key.open(&config_bytes) else {
-                    tracing::warn!(
+                    events.warn(&format!(
                         "key slot {} does not belong to this repository; skipped",
                         k.name
-                    );
+                    ));
                     continue;
                 };
                 let config: RepoConfig = serde_json::from_slice(&compress::decode(&plain)?)
@@ -301,7 +334,10 @@ impl Repository {
                         Error::integrity(format!("the repository config is malformed: {e}"))
                     })?;
                 if config.id != rid {
-                    tracing::warn!("key slot {} names another repository; skipped", k.name);
+                    events.warn(&format!(
+                        "key slot {} names another repository; skipped",
+                        k.name
+                    ));
                     continue;
                 }
                 if config.version != FORMAT_VERSION {
@@ -322,6 +358,7 @@ impl Repository {
                     key_name: k.name,
                     lock_lost: AtomicBool::new(false),
                     remembered: Mutex::default(),
+                    events: events.clone(),
                 });
             }
         }
@@ -415,7 +452,8 @@ impl Repository {
             );
         }
         for e in errors {
-            tracing::warn!("skipping {e} (run `coffer check`)");
+            self.events
+                .warn(&format!("skipping {e} (run `coffer check`)"));
         }
         Ok(out)
     }

@@ -18,6 +18,7 @@ use super::tree::NodeKind;
 use super::Repository;
 use crate::backend::FileKind;
 use crate::error::Error;
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -87,15 +88,15 @@ pub enum Run<'a> {
     Delete(&'a ExclusiveLock),
 }
 
-pub fn prune(run: Run<'_>, max_unused: f64, progress: &dyn Fn(&str)) -> Result<PruneReport> {
+pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<PruneReport> {
     let (repo, lock) = match run {
         Run::DryRun(repo) => (repo, None),
         Run::Delete(lock) => (lock.repo(), Some(lock)),
     };
     let mut r = PruneReport::default();
-    progress("loading index");
+    progress.log("loading index");
     let index = repo.load_index()?;
-    progress("finding used data");
+    progress.log("finding used data");
     let used = used_blobs(repo, &index)?;
 
     let mut keep: Vec<&IndexPack> = Vec::new();
@@ -144,7 +145,7 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &dyn Fn(&str)) -> Result<P
     };
     let partial = repo.backend.remove_partial()?;
     if partial > 0 {
-        progress(&format!(
+        progress.log(&format!(
             "removed {partial} partial file(s) left by interrupted writes"
         ));
     }
@@ -155,7 +156,7 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &dyn Fn(&str)) -> Result<P
     // 1. Repack.
     let mut new_packs = Vec::new();
     if !repack.is_empty() {
-        progress(&format!("repacking {} pack(s)", repack.len()));
+        progress.log(&format!("repacking {} pack(s)", repack.len()));
         let mut saver = BlobSaver::new(repo.clone(), Arc::new(MasterIndex::default()), false);
         for p in &repack {
             let bytes = repo.backend.read(FileKind::Pack, &p.id.to_hex())?;
@@ -184,7 +185,7 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &dyn Fn(&str)) -> Result<P
     }
 
     // 2. New index over everything that stays.
-    progress("writing index");
+    progress.log("writing index");
     let mut all: Vec<IndexPack> = keep.into_iter().cloned().collect();
     all.extend(new_packs);
     let mut file = IndexFile::default();
@@ -208,7 +209,7 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &dyn Fn(&str)) -> Result<P
     }
 
     // 4. Packs.
-    progress("deleting unused packs");
+    progress.log("deleting unused packs");
     lock.ensure_held()?;
     for id in delete
         .iter()

@@ -7,6 +7,7 @@
 
 use super::tls::{self, SslMode, TlsSettings};
 use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
 use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
@@ -24,6 +25,8 @@ pub struct PgTarget {
     pub dbname: Option<String>,
     /// Other libpq keywords (sslmode, application_name, options, connect_timeout…).
     pub params: Vec<(String, String)>,
+    /// Where connecting reports its warnings (a TLS attempt that fell back to plaintext).
+    pub events: Progress,
 }
 
 /// libpq keywords whose values are secrets: hidden from `Debug`.
@@ -569,11 +572,11 @@ impl PgTarget {
                     if o == Outcome::Failed
                         || (o == Outcome::Done && e.as_db_error().is_some()) =>
                 {
-                    tracing::warn!(
+                    self.events.warn(&format!(
                         "{server}: TLS connection failed ({}); trying without TLS \
                          (sslmode=prefer; use sslmode=require or verify-full to insist on TLS)",
                         describe(&e)
-                    );
+                    ));
                     plain(c)
                 }
                 r => r,
@@ -844,6 +847,7 @@ mod tests {
             password: Some("secret".into()),
             dbname: Some("d b".into()),
             params: vec![("application_name".into(), "x y".into())],
+            events: Progress::hidden(),
         };
         let c = t.conninfo();
         assert!(!c.contains("secret"));

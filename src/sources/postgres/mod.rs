@@ -248,6 +248,7 @@ pub fn backup_postgres(
     progress: &Progress,
 ) -> Result<Snapshot> {
     let mut target = PgTarget::resolve(opts.conn.as_deref(), !opts.all_databases)?;
+    target.events = progress.clone();
     if opts.all_databases && target.dbname.is_none() {
         target.dbname = Some("postgres".into());
     }

@@ -274,6 +274,7 @@ impl Physical {
         progress: &Progress,
     ) -> Result<Physical> {
         let mut target = PgTarget::resolve(opts.conn.as_deref(), false)?;
+        target.events = progress.clone();
         if target.dbname.is_none() {
             target.dbname = Some("postgres".into());
         }

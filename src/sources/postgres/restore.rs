@@ -350,6 +350,7 @@ pub fn restore_postgres(
 ) -> Result<PgRestoreReport> {
     let (source, info) = pick_source(snap, opts.database.as_deref())?;
     let mut target = PgTarget::resolve(opts.conn.as_deref(), false)?;
+    target.events = progress.clone();
     if target.dbname.is_none() {
         target.dbname = Some(info.database.clone());
     }
@@ -528,10 +529,12 @@ pub fn restore_postgres(
         // The source's locale may not exist on this server. The restore goes on with the
         // server's default (the data is intact; sorting and case rules may differ), so this
         // is a warning in the report, not an error -- but never silent.
-        report.warnings.push(format!(
+        let w = format!(
             "database {db:?} was created with the server's default locale: LC_COLLATE {collate:?} / LC_CTYPE {ctype:?} of the backup are not available here ({}); text ordering and indexes on text may differ from the original",
             describe(&e)
-        ));
+        );
+        progress.warn(&w);
+        report.warnings.push(w);
         maint.batch_execute(&create).map_err(|e2| {
             pg_err(
                 &maint_target,

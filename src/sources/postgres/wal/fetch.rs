@@ -7,6 +7,7 @@ use super::archive::{
     WalFileKind,
 };
 use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
 use crate::repo::Repository;
 use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -77,16 +78,16 @@ fn prefetched_whole(path: &Path, name: &str) -> bool {
 /// earlier call prefetched `name` and it is whole, move it to `dest` (durably) and return
 /// true. A prefetched file that is not whole is removed (with a warning) and false is
 /// returned, so the caller fetches it from the archive.
-pub fn take_prefetched(name: &str, dest: &Path) -> Result<bool> {
+pub fn take_prefetched(name: &str, dest: &Path, events: &Progress) -> Result<bool> {
     let ready = prefetch_dir(dest).join(name);
     if std::fs::symlink_metadata(&ready).is_err() {
         return Ok(false);
     }
     if !prefetched_whole(&ready, name) {
-        tracing::warn!(
+        events.warn(&format!(
             "the prefetched {} is not a whole segment; fetching it again",
             ready.display()
-        );
+        ));
         std::fs::remove_file(&ready)
             .with_context(|| format!("cannot remove {}", ready.display()))?;
         return Ok(false);
@@ -113,7 +114,7 @@ pub enum Fetched {
 /// archive. Fetches up to `prefetch` following segments in parallel and keeps them beside
 /// `dest` for the next calls.
 pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Result<Fetched> {
-    if take_prefetched(name, dest)? {
+    if take_prefetched(name, dest, repo.events())? {
         return Ok(Fetched::Written);
     }
     let dir = prefetch_dir(dest);
@@ -147,7 +148,9 @@ pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Res
         for (n, w) in ahead.iter().zip(workers) {
             match w.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("prefetching {n} failed: {e:#}"),
+                Ok(Err(e)) => repo
+                    .events()
+                    .warn(&format!("prefetching {n} failed: {e:#}")),
                 Err(p) => std::panic::resume_unwind(p),
             }
         }

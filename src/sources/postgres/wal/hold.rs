@@ -236,7 +236,9 @@ impl Drop for Taken<'_> {
     fn drop(&mut self) {
         if let Some(h) = self.hold.take() {
             if let Err(e) = release(self.repo, &h.id) {
-                tracing::warn!("cannot release WAL hold {} again: {e:#}", h.id);
+                self.repo
+                    .events()
+                    .warn(&format!("cannot release WAL hold {} again: {e:#}", h.id));
             }
         }
     }

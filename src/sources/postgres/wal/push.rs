@@ -158,10 +158,10 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
                 Ok(_) => {
                     pushed_ahead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                Err(e) => tracing::warn!(
+                Err(e) => repo.events().warn(&format!(
                     "pushing {n} ahead failed (it stays ready; PostgreSQL archives it in a \
                      later call): {e:#}"
-                ),
+                )),
             }
         }
     };
