@@ -3,13 +3,13 @@
 //! here. A field the README names that the type lacks, or a top-level field of the type
 //! that the README leaves out, fails the test.
 
-use coffer::config::Config;
-use coffer::ops::{self, access::Access, backup::Source, forget::ForgetOptions};
+mod common;
+
+use coffer::ops::{self, forget::ForgetOptions};
 use coffer::progress::Progress;
 use coffer::repo::check::ReadData;
 use coffer::repo::forget::Policy;
 use coffer::repo::Repository;
-use coffer::sources::CommonOptions;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -155,30 +155,13 @@ struct Repo {
 
 fn repo() -> Repo {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "correct horse\n").unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("a.txt"), "hello").unwrap();
-    let access = Access::new(
-        Some(dir.path().join("repo").display().to_string()),
-        Some(pw),
-        Config::default(),
-        Box::new(|_, _| panic!("no prompt")),
-    )
-    .unwrap();
+    let access = common::library_access(dir.path());
     access.init(None, 4).unwrap();
     let repo = access.open().unwrap();
-    ops::backup::backup(
-        &repo,
-        Source::Files {
-            paths: vec![data],
-            excludes: vec![],
-        },
-        CommonOptions::default(),
-        &Progress::hidden(),
-    )
-    .unwrap();
+    common::library_backup(&repo, vec![data], &Progress::hidden());
     Repo { _dir: dir, repo }
 }
 
@@ -190,16 +173,7 @@ fn json<T: serde::Serialize>(v: &T) -> Value {
 fn backup_json_is_as_documented() {
     let r = repo();
     let data = r.repo.load_snapshots().unwrap()[0].paths[0].clone();
-    let report = ops::backup::backup(
-        &r.repo,
-        Source::Files {
-            paths: vec![data.into()],
-            excludes: vec![],
-        },
-        CommonOptions::default(),
-        &Progress::hidden(),
-    )
-    .unwrap();
+    let report = common::library_backup(&r.repo, vec![data.into()], &Progress::hidden());
     holds(
         "backup",
         &braces(&passage("- `--json`: print `{id, short_id")),

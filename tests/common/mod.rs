@@ -409,3 +409,35 @@ pub fn step<T>(name: &str, f: impl FnOnce() -> T) -> T {
     let _failed = Failed(name);
     f()
 }
+
+/// The library's view of a repository at `dir/repo` (not created yet), opened with the
+/// passphrase file `dir/pw`, for tests that call operations without the CLI.
+pub fn library_access(dir: &Path) -> coffer::ops::access::Access {
+    let pw = dir.join("pw");
+    fs::write(&pw, "correct horse\n").unwrap();
+    coffer::ops::access::Access::new(
+        Some(dir.join("repo").display().to_string()),
+        Some(pw),
+        coffer::config::Config::default(),
+        Box::new(|_, _| panic!("no prompt")),
+    )
+    .unwrap()
+}
+
+/// Back up `paths` into `repo` through the library, reporting to `progress`.
+pub fn library_backup(
+    repo: &std::sync::Arc<coffer::repo::Repository>,
+    paths: Vec<PathBuf>,
+    progress: &coffer::progress::Progress,
+) -> coffer::ops::backup::BackupReport {
+    coffer::ops::backup::backup(
+        repo,
+        coffer::ops::backup::Source::Files {
+            paths,
+            excludes: vec![],
+        },
+        coffer::sources::CommonOptions::default(),
+        progress,
+    )
+    .unwrap()
+}

@@ -251,7 +251,8 @@ impl PgTarget {
     /// libpq variables; fields still unset come from PGHOST/PGPORT/PGUSER/PGPASSWORD/
     /// PGDATABASE/PGSSLMODE, `~/.pgpass`, and libpq's defaults. When `default_db` is
     /// false the database stays unset if nothing names it (the caller picks one).
-    pub fn resolve(conn: Option<&str>, default_db: bool) -> Result<PgTarget> {
+    /// Connecting reports its warnings to `events`.
+    pub fn resolve(conn: Option<&str>, default_db: bool, events: &Progress) -> Result<PgTarget> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut t = match conn.filter(|s| !s.trim().is_empty()) {
             Some(s) => Self::parse(s)?,
@@ -260,6 +261,7 @@ impl PgTarget {
                 None => PgTarget::default(),
             },
         };
+        t.events = events.clone();
         if t.host.is_none() {
             t.host = env("PGHOST");
         }

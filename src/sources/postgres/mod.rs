@@ -247,8 +247,7 @@ pub fn backup_postgres(
     opts: &PostgresOptions,
     progress: &Progress,
 ) -> Result<Snapshot> {
-    let mut target = PgTarget::resolve(opts.conn.as_deref(), !opts.all_databases)?;
-    target.events = progress.clone();
+    let mut target = PgTarget::resolve(opts.conn.as_deref(), !opts.all_databases, progress)?;
     if opts.all_databases && target.dbname.is_none() {
         target.dbname = Some("postgres".into());
     }

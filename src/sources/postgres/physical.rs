@@ -273,8 +273,7 @@ impl Physical {
         opts: &PhysicalOptions,
         progress: &Progress,
     ) -> Result<Physical> {
-        let mut target = PgTarget::resolve(opts.conn.as_deref(), false)?;
-        target.events = progress.clone();
+        let mut target = PgTarget::resolve(opts.conn.as_deref(), false, progress)?;
         if target.dbname.is_none() {
             target.dbname = Some("postgres".into());
         }

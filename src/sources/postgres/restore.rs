@@ -349,8 +349,7 @@ pub fn restore_postgres(
     confirm: &mut dyn FnMut(&str, &str) -> Result<bool>,
 ) -> Result<PgRestoreReport> {
     let (source, info) = pick_source(snap, opts.database.as_deref())?;
-    let mut target = PgTarget::resolve(opts.conn.as_deref(), false)?;
-    target.events = progress.clone();
+    let mut target = PgTarget::resolve(opts.conn.as_deref(), false, progress)?;
     if target.dbname.is_none() {
         target.dbname = Some(info.database.clone());
     }
