@@ -1,0 +1,3 @@
+//! Redis (placeholder until the backup half lands from main).
+
+pub mod rdb;
