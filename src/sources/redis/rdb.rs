@@ -518,7 +518,8 @@ fn decode_string(raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
 
 /// LZF decompression (liblzf's format, as Redis writes it): exactly `len` bytes out.
 pub fn lzf_decompress(input: &[u8], len: usize) -> std::result::Result<Vec<u8>, String> {
-    let mut out: Vec<u8> = Vec::with_capacity(len.min(64 << 20));
+    // Each input byte yields at most ~132 output bytes; start small, grow as it arrives.
+    let mut out: Vec<u8> = Vec::with_capacity(len.min(input.len().saturating_mul(4)));
     let mut i = 0;
     while i < input.len() {
         let ctrl = input[i] as usize;
@@ -1039,6 +1040,31 @@ mod tests {
         f.extend_from_slice(&crc64(&f).to_le_bytes());
         let ks = keys(&f);
         assert_eq!(ks[0].value.len(), 13);
+    }
+
+    #[test]
+    fn every_flipped_byte_and_cut_is_an_error_or_a_value_never_a_panic() {
+        let mut body = vec![OP_SELECTDB, 1, 0, 1, b'k', 3, b'v', b'a', b'l'];
+        body.extend_from_slice(&[18, 1, b'q', 1, 2, 0xc3, 5, 10, 0x00, b'a', 0xe0, 0x00, 0x00]);
+        body.extend_from_slice(&[21, 1, b's', 0, 1, 5, 0, 0, 0, 0, 0, 1, 1, 1, b'g', 5, 0, 1, 0, 0]);
+        body.extend_from_slice(&[0, 0xc3, 5, 10, 0x00, b'a', 0xe0, 0x00, 0x00, 1, b'v']);
+        let good = rdb(11, &body);
+        assert_eq!(keys(&good).len(), 4);
+        for cut in 0..good.len() {
+            assert!(items(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        for i in 0..good.len() {
+            for x in [0x01u8, 0x40, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] ^= x;
+                // Without the checksum, too, so that the structure itself is exercised.
+                let n = bad.len();
+                let mut unchecked = bad.clone();
+                unchecked[n - 8..].fill(0);
+                assert!(items(&bad).is_err(), "flip {x:#x} at {i}");
+                let _ = items(&unchecked);
+            }
+        }
     }
 
     #[test]
