@@ -1,3 +1,4 @@
 //! Redis (placeholder until the backup half lands from main).
 
 pub mod rdb;
+pub mod restore;
