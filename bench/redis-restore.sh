@@ -67,7 +67,7 @@ for i in range(n):
     elif k == 4:
         cmd("SET", f"t:{i}", "x" * 100, "PX", 86400000 + i)
     else:
-        cmd("XADD", f"x:{i % 1000}", "*", "n", i, "payload", "event data")
+        cmd("XADD", f"x:{i}", "*", "n", i, "payload", "event data")
 PY
 redis-cli -p "$SRC_PORT" info keyspace | grep '^db' >&2
 
@@ -76,9 +76,10 @@ unset COFFER_PASSWORD_FILE REDIS_URL REDISCLI_AUTH
 "$COFFER" init >/dev/null
 echo "backing up" >&2
 "$COFFER" backup --redis "redis://127.0.0.1:$SRC_PORT" >&2
-redis-cli -p "$SRC_PORT" save >/dev/null
-RDB=$WORK/src/dump.rdb
 stop "$SRC_PORT"
+# The same bytes for the start-up load: the RDB as backed up.
+RDB=$WORK/dump.rdb
+"$COFFER" dump latest >"$RDB"
 echo "RDB: $(du -h "$RDB" | cut -f1)" >&2
 
 median() { sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%.2f s (%.2f-%.2f)", m, a[1], a[NR]}'; }

@@ -984,8 +984,13 @@ pub fn restore_redis(
         .push("compare the key counts of each database".into());
     if opts.dry_run {
         for d in &mut checks {
+            let before = if flush_dbs.contains(&d.target_db) {
+                0
+            } else {
+                d.before
+            };
             d.replaced = existing.per_db.get(&d.target_db).copied().unwrap_or(0);
-            d.expected = d.before + (d.selected - d.expired) - d.replaced;
+            d.expected = (before + (d.selected - d.expired)).saturating_sub(d.replaced);
         }
         report.keys_expired = expired;
         report.databases = checks;
