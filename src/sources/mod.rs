@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod postgres;
+pub mod redis;
 pub mod stream;
 
 use crate::backend::FileKind;
