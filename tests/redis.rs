@@ -34,10 +34,13 @@ fn redis_info(env: &Env, id: &str) -> Value {
     src["metadata"].clone()
 }
 
+fn ok_bytes(out: &Output) -> Vec<u8> {
+    assert!(out.status.success(), "{}", stderr(out));
+    out.stdout.clone()
+}
+
 fn dump_rdb(env: &Env, spec: &str) -> Vec<u8> {
-    let out = run(env, &["dump", spec, "/redis/dump.rdb"]);
-    ok(&out);
-    out.stdout
+    ok_bytes(&run(env, &["dump", spec, "/redis/dump.rdb"]))
 }
 
 /// A backed-up RDB put where a stopped server looks for it (`dir/dump.rdb`) loads into
@@ -101,6 +104,8 @@ fn sync_backups_hold_the_whole_dataset_disk_based_and_diskless() {
         let rdb = dump_rdb(&env, id);
         assert_eq!(rdb.len() as u64, info["rdb_size"].as_u64().unwrap());
         assert!(rdb.starts_with(b"REDIS0"));
+        // `coffer dump SNAPSHOT > dump.rdb`: the one stream of the snapshot.
+        assert_eq!(ok_bytes(&run(&env, &["dump", id])), rdb);
         let target = env.path("restored");
         ok(&run(
             &env,
