@@ -30,6 +30,27 @@ pub struct Config {
     /// How to reach an `s3://` repository.
     #[serde(default)]
     pub s3: crate::backend::S3Settings,
+    /// How to reach Redis servers (`backup --redis`, `restore --to-redis`).
+    #[serde(default)]
+    pub redis: RedisSettings,
+}
+
+/// The `[redis]` table: what a Redis URL cannot carry.
+///
+/// ```toml
+/// [redis]
+/// password_file = "/etc/coffer/redis-password"  # when the URL and REDISCLI_AUTH have none
+/// tls_ca = "/etc/coffer/redis-ca.pem"           # for rediss:// with a private CA
+/// tls_cert = "/etc/coffer/redis-client.pem"     # a client certificate, with tls_key
+/// tls_key = "/etc/coffer/redis-client.key"
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub password_file: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -40,6 +61,7 @@ impl std::fmt::Debug for Config {
             .field("password", &crate::redact::Redacted(&self.password))
             .field("compression", &self.compression)
             .field("s3", &self.s3)
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -52,9 +74,18 @@ impl Config {
         let mut c: Config = toml::from_str(&text)
             .map_err(|e| Error::usage(format!("config file {}: {e}", path.display())))?;
         // Relative paths in the file are relative to the file.
-        if let (Some(pf), Some(dir)) = (&c.password_file, path.parent()) {
-            if pf.is_relative() {
-                c.password_file = Some(dir.join(pf));
+        if let Some(dir) = path.parent() {
+            let r = &mut c.redis;
+            for p in [
+                &mut c.password_file,
+                &mut r.password_file,
+                &mut r.tls_ca,
+                &mut r.tls_cert,
+                &mut r.tls_key,
+            ] {
+                if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+                    *p = Some(dir.join(rel));
+                }
             }
         }
         Ok(c)

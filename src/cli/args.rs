@@ -118,6 +118,32 @@ pub struct BackupArgs {
     /// its stop to be archived
     #[arg(long, default_value_t = 300, requires = "physical")]
     pub archive_timeout: u64,
+    /// Back up a Redis (or Valkey) server's RDB (URL like redis://[user:password@]host:port,
+    /// rediss:// for TLS, or a Unix socket path; without one, REDIS_URL and then
+    /// 127.0.0.1:6379). The password may also come from REDISCLI_AUTH or the config file
+    #[arg(long, value_name = "URL", num_args = 0..=1,
+          conflicts_with_all = ["paths", "stdin", "postgres"])]
+    pub redis: Option<Option<String>>,
+    /// With --redis: sync (the replication protocol, from anywhere) or bgsave (BGSAVE, then
+    /// the file the server wrote: on the Redis host only, for servers that refuse SYNC)
+    #[arg(long, value_name = "METHOD", default_value = "sync", requires = "redis",
+          value_parser = ["sync", "bgsave"])]
+    pub redis_method: String,
+    /// With --redis: CA certificates (PEM) for a rediss:// server (default: [redis] tls_ca,
+    /// then the system's CA bundle)
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// With --redis: a client certificate (PEM), with --redis-tls-key
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "redis",
+        requires = "redis_tls_key"
+    )]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// With --redis: the client certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<PathBuf>,
     /// File name for the stdin stream inside the snapshot
     #[arg(long, default_value = "stdin", requires = "stdin")]
     pub stdin_name: String,

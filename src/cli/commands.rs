@@ -12,8 +12,11 @@ use coffer::sources::postgres::pitr::PitrOptions;
 use coffer::sources::postgres::restore::PgRestoreOptions;
 use coffer::sources::redis::restore::RedisRestoreOptions;
 use coffer::sources::postgres::DumpSplit;
+use coffer::sources::redis::conn::ConnOptions;
+use coffer::sources::redis::{Method, RedisOptions};
 use coffer::sources::CommonOptions;
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// `--json` output with its keys sorted, as these commands have always printed it.
@@ -44,6 +47,32 @@ fn parse_time(s: &Option<String>) -> Result<Option<chrono::DateTime<chrono::Fixe
         .transpose()
 }
 
+/// The options of a Redis connection: the config file's `[redis]` table, overridden by the
+/// command line's TLS files.
+pub fn redis_options(
+    ctx: &Context,
+    url: Option<String>,
+    method: &str,
+    [ca, cert, key]: [&Option<PathBuf>; 3],
+) -> Result<RedisOptions> {
+    let mut conn = ConnOptions::from_settings(&ctx.access.config.redis)?;
+    for (slot, given) in [
+        (&mut conn.tls_ca, ca),
+        (&mut conn.tls_cert, cert),
+        (&mut conn.tls_key, key),
+    ] {
+        if given.is_some() {
+            slot.clone_from(given);
+        }
+    }
+    Ok(RedisOptions {
+        url,
+        method: Method::parse(method)?,
+        conn,
+        common: CommonOptions::default(),
+    })
+}
+
 pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
     let common = CommonOptions {
         tags: a.tags.clone(),
@@ -65,6 +94,12 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
                 min_table_bytes: a.dump_min_table_bytes,
             },
         },
+        _ if a.redis.is_some() => Source::Redis(redis_options(
+            ctx,
+            a.redis.clone().flatten(),
+            &a.redis_method,
+            [&a.redis_tls_ca, &a.redis_tls_cert, &a.redis_tls_key],
+        )?),
         _ if a.stdin => Source::Stream {
             reader: &mut stdin,
             name: a.stdin_name.clone(),
@@ -73,7 +108,12 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
             paths: a.paths.clone(),
             excludes: a.excludes.clone(),
         },
-        _ => return Err(Error::usage("give paths to back up, --stdin, or --postgres URL").into()),
+        _ => {
+            return Err(Error::usage(
+                "give paths to back up, --stdin, --postgres [URL] or --redis [URL]",
+            )
+            .into())
+        }
     };
     let repo = ctx.open_or_create_default()?;
     let p = ctx.progress(source.label(), None);

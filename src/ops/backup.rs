@@ -9,6 +9,7 @@ use crate::sources::files::{backup_files, FilesOptions};
 use crate::sources::postgres::basebackup::{base_backup_info, BaseBackupInfo};
 use crate::sources::postgres::physical::{backup_physical, PhysicalOptions};
 use crate::sources::postgres::{backup_postgres, DumpInfo, DumpSplit, PostgresOptions};
+use crate::sources::redis::{backup_redis, RedisInfo, RedisOptions};
 use crate::sources::stream::backup_stream;
 use crate::sources::{sources_of, CommonOptions};
 use anyhow::Result;
@@ -35,6 +36,8 @@ pub enum Source<'a> {
         all_databases: bool,
         split: DumpSplit,
     },
+    /// A Redis server's RDB.
+    Redis(RedisOptions),
     /// A physical base backup of the server's data directory.
     Physical {
         conn: Option<String>,
@@ -51,6 +54,7 @@ impl Source<'_> {
             Source::Stream { .. } => "backup stdin",
             Source::Postgres { .. } => "backup postgres",
             Source::Physical { .. } => "base backup",
+            Source::Redis(_) => "backup redis",
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct BackupReport {
     base_backup: Option<BaseBackupInfo>,
     #[serde(skip)]
     dumps: Vec<DumpInfo>,
+    #[serde(skip)]
+    redis: Vec<RedisInfo>,
 }
 
 pub fn backup(
@@ -106,6 +112,10 @@ pub fn backup(
             },
             progress,
         ),
+        Source::Redis(mut opts) => {
+            opts.common = common;
+            backup_redis(repo, &opts, progress)
+        }
         Source::Physical {
             conn,
             pgdata,
@@ -126,7 +136,12 @@ pub fn backup(
         .into_iter()
         .map(|(_, d)| d)
         .collect();
+    let redis = sources_of::<RedisInfo>(&snap)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     Ok(BackupReport {
+        redis,
         base_backup,
         dumps,
         id: snap.id.to_hex(),
@@ -181,6 +196,35 @@ impl std::fmt::Display for BackupReport {
                     "  in {} streams: the main dump, and the data of {}",
                     streams.len() + 1,
                     streams.join("; ")
+                )?;
+            }
+        }
+        for r in &self.redis {
+            let dbs: Vec<String> = r
+                .databases
+                .iter()
+                .map(|d| format!("db{} {} keys ({} with expiry)", d.db, d.keys, d.expires))
+                .collect();
+            writeln!(
+                f,
+                "RDB of {} ({} {}, {}, RDB version {}, {} transfer): {}, {}",
+                r.address,
+                r.server,
+                r.version,
+                r.role,
+                r.rdb_version,
+                r.transfer,
+                mib(r.rdb_size),
+                if dbs.is_empty() {
+                    "no keys".to_string()
+                } else {
+                    dbs.join(", ")
+                }
+            )?;
+            if r.appendonly {
+                writeln!(
+                    f,
+                    "  the server has appendonly yes: to restore from this file into a stopped server, see README (Redis, file placement)"
                 )?;
             }
         }

@@ -54,6 +54,9 @@ features! {
     /// The WAL archive under `wal/` (`wal-push`/`wal-fetch`), whose files `forget`
     /// removes by the base backups it keeps.
     WAL_ARCHIVE = "wal-archive" since "0.1.0";
+    /// A Redis RDB at `/redis/dump.rdb` (`backup --redis`), restored into a running server
+    /// with `restore --to-redis`.
+    REDIS_RDB = "redis-rdb" since "0.1.0";
 }
 
 /// A set of features (name → the coffer version that introduced it), as stored.

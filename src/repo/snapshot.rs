@@ -55,6 +55,8 @@ kinds! {
     PostgresGlobals = "postgres-globals";
     /// A PostgreSQL physical base backup: a snapshot of one, and its source.
     PostgresPhysical = "postgres-physical";
+    /// A Redis (or Valkey) RDB (`backup --redis`): a snapshot of one, and its source.
+    Redis = "redis";
 }
 
 impl Kind {

@@ -5,6 +5,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod redis;
 pub mod strace;
 pub mod tls;
 
@@ -138,10 +139,15 @@ fn remove_vars(c: &mut impl EnvRemove, pred: impl Fn(&str) -> bool) {
 }
 
 /// Remove every inherited variable that would point coffer at another repository,
-/// passphrase, home or S3 account: `COFFER_*`, `AWS_*` and `XDG_DATA_HOME`.
+/// passphrase, home, S3 account or Redis server: `COFFER_*`, `AWS_*`, `XDG_DATA_HOME`,
+/// `REDIS_URL` and `REDISCLI_AUTH`.
 pub fn clean_env(c: &mut impl EnvRemove) {
     remove_vars(c, |k| {
-        k.starts_with("COFFER_") || k.starts_with("AWS_") || k == "XDG_DATA_HOME"
+        k.starts_with("COFFER_")
+            || k.starts_with("AWS_")
+            || k == "XDG_DATA_HOME"
+            || k == "REDIS_URL"
+            || k == "REDISCLI_AUTH"
     });
 }
 
