@@ -81,7 +81,12 @@ fn every_type_and_encoding_restores_online_with_its_ttl() {
         assert_eq!(d["snapshot_keys"], d["rdb_keys"], "{d}");
     }
     // Absolute expiry times are kept to the millisecond.
-    for (db, key) in [(0, "str:ttl"), (0, "hash:small"), (1, "db1:0"), (1, "db1:297")] {
+    for (db, key) in [
+        (0, "str:ttl"),
+        (0, "hash:small"),
+        (1, "db1:0"),
+        (1, "db1:297"),
+    ] {
         let t = pexpiretime(&src, db, key);
         assert!(t > 0, "{key} has no expiry in the source");
         assert_eq!(pexpiretime(&dst, db, key), t, "{key}");
@@ -90,14 +95,23 @@ fn every_type_and_encoding_restores_online_with_its_ttl() {
     // The function library came along.
     assert!(matches!(dst.cmd(&["FCALL", "seven", "0"]), Reply::Int(7)));
     // Streams keep their groups, consumers and pending entries.
-    let pending = |s: &RedisServer| format!("{:?}", s.cmd(&["XPENDING", "stream:events", "workers"]));
+    let pending =
+        |s: &RedisServer| format!("{:?}", s.cmd(&["XPENDING", "stream:events", "workers"]));
     assert_eq!(pending(&dst), pending(&src));
     let groups = |s: &RedisServer| format!("{:?}", s.cmd(&["XINFO", "GROUPS", "stream:events"]));
     assert_eq!(groups(&dst), groups(&src));
     // Small and large encodings stay what they were.
     for key in [
-        "list:small", "list:big", "set:intset", "set:small", "set:big", "zset:small",
-        "zset:big", "hash:small", "hash:big", "str:big-noise",
+        "list:small",
+        "list:big",
+        "set:intset",
+        "set:small",
+        "set:big",
+        "zset:small",
+        "zset:big",
+        "hash:small",
+        "hash:big",
+        "str:big-noise",
     ] {
         let enc = |s: &RedisServer| s.cmd(&["OBJECT", "ENCODING", key]).text();
         assert_eq!(enc(&dst), enc(&src), "{key}");
@@ -143,7 +157,10 @@ fn one_database_or_matching_keys() {
     assert_eq!(dst.dbsize(5), 0);
     assert_eq!(dst.dbsize(1), counts.iter().find(|c| c.0 == 1).unwrap().1);
     assert_eq!(r["databases"].as_array().unwrap().len(), 1);
-    assert_eq!(digest_value(&dst, 1, "db1:hash"), digest_value(&src, 1, "db1:hash"));
+    assert_eq!(
+        digest_value(&dst, 1, "db1:hash"),
+        digest_value(&src, 1, "db1:hash")
+    );
 
     // --db 5 into the URL's database 3.
     let dst = RedisServer::start();
@@ -164,10 +181,27 @@ fn one_database_or_matching_keys() {
         &env,
         &id,
         &dst.url(),
-        &["--key", "str:*", "--key", "list:sma?l", "--key", "only-in-[5]"],
+        &[
+            "--key",
+            "str:*",
+            "--key",
+            "list:sma?l",
+            "--key",
+            "only-in-[5]",
+        ],
     );
-    for key in ["str:small", "str:int", "str:big-noise", "str:ttl", "list:small"] {
-        assert_eq!(digest_value(&dst, 0, key), digest_value(&src, 0, key), "{key}");
+    for key in [
+        "str:small",
+        "str:int",
+        "str:big-noise",
+        "str:ttl",
+        "list:small",
+    ] {
+        assert_eq!(
+            digest_value(&dst, 0, key),
+            digest_value(&src, 0, key),
+            "{key}"
+        );
     }
     let matching = match src.cmd(&["KEYS", "str:*"]) {
         Reply::Array(Some(v)) => v.len() as i64,
@@ -179,7 +213,10 @@ fn one_database_or_matching_keys() {
     assert!(exists(&dst, 5, "only-in-5"));
     assert_eq!(dst.dbsize(1), 0);
     assert_eq!(r["keys_restored"], r["keys_selected"]);
-    assert_eq!(pexpiretime(&dst, 0, "str:ttl"), pexpiretime(&src, 0, "str:ttl"));
+    assert_eq!(
+        pexpiretime(&dst, 0, "str:ttl"),
+        pexpiretime(&src, 0, "str:ttl")
+    );
 
     // A bad glob is a usage error.
     let (code, _, stderr) = restore(&env, &id, &dst.url(), &["--key", "[oops"]);
@@ -205,7 +242,10 @@ fn existing_keys_need_replace() {
     let mut conn = dst.conn(0);
     pipeline(
         &mut conn,
-        &[b(&["SET", "a", "already-here"]), b(&["SET", "mine", "kept"])],
+        &[
+            b(&["SET", "a", "already-here"]),
+            b(&["SET", "mine", "kept"]),
+        ],
     );
     let before = dst.digest();
     let (code, _, stderr) = restore(&env, &id, &dst.url(), &[]);
@@ -215,7 +255,10 @@ fn existing_keys_need_replace() {
     assert_eq!(dst.digest(), before, "a refused restore changed the target");
 
     let r = restore_ok(&env, &id, &dst.url(), &["--replace"]);
-    assert_eq!(dst.cmd(&["GET", "a"]).text().as_deref(), Some("from-snapshot"));
+    assert_eq!(
+        dst.cmd(&["GET", "a"]).text().as_deref(),
+        Some("from-snapshot")
+    );
     assert_eq!(dst.cmd(&["GET", "mine"]).text().as_deref(), Some("kept"));
     assert_eq!(dst.dbsize(0), 4);
     assert_eq!(r["keys_replaced"], 1);
@@ -232,7 +275,13 @@ fn flush_asks_takes_a_safety_backup_and_empties_only_the_databases_restored_into
 
     let dst = RedisServer::start();
     let mut c0 = dst.conn(0);
-    pipeline(&mut c0, &[b(&["SET", "str:small", "old"]), b(&["SET", "old-only", "x"])]);
+    pipeline(
+        &mut c0,
+        &[
+            b(&["SET", "str:small", "old"]),
+            b(&["SET", "old-only", "x"]),
+        ],
+    );
     let mut c9 = dst.conn(9);
     pipeline(&mut c9, &[b(&["SET", "untouched", "9"])]);
     let old = dst.digest();
@@ -246,7 +295,10 @@ fn flush_asks_takes_a_safety_backup_and_empties_only_the_databases_restored_into
 
     let r = restore_ok(&env, &id, &dst.url(), &["--flush", "--yes"]);
     assert!(!exists(&dst, 0, "old-only"), "db 0 was not flushed");
-    assert!(exists(&dst, 9, "untouched"), "db 9 was flushed but not restored into");
+    assert!(
+        exists(&dst, 9, "untouched"),
+        "db 9 was flushed but not restored into"
+    );
     assert_eq!(r["flushed"], serde_json::json!([0]));
     for d in r["databases"].as_array().unwrap() {
         assert_eq!(d["actual"], d["expected"], "{d}");
@@ -258,10 +310,18 @@ fn flush_asks_takes_a_safety_backup_and_empties_only_the_databases_restored_into
         .iter()
         .find(|s| s["id"].as_str() == Some(safety.as_str()))
         .expect("the safety snapshot is listed");
-    assert!(s["tags"].as_array().unwrap().iter().any(|t| t == "safety-backup"));
+    assert!(s["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "safety-backup"));
     let back = RedisServer::start();
     let r2 = restore_ok(&env, &safety[..8], &back.url(), &[]);
-    assert_eq!(back.digest(), old, "the safety backup does not hold the old data");
+    assert_eq!(
+        back.digest(),
+        old,
+        "the safety backup does not hold the old data"
+    );
     assert_eq!(r2["keys_restored"], 3);
     let check = RedisServer::start();
     let r3 = restore_ok(&env, "latest", &check.url(), &["--dry-run"]);
@@ -270,7 +330,12 @@ fn flush_asks_takes_a_safety_backup_and_empties_only_the_databases_restored_into
 
     // --no-safety-backup flushes without one.
     let n = env.snapshots().len();
-    restore_ok(&env, &id, &dst.url(), &["--flush", "--yes", "--no-safety-backup"]);
+    restore_ok(
+        &env,
+        &id,
+        &dst.url(),
+        &["--flush", "--yes", "--no-safety-backup"],
+    );
     assert_eq!(env.snapshots().len(), n);
     assert_eq!(dst.dbsize(0), src.dbsize(0));
     assert!(exists(&dst, 9, "untouched"));
@@ -356,7 +421,8 @@ fn an_rdb_newer_than_the_target_is_refused_before_anything_is_written() {
     // The same value with the server's version is accepted and, expired, not stored.
     let p = e.restore_payload(10);
     assert!(matches!(
-        conn.command(&[b"RESTORE", b"probe", b"1", &p, b"ABSTTL"]).unwrap(),
+        conn.command(&[b"RESTORE", b"probe", b"1", &p, b"ABSTTL"])
+            .unwrap(),
         Reply::Status(_)
     ));
     assert_eq!(s.dbsize(0), 0);
@@ -389,12 +455,25 @@ fn online_flags_need_an_online_restore() {
         env.cmd().args(&a).assert().code(2);
     }
     env.cmd()
-        .args(["restore", "latest", "--to-redis", "redis://127.0.0.1:1", "--to-postgres"])
+        .args([
+            "restore",
+            "latest",
+            "--to-redis",
+            "redis://127.0.0.1:1",
+            "--to-postgres",
+        ])
         .assert()
         .code(2);
     // --yes and --dry-run parse with --to-redis (the snapshot is missing: not found, 6).
     env.cmd()
-        .args(["restore", "latest", "--to-redis", "redis://127.0.0.1:1", "--yes", "--dry-run"])
+        .args([
+            "restore",
+            "latest",
+            "--to-redis",
+            "redis://127.0.0.1:1",
+            "--yes",
+            "--dry-run",
+        ])
         .assert()
         .code(6);
 }
@@ -453,16 +532,17 @@ fn a_damaged_rdb_is_refused_before_the_target_is_touched() {
     let good_id = backed_up(&env, &src);
     // The snapshot's metadata, for the damaged copies.
     let snaps = env.snapshots();
-    let meta: coffer::sources::redis::RedisInfo = serde_json::from_value(
-        snaps[0]["sources"][0]["metadata"].clone(),
-    )
-    .unwrap();
+    let meta: coffer::sources::redis::RedisInfo =
+        serde_json::from_value(snaps[0]["sources"][0]["metadata"].clone()).unwrap();
     src.cmd(&["SAVE"]);
     let good = std::fs::read(src.dir().join("dump.rdb")).unwrap();
     let n = good.len();
     // A bit flipped inside a big value's bytes: only the checksum can tell.
     let mut flipped = good.clone();
-    let noise = good.windows(13).position(|w| w == b"str:big-noise").unwrap();
+    let noise = good
+        .windows(13)
+        .position(|w| w == b"str:big-noise")
+        .unwrap();
     flipped[noise + 100_000] ^= 0x40;
     let mut no_crc = good.clone();
     // A value type no Redis knows, in a file without a checksum.
@@ -473,7 +553,11 @@ fn a_damaged_rdb_is_refused_before_the_target_is_touched() {
     trailing.extend_from_slice(b"junk");
     let cases = [
         ("truncated", good[..n / 2].to_vec(), "ends early"),
-        ("truncated at the checksum", good[..n - 3].to_vec(), "ends early"),
+        (
+            "truncated at the checksum",
+            good[..n - 3].to_vec(),
+            "ends early",
+        ),
         ("a flipped bit", flipped, "checksum does not match"),
         ("an unknown type", no_crc, "type 200"),
         ("bytes after the end", trailing, "after the checksum"),
@@ -482,17 +566,29 @@ fn a_damaged_rdb_is_refused_before_the_target_is_touched() {
 
     let dst = RedisServer::start();
     let mut c = dst.conn(0);
-    pipeline(&mut c, &[b(&["SET", "str:small", "theirs"]), b(&["SET", "mine", "1"])]);
+    pipeline(
+        &mut c,
+        &[b(&["SET", "str:small", "theirs"]), b(&["SET", "mine", "1"])],
+    );
     let before = dst.digest();
     for (what, data, says) in cases {
         let id = rdb_snapshot(&env, data, &meta);
         let count = env.snapshots().len();
-        for args in [&[][..], &["--flush", "--yes"], &["--replace"], &["--dry-run"]] {
+        for args in [
+            &[][..],
+            &["--flush", "--yes"],
+            &["--replace"],
+            &["--dry-run"],
+        ] {
             let (code, _, stderr) = restore(&env, &id, &dst.url(), args);
             assert_eq!(code, 3, "{what} {args:?}: {stderr}");
             assert!(stderr.contains(says), "{what}: {stderr}");
             assert_eq!(dst.digest(), before, "{what} {args:?}: the target changed");
-            assert_eq!(env.snapshots().len(), count, "{what}: a safety backup was taken");
+            assert_eq!(
+                env.snapshots().len(),
+                count,
+                "{what}: a safety backup was taken"
+            );
         }
     }
     // The good snapshot still restores.

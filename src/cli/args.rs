@@ -34,6 +34,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of the largest variant (restore's many options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Create a new repository
     Init(InitArgs),

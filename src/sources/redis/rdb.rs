@@ -316,7 +316,8 @@ impl<R: Read> RdbReader<R> {
                     let mut raw = vec![OP_FUNCTION2];
                     let start = raw.len();
                     self.src.string_raw(&mut raw, "a function library")?;
-                    let code = decode_string(&raw[start..]).map_err(|e| self.src.damaged(at, &e))?;
+                    let code =
+                        decode_string(&raw[start..]).map_err(|e| self.src.damaged(at, &e))?;
                     return Ok(Some(Item::Function(Function {
                         name: library_name(&code),
                         raw,
@@ -325,9 +326,9 @@ impl<R: Read> RdbReader<R> {
                 t if is_object_type(t) => {
                     let key = self.src.string("a key")?;
                     let mut value = Vec::new();
-                    let module = self
-                        .value(t, &mut value)
-                        .map_err(|e| e.context(format!("in the value of key {}", key_display(&key))))?;
+                    let module = self.value(t, &mut value).map_err(|e| {
+                        e.context(format!("in the value of key {}", key_display(&key)))
+                    })?;
                     return Ok(Some(Item::Key(Entry {
                         db: self.db,
                         key,
@@ -357,7 +358,8 @@ impl<R: Read> RdbReader<R> {
         if self.header.version >= 5 || self.header.magic == Magic::Valkey {
             let at = self.src.consumed();
             let mut b = [0u8; 8];
-            self.src.read_exact(&mut b, "the checksum after the EOF opcode")?;
+            self.src
+                .read_exact(&mut b, "the checksum after the EOF opcode")?;
             let stored = u64::from_le_bytes(b);
             if stored != 0 {
                 if stored != computed {
@@ -946,7 +948,9 @@ mod tests {
         // key "k" = "v"
         body.extend_from_slice(&[0, 1, b'k', 1, b'v']);
         // key 12345 (int16 encoded) = LZF "aaaaaaaaaa"
-        body.extend_from_slice(&[0, 0xc1, 0x39, 0x30, 0xc3, 5, 10, 0x00, b'a', 0xe0, 0x00, 0x00]);
+        body.extend_from_slice(&[
+            0, 0xc1, 0x39, 0x30, 0xc3, 5, 10, 0x00, b'a', 0xe0, 0x00, 0x00,
+        ]);
         let f = rdb(10, &body);
         let mut r = RdbReader::new(&f[..]).unwrap();
         assert_eq!(r.header().version, 10);
@@ -954,12 +958,18 @@ mod tests {
             panic!()
         };
         assert_eq!(r.aux_field("redis-ver"), Some("7.0.0"));
-        assert_eq!((a.db, &a.key[..], a.expire_ms), (3, &b"k"[..], Some(1_700_000_000_123)));
+        assert_eq!(
+            (a.db, &a.key[..], a.expire_ms),
+            (3, &b"k"[..], Some(1_700_000_000_123))
+        );
         assert_eq!(a.value, [1, b'v']);
         let p = a.restore_payload(10);
         assert_eq!(&p[..3], &[0, 1, b'v']);
         assert_eq!(&p[3..5], &[10, 0]);
-        assert_eq!(u64::from_le_bytes(p[5..].try_into().unwrap()), crc64(&p[..5]));
+        assert_eq!(
+            u64::from_le_bytes(p[5..].try_into().unwrap()),
+            crc64(&p[..5])
+        );
         let Some(Item::Key(b)) = r.next_item().unwrap() else {
             panic!()
         };
@@ -1046,7 +1056,9 @@ mod tests {
     fn every_flipped_byte_and_cut_is_an_error_or_a_value_never_a_panic() {
         let mut body = vec![OP_SELECTDB, 1, 0, 1, b'k', 3, b'v', b'a', b'l'];
         body.extend_from_slice(&[18, 1, b'q', 1, 2, 0xc3, 5, 10, 0x00, b'a', 0xe0, 0x00, 0x00]);
-        body.extend_from_slice(&[21, 1, b's', 0, 1, 5, 0, 0, 0, 0, 0, 1, 1, 1, b'g', 5, 0, 1, 0, 0]);
+        body.extend_from_slice(&[
+            21, 1, b's', 0, 1, 5, 0, 0, 0, 0, 0, 1, 1, 1, b'g', 5, 0, 1, 0, 0,
+        ]);
         body.extend_from_slice(&[0, 0xc3, 5, 10, 0x00, b'a', 0xe0, 0x00, 0x00, 1, b'v']);
         let good = rdb(11, &body);
         assert_eq!(keys(&good).len(), 4);
@@ -1073,7 +1085,10 @@ mod tests {
         assert_eq!(keys(&good).len(), 1);
         for cut in [3, 9, 12, good.len() - 9, good.len() - 1] {
             let e = err(&good[..cut]);
-            assert!(e.contains("ends early") || e.contains("not an RDB"), "{cut}: {e}");
+            assert!(
+                e.contains("ends early") || e.contains("not an RDB"),
+                "{cut}: {e}"
+            );
         }
         let mut bad = good.clone();
         bad[13] ^= 1;

@@ -99,9 +99,9 @@ impl DbCheck {
 
     pub fn ok(&self) -> bool {
         self.file_ok()
-            && self.actual.is_none_or(|a| {
-                a <= self.expected && a + self.may_have_expired >= self.expected
-            })
+            && self
+                .actual
+                .is_none_or(|a| a <= self.expected && a + self.may_have_expired >= self.expected)
     }
 }
 
@@ -409,7 +409,10 @@ fn server_error(conn: &Conn, what: &str, e: &str) -> anyhow::Error {
 fn unexpected(conn: &Conn, what: &str, r: &Reply) -> anyhow::Error {
     Error::new(
         ErrorKind::Source,
-        format!("Redis at {}: unexpected answer to {what}: {r:?}", conn.target()),
+        format!(
+            "Redis at {}: unexpected answer to {what}: {r:?}",
+            conn.target()
+        ),
     )
     .into()
 }
@@ -897,10 +900,12 @@ pub fn restore_redis(
         checks.push(DbCheck {
             db,
             target_db: tdb,
-            snapshot_keys: opts
-                .keys
-                .is_empty()
-                .then(|| info.databases.iter().find(|c| c.db == db).map_or(0, |c| c.keys)),
+            snapshot_keys: opts.keys.is_empty().then(|| {
+                info.databases
+                    .iter()
+                    .find(|c| c.db == db)
+                    .map_or(0, |c| c.keys)
+            }),
             rdb_keys: in_file,
             selected: chosen,
             expired,
@@ -1112,7 +1117,10 @@ pub fn restore_redis(
         return Err(partial(
             Error::new(
                 ErrorKind::Source,
-                format!("Redis at {} refused RESTORE of key {key}: {err}", report.target),
+                format!(
+                    "Redis at {} refused RESTORE of key {key}: {err}",
+                    report.target
+                ),
             )
             .into(),
             &report,
@@ -1186,16 +1194,17 @@ fn partial(e: anyhow::Error, report: &RedisRestoreReport, restored: u64) -> anyh
 }
 
 fn join(v: &[u32]) -> String {
-    v.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// What a reply in flight answers.
 enum Pending {
     Select,
-    Restore { db: u32, key: Vec<u8>, expire: Option<i64> },
+    Restore {
+        db: u32,
+        key: Vec<u8>,
+        expire: Option<i64>,
+    },
 }
 
 /// The pipelined writer: one batch being filled, one in flight whose replies are read
