@@ -595,3 +595,104 @@ fn a_damaged_rdb_is_refused_before_the_target_is_touched() {
     restore_ok(&env, &good_id, &dst.url(), &["--flush", "--yes"]);
     assert_eq!(dst.digest(), src.digest());
 }
+
+/// A whole RDB of `body` (after the header) with its EOF opcode and checksum.
+fn rdb_file(version: &str, body: &[u8]) -> Vec<u8> {
+    let mut f = version.as_bytes().to_vec();
+    f.extend_from_slice(body);
+    f.push(0xff);
+    let crc = rdb::crc64(&f);
+    f.extend_from_slice(&crc.to_le_bytes());
+    f
+}
+
+#[test]
+fn a_newer_rdb_or_a_missing_module_is_refused_before_anything_is_written() {
+    let src = RedisServer::start();
+    let mut c = src.conn(0);
+    pipeline(&mut c, &[b(&["SET", "a", "1"]), b(&["RPUSH", "l", "x"])]);
+    let env = Env::new();
+    backed_up(&env, &src);
+    let snaps = env.snapshots();
+    let mut meta: coffer::sources::redis::RedisInfo =
+        serde_json::from_value(snaps[0]["sources"][0]["metadata"].clone()).unwrap();
+    src.cmd(&["SAVE"]);
+    let good = std::fs::read(src.dir().join("dump.rdb")).unwrap();
+    assert!(
+        good.starts_with(b"REDIS0010"),
+        "this test expects Redis 7.0"
+    );
+
+    // The same file as a (future) RDB version 13.
+    let newer = rdb_file("REDIS0013", &good[9..good.len() - 9]);
+    let id = rdb_snapshot(&env, newer, &meta);
+    let dst = RedisServer::start();
+    let mut c = dst.conn(0);
+    pipeline(&mut c, &[b(&["SET", "mine", "1"])]);
+    let before = dst.digest();
+    for args in [&[][..], &["--flush", "--yes"], &["--dry-run"]] {
+        let (code, _, stderr) = restore(&env, &id, &dst.url(), args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("RDB is version 13"), "{stderr}");
+        assert_eq!(dst.digest(), before);
+    }
+
+    // A module value (type 7) of a module the server has not loaded.
+    const CHARSET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut mid = 0u64;
+    for ch in b"ReJSON-RL" {
+        mid = (mid << 6) | CHARSET.iter().position(|x| x == ch).unwrap() as u64;
+    }
+    mid = (mid << 10) | 3;
+    let mut body = vec![0xfe, 0, 7, 3, b'd', b'o', b'c', 0x81];
+    body.extend_from_slice(&mid.to_be_bytes());
+    body.extend_from_slice(&[5, 2, b'{', b'}', 0]); // one string, then the module EOF
+    body.extend_from_slice(&[0, 1, b'k', 1, b'v']);
+    meta.databases = vec![coffer::sources::redis::DbCount {
+        db: 0,
+        keys: 2,
+        expires: 0,
+    }];
+    let id = rdb_snapshot(&env, rdb_file("REDIS0010", &body), &meta);
+    let (code, _, stderr) = restore(&env, &id, &dst.url(), &["--flush", "--yes"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("ReJSON-RL"), "{stderr}");
+    assert_eq!(dst.digest(), before);
+    assert_eq!(env.snapshots().len(), 3, "a safety backup was taken");
+}
+
+#[test]
+fn a_target_with_a_password() {
+    let src = RedisServer::start();
+    let mut c = src.conn(0);
+    pipeline(&mut c, &[b(&["SET", "a", "1"])]);
+    let env = Env::new();
+    let id = backed_up(&env, &src);
+    let dst = RedisServer::start_with(&[("requirepass", "s3cret pw")]);
+    let out = env
+        .cmd()
+        .env("REDISCLI_AUTH", "wrong")
+        .args(["restore", &id, "--to-redis", &dst.url()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dst.dbsize(0), 0);
+    let out = env
+        .cmd()
+        .env("REDISCLI_AUTH", "s3cret pw")
+        .args(["restore", &id, "--to-redis", &dst.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dst.cmd(&["GET", "a"]).text().as_deref(), Some("1"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+}
