@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::{self, Display, Formatter};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 /// Commands per pipelined batch, and bytes: whichever comes first.
@@ -1070,50 +1070,31 @@ pub fn restore_redis(
     progress.set_message("restoring keys");
     let file = SnapshotFile::open(repo, index, snap, &source.path)?;
     progress.set_total(file.size() * 2);
-    let mut w = Writer {
-        conn: &mut conn,
-        replace: opts.replace,
-        version: v.rdb_version,
-        db: None,
-        inflight: Vec::new(),
-        batch: Vec::new(),
-        restored: BTreeMap::new(),
-        expiries: BTreeMap::new(),
-        failure: None,
-    };
-    let mut expired_now: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut replaced: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut r = RdbReader::new(file)?;
-    let mut reported = 0;
-    let result = (|| -> Result<()> {
-        while let Some(item) = r.next_item()? {
-            let off = r.offset();
-            progress.inc(off - reported);
-            reported = off;
-            let Item::Key(e) = item else { continue };
-            if !sel.wants(&e) {
-                continue;
-            }
-            let tdb = sel.target_db(e.db);
-            if e.expire_ms.is_some_and(|t| t <= clock.now()) {
-                *expired_now.entry(e.db).or_default() += 1;
-                continue;
-            }
-            if opts.replace && existing.ids.contains(&key_id(tdb, &e.key)) {
-                *replaced.entry(tdb).or_default() += 1;
-            }
-            w.restore(tdb, &e)?;
-            if w.failure.is_some() {
-                break;
-            }
-        }
-        w.finish()?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        return Err(partial(e, &report, w.total()));
+    let out = write_pass(
+        &mut conn,
+        file,
+        &Plan {
+            sel: &sel,
+            clock: &clock,
+            replace: opts.replace,
+            existing: &existing.ids,
+            version: v.rdb_version,
+        },
+        progress,
+    );
+    let Written {
+        restored,
+        expiries,
+        expired_now,
+        replaced,
+        failure,
+        error,
+    } = out;
+    let total: u64 = restored.values().sum();
+    if let Some(e) = error {
+        return Err(partial(e, &report, total));
     }
-    if let Some((key, err)) = w.failure.take() {
+    if let Some((key, err)) = failure {
         return Err(partial(
             Error::new(
                 ErrorKind::Source,
@@ -1124,12 +1105,9 @@ pub fn restore_redis(
             )
             .into(),
             &report,
-            w.total(),
+            total,
         ));
     }
-    let restored = std::mem::take(&mut w.restored);
-    let expiries = std::mem::take(&mut w.expiries);
-    drop(w);
     if !functions.is_empty() {
         let mut p = Vec::new();
         for f in &functions {
@@ -1207,85 +1185,191 @@ enum Pending {
     },
 }
 
-/// The pipelined writer: one batch being filled, one in flight whose replies are read
-/// after the next one is sent.
-struct Writer<'a> {
-    conn: &'a mut Conn,
+/// What the write pass restores, and how.
+struct Plan<'a> {
+    sel: &'a Selection,
+    clock: &'a Clock,
     replace: bool,
+    /// The keys that exist in the target (with --replace).
+    existing: &'a HashSet<[u8; 16]>,
     version: u32,
-    db: Option<u32>,
-    inflight: Vec<Pending>,
-    batch: Vec<Pending>,
-    restored: BTreeMap<u32, u64>,
-    /// Expiries of the restored keys that have one, per database.
-    expiries: BTreeMap<u32, Vec<i64>>,
-    /// The first refused RESTORE: (key, error).
-    failure: Option<(String, String)>,
 }
 
-impl Writer<'_> {
-    fn total(&self) -> u64 {
-        self.restored.values().sum()
-    }
+/// Commands ready to send, with what their replies answer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    pending: Vec<Pending>,
+    /// Bytes of the RDB read up to the end of this batch.
+    offset: u64,
+}
 
-    fn restore(&mut self, db: u32, e: &Entry) -> Result<()> {
-        if self.db != Some(db) {
-            self.conn.send(&[b"SELECT", db.to_string().as_bytes()])?;
-            self.batch.push(Pending::Select);
-            self.db = Some(db);
-        }
-        let payload = e.restore_payload(self.version);
-        let ttl = e.expire_ms.map_or("0".to_string(), |t| t.to_string());
-        let mut args: Vec<&[u8]> = vec![b"RESTORE", &e.key, ttl.as_bytes(), &payload];
-        if self.replace {
-            args.push(b"REPLACE");
-        }
-        if e.expire_ms.is_some() {
-            args.push(b"ABSTTL");
-        }
-        self.conn.send(&args)?;
-        self.batch.push(Pending::Restore {
-            db,
-            key: e.key.clone(),
-            expire: e.expire_ms,
+/// What the write pass did.
+#[derive(Default)]
+struct Written {
+    /// Keys restored per target database.
+    restored: BTreeMap<u32, u64>,
+    /// Expiries of the restored keys that have one, per target database.
+    expiries: BTreeMap<u32, Vec<i64>>,
+    /// Chosen keys skipped because their expiry had passed, per source database.
+    expired_now: BTreeMap<u32, u64>,
+    /// Restored keys that replaced one, per target database.
+    replaced: BTreeMap<u32, u64>,
+    /// The first refused RESTORE: (key, error).
+    failure: Option<(String, String)>,
+    /// Reading the RDB or talking to the server failed.
+    error: Option<anyhow::Error>,
+}
+
+/// Append one command in RESP to `out`.
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Append `RESTORE key ttl payload [REPLACE] [ABSTTL]`, the payload written straight from
+/// the value bytes (its footer's CRC computed as they are copied).
+fn encode_restore(out: &mut Vec<u8>, e: &Entry, version: u32, replace: bool) {
+    let ttl = e.expire_ms.map_or("0".to_string(), |t| t.to_string());
+    let n = 4 + usize::from(replace) + usize::from(e.expire_ms.is_some());
+    out.extend_from_slice(format!("*{n}\r\n$7\r\nRESTORE\r\n").as_bytes());
+    out.extend_from_slice(format!("${}\r\n", e.key.len()).as_bytes());
+    out.extend_from_slice(&e.key);
+    out.extend_from_slice(format!("\r\n${}\r\n{ttl}\r\n", ttl.len()).as_bytes());
+    out.extend_from_slice(format!("${}\r\n", e.value.len() + 11).as_bytes());
+    let start = out.len();
+    out.push(e.type_byte);
+    out.extend_from_slice(&e.value);
+    out.extend_from_slice(&(version as u16).to_le_bytes());
+    let crc = rdb::crc64(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(b"\r\n");
+    if replace {
+        out.extend_from_slice(b"$7\r\nREPLACE\r\n");
+    }
+    if e.expire_ms.is_some() {
+        out.extend_from_slice(b"$6\r\nABSTTL\r\n");
+    }
+}
+
+/// The write pass: one thread reads the RDB and encodes batches of commands, this one sends
+/// them and reads the replies of each batch after the next one is sent, so that parsing,
+/// the network and the server work at the same time.
+fn write_pass(conn: &mut Conn, file: SnapshotFile, plan: &Plan, progress: &Progress) -> Written {
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(4);
+    let mut w = Written::default();
+    std::thread::scope(|sc| {
+        let producer = sc.spawn(move || -> Result<Written> {
+            let mut counts = Written::default();
+            let mut r = RdbReader::new(file)?;
+            let mut b = Batch::default();
+            let mut db = None;
+            while let Some(item) = r.next_item()? {
+                let Item::Key(e) = item else { continue };
+                if !plan.sel.wants(&e) {
+                    continue;
+                }
+                let tdb = plan.sel.target_db(e.db);
+                if e.expire_ms.is_some_and(|t| t <= plan.clock.now()) {
+                    *counts.expired_now.entry(e.db).or_default() += 1;
+                    continue;
+                }
+                if plan.replace && plan.existing.contains(&key_id(tdb, &e.key)) {
+                    *counts.replaced.entry(tdb).or_default() += 1;
+                }
+                if db != Some(tdb) {
+                    encode(&mut b.bytes, &[b"SELECT", tdb.to_string().as_bytes()]);
+                    b.pending.push(Pending::Select);
+                    db = Some(tdb);
+                }
+                encode_restore(&mut b.bytes, &e, plan.version, plan.replace);
+                b.pending.push(Pending::Restore {
+                    db: tdb,
+                    key: e.key,
+                    expire: e.expire_ms,
+                });
+                if b.pending.len() >= BATCH_COMMANDS || b.bytes.len() >= BATCH_BYTES {
+                    b.offset = r.offset();
+                    if tx.send(std::mem::take(&mut b)).is_err() {
+                        return Ok(counts); // the sender stopped
+                    }
+                }
+            }
+            b.offset = r.offset();
+            tx.send(b).ok();
+            Ok(counts)
         });
-        if self.batch.len() >= BATCH_COMMANDS || self.conn.pending() >= BATCH_BYTES {
-            self.conn.flush()?;
-            self.read_inflight()?;
-            self.inflight = std::mem::take(&mut self.batch);
-        }
-        Ok(())
-    }
-
-    fn read_inflight(&mut self) -> Result<()> {
-        for p in std::mem::take(&mut self.inflight) {
-            let reply = self.conn.read_reply()?;
-            match (p, reply) {
-                (Pending::Select, Reply::Status(_)) => {}
-                (Pending::Select, Reply::Error(e)) => {
-                    return Err(server_error(self.conn, "SELECT", &e))
-                }
-                (Pending::Restore { db, expire, .. }, Reply::Status(_)) => {
-                    *self.restored.entry(db).or_default() += 1;
-                    if let Some(t) = expire {
-                        self.expiries.entry(db).or_default().push(t);
-                    }
-                }
-                (Pending::Restore { key, .. }, Reply::Error(e)) => {
-                    if self.failure.is_none() {
-                        self.failure = Some((rdb::key_display(&key), e));
-                    }
-                }
-                (_, r) => return Err(unexpected(self.conn, "RESTORE", &r)),
+        let mut inflight: Vec<Pending> = Vec::new();
+        let mut reported = 0;
+        let mut send = |batch: Batch, w: &mut Written| -> Result<()> {
+            let s = conn.raw().get_mut();
+            s.write_all(&batch.bytes)
+                .and_then(|()| s.flush())
+                .map_err(|e| {
+                    Error::new(ErrorKind::Source, format!("sending to Redis failed: {e}"))
+                })?;
+            read_replies(conn, std::mem::take(&mut inflight), w)?;
+            inflight = batch.pending;
+            progress.inc(batch.offset - reported);
+            reported = batch.offset;
+            Ok(())
+        };
+        for batch in rx.iter() {
+            if let Err(e) = send(batch, &mut w) {
+                w.error = Some(e);
+                break;
+            }
+            if w.failure.is_some() {
+                break;
             }
         }
-        Ok(())
-    }
+        drop(rx);
+        if w.error.is_none() {
+            if let Err(e) = read_replies(conn, std::mem::take(&mut inflight), &mut w) {
+                w.error = Some(e);
+            }
+        }
+        match producer.join() {
+            Ok(Ok(c)) => {
+                w.expired_now = c.expired_now;
+                w.replaced = c.replaced;
+            }
+            Ok(Err(e)) => {
+                w.error.get_or_insert(e);
+            }
+            Err(_) => {
+                w.error
+                    .get_or_insert_with(|| anyhow::anyhow!("the RDB reading thread panicked"));
+            }
+        }
+    });
+    w
+}
 
-    fn finish(&mut self) -> Result<()> {
-        self.conn.flush()?;
-        self.read_inflight()?;
-        self.inflight = std::mem::take(&mut self.batch);
-        self.read_inflight()
+/// Read the replies of the commands in `pending`.
+fn read_replies(conn: &mut Conn, pending: Vec<Pending>, w: &mut Written) -> Result<()> {
+    for p in pending {
+        let reply = conn.read_reply()?;
+        match (p, reply) {
+            (Pending::Select, Reply::Status(_)) => {}
+            (Pending::Select, Reply::Error(e)) => return Err(server_error(conn, "SELECT", &e)),
+            (Pending::Restore { db, expire, .. }, Reply::Status(_)) => {
+                *w.restored.entry(db).or_default() += 1;
+                if let Some(t) = expire {
+                    w.expiries.entry(db).or_default().push(t);
+                }
+            }
+            (Pending::Restore { key, .. }, Reply::Error(e)) => {
+                if w.failure.is_none() {
+                    w.failure = Some((rdb::key_display(&key), e));
+                }
+            }
+            (_, r) => return Err(unexpected(conn, "RESTORE", &r)),
+        }
     }
+    Ok(())
 }
