@@ -124,13 +124,29 @@ fn payloads_are_what_dump_returns() {
     // the same key on the server that wrote the RDB.
     let src = RedisServer::start();
     fill_all_types(&src);
+    for lib in ["one", "two"] {
+        src.cmd(&[
+            "FUNCTION",
+            "LOAD",
+            &format!(
+                "#!lua name={lib}\nredis.register_function('f_{lib}', function() return 1 end)"
+            ),
+        ]);
+    }
     src.cmd(&["SAVE"]);
     let file = std::fs::File::open(src.dir().join("dump.rdb")).unwrap();
     let mut r = RdbReader::new(file).unwrap();
     let version = r.header().version;
     let mut n = 0;
+    let mut functions = Vec::new();
     while let Some(item) = r.next_item().unwrap() {
-        let Item::Key(e) = item else { continue };
+        let e = match item {
+            Item::Key(e) => e,
+            Item::Function(f) => {
+                functions.extend_from_slice(&f.raw);
+                continue;
+            }
+        };
         let mut conn = src.conn(e.db);
         let dump = match conn.command(&[b"DUMP", &e.key]).unwrap() {
             Reply::Bulk(Some(d)) => d,
@@ -141,6 +157,12 @@ fn payloads_are_what_dump_returns() {
     }
     assert!(n > 2000);
     assert!(r.trailer().unwrap().checksum.is_some());
+    // The function libraries, as FUNCTION DUMP gives them (in the same order).
+    let dump = match src.cmd(&["FUNCTION", "DUMP"]) {
+        Reply::Bulk(Some(d)) => d,
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(rdb::finish_payload(functions, version), dump);
 }
 
 #[test]
