@@ -718,3 +718,35 @@ fn a_target_with_a_password() {
     assert_eq!(dst.cmd(&["GET", "a"]).text().as_deref(), Some("1"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
 }
+
+#[test]
+fn over_tls_with_client_certificates() {
+    let src = RedisServer::start();
+    let mut c = src.conn(0);
+    pipeline(
+        &mut c,
+        &[b(&["SET", "a", "1"]), b(&["HSET", "h", "f", "v"])],
+    );
+    let env = Env::new();
+    let id = backed_up(&env, &src);
+    let pki = common::tls::Pki::new(&["127.0.0.1"]);
+    let dst = RedisServer::start_tls(&pki, true, &[]);
+    assert!(dst.url().starts_with("rediss://"));
+    let (cert, key) = pki.client_cert("restore");
+    let ca = pki.ca();
+    let tls = [
+        "--redis-tls-ca",
+        ca.to_str().unwrap(),
+        "--redis-tls-cert",
+        cert.to_str().unwrap(),
+        "--redis-tls-key",
+        key.to_str().unwrap(),
+    ];
+    // Without the client certificate the server refuses: exit 8, nothing written.
+    let (code, _, stderr) = restore(&env, &id, &dst.url(), &tls[..2]);
+    assert_eq!(code, 8, "{stderr}");
+    assert_eq!(dst.dbsize(0), 0);
+    let r = restore_ok(&env, &id, &dst.url(), &tls);
+    assert_eq!(r["keys_restored"], 2);
+    assert_eq!(dst.digest(), src.digest());
+}
