@@ -918,10 +918,12 @@ pub fn restore_redis(
         // Databases the snapshot's metadata has and the file has not.
         for c in &info.databases {
             if !checks.iter().any(|d| d.db == c.db) {
+                select(&mut conn, c.db)?;
                 checks.push(DbCheck {
                     db: c.db,
                     target_db: c.db,
                     snapshot_keys: Some(c.keys),
+                    before: dbsize(&mut conn)?,
                     ..Default::default()
                 });
             }
@@ -934,7 +936,7 @@ pub fn restore_redis(
     let flush_dbs: Vec<u32> = if opts.flush {
         checks
             .iter()
-            .filter(|d| d.before > 0)
+            .filter(|d| d.selected > 0 && d.before > 0)
             .map(|d| d.target_db)
             .collect()
     } else {
