@@ -750,3 +750,31 @@ fn over_tls_with_client_certificates() {
     assert_eq!(r["keys_restored"], 2);
     assert_eq!(dst.digest(), src.digest());
 }
+
+#[test]
+fn a_damaged_repository_is_refused_before_the_target_is_touched() {
+    let src = RedisServer::start();
+    fill_all_types(&src);
+    let env = Env::new();
+    let id = backed_up(&env, &src);
+    // Flip a byte in the middle of the biggest pack (the RDB's data).
+    let pack = env
+        .packs()
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+    let dst = RedisServer::start();
+    let mut c = dst.conn(0);
+    pipeline(&mut c, &[b(&["SET", "mine", "1"])]);
+    let before = dst.digest();
+    for args in [&[][..], &["--flush", "--yes"]] {
+        let (code, _, stderr) = restore(&env, &id, &dst.url(), args);
+        assert_eq!(code, 3, "{args:?}: {stderr}");
+        assert_eq!(dst.digest(), before, "{args:?}: the target changed");
+    }
+    assert_eq!(env.snapshots().len(), 1, "a safety backup was taken");
+}
