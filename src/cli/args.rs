@@ -45,7 +45,7 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// List the contents of a snapshot
     Ls(LsArgs),
-    /// Restore a snapshot into a directory
+    /// Restore a snapshot into a directory, a PostgreSQL database or a running Redis server
     Restore(RestoreArgs),
     /// Write one file or stream of a snapshot to standard output
     Dump(DumpArgs),
