@@ -535,9 +535,8 @@ struct Verified {
     checksum: bool,
     /// Per source database: keys in the file, keys chosen, chosen keys already expired.
     per_db: BTreeMap<u32, (u64, u64, u64)>,
-    /// The smallest chosen value of each type, for the probes.
-    probes: BTreeMap<u8, Entry>,
-    modules: BTreeSet<String>,
+    /// The smallest chosen value of each type (and module type), for the probes.
+    probes: BTreeMap<(u8, Option<String>), Entry>,
     module_aux: Vec<String>,
     functions: Vec<rdb::Function>,
     existing: Option<ExistsCheck>,
@@ -578,21 +577,19 @@ fn verify_pass(
             c.2 += 1;
             continue;
         }
-        if let Some(m) = &e.module {
-            v.modules.insert(m.clone());
-        }
         let tdb = sel.target_db(e.db);
         if let Some((conn, check, dbs)) = exists.as_mut() {
             if dbs.contains(&tdb) {
                 check.add(conn, tdb, &e.key)?;
             }
         }
+        let kind = (e.type_byte, e.module.clone());
         let smaller = v
             .probes
-            .get(&e.type_byte)
+            .get(&kind)
             .is_none_or(|p| e.value.len() < p.value.len());
         if smaller {
-            v.probes.insert(e.type_byte, e);
+            v.probes.insert(kind, e);
         }
     }
     if let Some((conn, mut check, _)) = exists {
@@ -702,6 +699,14 @@ pub fn restore_redis(
             ));
         }
     }
+    // A URL database with a snapshot of others: said before the whole file is read, when
+    // the metadata tells (and again after the verify pass, from the keys chosen).
+    if let (None, true, Some(u)) = (opts.db, opts.keys.is_empty(), target.db()) {
+        let others: Vec<u32> = info.databases.iter().map(|c| c.db).collect();
+        if others.iter().any(|&d| d != u) {
+            return Err(url_db_error(u, &others));
+        }
+    }
     let mut conn = Conn::connect(&target, &opts.conn)?;
     let server_info = conn.info("server")?;
     let server = match server_info.get("server_name") {
@@ -764,13 +769,7 @@ pub fn restore_redis(
     if opts.db.is_none() {
         if let Some(u) = target.db() {
             if selected_dbs.iter().any(|&d| d != u) {
-                return Err(Error::usage(format!(
-                    "the URL names database {u}, but the keys to restore are in database(s) {}; \
-                     restore one database into it with --db N, or leave the database out of the \
-                     URL to restore each database into the one with its number",
-                    join(&selected_dbs)
-                ))
-                .into());
+                return Err(url_db_error(u, &selected_dbs));
             }
         }
     }
@@ -789,7 +788,7 @@ pub fn restore_redis(
     // 2. The target must understand every kind of value.
     progress.set_message("checking the target");
     let pkey = probe_key();
-    for (t, e) in &v.probes {
+    for ((t, _), e) in &v.probes {
         if let Err(err) = probe(&mut conn, &pkey, &e.restore_payload(v.rdb_version))? {
             let what = match &e.module {
                 Some(m) => {
@@ -1171,6 +1170,16 @@ fn partial(e: anyhow::Error, report: &RedisRestoreReport, restored: u64) -> anyh
          restored{safety}",
         report.target
     ))
+}
+
+fn url_db_error(url_db: u32, dbs: &[u32]) -> anyhow::Error {
+    Error::usage(format!(
+        "the URL names database {url_db}, but the keys to restore are in database(s) {}; \
+         restore one database into it with --db N, or leave the database out of the URL to \
+         restore each database into the one with its number",
+        join(dbs)
+    ))
+    .into()
 }
 
 fn join(v: &[u32]) -> String {
