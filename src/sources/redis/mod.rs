@@ -11,7 +11,7 @@
 pub mod capture;
 pub mod conn;
 
-use super::stream::save_stream;
+use super::stream::{read_ahead, save_stream};
 use super::{run, CommonOptions, Metadata, Saved, Session, Source};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
@@ -221,7 +221,7 @@ impl Redis {
         let address = self.target.display();
         let (content, size, summary, transfer) = match self.method {
             Method::Sync => {
-                let mut stream = capture::start_sync(&mut self.conn)?;
+                let stream = capture::start_sync(&mut self.conn)?;
                 let transfer = if let Some(n) = stream.announced() {
                     progress.set_total(n);
                     "disk"
@@ -229,7 +229,10 @@ impl Redis {
                     "diskless"
                 };
                 progress.set_message(format!("RDB from {address}"));
-                let (content, size) = save_stream(session, &mut stream, progress)?;
+                // The server's fork waits whenever we stop reading: read ahead of the
+                // chunker, up to 64 MiB.
+                let (saved, stream) = read_ahead(stream, 64, |r| save_stream(session, r, progress));
+                let (content, size) = saved?;
                 (content, size, stream.summary(), transfer)
             }
             Method::Bgsave => {
