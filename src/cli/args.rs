@@ -34,6 +34,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of the largest variant (restore's many options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Create a new repository
     Init(InitArgs),
@@ -182,6 +184,12 @@ pub struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+// Flags of one kind of restore require its group, not its flag: clap waives a `requires`
+// on an argument that conflicts with one present (--target), so `requires = "to_redis"` would
+// let `--target DIR --flush` through.
+#[command(group(clap::ArgGroup::new("online").args(["to_postgres", "to_redis"])))]
+#[command(group(clap::ArgGroup::new("pg_restore").args(["to_postgres"])))]
+#[command(group(clap::ArgGroup::new("redis_restore").args(["to_redis"])))]
 pub struct RestoreArgs {
     /// Snapshot id (prefix) or "latest"; with --pgdata it may be left out (the newest base
     /// backup that finished before the target)
@@ -191,13 +199,13 @@ pub struct RestoreArgs {
     #[arg(
         long,
         short = 't',
-        required_unless_present_any = ["to_postgres", "pgdata"],
-        conflicts_with_all = ["to_postgres", "pgdata"]
+        required_unless_present_any = ["to_postgres", "pgdata", "to_redis"],
+        conflicts_with_all = ["to_postgres", "pgdata", "to_redis"]
     )]
     pub target: Option<PathBuf>,
     /// Lay out a physical base backup as a PostgreSQL data directory here, set up for
     /// point-in-time recovery from the WAL archive (start PostgreSQL on it to recover)
-    #[arg(long, value_name = "DIR", conflicts_with = "to_postgres")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["to_postgres", "to_redis"])]
     pub pgdata: Option<PathBuf>,
     /// Recover up to this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS[+TZ]"; local time without a zone)
     #[arg(long, requires = "pgdata", group = "recovery_target")]
@@ -229,7 +237,7 @@ pub struct RestoreArgs {
     /// Update a directory that holds an older copy in place: files whose content already
     /// matches (read and hashed here) are kept, the rest is written, and what the snapshot
     /// does not hold is removed
-    #[arg(long, conflicts_with = "to_postgres")]
+    #[arg(long, conflicts_with_all = ["to_postgres", "to_redis"])]
     pub delta: bool,
     /// With --target: exit only once everything restored is on disk (write-back started
     /// file by file, one syncfs at the end); --pgdata always does this
@@ -251,36 +259,67 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "URL", num_args = 0..=1)]
     pub to_postgres: Option<Option<String>>,
     /// Which database of a multi-database snapshot to restore
-    #[arg(long, requires = "to_postgres")]
+    #[arg(long, requires = "pg_restore")]
     pub database: Option<String>,
     /// Parallel pg_restore jobs
-    #[arg(long, short = 'j', default_value_t = 1, requires = "to_postgres",
+    #[arg(long, short = 'j', default_value_t = 1, requires = "pg_restore",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
-    /// Replace a non-empty database without asking
-    #[arg(long, short = 'y', requires = "to_postgres")]
+    /// Replace a non-empty database (--to-postgres) or flush databases that hold keys
+    /// (--to-redis --flush) without asking
+    #[arg(long, short = 'y', requires = "online")]
     pub yes: bool,
-    /// Do not back up a non-empty target database before replacing it
-    #[arg(long, requires = "to_postgres")]
+    /// Do not back up a non-empty target before replacing or flushing it
+    #[arg(long, requires = "online")]
     pub no_safety_backup: bool,
     /// Restore only this table (NAME or SCHEMA.NAME, repeatable) beside the live one, as NAME_restore
-    #[arg(long = "table", requires = "to_postgres")]
+    #[arg(long = "table", requires = "pg_restore")]
     pub tables: Vec<String>,
     /// With one --table: the name to restore it as
     #[arg(long = "as", value_name = "NEWNAME", requires = "tables")]
     pub rename: Option<String>,
     /// Read and verify everything, show what would be done, change nothing
-    #[arg(long, requires = "to_postgres")]
+    #[arg(long, requires = "online")]
     pub dry_run: bool,
     /// pg_restore --no-owner: do not set object owners
-    #[arg(long, requires = "to_postgres")]
+    #[arg(long, requires = "pg_restore")]
     pub no_owner: bool,
     /// pg_restore --no-privileges: do not restore grants
-    #[arg(long, requires = "to_postgres")]
+    #[arg(long, requires = "pg_restore")]
     pub no_privileges: bool,
     /// Directory for the verified dump that pg_restore reads (default: the temp directory)
-    #[arg(long, requires = "to_postgres")]
+    #[arg(long, requires = "pg_restore")]
     pub spool_dir: Option<PathBuf>,
+    /// Restore a Redis RDB snapshot into the running server at this URL
+    /// (redis://[user:password@]host:port[/db], rediss:// for TLS, or a socket path; without
+    /// one, REDIS_URL, then 127.0.0.1:6379), key by key with RESTORE
+    #[arg(long, value_name = "URL", num_args = 0..=1, conflicts_with = "includes")]
+    pub to_redis: Option<Option<String>>,
+    /// With --to-redis: restore only database N of the snapshot, into the URL's database
+    /// when it names one, else into database N
+    #[arg(long, value_name = "N", requires = "redis_restore")]
+    pub db: Option<u32>,
+    /// With --to-redis: restore only keys matching this glob (repeatable; * ? [a-z], and a backslash
+    /// to escape, matched on the key's bytes)
+    #[arg(long = "key", value_name = "PATTERN", requires = "redis_restore")]
+    pub keys: Vec<String>,
+    /// With --to-redis: overwrite keys that exist in the target (otherwise they are refused
+    /// before anything is written)
+    #[arg(long, requires = "redis_restore")]
+    pub replace: bool,
+    /// With --to-redis: empty each target database restored into first (FLUSHDB), after a
+    /// safety backup of the target; asks on a terminal, needs --yes otherwise
+    #[arg(long, requires = "redis_restore")]
+    pub flush: bool,
+    /// With --to-redis: CA certificates (PEM) for a rediss:// target
+    #[arg(long, value_name = "FILE", requires = "redis_restore")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// With --to-redis: client certificate (PEM) for a rediss:// target
+    #[arg(long, value_name = "FILE", requires = "redis_restore")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// With --to-redis: client key (PEM) for a rediss:// target
+    #[arg(long, value_name = "FILE", requires = "redis_restore")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,

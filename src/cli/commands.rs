@@ -12,6 +12,7 @@ use coffer::sources::postgres::pitr::PitrOptions;
 use coffer::sources::postgres::restore::PgRestoreOptions;
 use coffer::sources::postgres::DumpSplit;
 use coffer::sources::redis::conn::ConnOptions;
+use coffer::sources::redis::restore::RedisRestoreOptions;
 use coffer::sources::redis::{Method, RedisOptions};
 use coffer::sources::CommonOptions;
 use serde::Serialize;
@@ -184,6 +185,9 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     if let Some(conn) = &a.to_postgres {
         return restore_to_postgres(ctx, a, &repo, spec, conn.clone());
     }
+    if let Some(url) = &a.to_redis {
+        return restore_to_redis(ctx, a, &repo, spec, url.clone());
+    }
     let opts = RestoreOptions {
         target: a.target.clone().expect("clap requires --target"),
         includes: a.includes.clone(),
@@ -246,6 +250,53 @@ fn restore_to_postgres(
         if !rest.is_empty() {
             ctx.say(&rest);
         }
+    }
+    r.verdict()
+}
+
+fn restore_to_redis(
+    ctx: &Context,
+    a: &RestoreArgs,
+    repo: &std::sync::Arc<coffer::repo::Repository>,
+    spec: &str,
+    url: Option<String>,
+) -> Result<()> {
+    let conn = redis_options(
+        ctx,
+        url.clone(),
+        "sync",
+        [&a.redis_tls_ca, &a.redis_tls_cert, &a.redis_tls_key],
+    )?
+    .conn;
+    let opts = RedisRestoreOptions {
+        url,
+        conn,
+        db: a.db,
+        keys: a.keys.clone(),
+        replace: a.replace,
+        flush: a.flush,
+        yes: a.yes,
+        safety_backup: !a.no_safety_backup,
+        dry_run: a.dry_run,
+    };
+    let p = ctx.progress("restore redis", None);
+    let mut confirm = |question: &str, word: &str| -> Result<bool> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Ok(false);
+        }
+        p.log(question);
+        let answer = prompt_line(&format!("Type {word} to go on: "))?;
+        Ok(answer.trim() == word)
+    };
+    let r = ops::restore::redis(repo, spec, &opts, &p, &mut confirm);
+    p.finish();
+    let r = r?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        ctx.say(&r.plan_text());
+        ctx.say(&r.to_string());
     }
     r.verdict()
 }

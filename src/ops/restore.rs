@@ -13,6 +13,7 @@ use crate::sources::postgres::basebackup::RECOVERY_CONFIG;
 use crate::sources::postgres::pitr::{restore_pitr, PitrOptions, PitrReport, Target};
 use crate::sources::postgres::restore::{restore_postgres, PgRestoreOptions, PgRestoreReport};
 use crate::sources::postgres::wal::archive::parse_lsn;
+use crate::sources::redis::restore::{restore_redis, RedisRestoreOptions, RedisRestoreReport};
 use anyhow::Result;
 use serde::Serialize;
 use std::fmt::{self, Display, Formatter};
@@ -209,6 +210,42 @@ impl Display for DatabaseRestored {
         }
         f.write_str(&lines.join("\n"))
     }
+}
+
+/// Restore the RDB in snapshot `spec` into a running Redis server. `latest` is the newest
+/// `redis` snapshot that is not a safety backup. `confirm` is asked before databases that
+/// hold keys are flushed: `(question, word to type)`.
+pub fn redis(
+    repo: &Arc<Repository>,
+    spec: &str,
+    opts: &RedisRestoreOptions,
+    progress: &Progress,
+    confirm: &mut dyn FnMut(&str, &str) -> Result<bool>,
+) -> Result<RedisRestoreReport> {
+    let _lock = Lock::shared(repo, "restore")?;
+    let snap = if spec == "latest" {
+        latest_redis(repo)?
+    } else {
+        repo.find_snapshot(spec)?
+    };
+    snap.check_features()?;
+    let index = Arc::new(repo.load_index()?);
+    restore_redis(repo, &index, &snap, opts, progress, confirm)
+}
+
+/// `latest` for a Redis restore: the newest snapshot of kind `redis` that is not a safety
+/// backup taken by an earlier restore.
+pub fn latest_redis(repo: &Repository) -> Result<Snapshot> {
+    repo.load_snapshots()?
+        .into_iter()
+        .filter(|s| s.kind == Kind::Redis && !s.has_tag("safety-backup"))
+        .max_by_key(|s| s.time)
+        .ok_or_else(|| {
+            anyhow::Error::from(Error::new(
+                ErrorKind::NotFound,
+                "no snapshot holds a Redis RDB (safety backups aside); name one by id",
+            ))
+        })
 }
 
 /// The recovery target from the `--target-*` options (at most one given; none: the end

@@ -10,6 +10,8 @@
 
 pub mod capture;
 pub mod conn;
+pub mod rdb;
+pub mod restore;
 
 use super::stream::{read_ahead, save_stream};
 use super::{run, CommonOptions, Metadata, Saved, Session, Source};
