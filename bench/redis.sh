@@ -28,9 +28,9 @@
 #   seed     redis-cli --rdb - | gzip | gpg --symmetric -o FILE
 #   coffer   coffer backup --redis URL --json    (into a fresh repository)
 #   coffer2  the same again into the same repository, nothing changed: time and new bytes
-# Then, once: 1 % of the keys rewritten, a backup into coffer2's repository (new bytes); and
-# the same two steps with the server's rdbcompression off (CONFIG SET rdbcompression no), to
-# see what LZF costs deduplication.
+# Then, once: 0.01 % of the keys rewritten, a backup into coffer2's repository (new bytes),
+# then 1 %, the same; and the same steps with the server's rdbcompression off (CONFIG SET
+# rdbcompression no, a fresh repository), to see what LZF costs deduplication.
 # Time is wall time and memory GNU time's %M (for a pipeline: its largest single process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -131,10 +131,10 @@ for run in $(seq "$RUNS"); do
 done
 
 added() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"]["bytes_added"])' "$1"; }
-change() { # rewrite 1 % of the string keys
-  python3 - "$PORT" "$KEYS" <<'PY'
+change() { # change PER_10000 : rewrite that many keys in 10000 (as strings)
+  python3 - "$PORT" "$KEYS" "$1" <<'PY'
 import os, socket, sys, random
-port, keys = int(sys.argv[1]), int(sys.argv[2])
+port, keys, per = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 s = socket.create_connection(("127.0.0.1", port))
 def cmd(*a):
     out = b"*%d\r\n" % len(a)
@@ -143,35 +143,42 @@ def cmd(*a):
         out += b"$%d\r\n%s\r\n" % (len(x), x)
     return out
 buf = [cmd("AUTH", os.environ["REDISCLI_AUTH"]), cmd("CLIENT", "REPLY", "OFF")]
-rng = random.Random(7)
-for i in rng.sample(range(keys), keys // 100):
+rng = random.Random(per)
+for i in rng.sample(range(keys), max(1, keys * per // 10000)):
     buf.append(cmd("SET", "session:%d" % i, os.urandom(200).hex()))
 buf.append(cmd("CLIENT", "REPLY", "ON"))
 s.sendall(b"".join(buf))
 assert s.recv(100).startswith(b"+OK")
 PY
 }
-echo "1 % of the keys changed, with rdbcompression yes and no" >&2
-change
+echo "0.01 % and 1 % of the keys changed, with rdbcompression yes and no" >&2
+change 1
+"$COFFER" -q backup --json --redis "$URL" --repo "$WORK/repo-c" >"$RES/changed.json"
+SMALL_YES=$(added "$RES/changed.json")
+change 100
 "$COFFER" -q backup --json --redis "$URL" --repo "$WORK/repo-c" >"$RES/changed.json"
 CHANGED_YES=$(added "$RES/changed.json")
 redis-cli -p "$PORT" config set rdbcompression no >/dev/null
-rm -rf "$WORK/repo-n"
+rm -rf "$WORK/repo-c" "$WORK/repo-n"
 COFFER_REPO=$WORK/repo-n "$COFFER" init >/dev/null 2>&1
 COFFER_REPO=$WORK/repo-n "$COFFER" -q backup --json --redis "$URL" >"$RES/nocomp.json"
 NOCOMP_STORED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"]["bytes_stored"])' "$RES/nocomp.json")
 NOCOMP_SIZE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size"])' "$RES/nocomp.json")
-change
+change 2
+COFFER_REPO=$WORK/repo-n "$COFFER" -q backup --json --redis "$URL" >"$RES/nocomp2.json"
+SMALL_NO=$(added "$RES/nocomp2.json")
+change 101
 COFFER_REPO=$WORK/repo-n "$COFFER" -q backup --json --redis "$URL" >"$RES/nocomp2.json"
 CHANGED_NO=$(added "$RES/nocomp2.json")
 redis-cli -p "$PORT" config set rdbcompression yes >/dev/null
 
 python3 - "$RES" "$RDB_BYTES" "$DBSIZE" "$VERSION" "$SEED_BYTES" "$STORED" "$CHANGED_YES" \
-  "$NOCOMP_SIZE" "$NOCOMP_STORED" "$CHANGED_NO" "$DISKLESS" <<'PY'
+  "$NOCOMP_SIZE" "$NOCOMP_STORED" "$CHANGED_NO" "$DISKLESS" "$SMALL_YES" "$SMALL_NO" <<'PY'
 import statistics, sys
-res, rdb, keys, version, seed_bytes, stored, ch_yes, nc_size, nc_stored, ch_no, diskless = sys.argv[1:]
+res, rdb, keys, version, seed_bytes, stored, ch_yes, nc_size, nc_stored, ch_no, diskless, sm_yes, sm_no = sys.argv[1:]
 rdb, seed_bytes, stored, ch_yes = int(rdb), int(seed_bytes), int(stored), int(ch_yes)
 nc_size, nc_stored, ch_no = int(nc_size), int(nc_stored), int(ch_no)
+sm_yes, sm_no = int(sm_yes), int(sm_no)
 def load(name):
     rows = [l.split() for l in open(f"{res}/{name}")]
     return [float(r[0]) for r in rows], max(int(r[1]) for r in rows)
@@ -194,7 +201,8 @@ for name, label, out in [("floor", "redis-cli --rdb /dev/null", "-"),
     print(f"| {label} | {m:.2f} s ({min(t):.2f}-{max(t):.2f}) | {m / f:.2f} | {rss / 1024:.0f} MiB | {out} |")
 seed_t = statistics.median(load("seed")[0]); c_t = statistics.median(load("coffer")[0])
 print(f"\ncoffer / seed: {c_t / seed_t:.2f}")
-print(f"\n1 % of the keys rewritten: rdbcompression yes adds {mib(ch_yes)} ({100 * ch_yes / rdb:.1f} % of the RDB); "
-      f"rdbcompression no: RDB {mib(nc_size)}, stored {mib(nc_stored)} (yes: {mib(stored)}), adds {mib(ch_no)} "
-      f"({100 * ch_no / nc_size:.1f} %)")
+print(f"\nrdbcompression yes: RDB {mib(rdb)}, stored {mib(stored)}; after 0.01 % of the keys rewritten, "
+      f"adds {mib(sm_yes)} ({100 * sm_yes / rdb:.1f} % of the RDB); after 1 % more, {mib(ch_yes)} ({100 * ch_yes / rdb:.1f} %)")
+print(f"rdbcompression no: RDB {mib(nc_size)}, stored {mib(nc_stored)}; after 0.01 %, adds {mib(sm_no)} "
+      f"({100 * sm_no / nc_size:.1f} %); after 1 % more, {mib(ch_no)} ({100 * ch_no / nc_size:.1f} %)")
 PY

@@ -114,3 +114,161 @@ pub fn backup_stream(
 ) -> Result<Snapshot> {
     run(repo, Stream::new(reader, name)?, opts, progress)
 }
+
+/// Size of the buffers [`read_ahead`] reads.
+const READ_AHEAD_BUF: usize = 1 << 20;
+
+/// Run `consume` on `reader`, read on a thread of its own up to `depth` buffers of 1 MiB
+/// ahead of the consumer: a producer that must not wait (a Redis server streaming its RDB
+/// from a fork) is drained while the consumer chunks and stores, and memory stays bounded
+/// (`depth` MiB). A read error reaches the consumer where it happened in the stream. Returns
+/// what `consume` returned and the reader (for what it learnt on the way).
+pub fn read_ahead<R: Read + Send, T>(
+    mut reader: R,
+    depth: usize,
+    consume: impl FnOnce(&mut dyn Read) -> T,
+) -> (T, R) {
+    use crossbeam_channel::bounded;
+    let (full_tx, full_rx) = bounded::<std::io::Result<Vec<u8>>>(depth);
+    let (empty_tx, empty_rx) = bounded::<Vec<u8>>(depth + 2);
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || {
+            loop {
+                let mut buf = empty_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(READ_AHEAD_BUF));
+                buf.resize(READ_AHEAD_BUF, 0);
+                let msg = loop {
+                    match reader.read(&mut buf) {
+                        Ok(n) => {
+                            buf.truncate(n);
+                            break Ok(buf);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => break Err(e),
+                    }
+                };
+                let last = !matches!(&msg, Ok(b) if !b.is_empty());
+                if full_tx.send(msg).is_err() || last {
+                    break;
+                }
+            }
+            reader
+        });
+        let mut r = ChannelReader {
+            rx: full_rx,
+            recycle: empty_tx,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+        };
+        let out = consume(&mut r);
+        // A consumer that stopped early lets the producer go: its next send fails.
+        drop(r);
+        (
+            out,
+            producer.join().expect("the read-ahead thread panicked"),
+        )
+    })
+}
+
+/// The consumer's side of [`read_ahead`].
+struct ChannelReader {
+    rx: crossbeam_channel::Receiver<std::io::Result<Vec<u8>>>,
+    recycle: crossbeam_channel::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(buf)) => {
+                    let old = std::mem::replace(&mut self.cur, buf);
+                    self.recycle.try_send(old).ok();
+                    self.pos = 0;
+                    if self.cur.is_empty() {
+                        self.done = true;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Err(std::io::Error::other("the stream's reader stopped"));
+                }
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::read_ahead;
+    use std::io::Read;
+
+    /// A reader that gives `data` in uneven pieces, then fails if told to.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        fail: bool,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.data.len() {
+                return if self.fail {
+                    Err(std::io::Error::other("cut"))
+                } else {
+                    Ok(0)
+                };
+            }
+            let n = out
+                .len()
+                .min(self.data.len() - self.at)
+                .min(1 + self.at % 7777);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn passes_every_byte_in_order_and_the_error_at_its_place() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for fail in [false, true] {
+            let src = Pieces {
+                data: data.clone(),
+                at: 0,
+                fail,
+            };
+            let ((got, err), src) = read_ahead(src, 3, |r| {
+                let mut got = Vec::new();
+                let err = r.read_to_end(&mut got).err();
+                (got, err)
+            });
+            assert_eq!(got, data);
+            assert_eq!(err.is_some(), fail);
+            assert_eq!(src.at, data.len());
+        }
+        // A consumer that stops early does not hang the producer.
+        let src = Pieces {
+            data: data.clone(),
+            at: 0,
+            fail: false,
+        };
+        let (n, _) = read_ahead(src, 1, |r| r.read(&mut [0u8; 10]).unwrap());
+        assert!(n > 0);
+    }
+}

@@ -13,7 +13,7 @@ pub mod conn;
 pub mod rdb;
 pub mod restore;
 
-use super::stream::save_stream;
+use super::stream::{read_ahead, save_stream};
 use super::{run, CommonOptions, Metadata, Saved, Session, Source};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
@@ -223,7 +223,7 @@ impl Redis {
         let address = self.target.display();
         let (content, size, summary, transfer) = match self.method {
             Method::Sync => {
-                let mut stream = capture::start_sync(&mut self.conn)?;
+                let stream = capture::start_sync(&mut self.conn)?;
                 let transfer = if let Some(n) = stream.announced() {
                     progress.set_total(n);
                     "disk"
@@ -231,7 +231,10 @@ impl Redis {
                     "diskless"
                 };
                 progress.set_message(format!("RDB from {address}"));
-                let (content, size) = save_stream(session, &mut stream, progress)?;
+                // The server's fork waits whenever we stop reading: read ahead of the
+                // chunker, up to 64 MiB.
+                let (saved, stream) = read_ahead(stream, 64, |r| save_stream(session, r, progress));
+                let (content, size) = saved?;
                 (content, size, stream.summary(), transfer)
             }
             Method::Bgsave => {
