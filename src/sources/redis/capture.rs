@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The CRC-64 variant of the RDB format (Jones polynomial, reflected, as `crc64.c`).
+/// The CRC-64 of RDB files (see [`super::rdb::crc64`]), computed as the bytes pass.
 fn crc64() -> crc_fast::Digest {
     crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Redis)
 }
@@ -50,30 +50,6 @@ impl Default for RdbCheck {
             size: 0,
         }
     }
-}
-
-/// The version in an RDB header, or why it is not one.
-pub fn header_version(head: &[u8]) -> std::result::Result<u32, String> {
-    let digits = if let Some(d) = head.strip_prefix(b"REDIS") {
-        d
-    } else if let Some(d) = head.strip_prefix(b"VALKEY") {
-        d
-    } else {
-        return Err(format!(
-            "it does not start with an RDB header (REDIS or VALKEY and a version) but with {:?}",
-            String::from_utf8_lossy(&head[..head.len().min(9)])
-        ));
-    };
-    std::str::from_utf8(digits)
-        .ok()
-        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|d| d.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "its header {:?} has no version number",
-                String::from_utf8_lossy(head)
-            )
-        })
 }
 
 impl RdbCheck {
@@ -112,7 +88,7 @@ impl RdbCheck {
         if self.head.len() < 9 {
             return Err(format!("the stream ended after {} bytes", self.size));
         }
-        let version = header_version(&self.head)?;
+        let version = super::rdb::Header::parse(&self.head)?.version;
         if version < 5 {
             // No checksum before version 5: the file ends with the EOF opcode.
             return match self.tail.last() {
@@ -594,6 +570,6 @@ mod tests {
         let e = check_in_pieces(&bad, 6).unwrap_err();
         assert!(e.contains("CRC64"), "{e}");
         let e = check_in_pieces(b"*1\r\n$4\r\nPING\r\n....", 6).unwrap_err();
-        assert!(e.contains("RDB header"), "{e}");
+        assert!(e.contains("not an RDB file"), "{e}");
     }
 }

@@ -70,6 +70,33 @@ pub struct Header {
     pub version: u32,
 }
 
+impl Header {
+    /// The 9-byte header of an RDB (`REDIS0011`, `VALKEY080`), or why it is not one.
+    pub fn parse(magic: &[u8]) -> std::result::Result<Header, String> {
+        let (m, digits_at) = if magic.len() == 9 && magic.starts_with(b"REDIS") {
+            (Magic::Redis, 5)
+        } else if magic.len() == 9 && magic.starts_with(b"VALKEY") {
+            (Magic::Valkey, 6)
+        } else {
+            return Err(format!(
+                "this is not an RDB file: it starts with {} instead of REDIS or VALKEY and a version",
+                key_display(magic)
+            ));
+        };
+        if !magic[digits_at..].iter().all(u8::is_ascii_digit) {
+            return Err(format!(
+                "this is not an RDB file: its header {} has no version number",
+                key_display(magic)
+            ));
+        }
+        let version = digits(&magic[digits_at..]);
+        if version == 0 {
+            return Err("the RDB file has version 0".into());
+        }
+        Ok(Header { magic: m, version })
+    }
+}
+
 /// One key of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -168,26 +195,7 @@ impl<R: Read> RdbReader<R> {
         let mut src = Src::new(r);
         let mut magic = [0u8; 9];
         src.read_exact(&mut magic, "the header")?;
-        let header = if &magic[..5] == b"REDIS" && magic[5..].iter().all(u8::is_ascii_digit) {
-            Header {
-                magic: Magic::Redis,
-                version: digits(&magic[5..]),
-            }
-        } else if &magic[..6] == b"VALKEY" && magic[6..].iter().all(u8::is_ascii_digit) {
-            Header {
-                magic: Magic::Valkey,
-                version: digits(&magic[6..]),
-            }
-        } else {
-            return Err(Error::integrity(format!(
-                "this is not an RDB file: it starts with {} instead of REDIS or VALKEY and a version",
-                key_display(&magic)
-            ))
-            .into());
-        };
-        if header.version == 0 {
-            return Err(Error::integrity("the RDB file has version 0").into());
-        }
+        let header = Header::parse(&magic).map_err(Error::integrity)?;
         Ok(RdbReader {
             src,
             header,
