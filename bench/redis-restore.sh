@@ -3,9 +3,9 @@
 #
 #   bench/redis-restore.sh [KEYS]     (default 2000000; needs redis-server and redis-cli)
 #
-# A source server is filled to KEYS keys: most with DEBUG POPULATE (strings), the rest of
-# mixed types (hashes, lists, sets, sorted sets, streams, keys with expiries). coffer backs it
-# up (`backup --redis`); then, RUNS times (default 3):
+# A source server holds KEYS keys of mixed types (bench/redis-fill.py, or the dataset
+# bench/redis.sh made: DATASET, default /tmp/coffer-redisbench/data-KEYS/dump.rdb). coffer
+# backs it up (`backup --redis`); then, RUNS times (default 3):
 #   - load:    redis-server started on a directory holding the same dump.rdb, timed from the
 #              start to `loading:0` in INFO persistence;
 #   - restore: `coffer restore --to-redis` into an empty server, timed to its exit.
@@ -42,33 +42,19 @@ stop() { redis-cli -p "$1" shutdown nosave >/dev/null 2>&1 || true; }
 now() { date +%s.%N; }
 
 SRC_PORT=$(free_port)
-start "$WORK/src" "$SRC_PORT"
-MIXED=$((KEYS / 10))
-POP=$((KEYS - MIXED))
-echo "filling the source: $POP strings (DEBUG POPULATE) + $MIXED keys of mixed types" >&2
-redis-cli -p "$SRC_PORT" debug populate "$POP" pop 64 >/dev/null
-python3 - "$MIXED" <<'PY' | redis-cli -p "$SRC_PORT" --pipe >/dev/null
-import sys
-n = int(sys.argv[1])
-out = sys.stdout.buffer
-def cmd(*a):
-    a = [x if isinstance(x, bytes) else str(x).encode() for x in a]
-    out.write(b"*%d\r\n" % len(a) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in a))
-for i in range(n):
-    k = i % 6
-    if k == 0:
-        cmd("HSET", f"h:{i}", "name", f"user {i}", "email", f"u{i}@example.com", "visits", i)
-    elif k == 1:
-        cmd("RPUSH", f"l:{i}", *[f"item-{j}" for j in range(8)])
-    elif k == 2:
-        cmd("SADD", f"s:{i}", *range(i % 50, i % 50 + 10))
-    elif k == 3:
-        cmd("ZADD", f"z:{i}", *[x for j in range(6) for x in (j * 1.5, f"m{j}")])
-    elif k == 4:
-        cmd("SET", f"t:{i}", "x" * 100, "PX", 86400000 + i)
-    else:
-        cmd("XADD", f"x:{i}", "*", "n", i, "payload", "event data")
-PY
+# The dataset: the one bench/redis.sh made for the same KEYS when it is there (mixed types,
+# about 1 GiB of RDB at 2 million keys), else made here the same way (bench/redis-fill.py).
+DATASET=${DATASET:-/tmp/coffer-redisbench/data-$KEYS/dump.rdb}
+if [ -f "$DATASET" ]; then
+  echo "the source: $DATASET" >&2
+  mkdir -p "$WORK/src"; cp "$DATASET" "$WORK/src/dump.rdb"
+  start "$WORK/src" "$SRC_PORT"
+  until [ "$(redis-cli -p "$SRC_PORT" info persistence | tr -d '\r' | grep '^loading:' | cut -d: -f2)" = 0 ]; do sleep 0.2; done
+else
+  start "$WORK/src" "$SRC_PORT"
+  echo "filling the source with $KEYS keys of mixed types (bench/redis-fill.py)" >&2
+  REDISCLI_AUTH= python3 bench/redis-fill.py "$SRC_PORT" "$KEYS"
+fi
 redis-cli -p "$SRC_PORT" info keyspace | grep '^db' >&2
 
 export COFFER_PASSWORD=bench COFFER_REPO=$WORK/repo
@@ -85,7 +71,7 @@ echo "RDB: $(du -h "$RDB" | cut -f1)" >&2
 median() { sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%.2f s (%.2f-%.2f)", m, a[1], a[NR]}'; }
 med() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-LOADS=(); RESTORES=()
+LOADS=(); RESTORES=(); RSS=()
 for run in $(seq 1 "$RUNS"); do
   # Load at start-up.
   d=$WORK/load$run; mkdir -p "$d"; cp "$RDB" "$d/dump.rdb"
@@ -104,8 +90,9 @@ for run in $(seq 1 "$RUNS"); do
   p=$(free_port)
   start "$WORK/dst$run" "$p"
   t0=$(now)
-  "$COFFER" restore latest --to-redis "redis://127.0.0.1:$p" -q
+  /usr/bin/time -f %M -o "$WORK/rss" "$COFFER" restore latest --to-redis "redis://127.0.0.1:$p" -q
   t1=$(now)
+  RSS+=("$(tail -1 "$WORK/rss")")
   RESTORES+=("$(awk -v a="$t1" -v b="$t0" 'BEGIN{printf "%.3f", a-b}')")
   redis-cli -p "$p" info keyspace | grep '^db' >&2
   stop "$p"; rm -rf "$WORK/dst$run"
@@ -119,4 +106,5 @@ echo "| $KEYS keys, RDB $(du -h "$RDB" | cut -f1) | median of $RUNS (min-max) |"
 echo "| --- | --- |"
 echo "| redis-server loads the RDB at start-up | $(printf '%s\n' "${LOADS[@]}" | median) |"
 echo "| coffer restore --to-redis (verify pass + RESTORE) | $(printf '%s\n' "${RESTORES[@]}" | median) |"
+echo "| coffer's peak RSS | $(printf '%s\n' "${RSS[@]}" | sort -n | tail -1 | awk '{printf "%.0f MiB", $1/1024}') |"
 echo "| ratio restore / load (target <= 3) | $(awk -v r="$R" -v l="$L" 'BEGIN{printf "%.2f", r/l}') |"

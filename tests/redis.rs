@@ -400,21 +400,24 @@ fn a_transfer_cut_or_a_server_killed_mid_transfer_leaves_no_snapshot() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the server's fork streams the RDB, and a little more.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !server
-        .cmd(&["INFO", "persistence"])
-        .text()
-        .unwrap()
-        .contains("rdb_bgsave_in_progress:1")
-    {
+    // Wait until the server has sent a good part of the RDB (its replication output).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = server.cmd(&["INFO", "stats"]).text().unwrap();
+        let sent: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("total_net_repl_output_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if sent > 200_000 {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the transfer never started"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(800));
     server.kill();
     let out = child.wait_with_output().unwrap();
     refused_without_snapshot(&env, &out, Some(8), &["no snapshot", "cut after"], 0);

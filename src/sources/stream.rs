@@ -129,26 +129,24 @@ pub fn read_ahead<R: Read + Send, T>(
     consume: impl FnOnce(&mut dyn Read) -> T,
 ) -> (T, R) {
     use crossbeam_channel::bounded;
-    let (full_tx, full_rx) = bounded::<std::io::Result<Vec<u8>>>(depth);
+    // Buffers keep their full length (zeroed once, when made) and travel with the length
+    // they hold.
+    let (full_tx, full_rx) = bounded::<std::io::Result<(Vec<u8>, usize)>>(depth);
     let (empty_tx, empty_rx) = bounded::<Vec<u8>>(depth + 2);
     std::thread::scope(|s| {
         let producer = s.spawn(move || {
             loop {
                 let mut buf = empty_rx
                     .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(READ_AHEAD_BUF));
-                buf.resize(READ_AHEAD_BUF, 0);
+                    .unwrap_or_else(|_| vec![0; READ_AHEAD_BUF]);
                 let msg = loop {
                     match reader.read(&mut buf) {
-                        Ok(n) => {
-                            buf.truncate(n);
-                            break Ok(buf);
-                        }
+                        Ok(n) => break Ok((buf, n)),
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(e) => break Err(e),
                     }
                 };
-                let last = !matches!(&msg, Ok(b) if !b.is_empty());
+                let last = !matches!(&msg, Ok((_, n)) if *n > 0);
                 if full_tx.send(msg).is_err() || last {
                     break;
                 }
@@ -159,6 +157,7 @@ pub fn read_ahead<R: Read + Send, T>(
             rx: full_rx,
             recycle: empty_tx,
             cur: Vec::new(),
+            len: 0,
             pos: 0,
             done: false,
         };
@@ -174,25 +173,29 @@ pub fn read_ahead<R: Read + Send, T>(
 
 /// The consumer's side of [`read_ahead`].
 struct ChannelReader {
-    rx: crossbeam_channel::Receiver<std::io::Result<Vec<u8>>>,
+    rx: crossbeam_channel::Receiver<std::io::Result<(Vec<u8>, usize)>>,
     recycle: crossbeam_channel::Sender<Vec<u8>>,
+    /// The buffer being read: its first `len` bytes hold data.
     cur: Vec<u8>,
+    len: usize,
     pos: usize,
     done: bool,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.cur.len() {
+        while self.pos == self.len {
             if self.done {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Ok(buf)) => {
+                Ok(Ok((buf, len))) => {
                     let old = std::mem::replace(&mut self.cur, buf);
-                    self.recycle.try_send(old).ok();
-                    self.pos = 0;
-                    if self.cur.is_empty() {
+                    if !old.is_empty() {
+                        self.recycle.try_send(old).ok();
+                    }
+                    (self.pos, self.len) = (0, len);
+                    if len == 0 {
                         self.done = true;
                     }
                 }
@@ -206,7 +209,7 @@ impl Read for ChannelReader {
                 }
             }
         }
-        let n = out.len().min(self.cur.len() - self.pos);
+        let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)

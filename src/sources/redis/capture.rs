@@ -143,9 +143,11 @@ enum Framing {
 pub struct SyncStream<'a> {
     conn: &'a mut Conn,
     framing: Framing,
-    /// Received bytes not yet passed on (in mark framing, the last 40 are held back).
+    /// Received bytes not yet passed on are `buf[start..end]` (in mark framing, the last
+    /// 40 are held back). The buffer keeps its length: it is zeroed once, not per read.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     done: bool,
     check: RdbCheck,
     summary: Option<RdbSummary>,
@@ -182,7 +184,7 @@ impl SyncStream<'_> {
     }
 
     fn cut(&self, e: Option<io::Error>) -> io::Error {
-        let got = self.check.size + (self.buf.len() - self.start) as u64;
+        let got = self.check.size + (self.end - self.start) as u64;
         let why = match e {
             Some(e)
                 if matches!(
@@ -211,36 +213,36 @@ impl SyncStream<'_> {
             return Ok(false);
         }
         self.keep_alive()?;
-        self.buf.drain(..self.start);
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
         self.start = 0;
+        let room = self.buf.len() - self.end;
         let want = match self.framing {
-            Framing::Len(n) => (n - self.check.size - self.buf.len() as u64).min(1 << 20) as usize,
-            Framing::Mark(_) => 1 << 20,
+            Framing::Len(n) => ((n - self.check.size) as usize - self.end).min(room),
+            Framing::Mark(_) => room,
         };
         if want == 0 {
             self.done = true;
             return Ok(false);
         }
-        let old = self.buf.len();
-        self.buf.resize(old + want, 0);
         let n = loop {
-            match self.conn.raw().read(&mut self.buf[old..]) {
+            match self
+                .conn
+                .raw()
+                .read(&mut self.buf[self.end..self.end + want])
+            {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(self.cut(Some(e)));
-                }
+                Err(e) => return Err(self.cut(Some(e))),
             }
         };
-        self.buf.truncate(old + n);
         if n == 0 {
             return Err(self.cut(None));
         }
+        self.end += n;
         if let Framing::Mark(mark) = &self.framing {
-            if self.buf.ends_with(mark) {
-                let end = self.buf.len() - mark.len();
-                self.buf.truncate(end);
+            if self.buf[..self.end].ends_with(mark) {
+                self.end -= mark.len();
                 self.done = true;
             }
         }
@@ -253,7 +255,7 @@ impl SyncStream<'_> {
             (Framing::Mark(m), false) => m.len(),
             _ => 0,
         };
-        (self.buf.len() - self.start).saturating_sub(held)
+        (self.end - self.start).saturating_sub(held)
     }
 }
 
@@ -362,8 +364,9 @@ pub fn start_sync(conn: &mut Conn) -> Result<SyncStream<'_>> {
     Ok(SyncStream {
         conn,
         framing,
-        buf: Vec::with_capacity(2 << 20),
+        buf: vec![0; (1 << 20) + 64],
         start: 0,
+        end: 0,
         done: false,
         check: RdbCheck::default(),
         summary: None,
