@@ -230,14 +230,8 @@ fn restore_to_postgres(
         spool_dir: a.spool_dir.clone(),
     };
     let p = ctx.progress("restore postgres", None);
-    let mut confirm = |question: &str, db: &str| -> Result<bool> {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            return Ok(false);
-        }
-        p.log(question);
-        let answer = prompt_line(&format!("Type the database name ({db}) to go on: "))?;
-        Ok(answer.trim() == db)
+    let mut confirm = |question: &str, db: &str| {
+        confirm_on_terminal(&p, question, &format!("the database name ({db})"), db)
     };
     let r = ops::restore::database(repo, spec, &opts, &p, &mut confirm);
     p.finish();
@@ -252,6 +246,23 @@ fn restore_to_postgres(
         }
     }
     r.verdict()
+}
+
+/// Ask `question` and have the user type `word` (shown as `what`) to go on; false without a
+/// terminal, where the caller needs `--yes` instead.
+fn confirm_on_terminal(
+    p: &coffer::progress::Progress,
+    question: &str,
+    what: &str,
+    word: &str,
+) -> Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    p.log(question);
+    let answer = prompt_line(&format!("Type {what} to go on: "))?;
+    Ok(answer.trim() == word)
 }
 
 fn restore_to_redis(
@@ -280,15 +291,7 @@ fn restore_to_redis(
         dry_run: a.dry_run,
     };
     let p = ctx.progress("restore redis", None);
-    let mut confirm = |question: &str, word: &str| -> Result<bool> {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            return Ok(false);
-        }
-        p.log(question);
-        let answer = prompt_line(&format!("Type {word} to go on: "))?;
-        Ok(answer.trim() == word)
-    };
+    let mut confirm = |question: &str, word: &str| confirm_on_terminal(&p, question, word, word);
     let r = ops::restore::redis(repo, spec, &opts, &p, &mut confirm);
     p.finish();
     let r = r?;

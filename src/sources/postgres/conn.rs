@@ -62,28 +62,9 @@ fn bad(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn percent_decode(s: &str) -> Result<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "bad percent-encoding in connection URL near {:?}",
-                        &s[i..]
-                    ))
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad("connection URL decodes to invalid UTF-8"))
+    crate::sources::percent_decode(s).ok_or_else(|| {
+        bad("bad percent-encoding in the connection URL: a % must be followed by two hex digits, and the result must be UTF-8")
+    })
 }
 
 impl PgTarget {
@@ -903,6 +884,15 @@ mod tests {
             split_pgpass(r"h:5432:*:u:pa\:ss:w"),
             vec!["h", "5432", "*", "u", "pa:ss:w"]
         );
+    }
+
+    #[test]
+    fn a_bad_escape_in_a_password_is_not_shown() {
+        let e = PgTarget::parse("postgresql://app:hunter%zz2secret@db/app")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("percent-encoding"), "{e}");
+        assert!(!e.contains("secret") && !e.contains("hunter"), "{e}");
     }
 
     #[test]

@@ -79,23 +79,12 @@ fn bad_url(url: &str, why: &str) -> anyhow::Error {
 }
 
 fn percent_decode(s: &str, url: &str) -> Result<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad_url(url, "a bad %-escape"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad_url(url, "user or password is not UTF-8"))
+    crate::sources::percent_decode(s).ok_or_else(|| {
+        bad_url(
+            url,
+            "a bad %-escape, or a user or password that is not UTF-8",
+        )
+    })
 }
 
 fn parse_db(s: &str, url: &str) -> Result<Option<u32>> {
