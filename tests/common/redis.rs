@@ -58,20 +58,9 @@ impl RedisServer {
         RedisServer::launch(extra, Some(pki), Some(clients))
     }
 
-    /// A server on the data directory of `other` (stopped), e.g. to load a dump.rdb.
+    /// A server on an existing directory (e.g. one holding a dump.rdb to load).
     pub fn start_in(dir: tempfile::TempDir, extra: &[(&str, &str)]) -> RedisServer {
-        let mut s = RedisServer {
-            child: None,
-            dir,
-            port: 0,
-            tls_ca: None,
-            tls_client: None,
-            password: None,
-            args: Vec::new(),
-        };
-        s.configure(extra, None, None);
-        s.spawn();
-        s
+        RedisServer::in_dir(dir, extra, None, None)
     }
 
     fn launch(
@@ -83,6 +72,15 @@ impl RedisServer {
             .prefix("coffer-redis-")
             .tempdir()
             .unwrap();
+        RedisServer::in_dir(dir, extra, pki, clients)
+    }
+
+    fn in_dir(
+        dir: tempfile::TempDir,
+        extra: &[(&str, &str)],
+        pki: Option<&super::tls::Pki>,
+        clients: Option<bool>,
+    ) -> RedisServer {
         let mut s = RedisServer {
             child: None,
             dir,
