@@ -778,3 +778,39 @@ fn a_damaged_repository_is_refused_before_the_target_is_touched() {
     }
     assert_eq!(env.snapshots().len(), 1, "a safety backup was taken");
 }
+
+/// Counts from `INFO keyspace` are taken just before the server forks: on a busy server
+/// they may differ from the file, and that is a warning, not damage. Exact counts (from the
+/// file) that differ are damage.
+#[test]
+fn approximate_counts_in_the_metadata_warn_exact_ones_must_match() {
+    let src = RedisServer::start();
+    fill_all_types(&src);
+    let env = Env::new();
+    backed_up(&env, &src);
+    let snaps = env.snapshots();
+    let mut meta: coffer::sources::redis::RedisInfo =
+        serde_json::from_value(snaps[0]["sources"][0]["metadata"].clone()).unwrap();
+    let rdb = {
+        let out = env.cmd().args(["dump", "latest"]).output().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    // As if 5 keys had been written between INFO and the fork.
+    meta.databases[0].keys += 5;
+    assert_eq!(meta.counts_from, "info");
+    let id = rdb_snapshot(&env, rdb.clone(), &meta);
+    let dst = RedisServer::start();
+    let (code, json, stderr) = restore(&env, &id, &dst.url(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        json["warnings"].to_string().contains("INFO keyspace"),
+        "{json}"
+    );
+    assert_eq!(dst.digest(), src.digest());
+    meta.counts_from = "rdb".into();
+    let id = rdb_snapshot(&env, rdb, &meta);
+    let dst = RedisServer::start();
+    let (code, _, stderr) = restore(&env, &id, &dst.url(), &[]);
+    assert_eq!(code, 3, "{stderr}");
+}
