@@ -125,19 +125,28 @@ pub fn database(
 /// `latest` for a database restore: the newest snapshot holding a dump (of `database`,
 /// when given) that is not a safety backup taken by an earlier restore.
 pub fn latest_dump(repo: &Repository, database: Option<&str>) -> Result<Snapshot> {
+    newest_restorable(repo, "a PostgreSQL dump", |s| {
+        s.sources
+            .iter()
+            .any(|src| src.kind == Kind::Postgres && database.is_none_or(|d| src.name == d))
+    })
+}
+
+/// The newest snapshot for which `holds` is true and that is not a safety backup taken by
+/// an earlier restore, with its features checked; `what` names what it must hold.
+fn newest_restorable(
+    repo: &Repository,
+    what: &str,
+    holds: impl Fn(&Snapshot) -> bool,
+) -> Result<Snapshot> {
     repo.load_snapshots()?
         .into_iter()
-        .filter(|s| !s.has_tag("safety-backup"))
-        .filter(|s| {
-            s.sources
-                .iter()
-                .any(|src| src.kind == Kind::Postgres && database.is_none_or(|d| src.name == d))
-        })
+        .filter(|s| !s.has_tag("safety-backup") && holds(s))
         .max_by_key(|s| s.time)
         .ok_or_else(|| {
             anyhow::Error::from(Error::new(
                 ErrorKind::NotFound,
-                "no snapshot holds a PostgreSQL dump (safety backups aside); name one by id",
+                format!("no snapshot holds {what} (safety backups aside); name one by id"),
             ))
         })
         .and_then(|s| s.check_features().map(|()| s))
@@ -228,7 +237,6 @@ pub fn redis(
     } else {
         repo.find_snapshot(spec)?
     };
-    snap.check_features()?;
     let index = Arc::new(repo.load_index()?);
     restore_redis(repo, &index, &snap, opts, progress, confirm)
 }
@@ -236,16 +244,7 @@ pub fn redis(
 /// `latest` for a Redis restore: the newest snapshot of kind `redis` that is not a safety
 /// backup taken by an earlier restore.
 pub fn latest_redis(repo: &Repository) -> Result<Snapshot> {
-    repo.load_snapshots()?
-        .into_iter()
-        .filter(|s| s.kind == Kind::Redis && !s.has_tag("safety-backup"))
-        .max_by_key(|s| s.time)
-        .ok_or_else(|| {
-            anyhow::Error::from(Error::new(
-                ErrorKind::NotFound,
-                "no snapshot holds a Redis RDB (safety backups aside); name one by id",
-            ))
-        })
+    newest_restorable(repo, "a Redis RDB", |s| s.kind == Kind::Redis)
 }
 
 /// The recovery target from the `--target-*` options (at most one given; none: the end

@@ -426,8 +426,7 @@ pub fn bgsave(conn: &mut Conn, progress: &crate::progress::Progress) -> Result<C
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let before = wait_idle(conn)?;
-    let before_time = field(&before, "rdb_last_save_time").to_string();
+    wait_idle(conn)?;
     let mut tries = 0;
     loop {
         match conn.command(&[b"BGSAVE"])? {
@@ -453,22 +452,9 @@ pub fn bgsave(conn: &mut Conn, progress: &crate::progress::Progress) -> Result<C
         }
     }
     progress.set_message("waiting for BGSAVE");
-    let after = loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let p = conn.info("persistence")?;
-        if field(&p, "rdb_bgsave_in_progress") == "0"
-            && field(&p, "rdb_last_save_time") != before_time
-        {
-            break p;
-        }
-        if field(&p, "rdb_bgsave_in_progress") == "0"
-            && field(&p, "rdb_last_bgsave_status") == "err"
-        {
-            return Err(source(format!(
-                "Redis at {target}: BGSAVE failed (rdb_last_bgsave_status:err; see the server's log)"
-            )));
-        }
-    };
+    // BGSAVE answered once its fork started, and no other save can start while it runs:
+    // the first idle state after the answer is the end of our save.
+    let after = wait_idle(conn)?;
     if field(&after, "rdb_last_bgsave_status") != "ok" {
         return Err(source(format!(
             "Redis at {target}: BGSAVE failed (rdb_last_bgsave_status:{}; see the server's log)",

@@ -203,11 +203,6 @@ impl Target {
         }
     }
 
-    /// [`Target::resolve`] without a URL.
-    pub fn from_env_or_default() -> Result<Target> {
-        Target::resolve(None)
-    }
-
     /// The database the URL names.
     pub fn db(&self) -> Option<u32> {
         self.db
@@ -518,18 +513,11 @@ impl Conn {
         Ok(())
     }
 
-    /// Bytes queued and not yet sent.
-    pub fn pending(&self) -> usize {
-        self.out.len()
-    }
-
     pub fn flush(&mut self) -> Result<()> {
-        let out = std::mem::take(&mut self.out);
         let s = self.io.get_mut();
-        s.write_all(&out)
+        s.write_all(&self.out)
             .and_then(|()| s.flush())
             .map_err(|e| conn_error(&self.target, format!("sending failed: {e}")))?;
-        self.out = out;
         self.out.clear();
         Ok(())
     }
@@ -665,11 +653,6 @@ impl Conn {
     /// Raw bytes of the connection, after the protocol (an RDB transfer).
     pub fn raw(&mut self) -> &mut BufReader<impl Read + Write> {
         &mut self.io
-    }
-
-    /// Set the timeout of each read.
-    pub fn set_timeout(&mut self, t: Duration) {
-        self.io.get_ref().set_read_timeout(Some(t)).ok();
     }
 }
 
