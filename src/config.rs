@@ -144,3 +144,32 @@ mod tests {
         assert!(shown.contains("repository: Some(\"/r\")"), "{shown}");
     }
 }
+
+/// A duration as people write it: `90s`, `30m`, `1h30m`, `2h 15m`, `1d` (humantime's
+/// units: s, m, h, d, w, and ms and friends). Used by command timeouts.
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        crate::error::Error::usage(format!(
+            "{s:?} is not a duration ({e}): write e.g. 90s, 30m or 1h30m"
+        ))
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration(" 2h 15m ").unwrap(), Duration::from_secs(8100));
+        let e = parse_duration("soon").unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), crate::error::ErrorKind::Usage);
+        assert!(e.to_string().contains("write e.g. 90s"), "{e}");
+        assert!(parse_duration("30").is_err());
+    }
+}

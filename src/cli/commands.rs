@@ -8,6 +8,7 @@ use coffer::ops::{self, backup::Source, forget::ForgetOptions};
 use coffer::repo::check::ReadData;
 use coffer::repo::forget::Policy;
 use coffer::repo::restore::RestoreOptions;
+use coffer::sources::command::{default_name, CommandOptions, Output as CommandOutput, Program};
 use coffer::sources::postgres::pitr::PitrOptions;
 use coffer::sources::postgres::restore::PgRestoreOptions;
 use coffer::sources::postgres::DumpSplit;
@@ -73,6 +74,30 @@ pub fn redis_options(
     })
 }
 
+/// The command source of `backup --command -- CMD ARGS...`.
+fn command_options(a: &BackupArgs) -> Result<CommandOptions> {
+    if a.command_argv.is_empty() {
+        return Err(Error::usage(
+            "--command needs the command after --: coffer backup --command -- CMD ARGS...",
+        )
+        .into());
+    }
+    let program = Program::Argv(a.command_argv.clone());
+    let name = a.name.clone().unwrap_or_else(|| default_name(&program));
+    let mut opts = CommandOptions::new(&name, program);
+    opts.output = CommandOutput::parse(&a.command_output)?;
+    opts.timeout = match &a.command_timeout {
+        Some(t) => Some(
+            coffer::config::parse_duration(t)
+                .map_err(|e| Error::usage(format!("--command-timeout: {e}")))?,
+        ),
+        None => None,
+    };
+    opts.min_bytes = a.min_bytes;
+    opts.success_codes = a.success_codes.clone();
+    Ok(opts)
+}
+
 pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
     let common = CommonOptions {
         tags: a.tags.clone(),
@@ -100,6 +125,13 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
             &a.redis_method,
             [&a.redis_tls_ca, &a.redis_tls_cert, &a.redis_tls_key],
         )?),
+        _ if a.command => Source::Command(command_options(a)?),
+        _ if !a.command_argv.is_empty() => {
+            return Err(Error::usage(
+                "a command after -- is only run with --command: coffer backup --command -- CMD ARGS...",
+            )
+            .into())
+        }
         _ if a.stdin => Source::Stream {
             reader: &mut stdin,
             name: a.stdin_name.clone(),
@@ -110,7 +142,7 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         },
         _ => {
             return Err(Error::usage(
-                "give paths to back up, --stdin, --postgres [URL] or --redis [URL]",
+                "give paths to back up, --stdin, --postgres [URL], --redis [URL] or --command -- CMD ARGS...",
             )
             .into())
         }
