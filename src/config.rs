@@ -166,7 +166,10 @@ mod duration_tests {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration(" 2h 15m ").unwrap(), Duration::from_secs(8100));
+        assert_eq!(
+            parse_duration(" 2h 15m ").unwrap(),
+            Duration::from_secs(8100)
+        );
         let e = parse_duration("soon").unwrap_err();
         assert_eq!(crate::error::kind_of(&e), crate::error::ErrorKind::Usage);
         assert!(e.to_string().contains("write e.g. 90s"), "{e}");
