@@ -536,6 +536,32 @@ fn a_timeout_stops_the_whole_process_group_and_leaves_nothing_behind() {
         none_left(&marker);
         no_output_dirs_left(&env);
     }
+    // What a command that succeeded left running in its group is stopped too (here a
+    // sleep that holds its standard output open).
+    let marker = format!("{}-left", std::process::id());
+    let t = Instant::now();
+    let out = env
+        .cmd()
+        .env("TMPDIR", tmp(&env))
+        .env("COFFER_TEST_MARKER", &marker)
+        .args([
+            "backup",
+            "--json",
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            "sleep 60 & echo data",
+        ])
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    none_left(&marker);
     // A restore command that runs out of time fails the same way.
     let id = backup(&env, &["--command", "--", "echo", "data"]);
     let t = Instant::now();

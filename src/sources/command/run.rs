@@ -7,6 +7,8 @@
 //! the group SIGTERM, and SIGKILL [`GRACE`] later if the command is still there. When the
 //! command's main process has ended, whatever it left behind in its group is killed
 //! (SIGKILL): a command source leaves no process running. Only then is the child reaped.
+//! Should coffer die first, the command's main process gets SIGTERM (`PR_SET_PDEATHSIG`;
+//! the command is spawned and waited for on the same thread, which the signal is tied to).
 
 use crate::error::{Error, ErrorKind};
 use anyhow::Result;
@@ -240,6 +242,21 @@ pub(crate) fn spawn(
     out: Out,
 ) -> Result<(Child, Option<Output>, Option<ChildStdin>)> {
     cmd.process_group(0);
+    // Out of coffer's process group, a Ctrl-C at the terminal does not reach the command:
+    // should coffer die, the command gets SIGTERM instead.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and raise are async-signal-safe, as the time between fork and
+    // exec requires; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            // coffer died before the request took effect.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
     cmd.stdin(match input {
         In::Null => Stdio::null(),
         In::Piped => Stdio::piped(),
