@@ -9,7 +9,9 @@ mod common;
 use coffer::backend::LocalBackend;
 use coffer::progress::Progress;
 use coffer::repo::Repository;
-use coffer::sources::command::{restore_command_output, CommandRestore, Program};
+use coffer::sources::command::{
+    backup_command, restore_command_output, CommandOptions, CommandRestore, Program,
+};
 use common::mariadb::{self, MariaDb};
 use common::{ok, refused_without_snapshot, stderr, Env};
 use serde_json::Value;
@@ -612,6 +614,19 @@ fn the_command_does_not_see_coffers_passphrase() {
     assert!(seen.contains("APP_SETTING=kept"), "{seen}");
     assert!(!seen.contains("correct horse"), "{seen}");
     assert!(!seen.contains("COFFER_PASSWORD"), "{seen}");
+    // The library's own variables for the command (the stack's `env`), with a shell
+    // command line.
+    let mut opts =
+        CommandOptions::new("token", Program::Shell(r#"echo "token=$APP_TOKEN""#.into()));
+    opts.env = vec![("APP_TOKEN".into(), "t0k".into())];
+    let snap = backup_command(open(&env), &opts, &Progress::hidden()).unwrap();
+    let seen = ok(&env
+        .cmd()
+        .args(["dump", &snap.id.to_hex()])
+        .output()
+        .unwrap());
+    assert_eq!(seen, "token=t0k\n");
+    assert_eq!(snap.sources[0].metadata["program"], "sh");
     // An output directory is named in the environment too, as in the arguments.
     let id = backup(
         &env,
@@ -640,6 +655,11 @@ fn the_command_does_not_see_coffers_passphrase() {
 
 #[test]
 fn standard_output_is_stored_as_one_stream_and_restored_as_a_file() {
+    // As the coffer binary does (for `coffer dump | head`): a write into a pipe whose reader
+    // is gone would kill this process, unless the restore keeps SIGPIPE off its writer.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let env = Env::new();
     env.init();
     // Several MiB, in many chunks.
