@@ -721,6 +721,17 @@ fn standard_output_is_stored_as_one_stream_and_restored_as_a_file() {
         format!("{e:#}").contains("head exited (status 0) before it read all of its input"),
         "{e:#}"
     );
+    // The text report says what ran and what was stored.
+    let said = stderr(&run(
+        &env,
+        &["backup", "--command", "--name", "n", "--", "seq", "1", "10"],
+    ));
+    assert!(
+        said.contains(r#"command source "n": seq exited with status 0 after "#)
+            && said.contains("of standard output as /n")
+            && said.contains("saved: 1 streams"),
+        "{said}"
+    );
     // Into a directory: the stream as DIR/NAME.
     let dir = env.path("lib");
     let r = restore_output(&env, &id, &CommandRestore::Dir(dir.clone())).unwrap();
