@@ -78,6 +78,7 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         tags: a.tags.clone(),
         time: parse_time(&a.time)?,
         hostname: a.host.clone(),
+        ..CommonOptions::default()
     };
     let mut stdin = std::io::stdin();
     let source = match (&a.postgres, a.physical) {
