@@ -12,6 +12,7 @@ pub mod backup;
 pub mod check;
 pub mod dump;
 pub mod forget;
+pub mod hooks;
 pub mod key;
 pub mod ls;
 pub mod prune;
