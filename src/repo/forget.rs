@@ -217,6 +217,8 @@ mod tests {
             summary: Default::default(),
             program_version: "t".into(),
             requires: Default::default(),
+            source: None,
+            run: None,
         }
     }
 
