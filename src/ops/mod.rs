@@ -18,6 +18,7 @@ pub mod ls;
 pub mod prune;
 pub mod restore;
 pub mod snapshots;
+pub mod stack;
 pub mod unlock;
 pub mod wal_fetch;
 pub mod wal_hold;
