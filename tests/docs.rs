@@ -227,6 +227,7 @@ fn forget_json_is_as_documented() {
             ..Policy::default()
         },
         tags: vec![],
+        sources: vec![],
         group_by: vec!["host".into()],
         dry_run: true,
         prune: false,
