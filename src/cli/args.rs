@@ -71,6 +71,10 @@ pub enum Command {
     /// forget keeps the WAL they hold)
     #[command(subcommand)]
     WalHold(WalHoldCommand),
+    /// Each declared source's last successful backup and its age against the source's RPO,
+    /// the last failure, and the recoverable window of physical PostgreSQL sources (exit 1
+    /// when a source is out of its RPO)
+    Status(StatusArgs),
     /// Print the version
     Version,
 }
@@ -192,6 +196,13 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this declared source (repeatable)
     #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

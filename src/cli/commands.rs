@@ -168,6 +168,16 @@ fn backup_stack(ctx: &Context, a: &BackupArgs, common: CommonOptions) -> Result<
     r.verdict()
 }
 
+pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
+    let r = ops::status::status(&ctx.open()?, &ctx.access.config)?;
+    if a.json {
+        print_sorted(&r, true)?;
+    } else {
+        println!("{r}");
+    }
+    r.verdict()
+}
+
 pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
     let list = ops::snapshots::snapshots(&*ctx.open()?, &a.tags, &a.sources)?;
     if a.json {

@@ -19,6 +19,7 @@ pub mod prune;
 pub mod restore;
 pub mod snapshots;
 pub mod stack;
+pub mod status;
 pub mod unlock;
 pub mod wal_fetch;
 pub mod wal_hold;
