@@ -88,11 +88,12 @@ pub fn pick<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a SourceCo
             .into());
         }
     }
-    Ok(config
+    config
         .sources
         .iter()
         .filter(|s| names.is_empty() || names.contains(&s.name))
-        .collect())
+        .map(SourceConfig::resolved)
+        .collect()
 }
 
 /// Back up the sources `opts` picks from `config`. `progress_for` gives each source's
@@ -315,6 +316,7 @@ pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> (Vec<SourceConf
         before: Vec::new(),
         after: Vec::new(),
         rpo: None,
+        unresolved: None,
     };
     let pg = |url: String| {
         SourceKind::Postgres(PostgresSource {
