@@ -11,15 +11,25 @@
 //! secret_access_key = "…"
 //! ```
 //! Environment variables (`COFFER_REPO`, `COFFER_PASSWORD`, `COFFER_PASSWORD_FILE`)
-//! override the file; command-line options override both. Later sections (sources,
-//! schedules) are added to the same file.
+//! override the file; command-line options override both.
+//!
+//! The application stack is declared in the same file: `[sources.NAME]` tables and a
+//! `[stack]` table (see [`sources`]). `${VAR}` in a value is replaced by the environment
+//! variable (see [`expand`]). Unknown keys are errors that name the key and the table.
+
+pub mod expand;
+pub mod sources;
 
 use crate::error::Error;
 use anyhow::Result;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use sources::{SourceConfig, SourceKind, StackConfig};
 
 #[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub repository: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -33,6 +43,11 @@ pub struct Config {
     /// How to reach Redis servers (`backup --redis`, `restore --to-redis`).
     #[serde(default)]
     pub redis: RedisSettings,
+    /// The declared sources, in the file's order (`[sources.NAME]`).
+    #[serde(skip)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub stack: StackConfig,
 }
 
 /// The `[redis]` table: what a Redis URL cannot carry.
@@ -62,6 +77,8 @@ impl std::fmt::Debug for Config {
             .field("compression", &self.compression)
             .field("s3", &self.s3)
             .field("redis", &self.redis)
+            .field("sources", &self.sources)
+            .field("stack", &self.stack)
             .finish()
     }
 }
@@ -71,10 +88,42 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::usage(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        let mut c: Config = toml::from_str(&text)
-            .map_err(|e| Error::usage(format!("config file {}: {e}", path.display())))?;
+        Config::parse(&text, path.parent(), &|v| std::env::var(v).ok())
+            .map_err(|e| Error::usage(format!("config file {}: {e}", path.display())).into())
+    }
+
+    /// Parse a config file's text; `${VAR}` from `env`, relative paths relative to `dir`.
+    pub fn parse(
+        text: &str,
+        dir: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::usage(e.to_string()))?;
+        // The sources expand their own variables: one that is not set makes only commands
+        // that use that source fail (see `SourceConfig::unresolved`).
+        let declared = match table.remove("sources") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                return Err(Error::usage("sources must be a table of [sources.NAME] tables").into())
+            }
+            None => toml::Table::new(),
+        };
+        expand::expand_table(&mut table, "", env)?;
+        let mut c: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::usage(e.message().to_string()))?;
+        c.sources = sources::parse_sources(declared, dir, env)?;
+        for name in &c.stack.restore_order {
+            if !c.sources.iter().any(|s| &s.name == name) {
+                return Err(Error::usage(format!(
+                    "[stack] restore_order names {name:?}, which is not a [sources.NAME] table"
+                ))
+                .into());
+            }
+        }
         // Relative paths in the file are relative to the file.
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = dir {
             let r = &mut c.redis;
             for p in [
                 &mut c.password_file,
@@ -82,6 +131,7 @@ impl Config {
                 &mut r.tls_ca,
                 &mut r.tls_cert,
                 &mut r.tls_key,
+                &mut c.stack.restore_dir,
             ] {
                 if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
                     *p = Some(dir.join(rel));
@@ -90,6 +140,21 @@ impl Config {
         }
         Ok(c)
     }
+
+    /// The declared source called `name`.
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// A duration as people write it: `90s`, `30m`, `1h30m`, `7d`, `2weeks`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        Error::usage(format!(
+            "{s:?} is not a duration ({e}): write e.g. 90s, 30m, 1h30m or 7d"
+        ))
+        .into()
+    })
 }
 
 #[cfg(test)]
@@ -99,11 +164,7 @@ mod tests {
     fn parses_and_resolves_relative_paths() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("coffer.toml");
-        std::fs::write(
-            &p,
-            "repository = \"/r\"\npassword_file = \"pw\"\n[later]\nx = 1\n",
-        )
-        .unwrap();
+        std::fs::write(&p, "repository = \"/r\"\npassword_file = \"pw\"\n").unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.repository.as_deref(), Some("/r"));
         assert_eq!(c.password_file.unwrap(), d.path().join("pw"));
@@ -143,36 +204,111 @@ mod tests {
         assert!(!shown.contains("hunter2-secret"), "{shown}");
         assert!(shown.contains("repository: Some(\"/r\")"), "{shown}");
     }
-}
 
-/// A duration as people write it: `90s`, `30m`, `1h30m`, `2h 15m`, `1d` (humantime's
-/// units: s, m, h, d, w, and ms and friends). Used by command timeouts.
-pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        crate::error::Error::usage(format!(
-            "{s:?} is not a duration ({e}): write e.g. 90s, 30m or 1h30m"
-        ))
-        .into()
-    })
-}
+    const STACK: &str = r#"
+repository = "s3://backups/prod"
+password_file = "/etc/coffer/passphrase"
 
-#[cfg(test)]
-mod duration_tests {
-    use super::parse_duration;
-    use std::time::Duration;
+[sources.db]
+type = "postgres"
+url = "${DATABASE_URL}"
+keep = { daily = 30, weekly = 12, monthly = 12 }
+rpo = "26h"
+
+[sources.cache]
+type = "redis"
+url = "${REDIS_URL}"
+keep = { within = "7d" }
+
+[sources.uploads]
+type = "files"
+paths = ["/opt/app/uploads"]
+exclude = ["*.tmp"]
+
+[sources.secrets]
+type = "files"
+paths = ["/opt/app/.env"]
+
+[sources.samba]
+type = "command"
+command = ["samba-tool", "domain", "backup", "offline", "--targetdir={output_dir}"]
+output = "dir"
+timeout = "30m"
+
+[stack]
+restore_order = ["db", "cache", "uploads", "secrets", "samba"]
+before_restore = ["systemctl stop app"]
+after_restore = ["systemctl start app"]
+"#;
+
+    fn env(v: &str) -> Option<String> {
+        match v {
+            "DATABASE_URL" => Some("postgresql://app:s3cret-pw@db:5432/app".into()),
+            "REDIS_URL" => Some("redis://:r3dis-pw@cache:6379".into()),
+            _ => None,
+        }
+    }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    fn the_stack_in_declared_order() {
+        let c = Config::parse(STACK, Some(Path::new("/etc/coffer")), &env).unwrap();
+        let names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["db", "cache", "uploads", "secrets", "samba"]);
+        let db = c.source("db").unwrap();
+        let SourceKind::Postgres(p) = &db.kind else {
+            panic!()
+        };
         assert_eq!(
-            parse_duration(" 2h 15m ").unwrap(),
-            Duration::from_secs(8100)
+            p.url.as_deref(),
+            Some("postgresql://app:s3cret-pw@db:5432/app")
         );
-        let e = parse_duration("soon").unwrap_err();
-        assert_eq!(crate::error::kind_of(&e), crate::error::ErrorKind::Usage);
-        assert!(e.to_string().contains("write e.g. 90s"), "{e}");
-        assert!(parse_duration("30").is_err());
+        assert_eq!(db.keep.as_ref().unwrap().daily, 30);
+        assert_eq!(db.rpo, Some(Duration::from_secs(26 * 3600)));
+        let SourceKind::Command(cmd) = &c.source("samba").unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(cmd.output, sources::CommandOutput::Dir);
+        assert_eq!(cmd.timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(c.stack.after_restore, ["systemctl start app"]);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret-pw") && !shown.contains("r3dis-pw"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_unset_variables_are_named() {
+        let err = |text: &str| Config::parse(text, None, &env).unwrap_err().to_string();
+        let e = err("[sources.db]\ntype = \"postgres\"\nurll = \"x\"\n");
+        assert!(e.contains("[sources.db]") && e.contains("urll"), "{e}");
+        let e = err("[sources.db]\ntype = \"files\"\npaths = [\"/x\"]\nkeep = { dayly = 3 }\n");
+        assert!(e.contains("[sources.db]") && e.contains("dayly"), "{e}");
+        // An unset variable in a source fails only what uses the source.
+        let c = Config::parse(
+            "[sources.x]\ntype = \"redis\"\nurl = \"${NOT_SET_ANYWHERE}\"\n",
+            None,
+            &env,
+        )
+        .unwrap();
+        let e = c.sources[0].resolved().unwrap_err().to_string();
+        assert!(
+            e.contains("sources.x.url") && e.contains("NOT_SET_ANYWHERE is not set"),
+            "{e}"
+        );
+        let e = err("repository = \"${NOT_SET_ANYWHERE}\"\n");
+        assert!(e.contains("repository") && e.contains("is not set"), "{e}");
+        let e = err("repositry = \"/r\"\n");
+        assert!(e.contains("repositry"), "{e}");
+        let e = err("[stack]\nrestore_ordr = []\n");
+        assert!(e.contains("restore_ordr"), "{e}");
+        let e = err("[sources.x]\ntype = \"command\"\n");
+        assert!(e.contains("command") && e.contains("shell"), "{e}");
+        let e = err("[sources.x]\ntype = \"mysql\"\n");
+        assert!(e.contains("unknown type"), "{e}");
+        let e = err("[stack]\nrestore_order = [\"nope\"]\n");
+        assert!(e.contains("nope"), "{e}");
+        let e = err("[sources.x]\ntype = \"command\"\nshell = \"x\"\ntimeout = \"soon\"\n");
+        assert!(e.contains("soon") && e.contains("duration"), "{e}");
     }
 }

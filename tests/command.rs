@@ -441,7 +441,13 @@ fn a_failing_command_leaves_no_snapshot_and_says_why() {
             "true",
         ],
     );
-    refused_without_snapshot(&env, &out, Some(2), &["write e.g. 90s, 30m or 1h30m"], 0);
+    refused_without_snapshot(
+        &env,
+        &out,
+        Some(2),
+        &["is not a duration", "write e.g. 90s"],
+        0,
+    );
     let out = run(
         &env,
         &["backup", "--command", "--name", "a/b", "--", "true"],
@@ -737,4 +743,104 @@ fn standard_output_is_stored_as_one_stream_and_restored_as_a_file() {
     let r = restore_output(&env, &id, &CommandRestore::Dir(dir.clone())).unwrap();
     assert_eq!((r.files, r.bytes), (1, expected.len() as u64));
     assert!(std::fs::read_to_string(dir.join("numbers")).unwrap() == expected);
+}
+
+#[test]
+fn declared_command_sources_back_up_with_the_stack_and_failing_ones_leave_no_snapshot() {
+    let env = Env::new();
+    env.init();
+    let db = env.path("app.db");
+    sqlite(
+        &db,
+        "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);",
+    );
+    let config = env.path("coffer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sources.app]
+type = "command"
+command = ["sqlite3", "{db}", ".backup {{output_dir}}/app.db"]
+output = "dir"
+timeout = "5m"
+
+[sources.listing]
+type = "command"
+shell = "echo one; echo two"
+
+[sources.slow]
+type = "command"
+command = ["sleep", "60"]
+timeout = "1s"
+
+[sources.empty]
+type = "command"
+shell = "true"
+
+[sources.broken]
+type = "command"
+shell = "echo 'cannot connect' >&2; exit 2"
+"#,
+            db = db.display()
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let out = env
+        .cmd()
+        .env("TMPDIR", tmp(&env))
+        .arg("--config")
+        .arg(&config)
+        .args(["backup", "--json"])
+        .output()
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by = |name: &str| {
+        report["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .clone()
+    };
+    for ok_source in ["app", "listing"] {
+        assert_eq!(by(ok_source)["status"], "ok", "{report}");
+    }
+    for (failed, why) in [
+        ("slow", "sleep did not finish within 1s"),
+        ("empty", "the output is empty"),
+        ("broken", "cannot connect"),
+    ] {
+        let s = by(failed);
+        assert_eq!(s["status"], "failed", "{s}");
+        assert!(s["snapshot"].is_null(), "{s}");
+        assert!(s["error"].as_str().unwrap().contains(why), "{s}");
+    }
+    let snaps = env.snapshots();
+    let mut names: Vec<&str> = snaps
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app", "listing"]);
+    let app = snaps.iter().find(|s| s["source"] == "app").unwrap();
+    let target = env.path("r");
+    ok(&run(
+        &env,
+        &[
+            "restore",
+            app["id"].as_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        sqlite(&target.join("app/app.db"), "SELECT sum(x) FROM t").trim(),
+        "6"
+    );
+    no_output_dirs_left(&env);
 }

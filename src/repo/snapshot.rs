@@ -154,6 +154,13 @@ pub struct Snapshot {
     /// [`features`](super::features)); none in snapshots that use only the base format.
     #[serde(default, skip_serializing_if = "Features::is_empty")]
     pub requires: Features,
+    /// The declared source (`[sources.NAME]`) this snapshot backs up, for backups of the
+    /// stack; none for ad-hoc backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The id shared by every snapshot of one `coffer backup` run of the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl Snapshot {

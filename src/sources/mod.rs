@@ -56,6 +56,10 @@ pub struct CommonOptions {
     /// Snapshot time (for imports and tests); now when unset.
     pub time: Option<DateTime<FixedOffset>>,
     pub hostname: Option<String>,
+    /// The declared source this backup is of (recorded as the snapshot's `source`).
+    pub source: Option<String>,
+    /// The stack run it belongs to (recorded as the snapshot's `run`).
+    pub run: Option<String>,
 }
 
 /// A backup in progress: the saver plus the running summary.
@@ -191,6 +195,8 @@ pub fn run<S: Source>(
         summary: session.summary,
         program_version: format!("coffer {}", env!("CARGO_PKG_VERSION")),
         requires: saved.requires,
+        source: opts.source.clone(),
+        run: opts.run.clone(),
     };
     crate::repo::lock::ensure_held(&session.repo)?;
     snap.id = session.repo.save_json(FileKind::Snapshot, &snap)?;
