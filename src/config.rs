@@ -48,6 +48,72 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub stack: StackConfig,
+    /// `coffer run`: the repository jobs, the HTTP listener, limits.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// `coffer run`: where alerts go.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[service]`: how `coffer run` runs.
+///
+/// ```toml
+/// [service]
+/// listen = "127.0.0.1:9808"       # /metrics, /healthz, /api/status and the status page
+/// prune = "0 4 * * 0"             # cron expressions of the repository jobs
+/// check = "0 5 * * *"
+/// check_read_data_subset = "5%"
+/// wal_verify = "*/10 * * * *"
+/// timezone = "Europe/Paris"       # of those expressions (default: local time)
+/// max_parallel = 1                # runs at once
+/// shutdown_grace = "5m"           # how long SIGTERM waits for running jobs
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub listen: Option<String>,
+    /// A file holding `user:password` for HTTP basic authentication of the listener.
+    pub basic_auth_file: Option<PathBuf>,
+    pub prune: Option<String>,
+    pub check: Option<String>,
+    pub check_read_data_subset: Option<String>,
+    pub wal_verify: Option<String>,
+    pub timezone: Option<String>,
+    pub max_parallel: Option<usize>,
+    #[serde(default, with = "sources::opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// `[alerts]`: the channels of `coffer run`'s alerts.
+///
+/// ```toml
+/// [alerts]
+/// slack_webhook = "${SLACK_WEBHOOK_URL}"   # a Slack incoming webhook
+/// webhook = "https://ops.example.net/hooks/coffer"  # gets a JSON body
+/// remind = "24h"                          # repeat while a problem lasts (default 24h)
+/// ```
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub slack_webhook: Option<String>,
+    pub webhook: Option<String>,
+    #[serde(default, with = "sources::opt_duration")]
+    pub remind: Option<Duration>,
+}
+
+impl std::fmt::Debug for AlertsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Webhook URLs carry their secret in the path.
+        f.debug_struct("AlertsConfig")
+            .field(
+                "slack_webhook",
+                &crate::redact::Redacted(&self.slack_webhook),
+            )
+            .field("webhook", &crate::redact::Redacted(&self.webhook))
+            .field("remind", &self.remind)
+            .finish()
+    }
 }
 
 /// The `[redis]` table: what a Redis URL cannot carry.
@@ -79,6 +145,8 @@ impl std::fmt::Debug for Config {
             .field("redis", &self.redis)
             .field("sources", &self.sources)
             .field("stack", &self.stack)
+            .field("service", &self.service)
+            .field("alerts", &self.alerts)
             .finish()
     }
 }
@@ -114,6 +182,26 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| Error::usage(e.message().to_string()))?;
         c.sources = sources::parse_sources(declared, dir, env)?;
+        let sv = &c.service;
+        for (key, expr) in [
+            ("prune", &sv.prune),
+            ("check", &sv.check),
+            ("wal_verify", &sv.wal_verify),
+        ] {
+            if let Some(e) = expr {
+                sources::cron(e).map_err(|m| Error::usage(format!("[service] {key}: {m}")))?;
+            }
+        }
+        if let Some(t) = &sv.timezone {
+            t.parse::<chrono_tz::Tz>().map_err(|_| {
+                Error::usage(format!(
+                    "[service] timezone {t:?} is not an IANA time zone name"
+                ))
+            })?;
+        }
+        if sv.max_parallel == Some(0) {
+            return Err(Error::usage("[service] max_parallel must be at least 1").into());
+        }
         for name in &c.stack.restore_order {
             if !c.sources.iter().any(|s| &s.name == name) {
                 return Err(Error::usage(format!(
@@ -132,6 +220,7 @@ impl Config {
                 &mut r.tls_cert,
                 &mut r.tls_key,
                 &mut c.stack.restore_dir,
+                &mut c.service.basic_auth_file,
             ] {
                 if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
                     *p = Some(dir.join(rel));
@@ -310,5 +399,71 @@ after_restore = ["systemctl start app"]
         assert!(e.contains("nope"), "{e}");
         let e = err("[sources.x]\ntype = \"command\"\nshell = \"x\"\ntimeout = \"soon\"\n");
         assert!(e.contains("soon") && e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn schedules_service_and_alerts() {
+        use sources::Schedule;
+        let text = r#"
+[service]
+listen = "127.0.0.1:9808"
+prune = "0 4 * * 0"
+check = "0 5 * * *"
+check_read_data_subset = "5%"
+wal_verify = "*/10 * * * *"
+max_parallel = 2
+shutdown_grace = "2m"
+
+[alerts]
+slack_webhook = "https://hooks.slack.com/services/T0/B0/very-secret"
+remind = "12h"
+
+[sources.db]
+type = "postgres"
+schedule = "0 2 * * *"
+timezone = "Europe/Paris"
+jitter = "5m"
+healthcheck_url = "https://hc-ping.com/secret-uuid"
+
+[sources.cache]
+type = "redis"
+every = "15m"
+"#;
+        let c = Config::parse(text, None, &env).unwrap();
+        assert_eq!(
+            c.source("db").unwrap().schedule,
+            Some(Schedule::Cron {
+                expr: "0 2 * * *".into(),
+                timezone: Some(chrono_tz::Europe::Paris)
+            })
+        );
+        assert_eq!(
+            c.source("db").unwrap().jitter,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            c.source("cache").unwrap().schedule,
+            Some(Schedule::Every(Duration::from_secs(900)))
+        );
+        assert_eq!(c.service.max_parallel, Some(2));
+        assert_eq!(c.alerts.remind, Some(Duration::from_secs(12 * 3600)));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("very-secret") && !shown.contains("secret-uuid"),
+            "{shown}"
+        );
+        let err = |text: &str| Config::parse(text, None, &env).unwrap_err().to_string();
+        for (text, needle) in [
+            ("[sources.x]\ntype = \"redis\"\nschedule = \"0 2 * *\"\n", "5-field"),
+            ("[sources.x]\ntype = \"redis\"\nschedule = \"0 25 * * *\"\n", "not a cron expression"),
+            ("[sources.x]\ntype = \"redis\"\nschedule = \"0 2 * * *\"\nevery = \"1h\"\n", "not both"),
+            ("[sources.x]\ntype = \"redis\"\nschedule = \"0 2 * * *\"\ntimezone = \"Mars/Olympus\"\n", "IANA"),
+            ("[service]\nprune = \"weekly\"\n", "[service] prune"),
+            ("[service]\nlisten = \"x\"\nlisn = 1\n", "lisn"),
+            ("[alerts]\nslack = \"x\"\n", "slack"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 }

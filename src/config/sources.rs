@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One declared source.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SourceConfig {
     /// The table's name (`[sources.db]` → `db`): recorded in each snapshot as `source`.
     pub name: String,
@@ -28,10 +28,38 @@ pub struct SourceConfig {
     pub after: Vec<String>,
     /// The longest time without a successful backup before the source is in breach.
     pub rpo: Option<Duration>,
+    /// When `coffer run` backs it up: a 5-field cron expression (`schedule`, in `timezone`,
+    /// default local time) or an interval (`every`), with up to `jitter` of random delay.
+    pub schedule: Option<Schedule>,
+    pub jitter: Option<Duration>,
+    /// A healthchecks.io-style URL `coffer run` pings at each backup's start, success and
+    /// failure (may hold a secret token: never shown).
+    pub healthcheck_url: Option<String>,
     /// Why the source's `${VAR}`s could not be expanded (a variable is not set): commands
     /// that back it up or restore it fail with this; the others (snapshots, status…)
     /// work without the variable.
     pub unresolved: Option<String>,
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("tags", &self.tags)
+            .field("keep", &self.keep)
+            .field("before", &self.before)
+            .field("after", &self.after)
+            .field("rpo", &self.rpo)
+            .field("schedule", &self.schedule)
+            .field("jitter", &self.jitter)
+            .field(
+                "healthcheck_url",
+                &crate::redact::Redacted(&self.healthcheck_url),
+            )
+            .field("unresolved", &self.unresolved)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -218,9 +246,89 @@ struct Common {
     after: Vec<String>,
     #[serde(default, with = "opt_duration")]
     rpo: Option<Duration>,
+    schedule: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    every: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    jitter: Option<Duration>,
+    timezone: Option<String>,
+    healthcheck_url: Option<String>,
 }
 
-const COMMON_KEYS: &[&str] = &["tags", "keep", "before", "after", "rpo"];
+const COMMON_KEYS: &[&str] = &[
+    "tags",
+    "keep",
+    "before",
+    "after",
+    "rpo",
+    "schedule",
+    "every",
+    "jitter",
+    "timezone",
+    "healthcheck_url",
+];
+
+/// When a job runs: a cron expression in a time zone, or an interval.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// `schedule = "0 2 * * *"` (minute hour day-of-month month day-of-week), in `timezone`
+    /// (an IANA name such as `Europe/Paris`; local time when none).
+    Cron {
+        expr: String,
+        timezone: Option<chrono_tz::Tz>,
+    },
+    /// `every = "15m"`.
+    Every(Duration),
+}
+
+impl Schedule {
+    /// From a source's (or `[service]` job's) keys; None when neither is given.
+    pub fn from_keys(
+        schedule: Option<&str>,
+        every: Option<Duration>,
+        timezone: Option<&str>,
+    ) -> Result<Option<Schedule>, String> {
+        let timezone = match timezone {
+            Some(t) => Some(t.parse::<chrono_tz::Tz>().map_err(|_| {
+                format!(
+                    "timezone {t:?} is not an IANA time zone name (e.g. \"Europe/Paris\", \"UTC\")"
+                )
+            })?),
+            None => None,
+        };
+        match (schedule, every) {
+            (Some(_), Some(_)) => {
+                Err("give schedule (a cron expression) or every (an interval), not both".into())
+            }
+            (Some(expr), None) => {
+                cron(expr)?;
+                Ok(Some(Schedule::Cron {
+                    expr: expr.to_string(),
+                    timezone,
+                }))
+            }
+            (None, Some(_)) if timezone.is_some() => {
+                Err("timezone is for schedule (a cron expression), not every".into())
+            }
+            (None, Some(d)) if d.is_zero() => Err("every must be more than 0s".into()),
+            (None, Some(d)) => Ok(Some(Schedule::Every(d))),
+            (None, None) if timezone.is_some() => Err("timezone needs a schedule".into()),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// A 5-field cron expression, parsed (`0 2 * * *`, `*/15 * * * *`, `0 4 * * 0`).
+pub fn cron(expr: &str) -> Result<croner::Cron, String> {
+    if expr.split_whitespace().count() != 5 {
+        return Err(format!(
+            "schedule {expr:?} is not a 5-field cron expression (minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\")"
+        ));
+    }
+    croner::Cron::new(expr)
+        .parse()
+        .map_err(|e| format!("schedule {expr:?} is not a cron expression: {e}"))
+}
 
 /// `keep = { daily = 30, weekly = 12, within = "7d" }`: forget's `--keep-*` options.
 #[derive(Deserialize)]
@@ -349,6 +457,14 @@ pub fn parse_sources(
             before: common.before,
             after: common.after,
             rpo: common.rpo,
+            schedule: Schedule::from_keys(
+                common.schedule.as_deref(),
+                common.every,
+                common.timezone.as_deref(),
+            )
+            .map_err(bad)?,
+            jitter: common.jitter,
+            healthcheck_url: common.healthcheck_url,
             unresolved,
         };
         s.check().map_err(bad)?;
@@ -456,7 +572,7 @@ impl SourceConfig {
 }
 
 /// `timeout = "30m"`-style durations (see [`super::parse_duration`]).
-mod opt_duration {
+pub(crate) mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

@@ -375,6 +375,9 @@ pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> (Vec<SourceConf
         before: Vec::new(),
         after: Vec::new(),
         rpo: None,
+        schedule: None,
+        jitter: None,
+        healthcheck_url: None,
         unresolved: None,
     };
     let pg = |url: String| {
