@@ -26,6 +26,7 @@ pub mod restore;
 pub mod saver;
 pub mod snapshot;
 pub mod tree;
+pub mod verify;
 
 use crate::backend::{self, Backend, FileKind};
 use crate::error::{Error, ErrorKind};
