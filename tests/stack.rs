@@ -1,0 +1,612 @@
+//! `coffer restore --stack` against a real stack, started by the tests: a PostgreSQL
+//! database restored from its dump, a second PostgreSQL cluster archiving its WAL
+//! (`coffer wal-push %p`) recovered from a base backup by point-in-time recovery, a Redis
+//! server, an uploads tree and a `.env` file. Each test backs the stack up with `coffer
+//! backup` (the sources of the config file), breaks it, and brings it back with one
+//! command.
+
+mod common;
+
+use common::pg::{chown_to_server_user, pg_bindir, ArchiveRepo, PgCluster, PG_PASSWORD};
+use common::redis::{fill_all_types, RedisServer};
+use common::{as_root, fingerprint, make_tree, stderr, step};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+/// The servers and files of one stack, with the config file that declares them.
+struct Stack {
+    archive: ArchiveRepo,
+    db: PgCluster,
+    phys: PgCluster,
+    redis: RedisServer,
+    files: tempfile::TempDir,
+    hook_log: PathBuf,
+    pg_log: PathBuf,
+    conf: PathBuf,
+}
+
+impl Stack {
+    /// The servers, started empty; the config file declares them all (see [`Stack::config`]).
+    fn new() -> Stack {
+        let archive = ArchiveRepo::new("stack secret\n", &["--pack-size", "8"]);
+        let phys = archive.start_archiving(&[]);
+        let db = PgCluster::start();
+        let redis = RedisServer::start();
+        let files = tempfile::tempdir().unwrap();
+        let hook_log = files.path().join("hooks.log");
+        // pg_ctl, run by the hooks as the server's OS user, writes the server's log here.
+        let pg_log = archive.holder.path().join("phys-pg_ctl.log");
+        fs::write(&pg_log, "").unwrap();
+        chown_to_server_user(&pg_log);
+        let conf = files.path().join("coffer.toml");
+        let s = Stack {
+            archive,
+            db,
+            phys,
+            redis,
+            files,
+            hook_log,
+            pg_log,
+            conf,
+        };
+        fs::write(&s.conf, s.config("", &[])).unwrap();
+        s
+    }
+
+    fn uploads(&self) -> PathBuf {
+        self.files.path().join("srv/uploads")
+    }
+
+    fn env_file(&self) -> PathBuf {
+        self.files.path().join("srv/app/.env")
+    }
+
+    /// `pg_ctl` of the physical cluster, as a shell command line, run as the server's user.
+    fn pg_ctl(&self) -> String {
+        let prog = pg_bindir().join("pg_ctl");
+        let prefix = if as_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        format!(
+            "{prefix}{} -D '{}'",
+            prog.display(),
+            self.phys.data_dir().display()
+        )
+    }
+
+    /// The config file: every source of the stack, hooks that log and stop/start the
+    /// physical cluster with pg_ctl, plus `extra` tables and `before` hook lines.
+    fn config(&self, extra: &str, before: &[&str]) -> String {
+        let log = self.hook_log.display();
+        let pg_ctl = self.pg_ctl();
+        let mut before_restore = vec![
+            format!("echo before_restore $COFFER_STACK_SOURCES >> '{log}'"),
+            format!(
+                "if {pg_ctl} status >/dev/null 2>&1; then {pg_ctl} stop -m fast -w && echo stopped phys >> '{log}'; fi"
+            ),
+        ];
+        before_restore.extend(before.iter().map(|s| s.to_string()));
+        let after_restore = [
+            format!("echo after_restore $COFFER_STATUS $COFFER_RESTORED >> '{log}'"),
+            format!(
+                "{pg_ctl} start -w -t 120 -l '{}' -o '-p {}' >/dev/null && echo started phys >> '{log}'",
+                self.pg_log.display(),
+                self.phys.port()
+            ),
+        ];
+        let list = |v: &[String]| {
+            let q: Vec<String> = v.iter().map(|s| toml_str(s)).collect();
+            format!("[{}]", q.join(", "))
+        };
+        format!(
+            r#"repository = {repo}
+password_file = {pw}
+
+[sources.db]
+type = "postgres"
+url = {db_url}
+
+[sources.phys]
+type = "postgres"
+mode = "physical"
+url = {phys_url}
+pgdata = {pgdata}
+
+[sources.cache]
+type = "redis"
+url = {redis_url}
+
+[sources.uploads]
+type = "files"
+paths = [{uploads}]
+
+[sources.secrets]
+type = "files"
+paths = [{env}]
+{extra}
+[stack]
+restore_order = ["phys", "db", "cache", "uploads", "secrets"]
+before_restore = {before}
+after_restore = {after}
+"#,
+            repo = toml_str(&self.archive.repo.display().to_string()),
+            pw = toml_str(&self.archive.pwfile.display().to_string()),
+            db_url = toml_str(&self.db.url("app")),
+            phys_url = toml_str(&self.phys.url("postgres")),
+            pgdata = toml_str(&self.phys.data_dir().display().to_string()),
+            redis_url = toml_str(&self.redis.url()),
+            uploads = toml_str(&self.uploads().display().to_string()),
+            env = toml_str(&self.env_file().display().to_string()),
+            before = list(&before_restore),
+            after = list(&after_restore),
+        )
+    }
+
+    /// `coffer --config CONF` (the repository comes from the config file).
+    fn cmd_with(&self, conf: &Path) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("coffer").unwrap();
+        common::clean_env(&mut c);
+        common::clean_pg_env(&mut c);
+        c.env("COFFER_HOME", self.files.path().join("home"));
+        c.arg("--config").arg(conf);
+        c
+    }
+
+    fn cmd(&self) -> assert_cmd::Command {
+        self.cmd_with(&self.conf)
+    }
+
+    /// `coffer backup`: every source of the config file.
+    fn backup(&self) {
+        let out = self.cmd().args(["backup"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "stack backup failed: {}",
+            stderr(&out)
+        );
+    }
+
+    fn restore_with(&self, conf: &Path, args: &[&str]) -> Output {
+        self.cmd_with(conf)
+            .args(["restore", "--stack"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn restore(&self, args: &[&str]) -> Output {
+        self.restore_with(&self.conf, args)
+    }
+
+    fn hooks(&self) -> String {
+        fs::read_to_string(&self.hook_log).unwrap_or_default()
+    }
+
+    fn snapshot_count(&self) -> usize {
+        let out = self.cmd().args(["snapshots", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Vec<Value>>(&out.stdout)
+            .unwrap()
+            .len()
+    }
+
+    /// Wait until the physical cluster (started by the after_restore hook) has finished
+    /// recovery and was promoted.
+    fn wait_recovered(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if self
+                .phys
+                .try_psql("postgres", "SELECT pg_is_in_recovery()")
+                .as_deref()
+                == Ok("f")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the physical cluster did not finish recovery:\n{}",
+                fs::read_to_string(&self.pg_log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn markers(&self) -> Vec<String> {
+        self.phys
+            .rows("postgres", "SELECT note FROM marker ORDER BY id")
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect()
+    }
+
+    /// What the data looks like: logical schema and row checksums, the Redis digest, the
+    /// files' fingerprints (contents, modes, owners, times).
+    fn state(&self) -> State {
+        State {
+            schema: self.db.schema_dump("app"),
+            rows: self.db.data_checksums("app"),
+            digest: self.redis.digest(),
+            uploads: fingerprint(&self.uploads()),
+            env: fingerprint(&self.env_file()),
+        }
+    }
+}
+
+impl Drop for Stack {
+    /// A server the after_restore hook started with pg_ctl is not the harness's: stop it.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} stop -m immediate -w >/dev/null 2>&1",
+                self.pg_ctl()
+            ))
+            .status();
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct State {
+    schema: String,
+    rows: BTreeMap<String, String>,
+    digest: String,
+    uploads: BTreeMap<PathBuf, String>,
+    env: BTreeMap<PathBuf, String>,
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "restore --stack failed ({:?}):\n{}",
+        out.status,
+        stderr(out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The report's sources by name, in report order.
+fn by_name(report: &Value) -> Vec<(String, Value)> {
+    report["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
+
+/// Data in every source: the rich schema, marker rows, every Redis type, a tree of awkward
+/// files and a private `.env`.
+fn load(s: &Stack, rich: bool) {
+    s.db.ensure_roles();
+    s.db.create_db("app");
+    if rich {
+        s.db.load_rich_schema("app");
+    } else {
+        s.db.psql(
+            "app",
+            "CREATE TABLE orders (id int PRIMARY KEY, what text);
+             INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 1000) g",
+        );
+    }
+    s.phys.psql(
+        "postgres",
+        "CREATE TABLE marker (id serial PRIMARY KEY, note text NOT NULL);
+         INSERT INTO marker (note) VALUES ('one'), ('two')",
+    );
+    fill_all_types(&s.redis);
+    make_tree(&s.uploads());
+    fs::create_dir_all(s.env_file().parent().unwrap()).unwrap();
+    fs::write(s.env_file(), "DATABASE_URL=postgresql://app:pw@db/app\n").unwrap();
+    fs::set_permissions(s.env_file(), fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Nothing of the stack is there: the database dropped, Redis empty, the files and the
+/// physical data directory gone.
+fn assert_destroyed(s: &Stack) {
+    assert!(
+        s.db.try_psql("app", "SELECT 1").is_err(),
+        "database app is back"
+    );
+    assert_eq!(s.redis.dbsize(0), 0);
+    assert!(!s.uploads().exists() && !s.env_file().exists());
+    assert!(!s.phys.data_dir().exists(), "the data directory is back");
+}
+
+#[test]
+fn the_whole_stack_comes_back_with_one_command() {
+    let mut s = step("start the stack", Stack::new);
+    step("load data and back the stack up", || {
+        load(&s, true);
+        s.backup();
+    });
+    // Written after the base backup: recovery replays it from the archive.
+    s.phys.psql(
+        "postgres",
+        "INSERT INTO marker (note) VALUES ('after the backup')",
+    );
+    s.phys.archive_all();
+    let before = s.state();
+    let markers = s.markers();
+    assert_eq!(markers, ["one", "two", "after the backup"]);
+    let snapshots = s.snapshot_count();
+
+    step("destroy everything", || {
+        s.db.drop_db("app");
+        s.redis.cmd(&["FLUSHALL"]);
+        fs::remove_dir_all(s.files.path().join("srv")).unwrap();
+        s.phys.stop();
+        fs::remove_dir_all(s.phys.data_dir()).unwrap();
+        assert_destroyed(&s);
+    });
+
+    step(
+        "a source without a snapshot fails the plan, nothing is written",
+        || {
+            let later = s.files.path().join("later");
+            let conf = s.files.path().join("with-later.toml");
+            fs::write(
+                &conf,
+                s.config(
+                    &format!(
+                        "\n[sources.later]\ntype = \"files\"\npaths = [{}]\n",
+                        toml_str(&later.display().to_string())
+                    ),
+                    &[],
+                ),
+            )
+            .unwrap();
+            let out = s.restore_with(&conf, &["--yes"]);
+            let said = stderr(&out);
+            assert_eq!(out.status.code(), Some(6), "{said}");
+            assert!(
+                said.contains("no snapshot of source \"later\"")
+                    && said.contains("coffer backup --source later")
+                    && said.contains("nothing was written"),
+                "{said}"
+            );
+            assert_eq!(s.hooks(), "", "hooks ran for a plan that failed");
+            assert_destroyed(&s);
+            assert!(!later.exists());
+        },
+    );
+
+    step(
+        "--dry-run reads and verifies everything, changes nothing",
+        || {
+            let r = json(&s.restore(&["--dry-run", "--json"]));
+            assert_eq!(r["ok"], true);
+            assert_eq!(r["dry_run"], true);
+            let names: Vec<String> = by_name(&r).into_iter().map(|(n, _)| n).collect();
+            assert_eq!(names, ["phys", "db", "cache", "uploads", "secrets"]);
+            for (name, src) in by_name(&r) {
+                assert_eq!(src["status"], "planned", "{name}: {src}");
+                assert!(src["snapshot"].is_string(), "{name}: {src}");
+                let read = &src["verification"]["read"];
+                assert!(read["blobs"].as_u64().unwrap() > 0, "{name}: {read}");
+                assert!(read["bytes"].as_u64().unwrap() > 0, "{name}: {read}");
+            }
+            assert_eq!(s.hooks(), "");
+            assert_destroyed(&s);
+            assert_eq!(s.snapshot_count(), snapshots, "a dry run wrote a snapshot");
+        },
+    );
+
+    let report = step("restore --stack --yes", || {
+        let out = s.restore(&["--yes", "--json"]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(
+            !text.contains(PG_PASSWORD),
+            "a password in the output:\n{text}"
+        );
+        json(&out)
+    });
+
+    step("the report", || {
+        assert_eq!(report["ok"], true, "{report}");
+        let sources = by_name(&report);
+        let mut sum = 0.0;
+        for (name, src) in &sources {
+            assert_eq!(src["status"], "restored", "{name}: {src}");
+            assert!(src["error"].is_null(), "{name}: {src}");
+            sum += src["duration_secs"].as_f64().unwrap();
+        }
+        let total = report["duration_secs"].as_f64().unwrap();
+        assert!(
+            sum <= total,
+            "per-source times {sum} add up to more than {total}"
+        );
+        let get = |n: &str| &sources.iter().find(|(m, _)| m == n).unwrap().1;
+        let db = &get("db")["verification"];
+        assert!(db["tables"].as_u64().unwrap() >= 5, "{db}");
+        assert_eq!(db["row_mismatches"], 0, "{db}");
+        assert!(get("db")["target"].as_str().unwrap().contains("\"app\""));
+        let cache = &get("cache")["verification"];
+        assert!(cache["keys"].as_u64().unwrap() > 0, "{cache}");
+        assert_eq!(cache["key_mismatches"], 0, "{cache}");
+        let up = &get("uploads")["verification"];
+        assert_eq!(
+            up["files"], up["read"]["files"],
+            "every file of the snapshot restored: {up}"
+        );
+        assert!(get("phys")["verification"]["files"].as_u64().unwrap() > 100);
+        assert_eq!(report["restored"].as_array().unwrap().len(), 5);
+        assert!(report["not_restored"].as_array().unwrap().is_empty());
+        // The empty targets needed no safety backup.
+        for (name, src) in &sources {
+            assert!(
+                src["safety_snapshots"].as_array().unwrap().is_empty(),
+                "{name}"
+            );
+        }
+    });
+
+    step("the hooks ran in order", || {
+        assert_eq!(
+            s.hooks(),
+            "before_restore phys db cache uploads secrets\n\
+             after_restore ok phys db cache uploads secrets\n\
+             started phys\n"
+        );
+    });
+
+    step("everything is back, identical", || {
+        s.wait_recovered();
+        assert_eq!(s.markers(), markers, "the physical cluster after recovery");
+        let after = s.state();
+        assert_eq!(after.schema, before.schema, "schema");
+        assert_eq!(after.rows, before.rows, "row checksums");
+        assert_eq!(after.digest, before.digest, "DEBUG DIGEST");
+        assert_eq!(
+            after.uploads, before.uploads,
+            "uploads: digests, modes, times"
+        );
+        assert_eq!(after.env, before.env, ".env");
+        assert_eq!(fs::metadata(s.env_file()).unwrap().mode() & 0o777, 0o600);
+    });
+}
+
+#[test]
+fn restore_at_a_time_gives_each_source_as_it_was_then() {
+    let s = step("start the stack", Stack::new);
+    step("load data, first stack backup", || {
+        load(&s, false);
+        s.backup();
+    });
+    let first = s.state();
+    let t = step("change everything, then take T", || {
+        s.db.psql("app", "INSERT INTO orders VALUES (1001, 'late order')");
+        s.redis.cmd(&["SET", "str:small", "changed"]);
+        s.redis.cmd(&["SET", "new:key", "new"]);
+        fs::write(s.uploads().join("hello.txt"), "changed\n").unwrap();
+        fs::write(s.uploads().join("added.txt"), "added\n").unwrap();
+        s.phys
+            .psql("postgres", "INSERT INTO marker (note) VALUES ('before T')");
+        std::thread::sleep(Duration::from_millis(1100));
+        let t = s.phys.psql("postgres", "SELECT clock_timestamp()");
+        std::thread::sleep(Duration::from_millis(1100));
+        s.phys
+            .psql("postgres", "INSERT INTO marker (note) VALUES ('after T')");
+        t
+    });
+    step("second stack backup", || {
+        s.backup();
+        s.phys.archive_all();
+    });
+    let second = s.state();
+    assert_ne!(second, first);
+
+    step("targets that hold data need --yes", || {
+        let out = s.restore(&["--time", &t]);
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(
+            said.contains("give --yes") && said.contains("hold data"),
+            "{said}"
+        );
+        assert_eq!(s.hooks(), "");
+        assert_eq!(s.state(), second, "changed without --yes");
+    });
+
+    let report = step("restore --stack --time T --yes", || {
+        json(&s.restore(&["--time", &t, "--yes", "--json"]))
+    });
+    step("each source as of T", || {
+        assert_eq!(report["ok"], true, "{report}");
+        let sources = by_name(&report);
+        for (name, src) in &sources {
+            assert_eq!(src["status"], "restored", "{name}: {src}");
+        }
+        // The live database and Redis were backed up before they were replaced.
+        for name in ["db", "cache"] {
+            let src = &sources.iter().find(|(n, _)| n == name).unwrap().1;
+            assert_eq!(
+                src["safety_snapshots"].as_array().unwrap().len(),
+                1,
+                "{src}"
+            );
+        }
+        assert_eq!(
+            s.hooks(),
+            "before_restore phys db cache uploads secrets\n\
+             stopped phys\n\
+             after_restore ok phys db cache uploads secrets\n\
+             started phys\n"
+        );
+        s.wait_recovered();
+        // PITR to exactly T: the row committed before T is there, the one after is not.
+        assert_eq!(s.markers(), ["one", "two", "before T"]);
+        // The others: their newest snapshot at or before T, the first backup.
+        assert_eq!(s.state(), first);
+        assert!(!s.uploads().join("added.txt").exists());
+    });
+}
+
+#[test]
+fn a_failure_stops_the_sequence_and_after_restore_still_runs() {
+    let s = step("start the stack", Stack::new);
+    step("load data and back the stack up", || {
+        load(&s, false);
+        s.backup();
+    });
+    let before = s.state();
+    fs::remove_dir_all(s.files.path().join("srv")).unwrap();
+    // before_restore takes the Redis server down after the plan reached it: its restore
+    // fails, the files before it are restored, the ones after are not.
+    let conf = s.files.path().join("failing.toml");
+    let shutdown = format!(
+        "redis-cli -p {} shutdown nosave >/dev/null 2>&1; true",
+        s.redis.port()
+    );
+    let mut text = s.config("", &[&shutdown]);
+    text = text.replace(
+        r#"restore_order = ["phys", "db", "cache", "uploads", "secrets"]"#,
+        r#"restore_order = ["uploads", "cache", "secrets"]"#,
+    );
+    fs::write(&conf, text).unwrap();
+    let out = s.restore_with(
+        &conf,
+        &[
+            "--yes", "--json", "--source", "uploads", "--source", "cache", "--source", "secrets",
+        ],
+    );
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(8), "{said}");
+    assert!(
+        said.contains("source \"cache\"")
+            && said.contains("restored: uploads; not restored: cache, secrets"),
+        "{said}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], false);
+    let status: Vec<(String, String)> = by_name(&r)
+        .into_iter()
+        .map(|(n, v)| (n, v["status"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("uploads".to_string(), "restored".to_string()),
+            ("cache".into(), "failed".into()),
+            ("secrets".into(), "not_restored".into())
+        ]
+    );
+    assert_eq!(fingerprint(&s.uploads()), before.uploads);
+    assert!(!s.env_file().exists());
+    let hooks = s.hooks();
+    assert!(
+        hooks.starts_with("before_restore uploads cache secrets\nafter_restore failed uploads\n"),
+        "{hooks}"
+    );
+}
