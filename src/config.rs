@@ -100,7 +100,8 @@ impl Config {
     ) -> Result<Config> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| Error::usage(e.to_string()))?;
-        expand::expand_table(&mut table, "", env)?;
+        // The sources expand their own variables: one that is not set makes only commands
+        // that use that source fail (see `SourceConfig::unresolved`).
         let declared = match table.remove("sources") {
             Some(toml::Value::Table(t)) => t,
             Some(_) => {
@@ -108,10 +109,11 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        expand::expand_table(&mut table, "", env)?;
         let mut c: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::usage(e.message().to_string()))?;
-        c.sources = sources::parse_sources(declared, dir)?;
+        c.sources = sources::parse_sources(declared, dir, env)?;
         for name in &c.stack.restore_order {
             if !c.sources.iter().any(|s| &s.name == name) {
                 return Err(Error::usage(format!(
@@ -282,11 +284,20 @@ after_restore = ["systemctl start app"]
         assert!(e.contains("[sources.db]") && e.contains("urll"), "{e}");
         let e = err("[sources.db]\ntype = \"files\"\npaths = [\"/x\"]\nkeep = { dayly = 3 }\n");
         assert!(e.contains("[sources.db]") && e.contains("dayly"), "{e}");
-        let e = err("[sources.x]\ntype = \"redis\"\nurl = \"${NOT_SET_ANYWHERE}\"\n");
+        // An unset variable in a source fails only what uses the source.
+        let c = Config::parse(
+            "[sources.x]\ntype = \"redis\"\nurl = \"${NOT_SET_ANYWHERE}\"\n",
+            None,
+            &env,
+        )
+        .unwrap();
+        let e = c.sources[0].resolved().unwrap_err().to_string();
         assert!(
             e.contains("sources.x.url") && e.contains("NOT_SET_ANYWHERE is not set"),
             "{e}"
         );
+        let e = err("repository = \"${NOT_SET_ANYWHERE}\"\n");
+        assert!(e.contains("repository") && e.contains("is not set"), "{e}");
         let e = err("repositry = \"/r\"\n");
         assert!(e.contains("repositry"), "{e}");
         let e = err("[stack]\nrestore_ordr = []\n");

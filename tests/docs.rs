@@ -184,7 +184,7 @@ fn backup_json_is_as_documented() {
 #[test]
 fn snapshots_and_ls_json_are_as_documented() {
     let r = repo();
-    let list = ops::snapshots::snapshots(&r.repo, &[]).unwrap();
+    let list = ops::snapshots::snapshots(&r.repo, &[], &[]).unwrap();
     holds(
         "snapshots",
         &ticked(
@@ -227,6 +227,7 @@ fn forget_json_is_as_documented() {
             ..Policy::default()
         },
         tags: vec![],
+        sources: vec![],
         group_by: vec!["host".into()],
         dry_run: true,
         prune: false,

@@ -36,6 +36,9 @@ pub enum FileKind {
     /// `wal/holds/` — holds on archived WAL that retention must keep (a recovery in
     /// progress); created on first use.
     WalHold,
+    /// `runs/` — the run history: one small sealed record per backup run of a declared
+    /// source, success or failure; created on first use.
+    Run,
 }
 
 impl FileKind {
@@ -49,6 +52,7 @@ impl FileKind {
             FileKind::Lock => "locks",
             FileKind::Wal => "wal",
             FileKind::WalHold => "wal/holds",
+            FileKind::Run => "runs",
         }
     }
 
@@ -62,7 +66,7 @@ impl FileKind {
         }
     }
 
-    pub const ALL_DIRS: [FileKind; 7] = [
+    pub const ALL_DIRS: [FileKind; 8] = [
         FileKind::Key,
         FileKind::Pack,
         FileKind::Index,
@@ -70,6 +74,7 @@ impl FileKind {
         FileKind::Lock,
         FileKind::Wal,
         FileKind::WalHold,
+        FileKind::Run,
     ];
 }
 

@@ -71,6 +71,10 @@ pub enum Command {
     /// forget keeps the WAL they hold)
     #[command(subcommand)]
     WalHold(WalHoldCommand),
+    /// Each declared source's last successful backup and its age against the source's RPO,
+    /// the last failure, and the recoverable window of physical PostgreSQL sources (exit 1
+    /// when a source is out of its RPO)
+    Status(StatusArgs),
     /// Print the version
     Version,
 }
@@ -146,6 +150,18 @@ pub struct BackupArgs {
     /// With --redis: the client certificate's private key (PEM)
     #[arg(long, value_name = "FILE", requires = "redis_tls_cert")]
     pub redis_tls_key: Option<PathBuf>,
+    /// Back up this declared source of the config file (repeatable; with no paths or
+    /// source options, every declared source is backed up)
+    #[arg(long = "source", value_name = "NAME",
+          conflicts_with_all = ["paths", "stdin", "postgres", "redis"])]
+    pub sources: Vec<String>,
+    /// Back up every declared source; with none declared, the stack that DATABASE_URL,
+    /// SUPABASE_DB_URL, REDIS_URL and UPLOADS_DIR describe
+    #[arg(long, conflicts_with_all = ["paths", "stdin", "postgres", "redis", "sources"])]
+    pub all: bool,
+    /// With the stack: do not apply the sources' keep rules after their backups
+    #[arg(long)]
+    pub no_forget: bool,
     /// File name for the stdin stream inside the snapshot
     #[arg(long, default_value = "stdin", requires = "stdin")]
     pub stdin_name: String,
@@ -155,6 +171,10 @@ pub struct BackupArgs {
     /// Exclude paths matching a glob (repeatable); without '/' it matches names anywhere
     #[arg(long = "exclude")]
     pub excludes: Vec<String>,
+    /// Do not descend into other file systems below the paths (a mount point is stored as
+    /// an empty directory)
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
     /// Snapshot time (RFC 3339), for imports and tests
     #[arg(long)]
     pub time: Option<String>,
@@ -173,6 +193,16 @@ pub struct SnapshotsArgs {
     /// Only snapshots with this tag
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Only snapshots of this declared source (repeatable)
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -388,6 +418,9 @@ pub struct ForgetArgs {
     /// Only consider snapshots with this tag
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Only consider snapshots of this declared source (repeatable)
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
     /// Group snapshots by these fields before applying the policy
     #[arg(long, default_value = "host,paths")]
     pub group_by: String,

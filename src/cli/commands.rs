@@ -80,42 +80,48 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         hostname: a.host.clone(),
         ..CommonOptions::default()
     };
+    let ad_hoc = !a.paths.is_empty() || a.stdin || a.postgres.is_some() || a.redis.is_some();
+    if a.all || !a.sources.is_empty() || (!ad_hoc && !ctx.access.config.sources.is_empty()) {
+        return backup_stack(ctx, a, common);
+    }
     let mut stdin = std::io::stdin();
-    let source = match (&a.postgres, a.physical) {
-        (Some(conn), true) => Source::Physical {
-            conn: conn.clone(),
-            pgdata: a.pgdata.clone(),
-            archive_timeout: Duration::from_secs(a.archive_timeout),
-        },
-        (Some(conn), false) => Source::Postgres {
-            conn: conn.clone(),
-            all_databases: a.all_databases,
-            split: DumpSplit {
-                jobs: a.dump_jobs as usize,
-                min_table_bytes: a.dump_min_table_bytes,
+    let source =
+        match (&a.postgres, a.physical) {
+            (Some(conn), true) => Source::Physical {
+                conn: conn.clone(),
+                pgdata: a.pgdata.clone(),
+                archive_timeout: Duration::from_secs(a.archive_timeout),
             },
-        },
-        _ if a.redis.is_some() => Source::Redis(redis_options(
-            ctx,
-            a.redis.clone().flatten(),
-            &a.redis_method,
-            [&a.redis_tls_ca, &a.redis_tls_cert, &a.redis_tls_key],
-        )?),
-        _ if a.stdin => Source::Stream {
-            reader: &mut stdin,
-            name: a.stdin_name.clone(),
-        },
-        _ if !a.paths.is_empty() => Source::Files {
-            paths: a.paths.clone(),
-            excludes: a.excludes.clone(),
-        },
-        _ => {
-            return Err(Error::usage(
-                "give paths to back up, --stdin, --postgres [URL] or --redis [URL]",
+            (Some(conn), false) => Source::Postgres {
+                conn: conn.clone(),
+                all_databases: a.all_databases,
+                databases: Vec::new(),
+                split: DumpSplit {
+                    jobs: a.dump_jobs as usize,
+                    min_table_bytes: a.dump_min_table_bytes,
+                },
+            },
+            _ if a.redis.is_some() => Source::Redis(redis_options(
+                ctx,
+                a.redis.clone().flatten(),
+                &a.redis_method,
+                [&a.redis_tls_ca, &a.redis_tls_cert, &a.redis_tls_key],
+            )?),
+            _ if a.stdin => Source::Stream {
+                reader: &mut stdin,
+                name: a.stdin_name.clone(),
+            },
+            _ if !a.paths.is_empty() => Source::Files {
+                paths: a.paths.clone(),
+                excludes: a.excludes.clone(),
+                one_file_system: a.one_file_system,
+            },
+            _ => return Err(Error::usage(
+                "give paths to back up, --stdin, --postgres [URL] or --redis [URL]; or declare \
+                 the stack's sources in the config file (--config), or use --all",
             )
-            .into())
-        }
-    };
+            .into()),
+        };
     let repo = ctx.open_or_create_default()?;
     let p = ctx.progress(source.label(), None);
     let r = ops::backup::backup(&repo, source, common, &p);
@@ -128,8 +134,52 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
     Ok(())
 }
 
+/// `backup` of the declared stack (or, with `--all` and none declared, of the stack the
+/// environment describes).
+fn backup_stack(ctx: &Context, a: &BackupArgs, common: CommonOptions) -> Result<()> {
+    let mut config = ctx.access.config.clone();
+    if config.sources.is_empty() && a.all {
+        let (sources, found) = ops::stack::from_environment(&|v| std::env::var(v).ok());
+        if sources.is_empty() {
+            return Err(Error::usage(
+                "--all: the config file declares no [sources], and none of DATABASE_URL, \
+                 SUPABASE_DB_URL, REDIS_URL and UPLOADS_DIR is set",
+            )
+            .into());
+        }
+        ctx.say(&format!(
+            "no [sources] in the config file; from the environment: {}",
+            found.join(", ")
+        ));
+        config.sources = sources;
+    }
+    let opts = ops::stack::StackOptions {
+        sources: a.sources.clone(),
+        forget: !a.no_forget,
+        common,
+    };
+    let repo = ctx.open_or_create_default()?;
+    let r = ops::stack::backup_stack(&repo, &config, &opts, &|what| ctx.progress(what, None))?;
+    if a.json {
+        print_sorted(&r, false)?;
+    } else {
+        ctx.say(&r.to_string());
+    }
+    r.verdict()
+}
+
+pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
+    let r = ops::status::status(&ctx.open()?, &ctx.access.config)?;
+    if a.json {
+        print_sorted(&r, true)?;
+    } else {
+        println!("{r}");
+    }
+    r.verdict()
+}
+
 pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
-    let list = ops::snapshots::snapshots(&*ctx.open()?, &a.tags)?;
+    let list = ops::snapshots::snapshots(&*ctx.open()?, &a.tags, &a.sources)?;
     if a.json {
         return print_sorted(&list, true);
     }
@@ -400,6 +450,7 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
             keep_tags: a.keep_tag.clone(),
         },
         tags: a.tags.clone(),
+        sources: a.sources.clone(),
         group_by: a
             .group_by
             .split(',')

@@ -28,6 +28,10 @@ pub struct SourceConfig {
     pub after: Vec<String>,
     /// The longest time without a successful backup before the source is in breach.
     pub rpo: Option<Duration>,
+    /// Why the source's `${VAR}`s could not be expanded (a variable is not set): commands
+    /// that back it up or restore it fail with this; the others (snapshots, status…)
+    /// work without the variable.
+    pub unresolved: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -273,15 +277,27 @@ fn valid_name(n: &str) -> bool {
 
 /// Parse the `[sources]` table (in declared order); relative paths are taken relative to
 /// `dir`, the config file's directory.
-pub fn parse_sources(sources: toml::Table, dir: Option<&Path>) -> Result<Vec<SourceConfig>> {
+pub fn parse_sources(
+    sources: toml::Table,
+    dir: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<SourceConfig>> {
     let mut out = Vec::new();
-    for (name, value) in sources {
+    for (name, mut value) in sources {
         let at = format!("[sources.{name}]");
         let bad = |e: String| -> anyhow::Error { Error::usage(format!("{at}: {e}")).into() };
         if !valid_name(&name) {
             return Err(bad(
                 "a source name is letters, digits, '-', '_' and '.' (at most 64, not starting with '.')".into(),
             ));
+        }
+        let mut unresolved = None;
+        if let toml::Value::Table(t) = &mut value {
+            let mut expanded = t.clone();
+            match super::expand::expand_table(&mut expanded, &format!("sources.{name}"), env) {
+                Ok(()) => *t = expanded,
+                Err(e) => unresolved = Some(e.to_string()),
+            }
         }
         let toml::Value::Table(mut table) = value else {
             return Err(bad("must be a table".into()));
@@ -333,6 +349,7 @@ pub fn parse_sources(sources: toml::Table, dir: Option<&Path>) -> Result<Vec<Sou
             before: common.before,
             after: common.after,
             rpo: common.rpo,
+            unresolved,
         };
         s.check().map_err(bad)?;
         if let Some(dir) = dir {
@@ -344,6 +361,14 @@ pub fn parse_sources(sources: toml::Table, dir: Option<&Path>) -> Result<Vec<Sou
 }
 
 impl SourceConfig {
+    /// Fail (exit 2) when a `${VAR}` of this source is not set.
+    pub fn resolved(&self) -> Result<&SourceConfig> {
+        match &self.unresolved {
+            Some(e) => Err(Error::usage(format!("source {}: {e}", self.name)).into()),
+            None => Ok(self),
+        }
+    }
+
     /// What serde cannot say: required keys that depend on others.
     fn check(&self) -> Result<(), String> {
         match &self.kind {

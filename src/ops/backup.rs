@@ -24,16 +24,18 @@ pub enum Source<'a> {
     Files {
         paths: Vec<PathBuf>,
         excludes: Vec<String>,
+        one_file_system: bool,
     },
     /// A byte stream, stored under `name`.
     Stream {
         reader: &'a mut dyn Read,
         name: String,
     },
-    /// pg_dump of one database, or of all (`all_databases`).
+    /// pg_dump of one database, of all (`all_databases`), or of those named (`databases`).
     Postgres {
         conn: Option<String>,
         all_databases: bool,
+        databases: Vec<String>,
         split: DumpSplit,
     },
     /// A Redis server's RDB.
@@ -88,11 +90,16 @@ pub fn backup(
     let _lock = Lock::shared(repo, "backup")?;
     let repo = repo.clone();
     let snap = match source {
-        Source::Files { paths, excludes } => backup_files(
+        Source::Files {
+            paths,
+            excludes,
+            one_file_system,
+        } => backup_files(
             repo,
             &FilesOptions {
                 paths,
                 excludes,
+                one_file_system,
                 common,
             },
             progress,
@@ -101,12 +108,14 @@ pub fn backup(
         Source::Postgres {
             conn,
             all_databases,
+            databases,
             split,
         } => backup_postgres(
             repo,
             &PostgresOptions {
                 conn,
                 all_databases,
+                databases,
                 split,
                 common,
             },

@@ -25,6 +25,8 @@ pub struct ForgetOptions {
     pub policy: Policy,
     /// Only snapshots with all these tags are subject to the policy.
     pub tags: Vec<String>,
+    /// Only snapshots of these declared sources are subject to the policy (all when empty).
+    pub sources: Vec<String>,
     /// What groups snapshots before the policy applies (`host`, `paths`, `tags`).
     pub group_by: Vec<String>,
     /// Decide and report, change nothing.
@@ -157,6 +159,10 @@ pub fn forget(
         let candidates: Vec<_> = all
             .iter()
             .filter(|s| opts.tags.iter().all(|t| s.has_tag(t)))
+            .filter(|s| {
+                opts.sources.is_empty()
+                    || s.source.as_ref().is_some_and(|n| opts.sources.contains(n))
+            })
             .filter(|s| !remove.iter().any(|r| r.id == s.id))
             .cloned()
             .collect();

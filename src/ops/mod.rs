@@ -19,6 +19,8 @@ pub mod prune;
 pub mod restore;
 pub mod restore_stack;
 pub mod snapshots;
+pub mod stack;
+pub mod status;
 pub mod unlock;
 pub mod wal_fetch;
 pub mod wal_hold;

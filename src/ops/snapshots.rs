@@ -26,14 +26,24 @@ pub struct SnapshotEntry {
     pub sources: Vec<SourceInfo>,
     pub summary: Summary,
     pub requires: Features,
+    /// The declared source it backs up (`[sources.NAME]`), if any.
+    pub source: Option<String>,
+    /// The stack run it was made by, if any.
+    pub run: Option<String>,
 }
 
-/// The snapshots that have every one of `tags`.
-pub fn snapshots(repo: &Repository, tags: &[String]) -> Result<Vec<SnapshotEntry>> {
+/// The snapshots that have every one of `tags` and, when `sources` is not empty, back up
+/// one of those declared sources.
+pub fn snapshots(
+    repo: &Repository,
+    tags: &[String],
+    sources: &[String],
+) -> Result<Vec<SnapshotEntry>> {
     Ok(repo
         .load_snapshots()?
         .into_iter()
         .filter(|s| tags.iter().all(|t| s.has_tag(t)))
+        .filter(|s| sources.is_empty() || s.source.as_ref().is_some_and(|n| sources.contains(n)))
         .map(|s| SnapshotEntry {
             id: s.id.to_hex(),
             short_id: s.id.short(),
@@ -49,6 +59,8 @@ pub fn snapshots(repo: &Repository, tags: &[String]) -> Result<Vec<SnapshotEntry
             sources: s.sources,
             summary: s.summary,
             requires: s.requires,
+            source: s.source,
+            run: s.run,
         })
         .collect())
 }
@@ -60,16 +72,17 @@ impl std::fmt::Display for Table<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{:<10} {:<20} {:<16} {:<8} {:>11}  {:<16} paths",
-            "id", "time", "host", "kind", "size", "tags"
+            "{:<10} {:<20} {:<16} {:<12} {:<17} {:>11}  {:<16} paths",
+            "id", "time", "host", "source", "kind", "size", "tags"
         )?;
         for s in self.0 {
             writeln!(
                 f,
-                "{:<10} {:<20} {:<16} {:<8} {:>11}  {:<16} {}",
+                "{:<10} {:<20} {:<16} {:<12} {:<17} {:>11}  {:<16} {}",
                 s.short_id,
                 s.time.format("%Y-%m-%d %H:%M:%S"),
                 s.hostname,
+                s.source.as_deref().unwrap_or("-"),
                 s.kind,
                 mib(s.size),
                 s.tags.join(","),

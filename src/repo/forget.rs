@@ -158,11 +158,11 @@ pub fn apply(mut list: Vec<Snapshot>, p: &Policy) -> Vec<Decision> {
     out
 }
 
-/// Group snapshots by the given keys (`host`, `paths`, `tags`).
+/// Group snapshots by the given keys (`host`, `paths`, `tags`, `source`).
 pub fn group(list: Vec<Snapshot>, keys: &[String]) -> Result<BTreeMap<String, Vec<Snapshot>>> {
     for k in keys {
-        if !["host", "paths", "tags"].contains(&k.as_str()) {
-            bail!("unknown group-by key {k:?}: use host, paths, tags");
+        if !["host", "paths", "tags", "source"].contains(&k.as_str()) {
+            bail!("unknown group-by key {k:?}: use host, paths, tags, source");
         }
     }
     let mut out: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
@@ -172,6 +172,7 @@ pub fn group(list: Vec<Snapshot>, keys: &[String]) -> Result<BTreeMap<String, Ve
             match k.as_str() {
                 "host" => parts.push(format!("host {}", s.hostname)),
                 "paths" => parts.push(format!("paths [{}]", s.paths.join(", "))),
+                "source" => parts.push(format!("source {}", s.source.as_deref().unwrap_or("-"))),
                 _ => {
                     let mut t = s.tags.clone();
                     t.sort();

@@ -23,6 +23,7 @@ pub mod lock;
 pub mod pack;
 pub mod prune;
 pub mod restore;
+pub mod runs;
 pub mod saver;
 pub mod snapshot;
 pub mod tree;

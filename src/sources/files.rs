@@ -33,6 +33,9 @@ use std::sync::Arc;
 pub struct FilesOptions {
     pub paths: Vec<PathBuf>,
     pub excludes: Vec<String>,
+    /// Do not descend into other file systems below the paths: a mount point is stored as
+    /// an empty directory.
+    pub one_file_system: bool,
     pub common: CommonOptions,
 }
 
@@ -92,6 +95,9 @@ pub(crate) struct Archiver<'a> {
     /// The chunker's read window, reused from file to file.
     window: Vec<u8>,
     rules: Option<&'a dyn EntryRules>,
+    /// With `one_file_system`: the devices of the paths given; a directory on another one
+    /// is stored empty.
+    devices: Option<Vec<u64>>,
 }
 
 /// A file whose mtime or ctime is less than this before the moment coffer starts reading it is
@@ -160,6 +166,7 @@ impl<'a> Archiver<'a> {
             size: 0,
             window: Vec::new(),
             rules,
+            devices: None,
         })
     }
 
@@ -310,8 +317,16 @@ impl<'a> Archiver<'a> {
         };
         let ft = m.file_type();
         if ft.is_dir() {
-            let sub_parent = self.parent_tree(parent);
             let mut n = meta_node(name, NodeKind::Dir, &m);
+            if self.devices.as_ref().is_some_and(|d| !d.contains(&m.dev())) {
+                self.progress.log(&format!(
+                    "{} is another file system (one_file_system): stored as an empty directory",
+                    path.display()
+                ));
+                n.subtree = Some(self.session.save_tree(Tree { nodes: Vec::new() })?);
+                return Ok(Some(n.into()));
+            }
+            let sub_parent = self.parent_tree(parent);
             n.subtree = Some(self.save_dir(path, sub_parent.as_ref())?);
             Ok(Some(n.into()))
         } else if ft.is_symlink() {
@@ -404,6 +419,7 @@ pub struct Files {
     excluder: Excluder,
     excludes: Vec<String>,
     parent: Option<Snapshot>,
+    devices: Option<Vec<u64>>,
 }
 
 impl Files {
@@ -413,9 +429,10 @@ impl Files {
             return Err(Error::usage("nothing to back up: give at least one path").into());
         }
         let mut abs: Vec<PathBuf> = Vec::new();
+        let mut devices = Vec::new();
         for p in &opts.paths {
             let a = std::path::absolute(p).map_err(|e| read_err(p, e))?;
-            fs::symlink_metadata(&a).map_err(|e| read_err(&a, e))?;
+            devices.push(fs::symlink_metadata(&a).map_err(|e| read_err(&a, e))?.dev());
             abs.push(a);
         }
         abs.sort();
@@ -443,6 +460,7 @@ impl Files {
             excluder: Excluder::new(&opts.excludes)?,
             excludes: opts.excludes.clone(),
             parent,
+            devices: opts.one_file_system.then_some(devices),
         })
     }
 }
@@ -459,6 +477,7 @@ impl Source for Files {
             excluder,
             excludes,
             parent,
+            devices,
         } = *self;
         let mut a = Archiver {
             session,
@@ -467,6 +486,7 @@ impl Source for Files {
             size: 0,
             window: Vec::new(),
             rules: None,
+            devices,
         };
         let parent_tree = parent.as_ref().and_then(|p| a.load_parent(&p.tree));
         let nodes = a.trie_nodes(&root, Path::new("/"), parent_tree.as_ref())?;

@@ -441,6 +441,7 @@ pub fn library_backup(
         coffer::ops::backup::Source::Files {
             paths,
             excludes: vec![],
+            one_file_system: false,
         },
         coffer::sources::CommonOptions::default(),
         progress,

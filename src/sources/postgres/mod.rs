@@ -182,6 +182,8 @@ pub struct PostgresOptions {
     /// A connection URL or string; `DATABASE_URL` and the libpq variables when none.
     pub conn: Option<String>,
     pub all_databases: bool,
+    /// Dump these databases, with the globals (as `all_databases` does, for only these).
+    pub databases: Vec<String>,
     pub split: DumpSplit,
     pub common: CommonOptions,
 }
@@ -247,18 +249,13 @@ pub fn backup_postgres(
     opts: &PostgresOptions,
     progress: &Progress,
 ) -> Result<Snapshot> {
-    let mut target = PgTarget::resolve(opts.conn.as_deref(), !opts.all_databases, progress)?;
-    if opts.all_databases && target.dbname.is_none() {
+    let several = opts.all_databases || !opts.databases.is_empty();
+    let mut target = PgTarget::resolve(opts.conn.as_deref(), !several, progress)?;
+    if several && target.dbname.is_none() {
         target.dbname = Some("postgres".into());
     }
-    backup_target(
-        repo,
-        &target,
-        opts.all_databases,
-        opts.split,
-        &opts.common,
-        progress,
-    )
+    let source = Dumps::connect(&target, several, &opts.databases, opts.split)?;
+    run(repo, source, &opts.common, progress)
 }
 
 /// Back up a resolved target: its database, or every database and the globals.
@@ -270,7 +267,7 @@ pub fn backup_target(
     common: &CommonOptions,
     progress: &Progress,
 ) -> Result<Snapshot> {
-    let source = Dumps::connect(target, all_databases, split)?;
+    let source = Dumps::connect(target, all_databases, &[], split)?;
     run(repo, source, common, progress)
 }
 
@@ -286,11 +283,17 @@ pub struct Dumps<'a> {
 
 impl<'a> Dumps<'a> {
     /// Connect to the target, list the databases to dump (its own, or every one that
-    /// accepts connections) and find a pg_dump for the server's version.
-    pub fn connect(target: &'a PgTarget, all_databases: bool, split: DumpSplit) -> Result<Self> {
+    /// accepts connections, or of those the ones in `only`) and find a pg_dump for the
+    /// server's version.
+    pub fn connect(
+        target: &'a PgTarget,
+        all_databases: bool,
+        only: &[String],
+        split: DumpSplit,
+    ) -> Result<Self> {
         let mut client = target.connect()?;
         let server = ServerInfo::query(&mut client, target)?;
-        let databases: Vec<String> = if all_databases {
+        let mut databases: Vec<String> = if all_databases {
             client
                 .query(
                     "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
@@ -303,6 +306,20 @@ impl<'a> Dumps<'a> {
         } else {
             vec![target.db().to_string()]
         };
+        if !only.is_empty() {
+            if let Some(missing) = only.iter().find(|d| !databases.contains(d)) {
+                return Err(Error::new(
+                    ErrorKind::Source,
+                    format!(
+                        "database {missing:?} is not on the server {} (or does not accept connections); it has: {}",
+                        target.server(),
+                        databases.join(", ")
+                    ),
+                )
+                .into());
+            }
+            databases.retain(|d| only.contains(d));
+        }
         drop(client);
         let pg_dump = tools::find("pg_dump", server.major())?;
         Ok(Dumps {

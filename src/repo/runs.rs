@@ -1,0 +1,106 @@
+//! The run history: one record per backup run of a declared source, success or failure.
+//!
+//! A snapshot exists only for a success; a record also says when a source failed and why,
+//! so `coffer status` (and later the service and its alerts) can tell "failing since
+//! Tuesday" from "never configured", from any host, out of the repository alone. Each record
+//! is one object `runs/<id>`, sealed like a snapshot (named by the hash of its stored bytes)
+//! and written after the run ended (after its snapshot, when there is one). Records are not
+//! referenced by anything: losing one loses only history, and [`trim`] removes the oldest
+//! beyond [`KEEP_PER_SOURCE`] per source.
+
+use super::id::Id;
+use super::Repository;
+use crate::backend::{is_not_found, FileKind};
+use anyhow::Result;
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+/// Records kept per source by [`trim`] (the newest).
+pub const KEEP_PER_SOURCE: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Ok,
+    Failed,
+}
+
+/// One run of one source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The storage name; not part of the stored JSON.
+    #[serde(skip)]
+    pub id: Id,
+    /// The id the run's snapshots share (one `coffer backup` of the stack).
+    pub run: String,
+    /// What ran: `backup`.
+    pub job: String,
+    /// The declared source.
+    pub source: String,
+    /// The source's type (`postgres`, `redis`, `files`, `command`).
+    #[serde(rename = "type")]
+    pub source_type: String,
+    pub host: String,
+    pub started: DateTime<FixedOffset>,
+    pub finished: DateTime<FixedOffset>,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes of the files and streams read.
+    pub bytes_read: u64,
+    /// Plaintext bytes new to the repository.
+    pub bytes_added: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+/// Store a record.
+pub fn save(repo: &Repository, r: &RunRecord) -> Result<Id> {
+    repo.save_json(FileKind::Run, r)
+}
+
+/// Every record, oldest first. One that cannot be read is skipped with a warning: the
+/// history informs, it decides nothing that loses data.
+pub fn load(repo: &Repository) -> Result<Vec<RunRecord>> {
+    let mut out = Vec::new();
+    for l in repo.backend.list(FileKind::Run)? {
+        // load_json checks that the contents match the name, so the name is an id.
+        match repo
+            .load_json::<RunRecord>(FileKind::Run, &l.name)
+            .and_then(|r| {
+                Ok(RunRecord {
+                    id: l.name.parse()?,
+                    ..r
+                })
+            }) {
+            Ok(r) => out.push(r),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => repo.events().warn(&format!(
+                "skipping run record {}: {e:#}",
+                FileKind::Run.path(&l.name)
+            )),
+        }
+    }
+    out.sort_by_key(|r| r.finished);
+    Ok(out)
+}
+
+/// Remove each source's records beyond the newest [`KEEP_PER_SOURCE`]; returns how many.
+pub fn trim(repo: &Repository, records: &[RunRecord]) -> Result<usize> {
+    let mut by_source: std::collections::BTreeMap<&str, Vec<&RunRecord>> = Default::default();
+    for r in records {
+        by_source.entry(&r.source).or_default().push(r);
+    }
+    let mut removed = 0;
+    for list in by_source.values_mut() {
+        list.sort_by_key(|r| std::cmp::Reverse(r.finished));
+        for r in list.iter().skip(KEEP_PER_SOURCE) {
+            match repo.backend.remove(FileKind::Run, &r.id.to_hex()) {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
