@@ -605,8 +605,8 @@ fn a_failure_stops_the_sequence_and_after_restore_still_runs() {
     assert_eq!(fingerprint(&s.uploads()), before.uploads);
     assert!(!s.env_file().exists());
     let hooks = s.hooks();
-    assert!(
-        hooks.starts_with("before_restore uploads cache secrets\nafter_restore failed uploads\n"),
-        "{hooks}"
+    assert_eq!(
+        hooks,
+        "before_restore uploads cache secrets\nstopped phys\nafter_restore failed uploads\nstarted phys\n"
     );
 }

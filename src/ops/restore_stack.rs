@@ -416,23 +416,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// The Redis connection options of a source: the config file's `[redis]` table, with the
-/// source's own password file and TLS files winning.
-fn redis_conn(config: &Config, r: &crate::config::sources::RedisSource) -> Result<ConnOptions> {
-    let mut settings = config.redis.clone();
-    for (slot, own) in [
-        (&mut settings.password_file, &r.password_file),
-        (&mut settings.tls_ca, &r.tls_ca),
-        (&mut settings.tls_cert, &r.tls_cert),
-        (&mut settings.tls_key, &r.tls_key),
-    ] {
-        if own.is_some() {
-            slot.clone_from(own);
-        }
-    }
-    ConnOptions::from_settings(&settings)
-}
-
 /// Plan one source: its action, its target (for the report), whether the target holds
 /// data; reaching the target on the way.
 fn plan_source(
@@ -552,7 +535,7 @@ fn plan_source(
             ))
         }
         SourceKind::Redis(r) => {
-            let conn = redis_conn(config, r)?;
+            let conn = ConnOptions::from_settings(&super::stack::redis_settings(r, &config.redis))?;
             let t = RedisTarget::resolve(r.url.as_deref())?;
             crate::sources::redis::restore::pick_source(snap)?;
             let mut c = Conn::connect(&t, &conn).map_err(|e| {
@@ -873,13 +856,16 @@ pub fn restore_stack(
             live: None,
         };
         progress.set_message(format!("planning {}", src.name));
-        let planned = choose(&all, src, opts.time.as_ref()).and_then(|snap| {
-            r.snapshot = Some(snap.id.to_hex());
-            r.snapshot_time = Some(snap.time.to_rfc3339());
-            let p = plan_source(repo, &index, config, opts, src, &snap, progress);
-            step.snap = Some(snap);
-            p
-        });
+        let planned = src
+            .resolved()
+            .and_then(|src| choose(&all, src, opts.time.as_ref()))
+            .and_then(|snap| {
+                r.snapshot = Some(snap.id.to_hex());
+                r.snapshot_time = Some(snap.time.to_rfc3339());
+                let p = plan_source(repo, &index, config, opts, src, &snap, progress);
+                step.snap = Some(snap);
+                p
+            });
         match planned {
             Ok((action, target, live)) => {
                 r.target = target;
