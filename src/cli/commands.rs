@@ -275,7 +275,7 @@ fn restore_stack(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     let config = &ctx.access.config;
     // The plan needs the stack before the repository is opened (and a passphrase asked).
     ops::restore_stack::restore_sequence(config, &a.sources)?;
-    let opts = ops::restore_stack::StackOptions {
+    let opts = ops::restore_stack::StackRestoreOptions {
         time,
         sources: a.sources.clone(),
         target: a.target.clone(),

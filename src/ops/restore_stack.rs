@@ -48,9 +48,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What `restore --stack` was asked.
-#[derive(Debug, Clone, Default)]
-pub struct StackOptions {
+/// What `restore --stack` was asked. The default: every source as of its newest snapshot,
+/// with safety backups and a 24-hour WAL hold, asking before targets that hold data are
+/// replaced.
+#[derive(Debug, Clone)]
+pub struct StackRestoreOptions {
     /// Restore each source as of this time (default: its newest snapshot; for a physical
     /// PostgreSQL source, the end of the WAL archive).
     pub time: Option<DateTime<FixedOffset>>,
@@ -69,6 +71,21 @@ pub struct StackOptions {
     pub fetch: FetchConfig,
     /// How long the WAL hold of a point-in-time recovery lasts after its last wal-fetch.
     pub wal_hold_expiry: Duration,
+}
+
+impl Default for StackRestoreOptions {
+    fn default() -> Self {
+        StackRestoreOptions {
+            time: None,
+            sources: vec![],
+            target: None,
+            dry_run: false,
+            yes: false,
+            safety_backup: true,
+            fetch: FetchConfig::default(),
+            wal_hold_expiry: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Where a source stands.
@@ -149,7 +166,7 @@ pub struct HookReport {
 
 /// What `restore --stack` did (`--json` prints it).
 #[derive(Debug, Clone, Serialize)]
-pub struct StackReport {
+pub struct StackRestoreReport {
     pub ok: bool,
     pub dry_run: bool,
     /// The time asked with `--time`.
@@ -165,7 +182,7 @@ pub struct StackReport {
     pub error_kind: Option<ErrorKind>,
 }
 
-impl StackReport {
+impl StackRestoreReport {
     /// The failure, as an error of its kind (for the exit code).
     pub fn verdict(&self) -> Result<()> {
         match (&self.error, self.error_kind) {
@@ -422,7 +439,7 @@ fn plan_source(
     repo: &Repository,
     index: &MasterIndex,
     config: &Config,
-    opts: &StackOptions,
+    opts: &StackRestoreOptions,
     src: &SourceConfig,
     snap: &Snapshot,
     progress: &Progress,
@@ -679,7 +696,7 @@ fn restore_path(
 fn run_step(
     repo: &Arc<Repository>,
     index: &Arc<MasterIndex>,
-    opts: &StackOptions,
+    opts: &StackRestoreOptions,
     step: &Step<'_>,
     confirmed: bool,
     r: &mut SourceReport,
@@ -807,20 +824,20 @@ fn run_step(
 /// Restore the stack (see the module's documentation). `confirm(question, word)` asks the
 /// user to type `word` before targets that hold data are replaced; false refuses (then
 /// `--yes` is needed). Errors of the plan or of a restore are in the report (see
-/// [`StackReport::verdict`]); an error returned here means nothing was attempted.
+/// [`StackRestoreReport::verdict`]); an error returned here means nothing was attempted.
 pub fn restore_stack(
     repo: &Arc<Repository>,
     config: &Config,
-    opts: &StackOptions,
+    opts: &StackRestoreOptions,
     progress: &Progress,
     confirm: &mut dyn FnMut(&str, &str) -> Result<bool>,
-) -> Result<StackReport> {
+) -> Result<StackRestoreReport> {
     let started = Instant::now();
     let sequence = restore_sequence(config, &opts.sources)?;
     let _lock = Lock::shared(repo, "restore --stack")?;
     let all = repo.load_snapshots()?;
     let index = Arc::new(repo.load_index()?);
-    let mut report = StackReport {
+    let mut report = StackRestoreReport {
         ok: false,
         dry_run: opts.dry_run,
         time: opts.time.map(|t| t.to_rfc3339()),
@@ -901,7 +918,7 @@ pub fn restore_stack(
             }
         }
     }
-    let finish = |mut report: StackReport, error: Option<(String, ErrorKind)>| {
+    let finish = |mut report: StackRestoreReport, error: Option<(String, ErrorKind)>| {
         for r in &mut report.sources {
             if r.status == Status::Restored {
                 report.restored.push(r.name.clone());
@@ -1075,7 +1092,7 @@ pub fn restore_stack(
     Ok(report)
 }
 
-impl Display for StackReport {
+impl Display for StackRestoreReport {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let short = |s: &Option<String>| {
             s.as_deref()
@@ -1300,6 +1317,7 @@ restore_order = ["uploads", "db"]
             crate::ops::backup::Source::Files {
                 paths: vec![up.clone(), env.clone()],
                 excludes: vec![],
+                one_file_system: false,
             },
             crate::sources::CommonOptions::default(),
             &Progress::hidden(),

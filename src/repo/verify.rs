@@ -229,6 +229,7 @@ mod tests {
             crate::ops::backup::Source::Files {
                 paths: vec![data.clone()],
                 excludes: vec![],
+                one_file_system: false,
             },
             crate::sources::CommonOptions::default(),
             &Progress::hidden(),
