@@ -979,7 +979,8 @@ pub fn restore_stack(
                 Some((
                     format!(
                         "not confirmed, nothing was written: these targets hold data:\n  {}\ngive \
-                         --yes to replace them (each is backed up first unless --no-safety-backup)",
+                         --yes to replace them (databases and Redis servers are backed up first unless \
+                         --no-safety-backup)",
                         live.join("\n  ")
                     ),
                     ErrorKind::Usage,
