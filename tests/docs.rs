@@ -255,6 +255,41 @@ fn wal_verify_json_is_as_documented() {
 }
 
 #[test]
+fn stack_backup_and_status_json_are_as_documented() {
+    let r = repo();
+    let data = r.repo.load_snapshots().unwrap()[0].paths[0].clone();
+    let config = coffer::config::Config::parse(
+        &format!("[sources.data]\ntype = \"files\"\npaths = [{data:?}]\n[sources.gone]\ntype = \"files\"\npaths = [\"/nonexistent-coffer-docs-test\"]\n"),
+        None,
+        &|_| None,
+    )
+    .unwrap();
+    let opts = ops::stack::StackOptions {
+        sources: vec![],
+        forget: true,
+        common: Default::default(),
+    };
+    let report =
+        ops::stack::backup_stack(&r.repo, &config, &opts, &|_| Progress::hidden()).unwrap();
+    assert_eq!(report.failed, 1);
+    holds(
+        "backup of the stack",
+        &braces(&passage("- `--json` prints `{run, sources")),
+        &json(&report),
+    );
+    let status = ops::status::status(&r.repo, &config).unwrap();
+    let v = json(&status);
+    assert!(v["sources"][1]["last_failure"].is_object(), "{v}");
+    let doc = braces(&passage("Exit 0 when every source is within its RPO"));
+    holds("status", &doc, &v);
+    // The failed source's entry has the failure (the first has none).
+    let Some(Some(sources)) = doc.0.get("sources") else {
+        panic!("status: README lists no source fields")
+    };
+    holds("status.sources[1]", sources, &v["sources"][1]);
+}
+
+#[test]
 fn restore_stack_json_is_as_documented() {
     let r = repo();
     let data = r.repo.load_snapshots().unwrap()[0].paths[0].clone();
