@@ -39,7 +39,7 @@ pub struct Cli {
 pub enum Command {
     /// Create a new repository
     Init(InitArgs),
-    /// Back up paths, or a stream from standard input
+    /// Back up paths, a stream from standard input, a database, or a command's output
     Backup(BackupArgs),
     /// List snapshots
     Snapshots(SnapshotsArgs),
@@ -165,6 +165,35 @@ pub struct BackupArgs {
     /// File name for the stdin stream inside the snapshot
     #[arg(long, default_value = "stdin", requires = "stdin")]
     pub stdin_name: String,
+    /// Run a command and back up its output: `--command -- CMD ARGS...` (run without a
+    /// shell). It must exit 0 (or a --success-code) and produce at least --min-bytes, or no
+    /// snapshot is written (exit 8)
+    #[arg(long, conflicts_with_all = ["paths", "stdin", "postgres", "redis"])]
+    pub command: bool,
+    /// With --command: the source's name, which is the output's name in the snapshot
+    /// (default: the file name of CMD)
+    #[arg(long, value_name = "NAME", requires = "command")]
+    pub name: Option<String>,
+    /// With --command: stdout (its standard output, streamed) or dir (the files it writes
+    /// into a fresh private directory, given as {output_dir} in its arguments and as
+    /// COFFER_OUTPUT_DIR)
+    #[arg(long, value_name = "OUTPUT", default_value = "stdout", requires = "command",
+          value_parser = ["stdout", "dir"])]
+    pub command_output: String,
+    /// With --command: stop the command (its whole process group) after this long, e.g. 90s,
+    /// 30m, 1h30m; the backup then fails
+    #[arg(long, value_name = "DURATION", requires = "command")]
+    pub command_timeout: Option<String>,
+    /// With --command: fail when the output is smaller than this many bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1, requires = "command")]
+    pub min_bytes: u64,
+    /// With --command: an exit status that means success (repeatable; default 0)
+    #[arg(long = "success-code", value_name = "N", requires = "command",
+          value_parser = clap::value_parser!(i32).range(0..=255))]
+    pub success_codes: Vec<i32>,
+    /// With --command: the command and its arguments, after `--`
+    #[arg(last = true, value_name = "CMD")]
+    pub command_argv: Vec<String>,
     /// Add a tag (repeatable)
     #[arg(long = "tag")]
     pub tags: Vec<String>,

@@ -8,6 +8,7 @@ use coffer::ops::{self, backup::Source, forget::ForgetOptions};
 use coffer::repo::check::ReadData;
 use coffer::repo::forget::Policy;
 use coffer::repo::restore::RestoreOptions;
+use coffer::sources::command::{default_name, CommandOptions, Output as CommandOutput, Program};
 use coffer::sources::postgres::pitr::PitrOptions;
 use coffer::sources::postgres::restore::PgRestoreOptions;
 use coffer::sources::postgres::DumpSplit;
@@ -73,6 +74,30 @@ pub fn redis_options(
     })
 }
 
+/// The command source of `backup --command -- CMD ARGS...`.
+fn command_options(a: &BackupArgs) -> Result<CommandOptions> {
+    if a.command_argv.is_empty() {
+        return Err(Error::usage(
+            "--command needs the command after --: coffer backup --command -- CMD ARGS...",
+        )
+        .into());
+    }
+    let program = Program::Argv(a.command_argv.clone());
+    let name = a.name.clone().unwrap_or_else(|| default_name(&program));
+    let mut opts = CommandOptions::new(&name, program);
+    opts.output = CommandOutput::parse(&a.command_output)?;
+    opts.timeout = match &a.command_timeout {
+        Some(t) => Some(
+            coffer::config::parse_duration(t)
+                .map_err(|e| Error::usage(format!("--command-timeout: {e}")))?,
+        ),
+        None => None,
+    };
+    opts.min_bytes = a.min_bytes;
+    opts.success_codes = a.success_codes.clone();
+    Ok(opts)
+}
+
 pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
     let common = CommonOptions {
         tags: a.tags.clone(),
@@ -80,48 +105,60 @@ pub fn backup(ctx: &Context, a: &BackupArgs) -> Result<()> {
         hostname: a.host.clone(),
         ..CommonOptions::default()
     };
-    let ad_hoc = !a.paths.is_empty() || a.stdin || a.postgres.is_some() || a.redis.is_some();
+    let ad_hoc = !a.paths.is_empty()
+        || a.stdin
+        || a.postgres.is_some()
+        || a.redis.is_some()
+        || a.command
+        || !a.command_argv.is_empty();
     if a.all || !a.sources.is_empty() || (!ad_hoc && !ctx.access.config.sources.is_empty()) {
         return backup_stack(ctx, a, common);
     }
     let mut stdin = std::io::stdin();
-    let source =
-        match (&a.postgres, a.physical) {
-            (Some(conn), true) => Source::Physical {
-                conn: conn.clone(),
-                pgdata: a.pgdata.clone(),
-                archive_timeout: Duration::from_secs(a.archive_timeout),
+    let source = match (&a.postgres, a.physical) {
+        (Some(conn), true) => Source::Physical {
+            conn: conn.clone(),
+            pgdata: a.pgdata.clone(),
+            archive_timeout: Duration::from_secs(a.archive_timeout),
+        },
+        (Some(conn), false) => Source::Postgres {
+            conn: conn.clone(),
+            all_databases: a.all_databases,
+            databases: Vec::new(),
+            split: DumpSplit {
+                jobs: a.dump_jobs as usize,
+                min_table_bytes: a.dump_min_table_bytes,
             },
-            (Some(conn), false) => Source::Postgres {
-                conn: conn.clone(),
-                all_databases: a.all_databases,
-                databases: Vec::new(),
-                split: DumpSplit {
-                    jobs: a.dump_jobs as usize,
-                    min_table_bytes: a.dump_min_table_bytes,
-                },
-            },
-            _ if a.redis.is_some() => Source::Redis(redis_options(
-                ctx,
-                a.redis.clone().flatten(),
-                &a.redis_method,
-                [&a.redis_tls_ca, &a.redis_tls_cert, &a.redis_tls_key],
-            )?),
-            _ if a.stdin => Source::Stream {
-                reader: &mut stdin,
-                name: a.stdin_name.clone(),
-            },
-            _ if !a.paths.is_empty() => Source::Files {
-                paths: a.paths.clone(),
-                excludes: a.excludes.clone(),
-                one_file_system: a.one_file_system,
-            },
-            _ => return Err(Error::usage(
-                "give paths to back up, --stdin, --postgres [URL] or --redis [URL]; or declare \
+        },
+        _ if a.redis.is_some() => Source::Redis(redis_options(
+            ctx,
+            a.redis.clone().flatten(),
+            &a.redis_method,
+            [&a.redis_tls_ca, &a.redis_tls_cert, &a.redis_tls_key],
+        )?),
+        _ if a.command => Source::Command(command_options(a)?),
+        _ if !a.command_argv.is_empty() => return Err(Error::usage(
+            "a command after -- is only run with --command: coffer backup --command -- CMD ARGS...",
+        )
+        .into()),
+        _ if a.stdin => Source::Stream {
+            reader: &mut stdin,
+            name: a.stdin_name.clone(),
+        },
+        _ if !a.paths.is_empty() => Source::Files {
+            paths: a.paths.clone(),
+            excludes: a.excludes.clone(),
+            one_file_system: a.one_file_system,
+        },
+        _ => {
+            return Err(Error::usage(
+                "give paths to back up, --stdin, --postgres [URL], --redis [URL] or --command -- \
+                 CMD ARGS...; or declare \
                  the stack's sources in the config file (--config), or use --all",
             )
-            .into()),
-        };
+            .into())
+        }
+    };
     let repo = ctx.open_or_create_default()?;
     let p = ctx.progress(source.label(), None);
     let r = ops::backup::backup(&repo, source, common, &p);

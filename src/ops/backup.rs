@@ -1,10 +1,12 @@
-//! `backup`: files, a stream, a PostgreSQL dump or a physical base backup into a snapshot.
+//! `backup`: files, a stream, a PostgreSQL dump, a physical base backup, a Redis RDB or a
+//! command's output into a snapshot.
 
 use super::mib;
 use crate::progress::Progress;
 use crate::repo::lock::Lock;
 use crate::repo::snapshot::{Kind, Snapshot, Summary};
 use crate::repo::Repository;
+use crate::sources::command::{backup_command, CommandInfo, CommandOptions};
 use crate::sources::files::{backup_files, FilesOptions};
 use crate::sources::postgres::basebackup::{base_backup_info, BaseBackupInfo};
 use crate::sources::postgres::physical::{backup_physical, PhysicalOptions};
@@ -40,6 +42,8 @@ pub enum Source<'a> {
     },
     /// A Redis server's RDB.
     Redis(RedisOptions),
+    /// A command's standard output or output directory.
+    Command(CommandOptions),
     /// A physical base backup of the server's data directory.
     Physical {
         conn: Option<String>,
@@ -57,6 +61,7 @@ impl Source<'_> {
             Source::Postgres { .. } => "backup postgres",
             Source::Physical { .. } => "base backup",
             Source::Redis(_) => "backup redis",
+            Source::Command(_) => "backup command",
         }
     }
 }
@@ -79,6 +84,9 @@ pub struct BackupReport {
     dumps: Vec<DumpInfo>,
     #[serde(skip)]
     redis: Vec<RedisInfo>,
+    /// Command sources: name and metadata.
+    #[serde(skip)]
+    commands: Vec<(String, CommandInfo)>,
 }
 
 pub fn backup(
@@ -125,6 +133,10 @@ pub fn backup(
             opts.common = common;
             backup_redis(repo, &opts, progress)
         }
+        Source::Command(mut opts) => {
+            opts.common = common;
+            backup_command(repo, &opts, progress)
+        }
         Source::Physical {
             conn,
             pgdata,
@@ -149,7 +161,12 @@ pub fn backup(
         .into_iter()
         .map(|(_, r)| r)
         .collect();
+    let commands = sources_of::<CommandInfo>(&snap)?
+        .into_iter()
+        .map(|(s, c)| (s.name.clone(), c))
+        .collect();
     Ok(BackupReport {
+        commands,
         redis,
         base_backup,
         dumps,
@@ -237,12 +254,27 @@ impl std::fmt::Display for BackupReport {
                 )?;
             }
         }
+        for (name, c) in &self.commands {
+            let out = match c.output() {
+                crate::sources::command::Output::Stdout => {
+                    format!("{} of standard output as /{name}", mib(c.bytes))
+                }
+                crate::sources::command::Output::Dir => format!(
+                    "{} files ({}) from its output directory as /{name}/",
+                    c.files,
+                    mib(c.bytes)
+                ),
+            };
+            writeln!(
+                f,
+                "command source {name:?}: {} exited with status {} after {:.1}s; stored {out}",
+                c.program, c.exit_code, c.duration_secs
+            )?;
+        }
         let sm = &self.summary;
-        let what = if snap.kind == Kind::Postgres {
-            "streams"
-        } else {
-            "files"
-        };
+        let streams =
+            snap.kind == Kind::Postgres || self.commands.iter().any(|(_, c)| c.output == "stdout");
+        let what = if streams { "streams" } else { "files" };
         write!(
             f,
             "snapshot {} saved: {} {what} ({} new, {} changed, {} unchanged), {} total; added {} ({} stored) in {:.1}s",

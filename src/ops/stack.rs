@@ -12,13 +12,14 @@
 use super::backup::{backup, Source};
 use super::forget::{forget, ForgetOptions};
 use super::mib;
-use crate::config::sources::{FilesSource, PgMode, RedisSource};
+use crate::config::sources::{CommandOutput, CommandSource, FilesSource, PgMode, RedisSource};
 use crate::config::{Config, RedisSettings, SourceConfig, SourceKind};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::id::Id;
 use crate::repo::runs::{self, RunRecord, RunStatus};
 use crate::repo::Repository;
+use crate::sources::command::{CommandOptions, CommandRestore, Output, Program};
 use crate::sources::postgres::DumpSplit;
 use crate::sources::redis::conn::ConnOptions;
 use crate::sources::redis::{Method, RedisOptions};
@@ -296,10 +297,68 @@ fn source_of<'a>(config: &Config, src: &SourceConfig) -> Result<Source<'a>> {
             excludes: exclude.clone(),
             one_file_system: *one_file_system,
         },
-        SourceKind::Command(_) => {
-            return Err(Error::usage("command sources are not built yet").into());
-        }
+        SourceKind::Command(c) => Source::Command(command_options(&src.name, c)?),
     })
+}
+
+/// The command source a `[sources.NAME]` table of type `command` describes.
+pub fn command_options(name: &str, c: &CommandSource) -> Result<CommandOptions> {
+    let program = match (&c.command, &c.shell) {
+        (Some(argv), None) => Program::Argv(argv.clone()),
+        (None, Some(line)) => Program::Shell(line.clone()),
+        _ => {
+            let msg = format!(
+                "source {name}: give command (an argument list) or shell (a command line), \
+                 exactly one"
+            );
+            return Err(Error::usage(msg).into());
+        }
+    };
+    let mut o = CommandOptions::new(name, program);
+    o.output = match c.output {
+        CommandOutput::Stdout => Output::Stdout,
+        CommandOutput::Dir => Output::Dir,
+    };
+    o.timeout = c.timeout;
+    o.success_codes = c.success_codes.clone();
+    o.min_bytes = c.min_bytes.unwrap_or(1);
+    Ok(o)
+}
+
+/// How `restore --stack` brings back the output of a `[sources.NAME]` table of type
+/// `command` (for [`restore_command_output`](crate::sources::command::restore_command_output)):
+/// through its `restore` (or `restore_shell`) command, else into its `restore_dir`, else into
+/// `stack_restore_dir` (`[stack] restore_dir`).
+pub fn command_restore(
+    name: &str,
+    c: &CommandSource,
+    stack_restore_dir: Option<&std::path::Path>,
+) -> Result<CommandRestore> {
+    let program = match (&c.restore, &c.restore_shell) {
+        (Some(argv), None) => Some(Program::Argv(argv.clone())),
+        (None, Some(line)) => Some(Program::Shell(line.clone())),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(Error::usage(format!(
+                "source {name}: give restore or restore_shell, not both"
+            ))
+            .into())
+        }
+    };
+    if let Some(program) = program {
+        return Ok(CommandRestore::Run {
+            program,
+            timeout: c.restore_timeout,
+        });
+    }
+    match c.restore_dir.as_deref().or(stack_restore_dir) {
+        Some(dir) => Ok(CommandRestore::Dir(dir.to_path_buf())),
+        None => Err(Error::usage(format!(
+            "source {name}: its output has nowhere to go: give restore (a command that loads it), \
+             restore_dir, or [stack] restore_dir"
+        ))
+        .into()),
+    }
 }
 
 /// `backup --all` without declared sources: the stack the seeds' environment variables
@@ -434,5 +493,47 @@ impl std::fmt::Display for StackReport {
             self.sources.len(),
             self.duration_secs
         )
+    }
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn source(toml: &str) -> CommandSource {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn a_declared_command_source_and_its_restore() {
+        let c = source(
+            "shell = \"mysqldump --all-databases\"\nsuccess_codes = [0, 2]\ntimeout = \"30m\"\n\
+             restore = [\"mysql\"]\nrestore_timeout = \"1h\"\n",
+        );
+        let o = command_options("db", &c).unwrap();
+        assert_eq!(o.name, "db");
+        assert_eq!(
+            o.program,
+            Program::Shell("mysqldump --all-databases".into())
+        );
+        assert_eq!(o.output, Output::Stdout);
+        assert_eq!(o.timeout, Some(Duration::from_secs(1800)));
+        assert_eq!((o.success_codes.as_slice(), o.min_bytes), (&[0, 2][..], 1));
+        match command_restore("db", &c, None).unwrap() {
+            CommandRestore::Run { program, timeout } => {
+                assert_eq!(program, Program::Argv(vec!["mysql".into()]));
+                assert_eq!(timeout, Some(Duration::from_secs(3600)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = source("command = [\"x\", \"{output_dir}\"]\noutput = \"dir\"\nmin_bytes = 0\n");
+        let o = command_options("x", &c).unwrap();
+        assert_eq!((o.output, o.min_bytes), (Output::Dir, 0));
+        assert!(command_restore("x", &c, None).is_err());
+        match command_restore("x", &c, Some(Path::new("/srv/restore"))).unwrap() {
+            CommandRestore::Dir(d) => assert_eq!(d, Path::new("/srv/restore")),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -57,6 +57,10 @@ features! {
     /// A Redis RDB at `/redis/dump.rdb` (`backup --redis`), restored into a running server
     /// with `restore --to-redis`.
     REDIS_RDB = "redis-rdb" since "0.1.0";
+    /// A command's output at `/NAME` (`backup --command`): a stream or a directory that a
+    /// restore hands to a command or writes out, described by the snapshot's `command`
+    /// source.
+    COMMAND_OUTPUT = "command-output" since "0.1.0";
 }
 
 /// A set of features (name → the coffer version that introduced it), as stored.

@@ -57,6 +57,8 @@ kinds! {
     PostgresPhysical = "postgres-physical";
     /// A Redis (or Valkey) RDB (`backup --redis`): a snapshot of one, and its source.
     Redis = "redis";
+    /// A command's output (`backup --command`): its standard output or the files it wrote.
+    Command = "command";
 }
 
 impl Kind {
@@ -190,6 +192,7 @@ mod tests {
             (Kind::Postgres, "postgres"),
             (Kind::PostgresGlobals, "postgres-globals"),
             (Kind::PostgresPhysical, "postgres-physical"),
+            (Kind::Command, "command"),
             (Kind::Unknown("stack".into()), "stack"),
         ] {
             let json = serde_json::to_string(&kind).unwrap();

@@ -6,6 +6,7 @@
 //! commits a snapshot only after the source reported success and every pack and index file
 //! is durable. A failing source returns an error and no snapshot exists.
 
+pub mod command;
 pub mod files;
 pub mod postgres;
 pub mod redis;
