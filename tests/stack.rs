@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::mariadb::{self, MariaDb};
 use common::pg::{chown_to_server_user, pg_bindir, ArchiveRepo, PgCluster, PG_PASSWORD};
 use common::redis::{fill_all_types, RedisServer};
 use common::{as_root, fingerprint, make_tree, stderr, step};
@@ -28,11 +29,23 @@ struct Stack {
     hook_log: PathBuf,
     pg_log: PathBuf,
     conf: PathBuf,
+    /// With the command sources: a MariaDB server dumped by mariadb-dump (and reloaded by
+    /// the mariadb client), and an SQLite database copied with `.backup`.
+    mariadb: Option<MariaDb>,
 }
 
 impl Stack {
     /// The servers, started empty; the config file declares them all (see [`Stack::config`]).
     fn new() -> Stack {
+        Stack::start(false)
+    }
+
+    /// The same with the command sources too.
+    fn with_commands() -> Stack {
+        Stack::start(true)
+    }
+
+    fn start(commands: bool) -> Stack {
         let archive = ArchiveRepo::new("stack secret\n", &["--pack-size", "8"]);
         let phys = archive.start_archiving(&[]);
         let db = PgCluster::start();
@@ -53,6 +66,7 @@ impl Stack {
             hook_log,
             pg_log,
             conf,
+            mariadb: commands.then(MariaDb::start),
         };
         fs::write(&s.conf, s.config("", &[])).unwrap();
         s
@@ -64,6 +78,15 @@ impl Stack {
 
     fn env_file(&self) -> PathBuf {
         self.files.path().join("srv/app/.env")
+    }
+
+    fn sqlite_db(&self) -> PathBuf {
+        self.files.path().join("srv/app/app.db")
+    }
+
+    /// Where command outputs without a restore command go (`[stack] restore_dir`).
+    fn restore_dir(&self) -> PathBuf {
+        self.files.path().join("restored-outputs")
     }
 
     /// `pg_ctl` of the physical cluster, as a shell command line, run as the server's user.
@@ -130,9 +153,10 @@ paths = [{uploads}]
 [sources.secrets]
 type = "files"
 paths = [{env}]
-{extra}
+{commands}{extra}
 [stack]
-restore_order = ["phys", "db", "cache", "uploads", "secrets"]
+restore_order = ["{order}"]
+restore_dir = {restore_dir}
 before_restore = {before}
 after_restore = {after}
 "#,
@@ -144,8 +168,63 @@ after_restore = {after}
             redis_url = toml_str(&self.redis.url()),
             uploads = toml_str(&self.uploads().display().to_string()),
             env = toml_str(&self.env_file().display().to_string()),
+            commands = self.command_sources(),
+            order = self.order().join("\", \""),
+            restore_dir = toml_str(&self.restore_dir().display().to_string()),
             before = list(&before_restore),
             after = list(&after_restore),
+        )
+    }
+
+    /// The sources in restore order.
+    fn order(&self) -> Vec<&'static str> {
+        let mut v = vec!["phys", "db", "cache", "uploads", "secrets"];
+        if self.mariadb.is_some() {
+            v.extend(["appdb", "shop"]);
+        }
+        v
+    }
+
+    /// `[sources.appdb]`: `sqlite3 .backup` into `{output_dir}`, restored into restore_dir;
+    /// `[sources.shop]`: mariadb-dump on standard output, reloaded by the mariadb client.
+    fn command_sources(&self) -> String {
+        let Some(m) = &self.mariadb else {
+            return String::new();
+        };
+        let list = |v: Vec<String>| {
+            let q: Vec<String> = v.iter().map(|s| toml_str(s)).collect();
+            format!("[{}]", q.join(", "))
+        };
+        let mut dump = vec![mariadb::program("mariadb-dump").display().to_string()];
+        dump.extend(m.admin_args());
+        dump.extend(
+            [
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                "--databases",
+                "shop",
+            ]
+            .map(String::from),
+        );
+        let mut client = vec![mariadb::program("mariadb").display().to_string()];
+        client.extend(m.admin_args());
+        format!(
+            r#"
+[sources.appdb]
+type = "command"
+command = ["sqlite3", {db}, ".backup {{output_dir}}/app.db"]
+output = "dir"
+
+[sources.shop]
+type = "command"
+command = {dump}
+restore = {client}
+restore_timeout = "5m"
+"#,
+            db = toml_str(&self.sqlite_db().display().to_string()),
+            dump = list(dump),
+            client = list(client),
         )
     }
 
@@ -236,6 +315,10 @@ after_restore = {after}
             digest: self.redis.digest(),
             uploads: fingerprint(&self.uploads()),
             env: fingerprint(&self.env_file()),
+            shop: self.mariadb.as_ref().map(|m| {
+                m.checksums(&["shop.customers", "shop.orders"])
+                    + &m.sql("SELECT COUNT(*) FROM shop.orders; SHOW CREATE TABLE shop.orders")
+            }),
         }
     }
 }
@@ -260,7 +343,25 @@ struct State {
     digest: String,
     uploads: BTreeMap<PathBuf, String>,
     env: BTreeMap<PathBuf, String>,
+    shop: Option<String>,
 }
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3 (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const SQLITE_CHECK: &str =
+    "PRAGMA integrity_check; SELECT count(*), sum(id), group_concat(note, ',') FROM notes";
 
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -310,6 +411,22 @@ fn load(s: &Stack, rich: bool) {
     fs::create_dir_all(s.env_file().parent().unwrap()).unwrap();
     fs::write(s.env_file(), "DATABASE_URL=postgresql://app:pw@db/app\n").unwrap();
     fs::set_permissions(s.env_file(), fs::Permissions::from_mode(0o600)).unwrap();
+    if let Some(m) = &s.mariadb {
+        sqlite(
+            &s.sqlite_db(),
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO notes SELECT i, 'note ' || i FROM n;",
+        );
+        m.sql(
+            "CREATE DATABASE shop CHARACTER SET utf8mb4; USE shop; \
+             CREATE TABLE shop.customers (id INT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB; \
+             CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, customer INT NOT NULL, \
+               total DECIMAL(10,2), FOREIGN KEY (customer) REFERENCES shop.customers(id)) ENGINE=InnoDB; \
+             INSERT INTO shop.customers SELECT seq, CONCAT('customer ', seq) FROM seq_1_to_500; \
+             INSERT INTO shop.orders (customer, total) SELECT 1 + seq % 500, seq / 7 FROM seq_1_to_5000;",
+        );
+    }
 }
 
 /// Nothing of the stack is there: the database dropped, Redis empty, the files and the
@@ -322,11 +439,15 @@ fn assert_destroyed(s: &Stack) {
     assert_eq!(s.redis.dbsize(0), 0);
     assert!(!s.uploads().exists() && !s.env_file().exists());
     assert!(!s.phys.data_dir().exists(), "the data directory is back");
+    if let Some(m) = &s.mariadb {
+        assert!(!m.sql("SHOW DATABASES").contains("shop"));
+        assert!(!s.sqlite_db().exists() && !s.restore_dir().exists());
+    }
 }
 
 #[test]
 fn the_whole_stack_comes_back_with_one_command() {
-    let mut s = step("start the stack", Stack::new);
+    let mut s = step("start the stack", Stack::with_commands);
     step("load data and back the stack up", || {
         load(&s, true);
         s.backup();
@@ -340,6 +461,7 @@ fn the_whole_stack_comes_back_with_one_command() {
     let before = s.state();
     let markers = s.markers();
     assert_eq!(markers, ["one", "two", "after the backup"]);
+    let sqlite_before = sqlite(&s.sqlite_db(), SQLITE_CHECK);
     let snapshots = s.snapshot_count();
 
     step("destroy everything", || {
@@ -348,6 +470,7 @@ fn the_whole_stack_comes_back_with_one_command() {
         fs::remove_dir_all(s.files.path().join("srv")).unwrap();
         s.phys.stop();
         fs::remove_dir_all(s.phys.data_dir()).unwrap();
+        s.mariadb.as_ref().unwrap().sql("DROP DATABASE shop");
         assert_destroyed(&s);
     });
 
@@ -389,7 +512,7 @@ fn the_whole_stack_comes_back_with_one_command() {
             assert_eq!(r["ok"], true);
             assert_eq!(r["dry_run"], true);
             let names: Vec<String> = by_name(&r).into_iter().map(|(n, _)| n).collect();
-            assert_eq!(names, ["phys", "db", "cache", "uploads", "secrets"]);
+            assert_eq!(names, s.order());
             for (name, src) in by_name(&r) {
                 assert_eq!(src["status"], "planned", "{name}: {src}");
                 assert!(src["snapshot"].is_string(), "{name}: {src}");
@@ -441,7 +564,20 @@ fn the_whole_stack_comes_back_with_one_command() {
             "every file of the snapshot restored: {up}"
         );
         assert!(get("phys")["verification"]["files"].as_u64().unwrap() > 100);
-        assert_eq!(report["restored"].as_array().unwrap().len(), 5);
+        assert_eq!(report["restored"].as_array().unwrap().len(), 7);
+        let shop = &get("shop");
+        assert_eq!(
+            shop["target"],
+            format!("restore command {}", mariadb::program("mariadb").display())
+        );
+        assert!(
+            shop["verification"]["bytes"].as_u64().unwrap() > 10_000,
+            "{shop}"
+        );
+        assert_eq!(
+            get("appdb")["target"],
+            s.restore_dir().display().to_string()
+        );
         assert!(report["not_restored"].as_array().unwrap().is_empty());
         // The empty targets needed no safety backup.
         for (name, src) in &sources {
@@ -455,13 +591,17 @@ fn the_whole_stack_comes_back_with_one_command() {
     step("the hooks ran in order", || {
         assert_eq!(
             s.hooks(),
-            "before_restore phys db cache uploads secrets\n\
-             after_restore ok phys db cache uploads secrets\n\
+            "before_restore phys db cache uploads secrets appdb shop\n\
+             after_restore ok phys db cache uploads secrets appdb shop\n\
              started phys\n"
         );
     });
 
     step("everything is back, identical", || {
+        // The SQLite copy in restore_dir opens and holds the same rows.
+        let copy = s.restore_dir().join("appdb/app.db");
+        assert_eq!(sqlite(&copy, SQLITE_CHECK), sqlite_before);
+        assert!(sqlite_before.starts_with("ok\n5000|"), "{sqlite_before}");
         s.wait_recovered();
         assert_eq!(s.markers(), markers, "the physical cluster after recovery");
         let after = s.state();
@@ -473,6 +613,8 @@ fn the_whole_stack_comes_back_with_one_command() {
             "uploads: digests, modes, times"
         );
         assert_eq!(after.env, before.env, ".env");
+        assert!(before.shop.is_some());
+        assert_eq!(after.shop, before.shop, "MariaDB: checksums, rows, schema");
         assert_eq!(fs::metadata(s.env_file()).unwrap().mode() & 0o777, 0o600);
     });
 }

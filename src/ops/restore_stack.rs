@@ -31,6 +31,7 @@ use crate::repo::tree::NodeKind;
 use crate::repo::verify::{verify_snapshot, Verified};
 use crate::repo::Repository;
 use crate::safefs::{self, Meta};
+use crate::sources::command::{restore_command_output, CommandRestore};
 use crate::sources::postgres::basebackup::base_backup_info;
 use crate::sources::postgres::conn::PgTarget;
 use crate::sources::postgres::pitr::{check_recovery, restore_pitr, FetchConfig, PitrOptions};
@@ -207,6 +208,8 @@ enum Action {
     },
     /// Each path of the snapshot and where it goes.
     Files(Vec<(String, PathBuf)>),
+    /// A command's output: through its restore command, or into a directory.
+    Command(CommandRestore),
 }
 
 struct Step<'a> {
@@ -234,7 +237,7 @@ fn snapshot_kind(s: &SourceConfig) -> Kind {
         SourceKind::Postgres(_) => Kind::Postgres,
         SourceKind::Redis(_) => Kind::Redis,
         SourceKind::Files(_) => Kind::Files,
-        SourceKind::Command(_) => Kind::Unknown("command".into()),
+        SourceKind::Command(_) => Kind::Command,
     }
 }
 
@@ -592,13 +595,42 @@ fn plan_source(
             let live = (!live.is_empty()).then(|| live.join(", "));
             Ok((Action::Files(paths), shown.join(", "), live))
         }
-        SourceKind::Command(_) => Err(Error::usage(format!(
-            "source {:?} is a command source, which this coffer cannot restore yet; restore its \
-             snapshot with `coffer restore {} --target DIR`",
-            src.name,
-            snap.id.short()
-        ))
-        .into()),
+        SourceKind::Command(c) => {
+            match super::stack::command_restore(&src.name, c, config.stack.restore_dir.as_deref())?
+            {
+                CommandRestore::Run { program, timeout } => {
+                    program.check()?;
+                    // The program must be there (on PATH, or at its path) before anything runs.
+                    program.find(&[]).map_err(|e| {
+                        e.context(format!("the restore command of source {:?}", src.name))
+                    })?;
+                    let shown = format!("restore command {}", program.name());
+                    Ok((
+                        Action::Command(CommandRestore::Run { program, timeout }),
+                        shown,
+                        None,
+                    ))
+                }
+                CommandRestore::Dir(dir) => {
+                    let dir = under(target, &dir);
+                    reachable_dir(&dir)?;
+                    // The output goes in as DIR/NAME: what is there already is replaced.
+                    let live: Vec<String> = snap
+                        .paths
+                        .iter()
+                        .map(|p| dir.join(p.trim_start_matches('/')))
+                        .filter(|p| holds_data(p))
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    let live = (!live.is_empty()).then(|| live.join(", "));
+                    Ok((
+                        Action::Command(CommandRestore::Dir(dir.clone())),
+                        dir.display().to_string(),
+                        live,
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -803,6 +835,16 @@ fn run_step(
             r.safety_snapshots.extend(rep.safety_snapshot.clone());
             r.notes.extend(rep.warnings.iter().cloned());
             rep.verdict()?;
+        }
+        Action::Command(to) => {
+            let rep = restore_command_output(repo, index, snap, to, progress)?;
+            v.files = Some(rep.files);
+            v.bytes = Some(rep.bytes);
+            if let (Some(p), Some(code)) = (&rep.program, rep.exit_code) {
+                r.notes.push(format!(
+                    "{p} loaded the output and exited with status {code}"
+                ));
+            }
         }
         Action::Files(paths) => {
             let (mut files, mut bytes, mut removed) = (0, 0, 0);
