@@ -752,3 +752,44 @@ fn a_failure_stops_the_sequence_and_after_restore_still_runs() {
         "before_restore uploads cache secrets\nstopped phys\nafter_restore failed uploads\nstarted phys\n"
     );
 }
+
+#[test]
+fn the_command_line_refuses_what_it_cannot_do_before_opening_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("coffer.toml");
+    fs::write(
+        &conf,
+        format!(
+            "repository = {}\n[sources.uploads]\ntype = \"files\"\npaths = [\"/srv/uploads\"]\n",
+            toml_str(&dir.path().join("no-repo-here").display().to_string())
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], with_conf: bool| {
+        let mut c = assert_cmd::Command::cargo_bin("coffer").unwrap();
+        common::clean_env(&mut c);
+        c.env("COFFER_HOME", dir.path().join("home"))
+            .env("COFFER_PASSWORD", "pw");
+        if with_conf {
+            c.arg("--config").arg(&conf);
+        }
+        c.args(["restore", "--stack"]).args(args).output().unwrap()
+    };
+    common::refused(&run(&[], false), 2, "[sources.NAME]");
+    common::refused(
+        &run(&["--source", "nope"], true),
+        2,
+        "declares no such source (it has uploads)",
+    );
+    common::refused(
+        &run(&["--time", "yesterday"], true),
+        2,
+        "--time \"yesterday\" is not a time",
+    );
+    common::refused(&run(&["latest"], true), 2, "cannot be used with");
+    common::refused(&run(&["--delta"], true), 2, "cannot be used with");
+    // A plan against a repository that is not there: nothing to restore from (exit 6).
+    let out = run(&["--dry-run"], true);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(!dir.path().join("no-repo-here").exists());
+}
