@@ -793,3 +793,87 @@ fn the_command_line_refuses_what_it_cannot_do_before_opening_the_repository() {
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(!dir.path().join("no-repo-here").exists());
 }
+
+#[test]
+fn dumps_go_to_restore_url_and_each_database_to_its_own() {
+    let pg = PgCluster::start();
+    for db in ["app", "billing", "shop"] {
+        pg.create_db(db);
+        pg.psql(
+            db,
+            &format!(
+                "CREATE TABLE t (id int PRIMARY KEY, what text);
+                 INSERT INTO t SELECT g, '{db} ' || g FROM generate_series(1, 300) g"
+            ),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("coffer.toml");
+    fs::write(
+        &conf,
+        format!(
+            "repository = {repo}\n\n[sources.app]\ntype = \"postgres\"\nurl = {app}\n\
+             restore_url = {copy}\n\n[sources.two]\ntype = \"postgres\"\nurl = {two}\n\
+             databases = [\"billing\", \"shop\"]\nrestore_jobs = 2\n",
+            repo = toml_str(&dir.path().join("repo").display().to_string()),
+            app = toml_str(&pg.url("app")),
+            copy = toml_str(&pg.url("app_copy")),
+            two = toml_str(&pg.url("postgres")),
+        ),
+    )
+    .unwrap();
+    let cmd = || {
+        let mut c = assert_cmd::Command::cargo_bin("coffer").unwrap();
+        common::clean_env(&mut c);
+        common::clean_pg_env(&mut c);
+        c.env("COFFER_HOME", dir.path().join("home"))
+            .env("COFFER_PASSWORD", "pw")
+            .arg("--config")
+            .arg(&conf);
+        c
+    };
+    common::ok(&cmd().arg("init").output().unwrap());
+    common::ok(&cmd().arg("backup").output().unwrap());
+    let sums: Vec<_> = ["app", "billing", "shop"]
+        .iter()
+        .map(|d| pg.data_checksums(d))
+        .collect();
+    pg.psql("app", "DELETE FROM t WHERE id > 10");
+    pg.drop_db("billing");
+    pg.drop_db("shop");
+
+    let out = cmd()
+        .args(["restore", "--stack", "--json"])
+        .output()
+        .unwrap();
+    let r = json(&out);
+    // The dump of app went to app_copy; app (not a target) is as it was left.
+    assert_eq!(pg.data_checksums("app_copy"), sums[0]);
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "10");
+    assert_eq!(pg.data_checksums("billing"), sums[1]);
+    assert_eq!(pg.data_checksums("shop"), sums[2]);
+    let two = &by_name(&r)[1].1;
+    assert_eq!(two["verification"]["tables"], 2, "{two}");
+    assert_eq!(two["verification"]["rows"], 600, "{two}");
+    assert!(
+        two["target"].as_str().unwrap().contains("\"billing\"")
+            && two["target"].as_str().unwrap().contains("\"shop\""),
+        "{two}"
+    );
+    // The roles are not restored: the report says how.
+    assert!(
+        two["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("globals.sql | psql"),
+        "{two}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(PG_PASSWORD));
+
+    // Now app_copy holds data: without --yes (and no terminal) nothing is replaced.
+    let out = cmd()
+        .args(["restore", "--stack", "--source", "app"])
+        .output()
+        .unwrap();
+    common::refused(&out, 2, "database \"app_copy\"");
+}
