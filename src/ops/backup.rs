@@ -255,14 +255,19 @@ impl std::fmt::Display for BackupReport {
             }
         }
         for (name, c) in &self.commands {
+            // Command output is often small (a key, a config): exact below 1 MiB.
+            let size = if c.bytes < 1 << 20 {
+                format!("{} bytes", c.bytes)
+            } else {
+                mib(c.bytes)
+            };
             let out = match c.output() {
                 crate::sources::command::Output::Stdout => {
-                    format!("{} of standard output as /{name}", mib(c.bytes))
+                    format!("{size} of standard output as /{name}")
                 }
                 crate::sources::command::Output::Dir => format!(
-                    "{} files ({}) from its output directory as /{name}/",
-                    c.files,
-                    mib(c.bytes)
+                    "{} files ({size}) from its output directory as /{name}/",
+                    c.files
                 ),
             };
             writeln!(

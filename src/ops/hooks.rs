@@ -2,7 +2,8 @@
 //! before_restore`/`after_restore`, run in order with `sh -c`.
 //!
 //! A hook's standard output and error go to coffer's standard error (standard output may be
-//! a `--json` report). It does not see coffer's passphrase variables. The first line that
+//! a `--json` report). It does not see coffer's passphrase variables (`SECRET_VARS`, as a
+//! command source). The first line that
 //! fails (non-zero exit, killed, not started) stops the list.
 
 use crate::error::{Error, ErrorKind};
@@ -10,8 +11,7 @@ use crate::progress::Progress;
 use anyhow::Result;
 use std::process::{Command, Stdio};
 
-/// Environment variables a child process must not inherit from coffer.
-pub const SECRET_VARS: &[&str] = &["COFFER_PASSWORD", "COFFER_NEW_PASSWORD"];
+use crate::sources::command::SECRET_VARS;
 
 /// Run `lines` in order; `what` names the list in messages (`before hook of source db`).
 /// A failure is an error of `kind` naming the line and how it ended.

@@ -204,8 +204,12 @@ fn ended(pid: libc::pid_t) -> bool {
             &mut info,
             libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
         );
-        // ECHILD (it is gone) counts as ended, so the monitor never spins forever.
-        r != 0 || info.si_pid() != 0
+        if r == 0 {
+            return info.si_pid() != 0;
+        }
+        // ECHILD (it is gone) counts as ended, so the monitor never spins forever; an
+        // interrupted call is asked again.
+        std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
     }
 }
 
