@@ -792,8 +792,16 @@ fn run_step(
         }
         Action::Physical(pitr) => {
             let mut pitr = (**pitr).clone();
-            // A data directory that holds something is replaced only once confirmed.
-            pitr.force = yes && holds_data(&pitr.pgdata);
+            // A data directory that holds something is replaced only once confirmed (it may
+            // have filled since the plan found it empty).
+            pitr.force = holds_data(&pitr.pgdata);
+            if pitr.force && !yes {
+                return Err(Error::usage(format!(
+                    "the data directory {} holds data now: give --yes to replace it",
+                    pitr.pgdata.display()
+                ))
+                .into());
+            }
             let rep = restore_pitr(repo, index, &pitr, progress)?;
             v.files = Some(rep.restored.files);
             v.bytes = Some(rep.restored.bytes);
