@@ -877,3 +877,70 @@ fn dumps_go_to_restore_url_and_each_database_to_its_own() {
         .unwrap();
     common::refused(&out, 2, "database \"app_copy\"");
 }
+
+#[test]
+fn damage_in_any_snapshot_stops_the_plan_before_anything_is_written() {
+    let env = common::Env::new();
+    env.init();
+    let (a, b) = (env.path("srv/a"), env.path("srv/b"));
+    make_tree(&a);
+    fs::create_dir_all(&b).unwrap();
+    fs::write(b.join("big.bin"), common::noise(9, 6 << 20)).unwrap();
+    let log = env.path("hooks.log");
+    let conf = env.path("coffer.toml");
+    fs::write(
+        &conf,
+        format!(
+            "[sources.a]\ntype = \"files\"\npaths = [{}]\n\n[sources.b]\ntype = \"files\"\n\
+             paths = [{}]\n\n[stack]\nbefore_restore = [{}]\n",
+            toml_str(&a.display().to_string()),
+            toml_str(&b.display().to_string()),
+            toml_str(&format!("echo before >> '{}'", log.display())),
+        ),
+    )
+    .unwrap();
+    let backup = |source: &str| {
+        common::ok(
+            &env.cmd()
+                .arg("--config")
+                .arg(&conf)
+                .args(["backup", "--source", source])
+                .output()
+                .unwrap(),
+        )
+    };
+    backup("a");
+    let of_a = env.packs();
+    backup("b");
+    // Flip a byte in the middle of every pack b's backup wrote.
+    let of_b: Vec<PathBuf> = env
+        .packs()
+        .into_iter()
+        .filter(|p| !of_a.contains(p))
+        .collect();
+    assert!(!of_b.is_empty());
+    for p in &of_b {
+        let mut bytes = fs::read(p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        fs::write(p, bytes).unwrap();
+    }
+    fs::remove_dir_all(env.path("srv")).unwrap();
+    let out = env
+        .cmd()
+        .arg("--config")
+        .arg(&conf)
+        .args(["restore", "--stack", "--yes"])
+        .output()
+        .unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("the restore plan failed, nothing was written")
+            && said.contains("source \"b\""),
+        "{said}"
+    );
+    // a, first in order and undamaged, was not restored either; no hook ran.
+    assert!(!a.exists() && !b.exists());
+    assert!(!log.exists());
+}
