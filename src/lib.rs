@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   CLI        src/main.rs, src/cli/     parse arguments, call an operation, print its report
+//!   service    service::daemon            coffer run: schedules the operations
 //!   ops        ops::{access, backup, restore, dump, snapshots, ls, check, forget, prune,
 //!                    key, unlock, wal_push, wal_fetch, wal_verify, wal_hold}
 //!   sources    sources::{files, stream, postgres::{…, wal}}
@@ -32,6 +33,10 @@
 //!   repository from its location, the configuration file and the passphrase sources.
 //!   Everything the CLI does beyond parsing and printing is here, for a long-running
 //!   service to call as well.
+//! * [`service`] — `coffer run`, on the operations: the scheduler ([`service::daemon`]) that
+//!   runs each declared source's backups and the repository jobs on time, without overlap,
+//!   catching up missed runs from the repository, and stops within a grace (through
+//!   [`cancel`]) or reloads its config on a signal.
 //! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls an
 //!   operation, renders its events (a bar on a terminal, log lines otherwise) and prints its
 //!   report.
@@ -47,6 +52,7 @@
 //! The on-disk format and its crash stories are in `docs/FORMAT.md`.
 
 pub mod backend;
+pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod fsutil;
@@ -57,6 +63,7 @@ pub mod progress;
 pub mod redact;
 pub mod repo;
 pub mod safefs;
+pub mod service;
 pub mod sources;
 
 pub use error::{Error, ErrorKind};

@@ -75,6 +75,9 @@ pub enum Command {
     /// the last failure, and the recoverable window of physical PostgreSQL sources (exit 1
     /// when a source is out of its RPO)
     Status(StatusArgs),
+    /// The backup service: run every scheduled source and repository job on time, without
+    /// overlap, until SIGTERM (SIGHUP reloads the config)
+    Run(RunArgs),
     /// Print the version
     Version,
 }
@@ -225,6 +228,16 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this declared source (repeatable)
     #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run every due job once (missed or never run), then exit: for an external scheduler
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print what ran as JSON on stdout
+    #[arg(long, requires = "once")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -205,6 +205,53 @@ fn backup_stack(ctx: &Context, a: &BackupArgs, common: CommonOptions) -> Result<
     r.verdict()
 }
 
+/// `coffer run`: the service, until SIGTERM (or with `--once`, every due job once).
+pub fn run_service(ctx: &Context, cli: &Cli, a: &RunArgs) -> Result<()> {
+    use coffer::service::daemon;
+    let open =
+        |config: &coffer::config::Config| -> Result<std::sync::Arc<coffer::repo::Repository>> {
+            coffer::ops::access::Access::new(
+                cli.repo.clone(),
+                cli.password_file.clone(),
+                config.clone(),
+                Box::new(super::context::prompt),
+            )?
+            .reporting_to(ctx.events())
+            .open()
+        };
+    let opts = daemon::RunOptions {
+        once: a.once,
+        config_path: cli.config.clone(),
+    };
+    let state = std::sync::Arc::new(std::sync::Mutex::new(daemon::ServiceState::default()));
+    let log = ctx.events();
+    let mode = ctx.mode;
+    let progress_for = move |what: &str| {
+        let p = super::render::Terminal::progress(if mode == super::render::Mode::Bar {
+            super::render::Mode::Lines
+        } else {
+            mode
+        });
+        p.begin(what, None);
+        p
+    };
+    let r = daemon::run(
+        ctx.access.config.clone(),
+        &open,
+        &opts,
+        state,
+        &log,
+        &progress_for,
+    )?;
+    if let Some(r) = r {
+        if a.json {
+            print_sorted(&r, false)?;
+        }
+        return r.verdict();
+    }
+    Ok(())
+}
+
 pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
     let r = ops::status::status(&ctx.open()?, &ctx.access.config)?;
     if a.json {

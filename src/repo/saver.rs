@@ -206,6 +206,7 @@ impl BlobSaver {
     }
 
     fn send(&self, job: Job) -> Result<()> {
+        crate::cancel::check()?;
         let tx = self.tx.as_ref().expect("saver used after finish");
         if tx.send(job).is_err() {
             self.check_error()?;

@@ -199,6 +199,7 @@ pub fn run<S: Source>(
         run: opts.run.clone(),
     };
     crate::repo::lock::ensure_held(&session.repo)?;
+    crate::cancel::check()?;
     snap.id = session.repo.save_json(FileKind::Snapshot, &snap)?;
     Ok(snap)
 }

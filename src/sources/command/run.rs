@@ -224,6 +224,10 @@ fn monitor(pid: libc::pid_t, state: Arc<State>, deadline: Option<Instant>) {
         let now = Instant::now();
         if state.abort.load(Ordering::SeqCst) {
             signal_group(pid, libc::SIGKILL);
+        } else if termed.is_none() && crate::cancel::requested() {
+            // coffer is shutting down: stop the command as a timeout would.
+            signal_group(pid, libc::SIGTERM);
+            termed = Some(now);
         } else if termed.is_none() && deadline.is_some_and(|d| now >= d) {
             state.timed_out.store(true, Ordering::SeqCst);
             signal_group(pid, libc::SIGTERM);

@@ -1,0 +1,761 @@
+//! The scheduler of `coffer run`: which jobs run when, without overlap, within
+//! `max_parallel`, catching up missed runs, and how the service stops and reloads.
+//!
+//! - **Jobs.** One backup job per declared source with a `schedule` (cron, in its
+//!   `timezone`) or `every`, and the repository jobs of `[service]`: `prune`, `check` (with
+//!   `check_read_data_subset`) and `wal_verify`. A backup job is `coffer backup --source
+//!   NAME` ([`crate::ops::stack::backup_stack`]: hooks, run record, keep rules).
+//! - **Missed runs.** At start, a job whose last success is older than its previous
+//!   scheduled time (equivalently: whose next time after its last success has passed) runs
+//!   at once, as systemd's `Persistent=true` does. The last success comes from the
+//!   repository (the newest snapshot of the source; for repository jobs the run history), not
+//!   from a local state file, so a restart, a reinstall or another host does the right thing.
+//! - **No overlap.** A job still running when its next time comes is skipped, logged and
+//!   counted. At most `max_parallel` jobs (default 1) run at once; a due job waits for a
+//!   slot. `prune` (an exclusive lock) runs alone.
+//! - **Shutdown.** SIGTERM or SIGINT: no new runs; the running ones get `shutdown_grace`
+//!   (default 5 min) to finish, then [`crate::cancel::request`] makes them fail before their
+//!   snapshot (no snapshot, locks released); the service then returns `Ok`.
+//! - **Reload.** SIGHUP reads the config file again; a config that does not load (or a
+//!   repository that does not open with it) is refused and logged, and the old one keeps
+//!   running.
+
+use crate::config::sources::{cron, Schedule};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
+use crate::repo::id::Id;
+use crate::repo::runs::{self, RunRecord, RunStatus};
+use crate::repo::Repository;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{select, unbounded, Sender};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a job does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobKind {
+    /// `backup --source NAME`.
+    Backup(String),
+    Prune,
+    /// `check`, reading this part of the data (`check_read_data_subset`, e.g. `5%`).
+    Check(Option<String>),
+    WalVerify,
+}
+
+impl JobKind {
+    /// The job's name in logs, metrics and the run history: `backup db`, `prune`, …
+    pub fn name(&self) -> String {
+        match self {
+            JobKind::Backup(s) => format!("backup {s}"),
+            JobKind::Prune => "prune".into(),
+            JobKind::Check(_) => "check".into(),
+            JobKind::WalVerify => "wal-verify".into(),
+        }
+    }
+
+    /// The run history's `job`.
+    fn record_job(&self) -> &'static str {
+        match self {
+            JobKind::Backup(_) => "backup",
+            JobKind::Prune => "prune",
+            JobKind::Check(_) => "check",
+            JobKind::WalVerify => "wal-verify",
+        }
+    }
+}
+
+/// A scheduled job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub kind: JobKind,
+    pub schedule: Schedule,
+    pub jitter: Option<Duration>,
+}
+
+/// The jobs a config file declares.
+pub fn jobs(config: &Config) -> Result<Vec<Job>> {
+    let mut out = Vec::new();
+    for s in &config.sources {
+        if let Some(schedule) = &s.schedule {
+            out.push(Job {
+                kind: JobKind::Backup(s.name.clone()),
+                schedule: schedule.clone(),
+                jitter: s.jitter,
+            });
+        }
+    }
+    let sv = &config.service;
+    let tz = match &sv.timezone {
+        Some(t) => Some(
+            t.parse::<chrono_tz::Tz>()
+                .map_err(|_| Error::usage(format!("[service] timezone {t:?} is not known")))?,
+        ),
+        None => None,
+    };
+    for (kind, expr) in [
+        (JobKind::Prune, &sv.prune),
+        (JobKind::Check(sv.check_read_data_subset.clone()), &sv.check),
+        (JobKind::WalVerify, &sv.wal_verify),
+    ] {
+        if let Some(e) = expr {
+            out.push(Job {
+                kind,
+                schedule: Schedule::Cron {
+                    expr: e.clone(),
+                    timezone: tz,
+                },
+                jitter: None,
+            });
+        }
+    }
+    if let Some(subset) = &sv.check_read_data_subset {
+        crate::ops::check::read_data_subset(subset)?;
+    }
+    Ok(out)
+}
+
+/// The first time of `schedule` strictly after `after`.
+pub fn next_after(schedule: &Schedule, after: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    match schedule {
+        Schedule::Every(d) => Ok(after + chrono::Duration::from_std(*d)?),
+        Schedule::Cron { expr, timezone } => {
+            let c = cron(expr).map_err(Error::usage)?;
+            let next = match timezone {
+                Some(tz) => c
+                    .find_next_occurrence(&after.with_timezone(tz), false)
+                    .map(|t| t.with_timezone(&Utc)),
+                None => c
+                    .find_next_occurrence(&after.with_timezone(&chrono::Local), false)
+                    .map(|t| t.with_timezone(&Utc)),
+            };
+            next.map_err(|e| {
+                Error::usage(format!("schedule {expr:?} has no next time: {e}")).into()
+            })
+        }
+    }
+}
+
+/// When a job first runs, given its last success: at once when it never succeeded or a
+/// scheduled time passed since (a missed run), else at its next time.
+pub fn first_due(
+    schedule: &Schedule,
+    last_success: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>> {
+    match last_success {
+        None => Ok(now),
+        Some(t) => {
+            let n = next_after(schedule, t)?;
+            Ok(if n <= now { now } else { n })
+        }
+    }
+}
+
+/// One finished run, as the service keeps it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub job: String,
+    pub source: Option<String>,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub duration_secs: f64,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_added: u64,
+    pub snapshot: Option<String>,
+}
+
+/// A job's state, for logs, metrics and the status page.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobState {
+    pub job: String,
+    pub source: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub running_since: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_run: Option<RunSummary>,
+    pub runs_total: u64,
+    pub failures_total: u64,
+    pub skipped_total: u64,
+}
+
+/// What the service knows, shared with whatever reports on it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServiceState {
+    pub started: Option<DateTime<Utc>>,
+    pub jobs: Vec<JobState>,
+    /// The newest runs, newest last (at most [`RECENT_RUNS`]).
+    pub recent: VecDeque<RunSummary>,
+}
+
+/// Runs kept in [`ServiceState::recent`].
+pub const RECENT_RUNS: usize = 100;
+
+pub struct RunOptions {
+    /// Run every due job once, then return.
+    pub once: bool,
+    /// The config file, read again on SIGHUP.
+    pub config_path: Option<PathBuf>,
+}
+
+/// What `coffer run --once` did.
+#[derive(Serialize)]
+pub struct OnceReport {
+    pub runs: Vec<RunSummary>,
+    pub failed: usize,
+}
+
+impl OnceReport {
+    pub fn verdict(&self) -> Result<()> {
+        if self.failed > 0 {
+            return Err(Error::new(
+                ErrorKind::Source,
+                format!("{} of {} runs failed", self.failed, self.runs.len()),
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// How the service opens the repository for a config (on start and on reload).
+pub type Opener<'a> = &'a dyn Fn(&Config) -> Result<Arc<Repository>>;
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+struct Slot {
+    job: Job,
+    next: DateTime<Utc>,
+    running: bool,
+    state: JobState,
+}
+
+/// The last success of each job, from the repository.
+fn last_successes(repo: &Repository, jobs: &[Job]) -> Result<BTreeMap<String, DateTime<Utc>>> {
+    let snaps = repo.load_snapshots()?;
+    let history = runs::load(repo)?;
+    let mut out = BTreeMap::new();
+    for j in jobs {
+        let t = match &j.kind {
+            JobKind::Backup(name) => snaps
+                .iter()
+                .filter(|s| s.source.as_deref() == Some(name) && !s.has_tag("safety-backup"))
+                .map(|s| s.time.with_timezone(&Utc))
+                .max(),
+            k => history
+                .iter()
+                .filter(|r| r.job == k.record_job() && r.status == RunStatus::Ok)
+                .map(|r| r.finished.with_timezone(&Utc))
+                .max(),
+        };
+        if let Some(t) = t {
+            out.insert(j.kind.name(), t);
+        }
+    }
+    Ok(out)
+}
+
+fn jittered(t: DateTime<Utc>, jitter: Option<Duration>) -> DateTime<Utc> {
+    match jitter.filter(|j| !j.is_zero()) {
+        Some(j) => {
+            use rand::Rng;
+            let ms = rand::thread_rng().gen_range(0..j.as_millis().min(u64::MAX as u128) as u64);
+            t + chrono::Duration::milliseconds(ms as i64)
+        }
+        None => t,
+    }
+}
+
+fn slots(repo: &Repository, jobs: Vec<Job>, old: &[Slot], now: DateTime<Utc>) -> Result<Vec<Slot>> {
+    let last = last_successes(repo, &jobs)?;
+    let mut out = Vec::new();
+    for job in jobs {
+        let name = job.kind.name();
+        // A job that kept its schedule across a reload keeps its state.
+        if let Some(o) = old.iter().find(|o| o.job == job) {
+            out.push(Slot {
+                job,
+                next: o.next,
+                running: o.running,
+                state: o.state.clone(),
+            });
+            continue;
+        }
+        let last_success = last.get(&name).copied();
+        let next = jittered(first_due(&job.schedule, last_success, now)?, job.jitter);
+        let source = match &job.kind {
+            JobKind::Backup(s) => Some(s.clone()),
+            _ => None,
+        };
+        let running = old.iter().any(|o| o.job.kind == job.kind && o.running);
+        out.push(Slot {
+            state: JobState {
+                job: name,
+                source,
+                next_run: Some(next),
+                running_since: None,
+                last_success,
+                last_run: None,
+                runs_total: 0,
+                failures_total: 0,
+                skipped_total: 0,
+            },
+            job,
+            next,
+            running,
+        });
+    }
+    Ok(out)
+}
+
+/// Run the service until SIGTERM/SIGINT (or, with `once`, until every due job ran once).
+/// `log` hears the service's own lines; `progress_for` gives each run its display.
+pub fn run(
+    config: Config,
+    open: Opener<'_>,
+    opts: &RunOptions,
+    state: Arc<Mutex<ServiceState>>,
+    log: &Progress,
+    progress_for: &(dyn Fn(&str) -> Progress + Sync),
+) -> Result<Option<OnceReport>> {
+    let mut config = Arc::new(config);
+    let mut repo = open(&config)?;
+    let js = jobs(&config)?;
+    if js.is_empty() && !opts.once {
+        return Err(Error::usage(
+            "nothing to run: no source has a schedule (schedule = \"0 2 * * *\" or every = \"1h\") \
+             and [service] has no prune, check or wal_verify",
+        )
+        .into());
+    }
+    let started = Utc::now();
+    let mut table = slots(&repo, js, &[], started)?;
+    let (signals_tx, signals) = unbounded::<Signal>();
+    let _signal_thread = if opts.once {
+        None
+    } else {
+        Some(watch_signals(signals_tx)?)
+    };
+    {
+        let mut s = state.lock().unwrap();
+        s.started = Some(started);
+        s.jobs = table.iter().map(|t| t.state.clone()).collect();
+    }
+    for t in &table {
+        log.log(&format!(
+            "{}: next run {}",
+            t.state.job,
+            if t.next <= started {
+                "now (missed or never run)".to_string()
+            } else {
+                t.next.with_timezone(&chrono::Local).to_rfc3339()
+            }
+        ));
+    }
+    let max_parallel = config.service.max_parallel.unwrap_or(1).max(1);
+    let grace = config
+        .service
+        .shutdown_grace
+        .unwrap_or(Duration::from_secs(300));
+    let (done_tx, done) = unbounded::<(String, RunSummary)>();
+    let mut running = 0usize;
+    let mut exclusive_running = false;
+    let mut stopping: Option<Instant> = None;
+    let mut once_pending: Vec<String> = if opts.once {
+        table
+            .iter()
+            .filter(|t| t.next <= started)
+            .map(|t| t.state.job.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut once_runs = Vec::new();
+    if opts.once && once_pending.is_empty() {
+        log.log("nothing is due");
+        return Ok(Some(OnceReport {
+            runs: Vec::new(),
+            failed: 0,
+        }));
+    }
+    loop {
+        let now = Utc::now();
+        // Start what is due, in table order, within the limits.
+        if stopping.is_none() {
+            for t in table.iter_mut() {
+                if t.next > now {
+                    continue;
+                }
+                if opts.once && !once_pending.contains(&t.state.job) {
+                    continue;
+                }
+                let exclusive = t.job.kind == JobKind::Prune;
+                if t.running {
+                    t.state.skipped_total += 1;
+                    log.warn(&format!(
+                        "{}: skipped: the previous run is still going (skipped {} time(s) so far)",
+                        t.state.job, t.state.skipped_total
+                    ));
+                    t.next = jittered(next_after(&t.job.schedule, now)?, t.job.jitter);
+                    t.state.next_run = Some(t.next);
+                    continue;
+                }
+                if running >= max_parallel || exclusive_running || (exclusive && running > 0) {
+                    continue; // waits for a slot
+                }
+                t.running = true;
+                running += 1;
+                exclusive_running |= exclusive;
+                t.state.running_since = Some(now);
+                if !opts.once {
+                    t.next = jittered(next_after(&t.job.schedule, now)?, t.job.jitter);
+                    t.state.next_run = Some(t.next);
+                } else {
+                    once_pending.retain(|j| j != &t.state.job);
+                    t.state.next_run = None;
+                }
+                log.log(&format!("{}: started", t.state.job));
+                let (job, repo, config, tx) =
+                    (t.job.clone(), repo.clone(), config.clone(), done_tx.clone());
+                let name = t.state.job.clone();
+                let p = progress_for(&name);
+                std::thread::spawn(move || {
+                    let summary = run_job(&job, &repo, &config, &p);
+                    p.finish();
+                    let _ = tx.send((name, summary));
+                });
+            }
+            let mut s = state.lock().unwrap();
+            s.jobs = table.iter().map(|t| t.state.clone()).collect();
+        }
+        if opts.once && once_pending.is_empty() && running == 0 {
+            let failed = once_runs
+                .iter()
+                .filter(|r: &&RunSummary| r.status == RunStatus::Failed)
+                .count();
+            return Ok(Some(OnceReport {
+                runs: once_runs,
+                failed,
+            }));
+        }
+        if let Some(since) = stopping {
+            if running == 0 {
+                log.log("stopped");
+                return Ok(None);
+            }
+            if since.elapsed() >= grace && !crate::cancel::requested() {
+                log.warn(&format!(
+                    "shutdown grace of {} passed: stopping {running} running job(s); they leave no snapshot",
+                    humantime::format_duration(grace)
+                ));
+                crate::cancel::request();
+            }
+        }
+        // Sleep until the next due time (at most a second: signals and finished runs
+        // wake it at once).
+        let wait = table
+            .iter()
+            .filter(|t| !t.running)
+            .map(|t| t.next)
+            .min()
+            .map(|n| (n - Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        select! {
+            recv(done) -> msg => {
+                let Ok((name, summary)) = msg else { continue };
+                running -= 1;
+                if let Some(t) = table.iter_mut().find(|t| t.state.job == name) {
+                    t.running = false;
+                    if t.job.kind == JobKind::Prune {
+                        exclusive_running = false;
+                    }
+                    t.state.running_since = None;
+                    t.state.runs_total += 1;
+                    if summary.status == RunStatus::Ok {
+                        t.state.last_success = Some(summary.finished);
+                    } else {
+                        t.state.failures_total += 1;
+                    }
+                    t.state.last_run = Some(summary.clone());
+                } else if exclusive_running && name == "prune" {
+                    exclusive_running = false;
+                }
+                log.log(&describe(&name, &summary));
+                let mut s = state.lock().unwrap();
+                s.recent.push_back(summary.clone());
+                while s.recent.len() > RECENT_RUNS {
+                    s.recent.pop_front();
+                }
+                s.jobs = table.iter().map(|t| t.state.clone()).collect();
+                drop(s);
+                if opts.once {
+                    once_runs.push(summary);
+                }
+            }
+            recv(signals) -> msg => match msg {
+                Ok(Signal::Stop) if stopping.is_none() => {
+                    log.log(&format!(
+                        "stopping: no new runs; {running} running job(s) have {} to finish",
+                        humantime::format_duration(grace)
+                    ));
+                    stopping = Some(Instant::now());
+                }
+                Ok(Signal::Stop) => {}
+                Ok(Signal::Reload) => match reload(opts, open, &table) {
+                    Ok((c, r, t)) => {
+                        config = Arc::new(c);
+                        repo = r;
+                        table = t;
+                        log.log(&format!("reloaded the config: {} job(s)", table.len()));
+                        for t in &table {
+                            log.log(&format!("{}: next run {}", t.state.job, t.next.with_timezone(&chrono::Local).to_rfc3339()));
+                        }
+                    }
+                    Err(e) => log.warn(&format!(
+                        "the config was not reloaded, the old one keeps running: {e:#}"
+                    )),
+                },
+                Err(_) => {}
+            },
+            default(wait) => {}
+        }
+    }
+}
+
+fn reload(
+    opts: &RunOptions,
+    open: Opener<'_>,
+    old: &[Slot],
+) -> Result<(Config, Arc<Repository>, Vec<Slot>)> {
+    let Some(path) = &opts.config_path else {
+        return Err(
+            Error::usage("coffer run was started without --config: nothing to reload").into(),
+        );
+    };
+    let config = Config::load(path)?;
+    let repo = open(&config)?;
+    let js = jobs(&config)?;
+    let table = slots(&repo, js, old, Utc::now())?;
+    Ok((config, repo, table))
+}
+
+fn describe(name: &str, s: &RunSummary) -> String {
+    match s.status {
+        RunStatus::Ok => format!(
+            "{name}: ok in {:.1}s{}",
+            s.duration_secs,
+            s.snapshot
+                .as_deref()
+                .map(|id| format!(
+                    ", snapshot {} ({} read, {} added)",
+                    &id[..8.min(id.len())],
+                    crate::ops::mib(s.bytes_read),
+                    crate::ops::mib(s.bytes_added)
+                ))
+                .unwrap_or_default()
+        ),
+        RunStatus::Failed => format!(
+            "{name}: FAILED after {:.1}s: {}",
+            s.duration_secs,
+            s.error.as_deref().unwrap_or("(no message)")
+        ),
+    }
+}
+
+fn watch_signals(tx: Sender<Signal>) -> Result<std::thread::JoinHandle<()>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    Ok(std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let s = if sig == SIGHUP {
+                Signal::Reload
+            } else {
+                Signal::Stop
+            };
+            if tx.send(s).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// Run one job to its end; never panics the service: an error is a failed run.
+fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> RunSummary {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let (status, error, bytes_read, bytes_added, snapshot) = match &job.kind {
+        JobKind::Backup(name) => {
+            let opts = crate::ops::stack::StackOptions {
+                sources: vec![name.clone()],
+                forget: true,
+                common: Default::default(),
+            };
+            match crate::ops::stack::backup_stack(repo, config, &opts, &|_| p.clone()) {
+                Ok(r) => match r.sources.into_iter().next() {
+                    Some(s) => (s.status, s.error, s.bytes_read, s.bytes_added, s.snapshot),
+                    None => (RunStatus::Failed, Some("nothing ran".into()), 0, 0, None),
+                },
+                Err(e) => (RunStatus::Failed, Some(format!("{e:#}")), 0, 0, None),
+            }
+        }
+        other => {
+            let r: Result<()> = match other {
+                JobKind::Prune => crate::ops::prune::prune(repo, false, 10.0, p).map(|_| ()),
+                JobKind::Check(subset) => (|| {
+                    let read = match subset {
+                        Some(s) => crate::ops::check::read_data_subset(s)?,
+                        None => crate::repo::check::ReadData::None,
+                    };
+                    let r = crate::ops::check::check(repo, read, p)?;
+                    if r.ok {
+                        Ok(())
+                    } else {
+                        Err(Error::integrity(format!(
+                            "check found {} error(s): {}",
+                            r.errors.len(),
+                            r.errors.first().cloned().unwrap_or_default()
+                        ))
+                        .into())
+                    }
+                })(),
+                JobKind::WalVerify => {
+                    crate::ops::wal_verify::wal_verify(repo).and_then(|r| r.verdict())
+                }
+                JobKind::Backup(_) => unreachable!("handled above"),
+            };
+            let (status, error) = match r {
+                Ok(()) => (RunStatus::Ok, None),
+                Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
+            };
+            let record = RunRecord {
+                id: Id::default(),
+                run: Id::random().to_hex()[..16].to_string(),
+                job: other.record_job().into(),
+                source: String::new(),
+                source_type: "repository".into(),
+                host: crate::repo::hostname(),
+                started: started.fixed_offset(),
+                finished: Utc::now().fixed_offset(),
+                status,
+                error: error.clone(),
+                bytes_read: 0,
+                bytes_added: 0,
+                snapshot: None,
+            };
+            if let Err(e) = runs::save(repo, &record) {
+                p.warn(&format!("could not record the {} run: {e:#}", other.name()));
+            }
+            (status, error, 0, 0, None)
+        }
+    };
+    RunSummary {
+        job: job.kind.name(),
+        source: match &job.kind {
+            JobKind::Backup(s) => Some(s.clone()),
+            _ => None,
+        },
+        started,
+        finished: Utc::now(),
+        duration_secs: t0.elapsed().as_secs_f64(),
+        status,
+        error,
+        bytes_read,
+        bytes_added,
+        snapshot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn next_times_and_missed_runs() {
+        let daily = Schedule::Cron {
+            expr: "0 2 * * *".into(),
+            timezone: Some(chrono_tz::UTC),
+        };
+        assert_eq!(
+            next_after(&daily, t("2024-05-01T01:00:00Z")).unwrap(),
+            t("2024-05-01T02:00:00Z")
+        );
+        assert_eq!(
+            next_after(&daily, t("2024-05-01T02:00:00Z")).unwrap(),
+            t("2024-05-02T02:00:00Z"),
+            "strictly after"
+        );
+        let paris = Schedule::Cron {
+            expr: "0 2 * * *".into(),
+            timezone: Some(chrono_tz::Europe::Paris),
+        };
+        assert_eq!(
+            next_after(&paris, t("2024-05-01T12:00:00Z")).unwrap(),
+            t("2024-05-02T00:00:00Z"),
+            "02:00 in Paris in May is 00:00 UTC"
+        );
+        let now = t("2024-05-03T12:00:00Z");
+        // Never run: now. Last success before the previous 02:00: missed, now.
+        assert_eq!(first_due(&daily, None, now).unwrap(), now);
+        assert_eq!(
+            first_due(&daily, Some(t("2024-05-02T01:00:00Z")), now).unwrap(),
+            now
+        );
+        // Last success after the previous 02:00: the next one.
+        assert_eq!(
+            first_due(&daily, Some(t("2024-05-03T02:00:05Z")), now).unwrap(),
+            t("2024-05-04T02:00:00Z")
+        );
+        let every = Schedule::Every(Duration::from_secs(900));
+        assert_eq!(
+            first_due(&every, Some(t("2024-05-03T11:50:00Z")), now).unwrap(),
+            t("2024-05-03T12:05:00Z")
+        );
+        assert_eq!(
+            first_due(&every, Some(t("2024-05-03T11:40:00Z")), now).unwrap(),
+            now
+        );
+    }
+
+    #[test]
+    fn jobs_from_the_config() {
+        let c = Config::parse(
+            "[service]\nprune = \"0 4 * * 0\"\ncheck = \"0 5 * * *\"\ncheck_read_data_subset = \"5%\"\n[sources.a]\ntype = \"files\"\npaths = [\"/x\"]\nevery = \"2s\"\n[sources.b]\ntype = \"files\"\npaths = [\"/y\"]\n",
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        let names: Vec<String> = jobs(&c).unwrap().iter().map(|j| j.kind.name()).collect();
+        assert_eq!(names, ["backup a", "prune", "check"]);
+        let c = Config::parse(
+            "[service]\ncheck = \"0 5 * * *\"\ncheck_read_data_subset = \"500%\"\n",
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert!(jobs(&c).is_err());
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bound() {
+        let base = t("2024-05-01T00:00:00Z");
+        for _ in 0..100 {
+            let j = jittered(base, Some(Duration::from_secs(60)));
+            assert!(j >= base && j < base + chrono::Duration::seconds(60));
+        }
+        assert_eq!(jittered(base, None), base);
+    }
+}
