@@ -57,6 +57,7 @@ pub mod progress;
 pub mod redact;
 pub mod repo;
 pub mod safefs;
+pub mod service;
 pub mod sources;
 
 pub use error::{Error, ErrorKind};
