@@ -32,6 +32,8 @@
 //!   repository from its location, the configuration file and the passphrase sources.
 //!   Everything the CLI does beyond parsing and printing is here, for a long-running
 //!   service to call as well.
+//! * [`service`] — running coffer as a service, on the operations: `coffer generate`'s
+//!   units for systemd, cron and Kubernetes ([`service::units`]).
 //! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls an
 //!   operation, renders its events (a bar on a terminal, log lines otherwise) and prints its
 //!   report.

@@ -636,6 +636,54 @@ fn crontab_lines_read_back_to_the_schedules() {
 }
 
 #[test]
+fn a_relative_config_path_is_written_absolute() {
+    let s = Setup::new("");
+    let o = Command::new(BIN)
+        .current_dir(&s.root)
+        .args([
+            "--config",
+            "coffer.toml",
+            "generate",
+            "systemd",
+            "--bin",
+            BIN,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let unit = String::from_utf8(o.stdout).unwrap();
+    let cfg = s.config.to_str().unwrap();
+    assert_eq!(
+        line(&unit, "ExecStart"),
+        [format!("{BIN} --config {cfg} run")]
+    );
+    // password_file = "passphrase" is relative to the config file.
+    assert_eq!(
+        line(&unit, "LoadCredential"),
+        [format!(
+            "passphrase:{}",
+            s.root.join("passphrase").display()
+        )]
+    );
+}
+
+#[test]
+fn kubernetes_warns_of_plain_secrets_in_the_config() {
+    let s = Setup::new("");
+    let text = fs::read_to_string(&s.config).unwrap();
+    fs::write(&s.config, format!("password = \"hunter2-plain\"\n{text}")).unwrap();
+    let o = s.run(&["kubernetes"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("password") && err.contains("ConfigMap"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("hunter2-plain"));
+    assert!(!err.contains("hunter2-plain"), "{err}");
+}
+
+#[test]
 fn generate_needs_the_config_file() {
     let o = Command::new(BIN)
         .args(["generate", "systemd"])

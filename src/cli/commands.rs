@@ -622,6 +622,7 @@ pub fn generate(ctx: &Context, cli: &Cli, a: &GenerateArgs) -> Result<()> {
         config_path: &config_path,
         bin: &bin,
         variables: units::config_variables(&text),
+        literal_secrets: units::literal_secrets(&text),
         default_home: ops::access::default_home()
             .ok()
             .and_then(|h| std::path::absolute(h).ok()),

@@ -33,6 +33,8 @@ pub struct Setup<'a> {
     /// Where the default repository lives when the config names none (`$COFFER_HOME`), and
     /// whether it exists on this machine.
     pub default_home: Option<PathBuf>,
+    /// The secrets the config file holds as plain values (see [`literal_secrets`]).
+    pub literal_secrets: Vec<String>,
 }
 
 /// One generated file.
@@ -74,6 +76,30 @@ pub fn config_variables(text: &str) -> Vec<String> {
     }
     table.values().for_each(|v| walk(v, &names));
     names.into_inner().into_iter().collect()
+}
+
+/// The secrets a config file's text holds as plain values (not `${VAR}`s): `password`,
+/// `[s3] secret_access_key` and `session_token`, by key.
+pub fn literal_secrets(text: &str) -> Vec<String> {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let plain = |v: Option<&toml::Value>| {
+        v.and_then(|v| v.as_str())
+            .is_some_and(|s| !s.contains("${"))
+    };
+    let mut out = Vec::new();
+    if plain(table.get("password")) {
+        out.push("password".to_string());
+    }
+    if let Some(s3) = table.get("s3").and_then(|t| t.as_table()) {
+        for k in ["secret_access_key", "session_token"] {
+            if plain(s3.get(k)) {
+                out.push(format!("[s3] {k}"));
+            }
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1072,6 +1098,14 @@ pub fn kubernetes(s: &Setup, o: &KubeOptions) -> Result<Generated> {
                 .to_string(),
         );
     }
+    if !s.literal_secrets.is_empty() {
+        notes.push(format!(
+            "the config file holds {} as plain values, and a ConfigMap is no place for secrets: \
+             write them as ${{VAR}}s (or use COFFER_PASSWORD, AWS_SECRET_ACCESS_KEY) and put the \
+             values in the Secret coffer-env",
+            s.literal_secrets.join(", ")
+        ));
+    }
     if o.cronjob {
         let mut names = BTreeSet::new();
         for job in jobs(s.config, s.config_path, o.sources)? {
@@ -1264,6 +1298,13 @@ mod tests {
              before = [\"echo ${HOOK_VAR}\"]\n[sources.x]\ntype = \"files\"\npaths = [\"$${NOT_A_VAR}\"]\n",
         );
         assert_eq!(v, ["DATABASE_URL", "HOOK_VAR", "REPO"]);
+    }
+
+    #[test]
+    fn plain_secrets_are_found() {
+        let t = "password = \"hunter2\"\n[s3]\nsecret_access_key = \"${S3_SECRET}\"\nsession_token = \"tok\"\n";
+        assert_eq!(literal_secrets(t), ["password", "[s3] session_token"]);
+        assert!(literal_secrets("password_file = \"/p\"\n").is_empty());
     }
 
     #[test]
