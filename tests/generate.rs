@@ -73,12 +73,17 @@ paths = ["/etc"]
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        let bin: &[&str] = if args[0] == "kubernetes" {
+            &[]
+        } else {
+            &["--bin", BIN]
+        };
         Command::new(BIN)
             .arg("--config")
             .arg(&self.config)
             .arg("generate")
             .args(args)
-            .args(["--bin", BIN])
+            .args(bin)
             .env("DATABASE_URL", SECRET)
             .env_remove("COFFER_REPO")
             .env_remove("COFFER_PASSWORD_FILE")
@@ -494,6 +499,7 @@ fn kubernetes_deployment_and_cronjobs_parse_with_their_fields() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "registry.example/coffer:1.2");
+    assert_eq!(c["command"], serde_json::json!(["coffer"]));
     assert_eq!(
         c["args"],
         serde_json::json!(["--config", "/etc/coffer/coffer.toml", "run"])
@@ -565,6 +571,8 @@ fn kubernetes_deployment_and_cronjobs_parse_with_their_fields() {
     );
     let e = s.fails(&["kubernetes", "--source", "db"]);
     assert!(e.contains("--cronjob"), "{e}");
+    let e = s.fails(&["systemd", "--image", "x"]);
+    assert!(e.contains("--image is for kubernetes"), "{e}");
 }
 
 #[test]

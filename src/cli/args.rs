@@ -95,9 +95,9 @@ pub struct GenerateArgs {
     /// kubernetes: one CronJob per scheduled job instead of a Deployment running `coffer run`
     #[arg(long)]
     pub cronjob: bool,
-    /// kubernetes: the container image
-    #[arg(long, default_value = "coffer:latest")]
-    pub image: String,
+    /// kubernetes: the container image, with coffer on its PATH (default coffer:latest)
+    #[arg(long)]
+    pub image: Option<String>,
     /// The coffer binary the units run (default: this one)
     #[arg(long, value_name = "PATH")]
     pub bin: Option<PathBuf>,

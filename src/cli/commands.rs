@@ -612,6 +612,17 @@ pub fn generate(ctx: &Context, cli: &Cli, a: &GenerateArgs) -> Result<()> {
         GenerateKind::Systemd | GenerateKind::SystemdTimer | GenerateKind::Cron if a.cronjob => {
             return wrong("--cronjob", "kubernetes")
         }
+        GenerateKind::Systemd | GenerateKind::SystemdTimer | GenerateKind::Cron
+            if a.image.is_some() =>
+        {
+            return wrong("--image", "kubernetes")
+        }
+        GenerateKind::Kubernetes if a.bin.is_some() => {
+            return wrong(
+                "--bin",
+                "systemd, systemd-timer and cron (a pod runs the image's coffer: see --image)",
+            )
+        }
         _ => {}
     }
     // Loaded again from its absolute path, so that its relative paths (password_file…)
@@ -634,7 +645,7 @@ pub fn generate(ctx: &Context, cli: &Cli, a: &GenerateArgs) -> Result<()> {
         GenerateKind::Kubernetes => units::kubernetes(
             &setup,
             &KubeOptions {
-                image: &a.image,
+                image: a.image.as_deref().unwrap_or("coffer:latest"),
                 cronjob: a.cronjob,
                 sources: &a.sources,
             },

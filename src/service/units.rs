@@ -964,6 +964,7 @@ fn container(s: &Setup, o: &KubeOptions, args: Vec<String>, probe: bool) -> Resu
     let mut c = json!({
         "name": "coffer",
         "image": o.image,
+        "command": ["coffer"],
         "args": argv,
         "envFrom": [{"secretRef": {"name": "coffer-env"}}],
         "env": [{"name": "COFFER_HOME", "value": "/var/cache/coffer"}],
