@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   CLI        src/main.rs, src/cli/     parse arguments, call an operation, print its report
-//!   service    service::daemon            coffer run: schedules the operations
+//!   service    service::{daemon, units}   coffer run: schedules the operations; unit files
 //!   ops        ops::{access, backup, restore, dump, snapshots, ls, check, forget, prune,
 //!                    key, unlock, wal_push, wal_fetch, wal_verify, wal_hold}
 //!   sources    sources::{files, stream, postgres::{…, wal}}
@@ -36,7 +36,8 @@
 //! * [`service`] — `coffer run`, on the operations: the scheduler ([`service::daemon`]) that
 //!   runs each declared source's backups and the repository jobs on time, without overlap,
 //!   catching up missed runs from the repository, and stops within a grace (through
-//!   [`cancel`]) or reloads its config on a signal.
+//!   [`cancel`]) or reloads its config on a signal; and `coffer generate`'s units for
+//!   systemd, cron and Kubernetes ([`service::units`]).
 //! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls an
 //!   operation, renders its events (a bar on a terminal, log lines otherwise) and prints its
 //!   report.

@@ -78,8 +78,50 @@ pub enum Command {
     /// The backup service: run every scheduled source and repository job on time, without
     /// overlap, until SIGTERM (SIGHUP reloads the config)
     Run(RunArgs),
+    /// Print units that run coffer as a service: systemd (a service for `coffer run`),
+    /// systemd-timer (a oneshot service and a timer per scheduled job), cron (crontab lines)
+    /// or kubernetes (a Deployment for `coffer run`, or --cronjob); from the --config file
+    Generate(GenerateArgs),
     /// Print the version
     Version,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// What to generate
+    #[arg(value_enum)]
+    pub kind: GenerateKind,
+    /// systemd-timer, cron and kubernetes --cronjob: only this declared source (repeatable;
+    /// default: every scheduled source and the [service] prune, check and wal_verify jobs)
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// kubernetes: one CronJob per scheduled job instead of a Deployment running `coffer run`
+    #[arg(long)]
+    pub cronjob: bool,
+    /// kubernetes: the container image, with coffer on its PATH (default coffer:latest)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The coffer binary the units run (default: this one)
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    /// Write the files into this directory (mode 0644) instead of printing them
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// With --out: replace files that exist
+    #[arg(long, requires = "out")]
+    pub force: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerateKind {
+    /// coffer.service, running `coffer run`
+    Systemd,
+    /// coffer-JOB.service and coffer-JOB.timer per scheduled job
+    SystemdTimer,
+    /// crontab lines
+    Cron,
+    /// a Deployment running `coffer run`, or CronJobs with --cronjob
+    Kubernetes,
 }
 
 #[derive(Args, Debug)]

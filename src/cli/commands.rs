@@ -659,3 +659,156 @@ pub fn wal_verify(ctx: &Context, a: &WalVerifyArgs) -> Result<()> {
     }
     r.verdict()
 }
+
+/// `generate`: the units, printed or written into `--out`.
+pub fn generate(ctx: &Context, cli: &Cli, a: &GenerateArgs) -> Result<()> {
+    use coffer::service::units::{self, KubeOptions, Setup};
+    let Some(config) = &cli.config else {
+        return Err(Error::usage(
+            "coffer generate writes the config file's path into the units: give it with \
+             --config FILE (or COFFER_CONFIG)",
+        )
+        .into());
+    };
+    let config_path = std::path::absolute(config)?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        Error::usage(format!(
+            "cannot read config file {}: {e}",
+            config_path.display()
+        ))
+    })?;
+    let bin = match &a.bin {
+        Some(b) => std::path::absolute(b)?,
+        None => std::env::current_exe().map_err(|e| {
+            Error::usage(format!(
+                "cannot find the path of this coffer binary ({e}): give it with --bin PATH"
+            ))
+        })?,
+    };
+    let wrong = |opt: &str, kinds: &str| -> Result<()> {
+        Err(Error::usage(format!("{opt} is for {kinds}")).into())
+    };
+    match a.kind {
+        GenerateKind::Systemd if !a.sources.is_empty() => {
+            return wrong(
+                "--source",
+                "systemd-timer, cron and kubernetes --cronjob (coffer run backs up every source)",
+            )
+        }
+        GenerateKind::Kubernetes if !a.sources.is_empty() && !a.cronjob => {
+            return wrong("--source", "kubernetes --cronjob, systemd-timer and cron")
+        }
+        GenerateKind::Systemd | GenerateKind::SystemdTimer | GenerateKind::Cron if a.cronjob => {
+            return wrong("--cronjob", "kubernetes")
+        }
+        GenerateKind::Systemd | GenerateKind::SystemdTimer | GenerateKind::Cron
+            if a.image.is_some() =>
+        {
+            return wrong("--image", "kubernetes")
+        }
+        GenerateKind::Kubernetes if a.bin.is_some() => {
+            return wrong(
+                "--bin",
+                "systemd, systemd-timer and cron (a pod runs the image's coffer: see --image)",
+            )
+        }
+        _ => {}
+    }
+    // Loaded again from its absolute path, so that its relative paths (password_file…)
+    // are absolute in the units.
+    let loaded = coffer::config::Config::load(&config_path)?;
+    let setup = Setup {
+        config: &loaded,
+        config_path: &config_path,
+        bin: &bin,
+        variables: units::config_variables(&text),
+        literal_secrets: units::literal_secrets(&text),
+        default_home: ops::access::default_home()
+            .ok()
+            .and_then(|h| std::path::absolute(h).ok()),
+    };
+    let mut out = match a.kind {
+        GenerateKind::Systemd => units::systemd(&setup)?,
+        GenerateKind::SystemdTimer => units::systemd_timers(&setup, &a.sources)?,
+        GenerateKind::Cron => units::crontab(&setup, &a.sources)?,
+        GenerateKind::Kubernetes => units::kubernetes(
+            &setup,
+            &KubeOptions {
+                image: a.image.as_deref().unwrap_or("coffer:latest"),
+                cronjob: a.cronjob,
+                sources: &a.sources,
+            },
+        )?,
+    };
+    if a.kind != GenerateKind::Kubernetes && !bin.exists() {
+        out.notes
+            .push(format!("{} does not exist on this machine", bin.display()));
+    }
+    if cli.repo.is_some() || cli.password_file.is_some() {
+        out.notes.push(
+            "--repo and --password-file (or COFFER_REPO, COFFER_PASSWORD_FILE) are not written \
+             into the units: they use the config file's repository and password_file"
+                .into(),
+        );
+    }
+    match &a.out {
+        None => {
+            let many = out.files.len() > 1;
+            for (i, f) in out.files.iter().enumerate() {
+                if many {
+                    if i > 0 {
+                        println!();
+                    }
+                    println!("### {}", f.name);
+                }
+                print!("{}", f.text);
+            }
+        }
+        Some(dir) => write_units(ctx, dir, &out.files, a.force)?,
+    }
+    for n in &out.notes {
+        ctx.say(&format!("note: {n}"));
+    }
+    Ok(())
+}
+
+/// Write generated files into `dir` (mode 0644): none when one exists and `force` is not
+/// given.
+fn write_units(
+    ctx: &Context,
+    dir: &std::path::Path,
+    files: &[coffer::service::units::UnitFile],
+    force: bool,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::usage(format!("cannot create {}: {e}", dir.display())))?;
+    if !force {
+        if let Some(f) = files.iter().find(|f| dir.join(&f.name).exists()) {
+            return Err(Error::usage(format!(
+                "{} exists: give --force to replace it (nothing was written)",
+                dir.join(&f.name).display()
+            ))
+            .into());
+        }
+    }
+    for f in files {
+        let path = dir.join(&f.name);
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).mode(0o644);
+        if force {
+            o.create(true).truncate(true);
+        } else {
+            o.create_new(true);
+        }
+        let mut file = o
+            .open(&path)
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        file.write_all(f.text.as_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        file.sync_all()?;
+        ctx.say(&format!("wrote {}", path.display()));
+    }
+    Ok(())
+}

@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::WalFetch(a) => commands::wal_fetch(&ctx, a),
         Command::WalVerify(a) => commands::wal_verify(&ctx, a),
         Command::WalHold(c) => commands::wal_hold(&ctx, c),
+        Command::Generate(a) => commands::generate(&ctx, &cli, a),
         Command::Version => {
             println!("coffer {}", env!("CARGO_PKG_VERSION"));
             Ok(())

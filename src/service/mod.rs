@@ -1,4 +1,6 @@
-//! `coffer run`: the backup service, on top of the operations. It knows the stack from the
-//! config file and keeps it backed up: schedules ([`daemon`]), alerts, metrics and units.
+//! Running coffer as a service, on top of the operations: `coffer run` ([`daemon`]: the
+//! schedules, shutdown and reload), its alerts, and `coffer generate`'s units for systemd,
+//! cron and Kubernetes ([`units`]).
 
 pub mod daemon;
+pub mod units;
