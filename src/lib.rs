@@ -32,6 +32,8 @@
 //!   repository from its location, the configuration file and the passphrase sources.
 //!   Everything the CLI does beyond parsing and printing is here, for a long-running
 //!   service to call as well.
+//! * [`service`] — what `coffer run`, the long-running service, adds on the operations:
+//!   [`service::alerts`] (alert state, Slack, webhooks, healthcheck pings).
 //! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls an
 //!   operation, renders its events (a bar on a terminal, log lines otherwise) and prints its
 //!   report.
@@ -57,6 +59,7 @@ pub mod progress;
 pub mod redact;
 pub mod repo;
 pub mod safefs;
+pub mod service;
 pub mod sources;
 
 pub use error::{Error, ErrorKind};
