@@ -7,7 +7,7 @@ use coffer::config::{AlertsConfig, Config};
 use coffer::ops::stack::SourceRun;
 use coffer::ops::status::{LastSuccess, SourceStatus, State, StatusReport};
 use coffer::progress::{Progress, Tally};
-use coffer::repo::runs::RunStatus;
+use coffer::repo::runs::{RunRecord, RunStatus};
 use coffer::service::alerts::{
     log_tail, AlertKey, Alerter, Condition, Delivery, Problem, LOG_TAIL_MAX,
 };
@@ -545,6 +545,61 @@ fn a_seeded_problem_is_not_alerted_again_after_a_restart() {
     assert_eq!(json(&reqs[0])["status"], "reminder");
     assert_eq!(json(&reqs[0])["error"], "still down");
     assert_eq!(json(&reqs[1])["event"], "recovered");
+}
+
+#[test]
+fn a_restart_seeds_the_failing_backups_from_the_run_history() {
+    let rx = Receiver::start();
+    let (a, _) = alerter(None, Some(format!("{}/hook", rx.url)));
+    let t0 = t("2026-12-03T02:00:00Z");
+    let record = |source: &str, h: i64, status| RunRecord {
+        id: Default::default(),
+        run: format!("run-{h}"),
+        job: "backup".into(),
+        source: source.into(),
+        source_type: "files".into(),
+        host: "test-host".into(),
+        started: t0 + hours(h),
+        finished: t0 + hours(h),
+        status,
+        error: None,
+        bytes_read: 0,
+        bytes_added: 0,
+        snapshot: None,
+    };
+    // Out of order, as a listing may give them.
+    let history = [
+        record("db", 2, RunStatus::Failed),
+        record("db", 0, RunStatus::Ok),
+        record("db", 1, RunStatus::Failed),
+        record("cache", 0, RunStatus::Failed),
+        record("cache", 1, RunStatus::Ok),
+        record("uploads", 3, RunStatus::Failed),
+    ];
+    let now = t0 + hours(4);
+    assert_eq!(a.seed_from_history(&history, now), ["db", "uploads"]);
+    assert_eq!(
+        a.problems(),
+        [
+            (
+                AlertKey::new(Some("db"), Condition::BackupFailed),
+                t0 + hours(1)
+            ),
+            (
+                AlertKey::new(Some("uploads"), Condition::BackupFailed),
+                t0 + hours(3)
+            ),
+        ]
+    );
+    let failed = run(RunStatus::Failed, Some("still"), None, 1.0);
+    a.backup_result(&failed, now);
+    flush(&a);
+    assert!(rx.requests().is_empty(), "{:?}", rx.requests());
+    // db was alerted at +1 h: the reminder is due at +25 h.
+    a.backup_result(&failed, t0 + hours(25));
+    flush(&a);
+    assert_eq!(rx.requests().len(), 1);
+    assert_eq!(json(&rx.requests()[0])["status"], "reminder");
 }
 
 /// Everything the tracing subscriber of this test binary writes.

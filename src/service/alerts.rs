@@ -12,9 +12,11 @@
 //!   for a problem it alerted on.
 //!
 //! A key first observed fine sends nothing. The state is in memory only: a daemon that starts
-//! [`seed`](Alerter::seed)s the problems it finds in the repository (a source whose newest
-//! runs failed, a breached RPO) so that a restart does not alert again on a problem that
-//! persists; without a seed, it would send one alert for it.
+//! seeds the problems it finds in the repository, so that a restart does not alert again on a
+//! problem that persists ([`seed_from_history`](Alerter::seed_from_history): the sources
+//! whose newest backup runs failed; [`seed`](Alerter::seed) for anything else). A problem
+//! that is not seeded (a breached RPO, a lagging WAL archive, a failed check) is alerted once
+//! more after a restart.
 //!
 //! Delivery never blocks or fails a backup: events become HTTP requests on a bounded queue,
 //! sent by one background thread, each retried with exponential backoff (1 s, 2 s, 4 s … by
@@ -27,11 +29,11 @@ use crate::ops::stack::SourceRun;
 use crate::ops::status::{human, State, StatusReport};
 use crate::progress::Progress;
 use crate::redact;
-use crate::repo::runs::RunStatus;
+use crate::repo::runs::{RunRecord, RunStatus};
 use chrono::{DateTime, FixedOffset};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -442,6 +444,40 @@ impl Alerter {
             _ => since,
         };
         self.states().insert(key, Active { since, last_sent });
+    }
+
+    /// Seed `BackupFailed` for each source whose newest backup runs in `history` (the
+    /// repository's run history, [`crate::repo::runs::load`]) failed, since the first of
+    /// those failures: what a daemon calls when it starts, so that a restart does not alert
+    /// again on a backup that keeps failing. Returns the sources seeded.
+    pub fn seed_from_history(
+        &self,
+        history: &[RunRecord],
+        now: DateTime<FixedOffset>,
+    ) -> Vec<String> {
+        let mut by_source: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
+        for r in history.iter().filter(|r| r.job == "backup") {
+            by_source.entry(&r.source).or_default().push(r);
+        }
+        let mut seeded = Vec::new();
+        for (source, mut runs) in by_source {
+            runs.sort_by_key(|r| r.finished);
+            let since = runs
+                .iter()
+                .rev()
+                .take_while(|r| r.status == RunStatus::Failed)
+                .last()
+                .map(|r| r.finished);
+            if let Some(since) = since {
+                self.seed(
+                    AlertKey::new(Some(source), Condition::BackupFailed),
+                    since,
+                    now,
+                );
+                seeded.push(source.to_string());
+            }
+        }
+        seeded
     }
 
     /// The keys with a problem now, and since when.
