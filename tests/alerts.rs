@@ -602,6 +602,35 @@ fn a_restart_seeds_the_failing_backups_from_the_run_history() {
     assert_eq!(json(&rx.requests()[0])["status"], "reminder");
 }
 
+#[test]
+fn https_is_tls_verified_and_a_failed_handshake_is_a_counted_failure() {
+    // A plain-HTTP receiver behind an https:// URL: the TLS handshake fails, nothing is
+    // sent in clear, and the failure is counted and warned about like any other.
+    let rx = Receiver::start();
+    let (a, tally) = alerter(
+        None,
+        Some(format!(
+            "{}/hooks/tls-secret",
+            rx.url.replace("http://", "https://")
+        )),
+    );
+    a.observe(
+        AlertKey::new(Some("db"), Condition::BackupFailed),
+        Some(Problem::new("boom")),
+        t("2026-12-03T12:00:00Z"),
+    );
+    flush(&a);
+    assert_eq!(a.counters(), (0, 1));
+    assert!(
+        rx.requests().iter().all(|r| r.body.is_empty()),
+        "{:?}",
+        rx.requests()
+    );
+    let w = tally.counts().warnings;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(!w[0].contains("tls-secret"), "{w:?}");
+}
+
 /// Everything the tracing subscriber of this test binary writes.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
