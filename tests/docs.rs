@@ -288,3 +288,44 @@ fn stack_backup_and_status_json_are_as_documented() {
     };
     holds("status.sources[1]", sources, &v["sources"][1]);
 }
+
+#[test]
+fn restore_stack_json_is_as_documented() {
+    let r = repo();
+    let data = r.repo.load_snapshots().unwrap()[0].paths[0].clone();
+    let config = coffer::config::Config::parse(
+        &format!(
+            "[sources.data]\ntype = \"files\"\npaths = [{}]\n",
+            toml::Value::String(data)
+        ),
+        None,
+        &|_| None,
+    )
+    .unwrap();
+    let backup = ops::stack::backup_stack(
+        &r.repo,
+        &config,
+        &ops::stack::StackOptions {
+            sources: vec![],
+            forget: false,
+            common: Default::default(),
+        },
+        &|_| Progress::hidden(),
+    )
+    .unwrap();
+    assert_eq!(backup.failed, 0);
+    let report = ops::restore_stack::restore_stack(
+        &r.repo,
+        &config,
+        &ops::restore_stack::StackRestoreOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+        &Progress::hidden(),
+        &mut |_, _| Ok(false),
+    )
+    .unwrap();
+    assert!(report.ok, "{report}");
+    let text = passage("- `--json` prints `{ok, dry_run, time, sources");
+    holds("restore --stack", &braces(&text), &json(&report));
+}

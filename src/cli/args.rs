@@ -246,19 +246,32 @@ pub struct LsArgs {
 // Flags of one kind of restore require its group, not its flag: clap waives a `requires`
 // on an argument that conflicts with one present (--target), so `requires = "to_redis"` would
 // let `--target DIR --flush` through.
-#[command(group(clap::ArgGroup::new("online").args(["to_postgres", "to_redis"])))]
+#[command(group(clap::ArgGroup::new("online").args(["to_postgres", "to_redis", "stack"])))]
 #[command(group(clap::ArgGroup::new("pg_restore").args(["to_postgres"])))]
 #[command(group(clap::ArgGroup::new("redis_restore").args(["to_redis"])))]
 pub struct RestoreArgs {
     /// Snapshot id (prefix) or "latest"; with --pgdata it may be left out (the newest base
     /// backup that finished before the target)
-    #[arg(required_unless_present = "pgdata")]
+    #[arg(required_unless_present_any = ["pgdata", "stack"], conflicts_with = "stack")]
     pub snapshot: Option<String>,
+    /// Restore the whole stack of the config file's [sources.NAME] tables, each source to its
+    /// own target, in [stack] restore_order: every snapshot read and verified and every
+    /// target reached first, then before_restore, the sources, after_restore
+    #[arg(long, conflicts_with_all = ["pgdata", "includes", "delta", "sync"])]
+    pub stack: bool,
+    /// With --stack: each source as of this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS[+TZ]"):
+    /// its newest snapshot at or before it, and a physical PostgreSQL source recovered to
+    /// exactly this time (default: the newest snapshots, the end of the WAL archive)
+    #[arg(long, value_name = "TIME", requires = "stack")]
+    pub time: Option<String>,
+    /// With --stack: restore only this source (repeatable)
+    #[arg(long = "source", value_name = "NAME", requires = "stack")]
+    pub sources: Vec<String>,
     /// Directory to restore into
     #[arg(
         long,
         short = 't',
-        required_unless_present_any = ["to_postgres", "pgdata", "to_redis"],
+        required_unless_present_any = ["to_postgres", "pgdata", "to_redis", "stack"],
         conflicts_with_all = ["to_postgres", "pgdata", "to_redis"]
     )]
     pub target: Option<PathBuf>,
@@ -324,8 +337,8 @@ pub struct RestoreArgs {
     #[arg(long, short = 'j', default_value_t = 1, requires = "pg_restore",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
-    /// Replace a non-empty database (--to-postgres) or flush databases that hold keys
-    /// (--to-redis --flush) without asking
+    /// Replace a non-empty database (--to-postgres), flush databases that hold keys
+    /// (--to-redis --flush), or replace targets that hold data (--stack) without asking
     #[arg(long, short = 'y', requires = "online")]
     pub yes: bool,
     /// Do not back up a non-empty target before replacing or flushing it

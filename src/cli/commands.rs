@@ -238,6 +238,9 @@ pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
 }
 
 pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
+    if a.stack {
+        return restore_stack(ctx, a);
+    }
     let repo = ctx.open()?;
     let spec = a.snapshot.as_deref().unwrap_or("latest");
     if let Some(dir) = &a.pgdata {
@@ -292,6 +295,45 @@ pub fn restore(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     }
     ctx.say(&r.to_string());
     Ok(())
+}
+
+fn restore_stack(ctx: &Context, a: &RestoreArgs) -> Result<()> {
+    let time = a
+        .time
+        .as_deref()
+        .map(|t| {
+            ops::restore::parse_time(t).ok_or_else(|| {
+                Error::usage(format!(
+                    "--time {t:?} is not a time (e.g. 2024-05-01T14:03:00+02:00 or \"2024-05-01 14:03:00\")"
+                ))
+            })
+        })
+        .transpose()?;
+    let config = &ctx.access.config;
+    // The plan needs the stack before the repository is opened (and a passphrase asked).
+    ops::restore_stack::restore_sequence(config, &a.sources)?;
+    let opts = ops::restore_stack::StackRestoreOptions {
+        time,
+        sources: a.sources.clone(),
+        target: a.target.clone(),
+        dry_run: a.dry_run,
+        yes: a.yes,
+        safety_backup: !a.no_safety_backup,
+        fetch: ctx.access.fetch_config()?,
+        wal_hold_expiry: Duration::from_secs(a.wal_hold_hours * 3600),
+    };
+    let repo = ctx.open()?;
+    let p = ctx.progress("restore --stack", None);
+    let mut confirm = |question: &str, word: &str| confirm_on_terminal(&p, question, word, word);
+    let r = ops::restore_stack::restore_stack(&repo, config, &opts, &p, &mut confirm);
+    p.finish();
+    let r = r?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if ctx.mode != super::render::Mode::Quiet {
+        eprintln!("{r}");
+    }
+    r.verdict()
 }
 
 fn restore_to_postgres(

@@ -17,6 +17,7 @@ pub mod key;
 pub mod ls;
 pub mod prune;
 pub mod restore;
+pub mod restore_stack;
 pub mod snapshots;
 pub mod stack;
 pub mod status;

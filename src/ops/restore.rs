@@ -278,27 +278,35 @@ pub fn recovery_target(
 }
 
 fn parse_target_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
+    parse_time(s).ok_or_else(|| {
+        Error::usage(format!(
+            "--target-time {s:?} is not a time (e.g. 2024-05-01T14:03:00+02:00 or \"2024-05-01 14:03:00\")"
+        ))
+        .into()
+    })
+}
+
+/// A time as `--target-time` and `restore --stack --time` take it: RFC 3339 or
+/// PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f][+TZ]` (local time when no zone is given).
+pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     use chrono::TimeZone;
     let t = s.trim();
     if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(d);
+        return Some(d);
     }
     for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
         if let Ok(d) = chrono::DateTime::parse_from_str(t, f) {
-            return Ok(d);
+            return Some(d);
         }
     }
     for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
         if let Ok(n) = chrono::NaiveDateTime::parse_from_str(t, f) {
             if let Some(d) = chrono::Local.from_local_datetime(&n).earliest() {
-                return Ok(d.fixed_offset());
+                return Some(d.fixed_offset());
             }
         }
     }
-    Err(Error::usage(format!(
-        "--target-time {s:?} is not a time (e.g. 2024-05-01T14:03:00+02:00 or \"2024-05-01 14:03:00\")"
-    ))
-    .into())
+    None
 }
 
 /// A base backup laid out as a data directory (`restore --pgdata --json`).

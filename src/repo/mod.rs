@@ -27,6 +27,7 @@ pub mod runs;
 pub mod saver;
 pub mod snapshot;
 pub mod tree;
+pub mod verify;
 
 use crate::backend::{self, Backend, FileKind};
 use crate::error::{Error, ErrorKind};

@@ -504,6 +504,18 @@ fn strip_recovery_settings(conf: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What [`restore_pitr`] checks before it writes anything: the base backup it would pick
+/// and that the WAL archive can recover it to `opts.target`. Returns the base backup and
+/// the newest archived segment on the way; nothing is written (no WAL hold either).
+pub fn check_recovery(
+    repo: &Repository,
+    opts: &PitrOptions,
+) -> Result<(Snapshot, BaseBackupInfo, Option<String>)> {
+    let (snap, info) = pick(repo, opts.snapshot.as_deref(), &opts.target)?;
+    let newest = check_archive(repo, &snap, &info, opts)?;
+    Ok((snap, info, newest))
+}
+
 /// Restore a base backup into `opts.pgdata`, set up to recover to `opts.target`.
 pub fn restore_pitr(
     repo: &Repository,

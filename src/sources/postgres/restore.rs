@@ -156,7 +156,7 @@ fn sql_literal(s: &str) -> String {
 }
 
 /// Connect to a maintenance database of the target server.
-fn connect_maintenance(target: &PgTarget) -> Result<(postgres::Client, PgTarget)> {
+pub(crate) fn connect_maintenance(target: &PgTarget) -> Result<(postgres::Client, PgTarget)> {
     let mut first = None;
     for db in ["postgres", "template1"] {
         let t = target.with_db(db);
@@ -289,7 +289,7 @@ fn toc_entries(list: &str) -> usize {
 
 /// Objects a user created in the connected database (relations, schemas besides public,
 /// functions, large objects).
-fn user_objects(c: &mut postgres::Client, t: &PgTarget) -> Result<i64> {
+pub(crate) fn user_objects(c: &mut postgres::Client, t: &PgTarget) -> Result<i64> {
     let row = c
         .query_one(
             "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
