@@ -36,7 +36,8 @@
 //! * [`service`] — `coffer run`, on the operations: the scheduler ([`service::daemon`]) that
 //!   runs each declared source's backups and the repository jobs on time, without overlap,
 //!   catching up missed runs from the repository, and stops within a grace (through
-//!   [`cancel`]) or reloads its config on a signal; and `coffer generate`'s units for
+//!   [`cancel`]) or reloads its config on a signal; its alerts ([`service::alerts`]); and
+//!   `coffer generate`'s units for
 //!   systemd, cron and Kubernetes ([`service::units`]).
 //! * The `coffer` binary (`src/main.rs`, `src/cli/`), on top: it parses arguments, calls an
 //!   operation, renders its events (a bar on a terminal, log lines otherwise) and prints its

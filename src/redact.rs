@@ -35,9 +35,62 @@ pub fn url(s: &str) -> String {
     }
 }
 
+/// A URL whose secret is its path or query (a Slack or generic webhook, a healthchecks.io
+/// ping URL), as it may be shown: its scheme and host only, without any `user:password@`.
+/// Text that is not a URL shows as `<url>`.
+pub fn url_origin(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return "<url>".to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+/// `text` (an error message, a response body) without `secret_url`: the URL, and its path
+/// and query on their own, are replaced by [`url_origin`] and `/***`.
+pub fn scrub_url(text: &str, secret_url: &str) -> String {
+    let origin = url_origin(secret_url);
+    let mut out = text.replace(secret_url, &origin);
+    if let Some((_, rest)) = secret_url.split_once("://") {
+        if let Some(i) = rest.find(['/', '?', '#']) {
+            let tail = rest[i..].trim_end_matches('/');
+            if tail.len() > 1 {
+                out = out.replace(tail, "/***");
+            }
+        }
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some((userinfo, _)) = rest[..end].rsplit_once('@') {
+            if !userinfo.is_empty() {
+                out = out.replace(userinfo, "***");
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_urls_show_their_origin_only() {
+        let hook = "https://hooks.slack.com/services/T0/B0/very-secret";
+        assert_eq!(url_origin(hook), "https://hooks.slack.com");
+        assert_eq!(url_origin("http://u:pw@h:8080?k=v"), "http://h:8080");
+        assert_eq!(url_origin("https://hc-ping.com"), "https://hc-ping.com");
+        assert_eq!(url_origin("not a url/secret"), "<url>");
+        let e = format!(
+            "error sending request for url ({hook}): refused; path /services/T0/B0/very-secret"
+        );
+        let shown = scrub_url(&e, hook);
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("(https://hooks.slack.com)"), "{shown}");
+        let shown = scrub_url("GET http://u:pw@h/x?token=abc", "http://u:pw@h/x?token=abc");
+        assert_eq!(shown, "GET http://h");
+        assert_eq!(scrub_url("u:pw failed", "http://u:pw@h/"), "*** failed");
+    }
 
     #[test]
     fn urls_without_passwords() {

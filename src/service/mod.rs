@@ -1,6 +1,8 @@
 //! Running coffer as a service, on top of the operations: `coffer run` ([`daemon`]: the
-//! schedules, shutdown and reload), its alerts, and `coffer generate`'s units for systemd,
-//! cron and Kubernetes ([`units`]).
+//! schedules, shutdown and reload), its alerts ([`alerts`]: alert state, Slack, webhooks,
+//! healthcheck pings), and `coffer generate`'s units for systemd, cron and Kubernetes
+//! ([`units`]).
 
+pub mod alerts;
 pub mod daemon;
 pub mod units;
