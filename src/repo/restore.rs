@@ -106,6 +106,37 @@ struct BlobUse {
 /// The blobs needed from one pack, each with the places it goes.
 type PackWork = Vec<(crate::repo::index::BlobLoc, Vec<BlobUse>)>;
 
+/// The most bytes one read of a pack covers.
+const SPAN: u64 = 8 << 20;
+
+/// Work items for reading blobs pack by pack: runs of blobs from one pack, in offset
+/// order, each spanning at most [`SPAN`] bytes and read with one request. Small items keep
+/// memory low and all workers busy. Used by restore and by the verify pass.
+pub(crate) fn pack_runs<T>(
+    by_pack: HashMap<u32, Vec<(crate::repo::index::BlobLoc, T)>>,
+) -> Vec<(u32, Vec<(crate::repo::index::BlobLoc, T)>)> {
+    let mut work = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|b| b.0.entry.offset);
+        let mut cur = Vec::new();
+        let mut start = 0u64;
+        for b in blobs {
+            let off = b.0.entry.offset as u64;
+            if !cur.is_empty() && off + b.0.entry.length as u64 - start > SPAN {
+                work.push((pack, std::mem::take(&mut cur)));
+            }
+            if cur.is_empty() {
+                start = off;
+            }
+            cur.push(b);
+        }
+        if !cur.is_empty() {
+            work.push((pack, cur));
+        }
+    }
+    work
+}
+
 fn meta_of(n: &Node, mode: bool) -> Meta {
     Meta {
         owner: Some((n.uid, n.gid)),
@@ -683,28 +714,7 @@ pub fn restore(
             }
         }
     }
-    // Work items: runs of blobs from one pack spanning at most SPAN bytes, read with one
-    // request each. Small items keep memory low and all workers busy.
-    const SPAN: u64 = 8 << 20;
-    let mut work: Vec<(u32, PackWork)> = Vec::new();
-    for (pack, mut blobs) in by_pack {
-        blobs.sort_by_key(|b| b.0.entry.offset);
-        let mut cur: PackWork = Vec::new();
-        let mut start = 0u64;
-        for b in blobs {
-            let off = b.0.entry.offset as u64;
-            if !cur.is_empty() && off + b.0.entry.length as u64 - start > SPAN {
-                work.push((pack, std::mem::take(&mut cur)));
-            }
-            if cur.is_empty() {
-                start = off;
-            }
-            cur.push(b);
-        }
-        if !cur.is_empty() {
-            work.push((pack, cur));
-        }
-    }
+    let work = pack_runs(by_pack);
     let next = AtomicUsize::new(0);
     // Twice the cores: a worker waiting on storage or the page cache leaves a core idle.
     let threads = repo.backend.concurrency().max(

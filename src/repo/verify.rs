@@ -94,31 +94,12 @@ pub fn verify_snapshot(
     v.blobs = blobs.len() as u64;
     progress.set_total(blobs.values().map(|(l, _)| l.entry.raw_length as u64).sum());
 
-    // By pack, in runs of at most SPAN bytes read with one request each (as restore does).
-    const SPAN: u64 = 8 << 20;
+    // By pack, in runs read with one request each (as restore does).
     let mut by_pack: HashMap<u32, Vec<(BlobLoc, String)>> = HashMap::new();
     for (_, (loc, p)) in blobs {
         by_pack.entry(loc.pack).or_default().push((loc, p));
     }
-    let mut work: Vec<(u32, Vec<(BlobLoc, String)>)> = Vec::new();
-    for (pack, mut list) in by_pack {
-        list.sort_by_key(|(l, _)| l.entry.offset);
-        let mut cur = Vec::new();
-        let mut start = 0u64;
-        for b in list {
-            let off = b.0.entry.offset as u64;
-            if !cur.is_empty() && off + b.0.entry.length as u64 - start > SPAN {
-                work.push((pack, std::mem::take(&mut cur)));
-            }
-            if cur.is_empty() {
-                start = off;
-            }
-            cur.push(b);
-        }
-        if !cur.is_empty() {
-            work.push((pack, cur));
-        }
-    }
+    let work = super::restore::pack_runs(by_pack);
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let threads = repo.backend.concurrency().max(
