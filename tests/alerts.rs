@@ -2,6 +2,8 @@
 //! machine (alert on change, reminders, recovered), Slack and webhook bodies, healthcheck
 //! pings, retries, failures, and secrets kept out of the logs.
 
+mod common;
+
 use chrono::{DateTime, FixedOffset};
 use coffer::config::{AlertsConfig, Config};
 use coffer::ops::stack::SourceRun;
@@ -11,114 +13,12 @@ use coffer::repo::runs::{RunRecord, RunStatus};
 use coffer::service::alerts::{
     log_tail, AlertKey, Alerter, Condition, Delivery, Problem, LOG_TAIL_MAX,
 };
+use common::http::{Receiver, Request};
 use serde_json::Value;
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Condvar, Mutex};
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Debug)]
-struct Request {
-    method: String,
-    path: String,
-    body: String,
-}
-
-/// An HTTP/1.1 server on a free local port: records each request and answers with the next
-/// scripted status (200 when the script is empty); while held, it answers nothing.
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    requests: Arc<Mutex<Vec<Request>>>,
-    script: Arc<Mutex<VecDeque<u16>>>,
-    held: Arc<(Mutex<bool>, Condvar)>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let r = Receiver {
-            url: format!("http://{}", listener.local_addr().unwrap()),
-            requests: Default::default(),
-            script: Default::default(),
-            held: Default::default(),
-        };
-        let me = r.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let me = me.clone();
-                std::thread::spawn(move || me.serve(conn));
-            }
-        });
-        r
-    }
-
-    fn serve(&self, conn: TcpStream) {
-        let mut reader = BufReader::new(conn.try_clone().unwrap());
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let path = parts.next().unwrap_or_default().to_string();
-        let mut length = 0;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = h.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        self.requests.lock().unwrap().push(Request {
-            method,
-            path: path.clone(),
-            body: String::from_utf8(body).unwrap(),
-        });
-        {
-            let (held, cv) = &*self.held;
-            let mut h = held.lock().unwrap();
-            while *h {
-                h = cv.wait(h).unwrap();
-            }
-        }
-        let status = self.script.lock().unwrap().pop_front().unwrap_or(200);
-        // Like many servers, an error page that repeats the path (the webhook's secret).
-        let text = if status == 200 {
-            "ok".to_string()
-        } else {
-            format!("no hook at {path}")
-        };
-        let mut conn = conn;
-        let _ = write!(
-            conn,
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-            text.len()
-        );
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    fn answer(&self, statuses: &[u16]) {
-        self.script.lock().unwrap().extend(statuses);
-    }
-
-    fn hold(&self, on: bool) {
-        let (held, cv) = &*self.held;
-        *held.lock().unwrap() = on;
-        cv.notify_all();
-    }
-}
 
 /// A URL where nothing listens.
 fn down_url() -> String {

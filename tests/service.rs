@@ -327,6 +327,70 @@ fn sighup_with_a_broken_config_keeps_the_old_one() {
 }
 
 #[test]
+fn a_failing_source_alerts_once_and_then_recovers() {
+    let hooks = common::http::Receiver::start();
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    let config = env.path("coffer.toml");
+    fs::write(
+        &config,
+        format!(
+            "[alerts]\nwebhook = \"{url}/hook/secret-token\"\n[sources.a]\ntype = \"files\"\npaths = [\"{d}\"]\nevery = \"1s\"\nhealthcheck_url = \"{url}/ping/a\"\n",
+            url = hooks.url,
+            d = data.display()
+        ),
+    )
+    .unwrap();
+    let child = start(&env, &config);
+    let events = || -> Vec<serde_json::Value> {
+        hooks
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/hook/secret-token")
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect()
+    };
+    let fails = || {
+        hooks
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/ping/a/fail")
+            .count()
+    };
+    until("three failed runs", Duration::from_secs(60), || {
+        fails() >= 3
+    });
+    let e = events();
+    assert_eq!(e.len(), 1, "one alert for a failure that lasts: {e:?}");
+    assert_eq!(e[0]["event"], "backup_failed");
+    assert_eq!(e[0]["source"], "a");
+    assert!(e[0]["error"].as_str().unwrap().contains("data"), "{e:?}");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), b"x").unwrap();
+    until("the recovery alert", Duration::from_secs(60), || {
+        events().len() >= 2
+    });
+    until("a success ping", Duration::from_secs(60), || {
+        hooks
+            .requests()
+            .iter()
+            .any(|r| r.path == "/ping/a" && r.method == "POST")
+    });
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    let e = events();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(e[1]["event"], "recovered");
+    assert!(hooks.requests().iter().any(|r| r.path == "/ping/a/start"));
+    assert!(
+        !err.contains("secret-token"),
+        "the webhook's secret is not logged:\n{err}"
+    );
+}
+
+#[test]
 fn nothing_scheduled_is_a_clear_error() {
     let env = Env::new();
     env.init();

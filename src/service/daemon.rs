@@ -16,6 +16,11 @@
 //! - **Shutdown.** SIGTERM or SIGINT: no new runs; the running ones get `shutdown_grace`
 //!   (default 5 min) to finish, then [`crate::cancel::request`] makes them fail before their
 //!   snapshot (no snapshot, locks released); the service then returns `Ok`.
+//! - **Alerts.** Each backup's result, each check's, and each source's age against its
+//!   `rpo` (looked at every 30 s, not only after a run) go to the [`super::alerts::Alerter`],
+//!   which alerts on changes of state; sources with a `healthcheck_url` are pinged at each
+//!   backup's start and end. At start the alert state is seeded from the run history, so a
+//!   restart does not alert again on a failure it already reported.
 //! - **Reload.** SIGHUP reads the config file again; a config that does not load (or a
 //!   repository that does not open with it) is refused and logged, and the old one keeps
 //!   running.
@@ -339,6 +344,20 @@ pub fn run(
     }
     let started = Utc::now();
     let mut table = slots(&repo, js, &[], started)?;
+    let new_alerter = |config: &Config, repo: &Repository| -> Result<super::alerts::Alerter> {
+        let a = super::alerts::Alerter::new(
+            &config.alerts,
+            &config.sources,
+            super::alerts::Delivery::default(),
+            log.clone(),
+        );
+        for line in a.seed_from_history(&runs::load(repo)?, chrono::Local::now().fixed_offset()) {
+            log.log(&line);
+        }
+        Ok(a)
+    };
+    let mut alerter = new_alerter(&config, &repo)?;
+    let mut rpo_looked: Option<Instant> = None;
     let (signals_tx, signals) = unbounded::<Signal>();
     let _signal_thread = if opts.once {
         None
@@ -424,6 +443,9 @@ pub fn run(
                     t.state.next_run = None;
                 }
                 log.log(&format!("{}: started", t.state.job));
+                if let JobKind::Backup(source) = &t.job.kind {
+                    alerter.ping_start(source);
+                }
                 let (job, repo, config, tx) =
                     (t.job.clone(), repo.clone(), config.clone(), done_tx.clone());
                 let name = t.state.job.clone();
@@ -438,6 +460,7 @@ pub fn run(
             s.jobs = table.iter().map(|t| t.state.clone()).collect();
         }
         if opts.once && once_pending.is_empty() && running == 0 {
+            alerter.flush(ALERT_FLUSH);
             let failed = once_runs
                 .iter()
                 .filter(|r: &&RunSummary| r.status == RunStatus::Failed)
@@ -447,8 +470,13 @@ pub fn run(
                 failed,
             }));
         }
+        if rpo_looked.is_none_or(|t| t.elapsed() >= RPO_EVERY) {
+            rpo_looked = Some(Instant::now());
+            rpo_alerts(&alerter, &config, &table);
+        }
         if let Some(since) = stopping {
             if running == 0 {
+                alerter.flush(ALERT_FLUSH);
                 log.log("stopped");
                 return Ok(None);
             }
@@ -491,6 +519,7 @@ pub fn run(
                     exclusive_running = false;
                 }
                 log.log(&describe(&name, &summary));
+                alert(&alerter, &summary);
                 let mut s = state.lock().unwrap();
                 s.recent.push_back(summary.clone());
                 while s.recent.len() > RECENT_RUNS {
@@ -511,8 +540,12 @@ pub fn run(
                     stopping = Some(Instant::now());
                 }
                 Ok(Signal::Stop) => {}
-                Ok(Signal::Reload) => match reload(opts, open, &table) {
-                    Ok((c, r, t)) => {
+                Ok(Signal::Reload) => match reload(opts, open, &table)
+                    .and_then(|(c, r, t)| Ok((new_alerter(&c, &r)?, c, r, t)))
+                {
+                    Ok((a, c, r, t)) => {
+                        alerter.flush(ALERT_FLUSH);
+                        alerter = a;
                         config = Arc::new(c);
                         repo = r;
                         table = t;
@@ -529,6 +562,76 @@ pub fn run(
             },
             default(wait) => {}
         }
+    }
+}
+
+/// How often each source's age is held against its `rpo`.
+const RPO_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the service waits for alerts still being sent when it stops or reloads.
+const ALERT_FLUSH: Duration = Duration::from_secs(10);
+
+/// A finished run's alerts and pings.
+fn alert(alerter: &super::alerts::Alerter, s: &RunSummary) {
+    use super::alerts::{AlertKey, Condition, Problem};
+    let now = s.finished.with_timezone(&chrono::Local).fixed_offset();
+    let problem = (s.status == RunStatus::Failed).then(|| Problem {
+        error: s.error.clone().unwrap_or_else(|| "failed".into()),
+        snapshot: s.snapshot.clone(),
+        duration_s: Some(s.duration_secs),
+    });
+    match &s.source {
+        Some(source) => {
+            alerter.observe(
+                AlertKey::new(Some(source), Condition::BackupFailed),
+                problem,
+                now,
+            );
+            match s.status {
+                RunStatus::Ok => alerter.ping_success(source, &describe(&s.job, s)),
+                RunStatus::Failed => alerter.ping_fail(source, &describe(&s.job, s)),
+            }
+        }
+        None if s.job == "check" => {
+            alerter.observe(AlertKey::new(None, Condition::CheckFailed), problem, now)
+        }
+        None => {}
+    }
+}
+
+/// Each scheduled source's last success against its `rpo`, from the service's own state
+/// (read from the repository at start, then kept up to date by the runs).
+fn rpo_alerts(alerter: &super::alerts::Alerter, config: &Config, table: &[Slot]) {
+    use super::alerts::{AlertKey, Condition, Problem};
+    let now = Utc::now();
+    for t in table {
+        let JobKind::Backup(source) = &t.job.kind else {
+            continue;
+        };
+        let Some(rpo) = config.source(source).and_then(|s| s.rpo) else {
+            continue;
+        };
+        let age = t
+            .state
+            .last_success
+            .map(|l| (now - l).to_std().unwrap_or_default());
+        let problem = match age {
+            Some(a) if a <= rpo => None,
+            Some(a) => Some(Problem::new(format!(
+                "no successful backup for {} (rpo {})",
+                humantime::format_duration(Duration::from_secs(a.as_secs())),
+                humantime::format_duration(rpo)
+            ))),
+            None => Some(Problem::new(format!(
+                "never backed up (rpo {})",
+                humantime::format_duration(rpo)
+            ))),
+        };
+        alerter.observe(
+            AlertKey::new(Some(source), Condition::RpoBreached),
+            problem,
+            now.with_timezone(&chrono::Local).fixed_offset(),
+        );
     }
 }
 

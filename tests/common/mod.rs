@@ -3,6 +3,7 @@
 //! generated trees, and a strict tree comparison.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod mariadb;
 pub mod pg;
 pub mod proxy;
