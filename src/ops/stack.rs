@@ -107,7 +107,7 @@ pub fn backup_stack(
 ) -> Result<StackReport> {
     let picked = pick(config, &opts.sources)?;
     let started = Instant::now();
-    let run = Id::random().to_hex()[..16].to_string();
+    let run = runs::new_run_id();
     let mut out = Vec::new();
     for src in picked {
         let p = progress_for(&format!("{} ({})", src.name, src.kind.type_name()));
@@ -115,7 +115,7 @@ pub fn backup_stack(
         p.finish();
         out.push(r);
     }
-    match runs::load(repo).and_then(|all| runs::trim(repo, &all)) {
+    match runs::trim_if_grown(repo, config.sources.len()) {
         Ok(_) => {}
         Err(e) => repo
             .events()

@@ -85,6 +85,22 @@ pub fn load(repo: &Repository) -> Result<Vec<RunRecord>> {
     Ok(out)
 }
 
+/// A new run id: 16 random hex digits, shared by what one run writes.
+pub fn new_run_id() -> String {
+    Id::random().to_hex()[..16].to_string()
+}
+
+/// Trim the history when it has grown past [`KEEP_PER_SOURCE`] records for each of
+/// `sources` (plus the repository jobs'): one listing on every call, and the records read
+/// only then, so a run does not read the whole history each time. Returns how many went.
+pub fn trim_if_grown(repo: &Repository, sources: usize) -> Result<usize> {
+    let listed = repo.backend.list(FileKind::Run)?.len();
+    if listed <= KEEP_PER_SOURCE * (sources + 1) {
+        return Ok(0);
+    }
+    trim(repo, &load(repo)?)
+}
+
 /// Remove each source's records beyond the newest [`KEEP_PER_SOURCE`]; returns how many.
 pub fn trim(repo: &Repository, records: &[RunRecord]) -> Result<usize> {
     let mut by_source: std::collections::BTreeMap<&str, Vec<&RunRecord>> = Default::default();
@@ -103,4 +119,46 @@ pub fn trim(repo: &Repository, records: &[RunRecord]) -> Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(source: &str, minute: i64) -> RunRecord {
+        let t = chrono::DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z").unwrap()
+            + chrono::Duration::minutes(minute);
+        RunRecord {
+            id: Id::default(),
+            run: new_run_id(),
+            job: "backup".into(),
+            source: source.into(),
+            source_type: "files".into(),
+            host: "h".into(),
+            started: t,
+            finished: t,
+            status: RunStatus::Ok,
+            error: None,
+            bytes_read: 0,
+            bytes_added: 0,
+            snapshot: None,
+        }
+    }
+
+    #[test]
+    fn the_history_is_trimmed_only_once_it_has_grown() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = crate::repo::test_repository(d.path());
+        for m in 0..KEEP_PER_SOURCE as i64 {
+            save(&repo, &record("a", m)).unwrap();
+        }
+        assert_eq!(trim_if_grown(&repo, 0).unwrap(), 0, "at the limit");
+        save(&repo, &record("a", -1)).unwrap();
+        save(&repo, &record("a", -2)).unwrap();
+        assert_eq!(trim_if_grown(&repo, 1).unwrap(), 0, "within 200 per source");
+        assert_eq!(trim_if_grown(&repo, 0).unwrap(), 2, "past it");
+        let left = load(&repo).unwrap();
+        assert_eq!(left.len(), KEEP_PER_SOURCE);
+        assert_eq!(left[0].finished, record("a", 0).finished, "the oldest went");
+    }
 }

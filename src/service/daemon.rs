@@ -742,7 +742,7 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
             };
             let record = RunRecord {
                 id: Id::default(),
-                run: Id::random().to_hex()[..16].to_string(),
+                run: runs::new_run_id(),
                 job: other.record_job().into(),
                 source: String::new(),
                 source_type: "repository".into(),
