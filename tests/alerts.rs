@@ -68,7 +68,9 @@ fn run(status: RunStatus, error: Option<&str>, snapshot: Option<&str>, secs: f64
         duration_secs: secs,
         bytes_read: 0,
         bytes_added: 0,
+        bytes_stored: 0,
         snapshot: snapshot.map(str::to_string),
+        snapshot_time: None,
         error: error.map(str::to_string),
         forgotten: vec![],
     }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{ok, stderr, Env};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -405,4 +406,422 @@ fn nothing_scheduled_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("nothing to run"), "{}", stderr(&out));
+}
+
+/// `GET` a path of the service's listener, with basic authentication when given.
+fn get(port: u16, path: &str, auth: Option<(&str, &str)>) -> reqwest::blocking::Response {
+    let c = reqwest::blocking::Client::new();
+    let mut r = c.get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some((u, p)) = auth {
+        r = r.basic_auth(u, Some(p));
+    }
+    r.send().unwrap()
+}
+
+/// Whether the listener answers `/healthz` (without authentication).
+fn healthy(port: u16) -> bool {
+    reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"))
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// The samples of `/metrics`, parsed as Prometheus text, by name and `source` (or `job`)
+/// label.
+fn scrape(port: u16, auth: Option<(&str, &str)>) -> BTreeMap<(String, String), f64> {
+    let r = get(port, "/metrics", auth);
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("parses as Prometheus text");
+    // Every family has its HELP and TYPE.
+    for s in &scrape.samples {
+        assert!(
+            scrape.docs.contains_key(&s.metric),
+            "{} has no HELP",
+            s.metric
+        );
+        assert!(
+            text.contains(&format!("# TYPE {} ", s.metric)),
+            "{} has no TYPE",
+            s.metric
+        );
+    }
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let label = s
+                .labels
+                .get("source")
+                .or(s.labels.get("job"))
+                .unwrap_or("")
+                .to_string();
+            let v = match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                other => panic!("{}: unexpected {other:?}", s.metric),
+            };
+            ((s.metric, label), v)
+        })
+        .collect()
+}
+
+fn metric(m: &BTreeMap<(String, String), f64>, name: &str, label: &str) -> Option<f64> {
+    m.get(&(name.to_string(), label.to_string())).copied()
+}
+
+/// The config of the listener tests: `files` succeeds, `broken` fails, `idle` is not
+/// scheduled (and never backed up).
+fn listener_config(env: &Env, port: u16, every: &str, extra: &str) -> std::path::PathBuf {
+    let data = env.path("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), b"some data").unwrap();
+    let config = env.path("coffer.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"
+[service]
+listen = "127.0.0.1:{port}"
+{extra}
+
+[sources.files]
+type = "files"
+paths = ["{data}"]
+every = "{every}"
+rpo = "1h"
+
+[sources.broken]
+type = "command"
+shell = "echo the disk is on fire >&2; exit 3"
+every = "1h"
+
+[sources.idle]
+type = "files"
+paths = ["{data}"]
+rpo = "2h"
+"#,
+            data = data.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn metrics_and_api_status_follow_the_runs_and_ask_for_basic_auth() {
+    let env = Env::new();
+    env.init();
+    let port = common::free_port();
+    let auth_file = env.path("auth");
+    fs::write(&auth_file, "admin:s3cret\n").unwrap();
+    fs::set_permissions(
+        &auth_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let config = listener_config(
+        &env,
+        port,
+        "1h",
+        &format!("basic_auth_file = \"{}\"", auth_file.display()),
+    );
+    let auth = Some(("admin", "s3cret"));
+    let child = start(&env, &config);
+    until("/healthz", Duration::from_secs(60), || healthy(port));
+    // Everything but /healthz asks for the password.
+    for path in ["/metrics", "/api/status", "/"] {
+        let r = get(port, path, None);
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic"));
+        assert_eq!(get(port, path, Some(("admin", "wrong"))).status(), 401);
+    }
+    until(
+        "both scheduled sources ran",
+        Duration::from_secs(60),
+        || {
+            let m = scrape(port, auth);
+            metric(&m, "coffer_last_run_timestamp_seconds", "files").is_some()
+                && metric(&m, "coffer_last_run_timestamp_seconds", "broken").is_some()
+        },
+    );
+    let m = scrape(port, auth);
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let snap = &snaps[0];
+    let snap_time = chrono::DateTime::parse_from_rfc3339(snap["time"].as_str().unwrap()).unwrap();
+    let at = |n: &str, l: &str| metric(&m, n, l);
+    assert_eq!(at("coffer_snapshots", "files"), Some(1.0));
+    assert_eq!(at("coffer_snapshots", "broken"), Some(0.0));
+    assert_eq!(at("coffer_snapshots", "idle"), Some(0.0));
+    assert_eq!(at("coffer_last_run_success", "files"), Some(1.0));
+    assert_eq!(at("coffer_last_run_success", "broken"), Some(0.0));
+    assert_eq!(at("coffer_last_run_success", "idle"), None, "never ran");
+    assert_eq!(at("coffer_backup_failures_total", "broken"), Some(1.0));
+    assert_eq!(at("coffer_backup_failures_total", "files"), Some(0.0));
+    assert_eq!(at("coffer_skipped_runs_total", "files"), Some(0.0));
+    assert_eq!(
+        at("coffer_last_success_timestamp_seconds", "files"),
+        Some(snap_time.timestamp_millis() as f64 / 1000.0)
+    );
+    assert_eq!(
+        at("coffer_backup_read_bytes", "files"),
+        Some(snap["size"].as_f64().unwrap())
+    );
+    assert!(at("coffer_backup_added_bytes", "files").unwrap() > 0.0);
+    assert!(at("coffer_backup_duration_seconds", "files").unwrap() >= 0.0);
+    assert_eq!(at("coffer_rpo_seconds", "files"), Some(3600.0));
+    assert_eq!(at("coffer_rpo_seconds", "idle"), Some(7200.0));
+    assert_eq!(at("coffer_rpo_seconds", "broken"), None, "no rpo");
+    assert_eq!(
+        at("coffer_repository_stored_bytes", ""),
+        snap["summary"]["bytes_stored"].as_f64(),
+        "the one backup stored all of it"
+    );
+    assert_eq!(at("coffer_alerts_sent_total", ""), Some(0.0));
+    assert_eq!(at("coffer_alerts_failed_total", ""), Some(0.0));
+    assert_eq!(at("coffer_check_last_success_timestamp_seconds", ""), None);
+    assert_eq!(at("coffer_job_running", "backup files"), Some(0.0));
+    let next = at("coffer_job_next_run_timestamp_seconds", "backup files").unwrap();
+    assert!(
+        next > snap_time.timestamp() as f64 + 3000.0,
+        "in about an hour"
+    );
+
+    // /api/status: coffer status --json, and the jobs.
+    let r = get(port, "/api/status", auth);
+    assert_eq!(r.status(), 200);
+    let s: serde_json::Value = serde_json::from_str(&r.text().unwrap()).unwrap();
+    assert_eq!(s["breached"], 2, "{s:#}");
+    let by = |name: &str| {
+        s["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["source"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("files")["state"], "ok");
+    assert_eq!(by("files")["last_success"]["snapshot"], snap["id"]);
+    assert_eq!(by("broken")["state"], "breached");
+    assert!(by("broken")["last_failure"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("the disk is on fire"));
+    assert!(by("idle")["last_success"].is_null());
+    let jobs = s["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs[0]["job"], "backup files");
+    assert!(jobs[0]["next_run"].is_string());
+    assert_eq!(jobs[1]["last_run"]["status"], "failed");
+
+    // A restart reads the repository once: the counts and the last runs come back from it,
+    // and `files`, backed up a moment ago, is not run again.
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("s3cret"));
+    let child = start(&env, &config);
+    until("broken ran again", Duration::from_secs(60), || {
+        healthy(port)
+            && metric(
+                &scrape(port, auth),
+                "coffer_backup_failures_total",
+                "broken",
+            ) == Some(1.0)
+    });
+    let m2 = scrape(port, auth);
+    for (name, source) in [
+        ("coffer_snapshots", "files"),
+        ("coffer_last_run_success", "files"),
+        ("coffer_last_success_timestamp_seconds", "files"),
+        ("coffer_backup_read_bytes", "files"),
+        ("coffer_repository_stored_bytes", ""),
+    ] {
+        assert_eq!(
+            metric(&m2, name, source),
+            metric(&m, name, source),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        metric(&m2, "coffer_backup_failures_total", "files"),
+        Some(0.0)
+    );
+    assert_eq!(count(&env, "files"), 1, "files was not backed up again");
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn the_status_page_in_chromium_shows_the_sources_and_their_state() {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is not installed: scripts/test installs it (apt-get install chromium)");
+    let env = Env::new();
+    env.init();
+    let port = common::free_port();
+    let config = listener_config(&env, port, "1s", "");
+    let child = start(&env, &config);
+    until(
+        "three runs of files and one of broken",
+        Duration::from_secs(60),
+        || {
+            healthy(port) && {
+                let m = scrape(port, None);
+                metric(&m, "coffer_snapshots", "files") >= Some(3.0)
+                    && metric(&m, "coffer_backup_failures_total", "broken") == Some(1.0)
+            }
+        },
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let browse = |args: &[&str]| -> String {
+        let mut c = std::process::Command::new(chromium);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,900",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            env.path("chromium").display()
+        ))
+        .args(args)
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(90) {
+                let _ = child.kill();
+                panic!("chromium did not finish within 90 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "chromium failed: {:?}", out.status);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dom = browse(&["--dump-dom"]);
+    let row = |source: &str| -> String {
+        let start = dom
+            .find(&format!("<tr data-source=\"{source}\">"))
+            .unwrap_or_else(|| panic!("no row for {source}:\n{dom}"));
+        let end = dom[start..].find("</tr>").unwrap();
+        dom[start..start + end].to_string()
+    };
+    let files = row("files");
+    assert!(files.contains(">OK<"), "{files}");
+    assert!(files.contains("<svg"), "a chart of its runs: {files}");
+    let snaps = env.snapshots();
+    let newest = snaps
+        .iter()
+        .filter(|s| s["source"] == "files")
+        .max_by_key(|s| s["time"].as_str().unwrap().to_string())
+        .unwrap();
+    let broken = row("broken");
+    assert!(broken.contains(">BREACHED<"), "{broken}");
+    assert!(broken.contains("the disk is on fire"), "{broken}");
+    let idle = row("idle");
+    assert!(
+        idle.contains(">BREACHED<") && idle.contains("never") && idle.contains("not scheduled"),
+        "{idle}"
+    );
+    assert!(dom.contains("1 of 3 source(s) within their RPO"), "{dom}");
+    assert!(
+        dom.contains("backup broken") && dom.contains(">failed<"),
+        "{dom}"
+    );
+    assert!(dom.contains("http-equiv=\"refresh\""), "it reloads itself");
+    assert!(!dom.contains("<script"), "no JavaScript");
+    // A snapshot of files that the page lists is in the repository (the page may be a run
+    // behind the newest).
+    let listed: Vec<&serde_json::Value> = snaps
+        .iter()
+        .filter(|s| dom.contains(&s["short_id"].as_str().unwrap()[..8]))
+        .collect();
+    assert!(
+        !listed.is_empty(),
+        "no snapshot of the repository on the page"
+    );
+    assert!(newest["short_id"].is_string());
+
+    // The screenshot, kept as an artifact of the test run.
+    let dir = std::env::var_os("COFFER_TEST_ARTIFACTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts"));
+    fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("status-page.png");
+    let _ = fs::remove_file(&shot);
+    browse(&[&format!("--screenshot={}", shot.display())]);
+    let png = fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{}",
+        png.len()
+    );
+    eprintln!("status page screenshot: {}", shot.display());
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn an_rpo_breach_alerts_without_any_run() {
+    let hooks = common::http::Receiver::start();
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), b"x").unwrap();
+    let config = env.path("coffer.toml");
+    fs::write(
+        &config,
+        format!(
+            "[alerts]\nwebhook = \"{url}/hook\"\n[sources.a]\ntype = \"files\"\npaths = [\"{d}\"]\nevery = \"1h\"\nrpo = \"3s\"\n",
+            url = hooks.url,
+            d = data.display()
+        ),
+    )
+    .unwrap();
+    // A fresh backup: the service has nothing to run for an hour.
+    ok(&env
+        .cmd()
+        .arg("--config")
+        .arg(&config)
+        .args(["backup", "--source", "a"])
+        .output()
+        .unwrap());
+    let child = start(&env, &config);
+    until("the rpo_breached alert", Duration::from_secs(60), || {
+        !hooks.requests().is_empty()
+    });
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    let reqs = hooks.requests();
+    assert_eq!(reqs.len(), 1, "one alert: {reqs:?}");
+    let body: serde_json::Value = serde_json::from_str(&reqs[0].body).unwrap();
+    assert_eq!(body["event"], "rpo_breached");
+    assert_eq!(body["source"], "a");
+    assert_eq!(count(&env, "a"), 1, "no run happened");
+    assert!(!err.contains("backup a: started"), "{err}");
 }

@@ -62,7 +62,12 @@ pub struct SourceRun {
     pub bytes_read: u64,
     /// Plaintext bytes new to the repository.
     pub bytes_added: u64,
+    /// Bytes written to storage for them (compressed and sealed).
+    pub bytes_stored: u64,
     pub snapshot: Option<String>,
+    /// The snapshot's time.
+    #[serde(skip)]
+    pub snapshot_time: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub error: Option<String>,
     /// Snapshots of this source removed by its `keep` rules.
     pub forgotten: Vec<String>,
@@ -184,9 +189,9 @@ fn backup_one(
             None => e,
         });
     }
-    let (bytes_read, bytes_added) = match &result {
-        Ok(r) => (r.size, r.summary.bytes_added),
-        Err(_) => (0, 0),
+    let (bytes_read, bytes_added, bytes_stored) = match &result {
+        Ok(r) => (r.size, r.summary.bytes_added, r.summary.bytes_stored),
+        Err(_) => (0, 0, 0),
     };
     let status = if error.is_none() {
         RunStatus::Ok
@@ -249,7 +254,9 @@ fn backup_one(
         duration_secs: t0.elapsed().as_secs_f64(),
         bytes_read,
         bytes_added,
+        bytes_stored,
         snapshot,
+        snapshot_time: result.as_ref().ok().map(|r| r.snapshot.time),
         error,
         forgotten,
     }

@@ -7,12 +7,14 @@ use super::mib;
 use crate::config::sources::PgMode;
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, ErrorKind};
-use crate::repo::runs::{self, RunStatus};
+use crate::repo::runs::{self, RunRecord, RunStatus};
+use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 use crate::sources::postgres::wal::verify::Window;
 use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// `status --json`.
@@ -84,69 +86,236 @@ pub fn status(repo: &Arc<Repository>, config: &Config) -> Result<StatusReport> {
         )
         .into());
     }
-    let now = chrono::Local::now().fixed_offset();
-    let snaps = repo.load_snapshots()?;
-    let history = runs::load(repo)?;
-    let physical = config
+    let overview = Overview::read(repo, config)?;
+    Ok(overview.report(config, chrono::Local::now().fixed_offset()))
+}
+
+/// What `status` reads from the repository about the declared sources: the snapshots, the
+/// run history and (with a physical source) the WAL archive. `coffer run` reads it once at
+/// start, then keeps it up to date from its own runs, so that its metrics and status page
+/// never read the storage.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overview {
+    /// By declared source name.
+    pub sources: BTreeMap<String, SourceOverview>,
+    /// The WAL archive (wal-verify), when a source is physical PostgreSQL.
+    pub wal: Option<WalOverview>,
+    /// The newest successful `check` in the run history.
+    pub check_last_success: Option<DateTime<FixedOffset>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceOverview {
+    /// Snapshots of the source (safety backups included).
+    pub snapshots: u64,
+    /// Its newest snapshot, safety backups aside.
+    pub last_success: Option<Success>,
+    /// Its newest failed run, when newer than the last success.
+    pub last_failure: Option<Failure>,
+    /// Its newest run in the history, ok or failed.
+    pub last_run: Option<LastRun>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Success {
+    pub snapshot: String,
+    pub time: DateTime<FixedOffset>,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub time: DateTime<FixedOffset>,
+    pub error: Option<String>,
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastRun {
+    pub started: DateTime<FixedOffset>,
+    pub finished: DateTime<FixedOffset>,
+    pub ok: bool,
+    pub bytes_read: u64,
+    pub bytes_added: u64,
+}
+
+/// The WAL archive as wal-verify sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct WalOverview {
+    /// No base backup is cut off by a gap.
+    pub ok: bool,
+    pub gaps: usize,
+    pub window: Option<Window>,
+    pub latest_commit_time: Option<DateTime<FixedOffset>>,
+}
+
+impl WalOverview {
+    pub fn from_report(r: &crate::sources::postgres::wal::verify::Report) -> WalOverview {
+        WalOverview {
+            ok: r.ok,
+            gaps: r.gaps.len(),
+            window: r.window.clone(),
+            latest_commit_time: r.latest_commit_time,
+        }
+    }
+
+    /// When the newest segment reachable without a gap was archived.
+    pub fn newest_segment_time(&self) -> Option<DateTime<FixedOffset>> {
+        self.window
+            .as_ref()
+            .and_then(|w| w.latest_archived_at)
+            .map(|t| t.fixed_offset())
+    }
+
+    /// From the end of the oldest usable base backup to the latest commit recovery reaches
+    /// (or, when pg_waldump found none, to when the newest segment was archived).
+    pub fn window_secs(&self) -> Option<u64> {
+        let w = self.window.as_ref()?;
+        let end = self.latest_commit_time.or(self.newest_segment_time())?;
+        Some(secs(w.earliest_time, end))
+    }
+}
+
+/// Whether any declared source is physical PostgreSQL (and so has a WAL archive).
+pub fn has_physical(config: &Config) -> bool {
+    config
         .sources
         .iter()
-        .any(|s| matches!(&s.kind, SourceKind::Postgres(p) if p.mode == PgMode::Physical));
-    let wal = if physical {
-        Some(super::wal_verify::wal_verify(repo)?.0)
-    } else {
-        None
-    };
-    let mut out = Vec::new();
-    for src in &config.sources {
-        let newest = snaps
-            .iter()
-            .filter(|s| s.source.as_deref() == Some(&src.name) && !s.has_tag("safety-backup"))
-            .max_by_key(|s| s.time);
-        let last_success = newest.map(|s| LastSuccess {
-            snapshot: s.id.to_hex(),
-            time: s.time,
-            age_secs: secs(s.time, now),
-            size: s.size,
-        });
-        let last_failure = history
-            .iter()
-            .filter(|r| r.source == src.name && r.status == RunStatus::Failed)
-            .filter(|r| newest.is_none_or(|s| r.finished > s.time))
-            .max_by_key(|r| r.finished)
-            .map(|r| LastFailure {
-                time: r.finished,
-                age_secs: secs(r.finished, now),
-                error: r.error.clone(),
-                host: r.host.clone(),
-            });
-        let state = match (&last_success, src.rpo) {
-            (None, _) => State::Breached,
-            (Some(s), Some(rpo)) if s.age_secs > rpo.as_secs() => State::Breached,
-            _ => State::Ok,
-        };
-        let recoverable = match (&src.kind, &wal) {
-            (SourceKind::Postgres(p), Some(w)) if p.mode == PgMode::Physical => Some(Recoverable {
-                ok: w.ok,
-                window: w.window.clone(),
-                latest_commit_time: w.latest_commit_time,
-            }),
-            _ => None,
-        };
-        out.push(SourceStatus {
-            source: src.name.clone(),
-            source_type: src.kind.type_name().to_string(),
-            state,
-            rpo_secs: src.rpo.map(|d| d.as_secs()),
-            last_success,
-            last_failure,
-            recoverable,
-        });
+        .any(|s| matches!(&s.kind, SourceKind::Postgres(p) if p.mode == PgMode::Physical))
+}
+
+impl Overview {
+    /// One read of the repository.
+    pub fn read(repo: &Arc<Repository>, config: &Config) -> Result<Overview> {
+        let wal = Overview::read_wal(repo, config)?;
+        Ok(Overview::from_parts(
+            config,
+            &repo.load_snapshots()?,
+            &runs::load(repo)?,
+            wal,
+        ))
     }
-    Ok(StatusReport {
-        time: now,
-        breached: out.iter().filter(|s| s.state == State::Breached).count(),
-        sources: out,
-    })
+
+    /// The WAL archive's view, when a declared source is physical.
+    pub fn read_wal(repo: &Arc<Repository>, config: &Config) -> Result<Option<WalOverview>> {
+        Ok(if has_physical(config) {
+            Some(WalOverview::from_report(
+                &super::wal_verify::wal_verify(repo)?.0,
+            ))
+        } else {
+            None
+        })
+    }
+
+    /// From the snapshots and the run history, already read.
+    pub fn from_parts(
+        config: &Config,
+        snaps: &[Snapshot],
+        history: &[RunRecord],
+        wal: Option<WalOverview>,
+    ) -> Overview {
+        let mut sources = BTreeMap::new();
+        for src in &config.sources {
+            let mine = || {
+                snaps
+                    .iter()
+                    .filter(|s| s.source.as_deref() == Some(&src.name))
+            };
+            let newest = mine()
+                .filter(|s| !s.has_tag("safety-backup"))
+                .max_by_key(|s| s.time);
+            let runs = || history.iter().filter(|r| r.source == src.name);
+            let last_failure = runs()
+                .filter(|r| r.status == RunStatus::Failed)
+                .filter(|r| newest.is_none_or(|s| r.finished > s.time))
+                .max_by_key(|r| r.finished)
+                .map(|r| Failure {
+                    time: r.finished,
+                    error: r.error.clone(),
+                    host: r.host.clone(),
+                });
+            let last_run = runs().max_by_key(|r| r.finished).map(|r| LastRun {
+                started: r.started,
+                finished: r.finished,
+                ok: r.status == RunStatus::Ok,
+                bytes_read: r.bytes_read,
+                bytes_added: r.bytes_added,
+            });
+            sources.insert(
+                src.name.clone(),
+                SourceOverview {
+                    snapshots: mine().count() as u64,
+                    last_success: newest.map(|s| Success {
+                        snapshot: s.id.to_hex(),
+                        time: s.time,
+                        size: s.size,
+                    }),
+                    last_failure,
+                    last_run,
+                },
+            );
+        }
+        let check_last_success = history
+            .iter()
+            .filter(|r| r.job == "check" && r.status == RunStatus::Ok)
+            .map(|r| r.finished)
+            .max();
+        Overview {
+            sources,
+            wal,
+            check_last_success,
+        }
+    }
+
+    /// The status of each declared source at `now`.
+    pub fn report(&self, config: &Config, now: DateTime<FixedOffset>) -> StatusReport {
+        let mut out = Vec::new();
+        let none = SourceOverview::default();
+        for src in &config.sources {
+            let o = self.sources.get(&src.name).unwrap_or(&none);
+            let last_success = o.last_success.as_ref().map(|s| LastSuccess {
+                snapshot: s.snapshot.clone(),
+                time: s.time,
+                age_secs: secs(s.time, now),
+                size: s.size,
+            });
+            let last_failure = o.last_failure.as_ref().map(|f| LastFailure {
+                time: f.time,
+                age_secs: secs(f.time, now),
+                error: f.error.clone(),
+                host: f.host.clone(),
+            });
+            let state = match (&last_success, src.rpo) {
+                (None, _) => State::Breached,
+                (Some(s), Some(rpo)) if s.age_secs > rpo.as_secs() => State::Breached,
+                _ => State::Ok,
+            };
+            let recoverable = match (&src.kind, &self.wal) {
+                (SourceKind::Postgres(p), Some(w)) if p.mode == PgMode::Physical => {
+                    Some(Recoverable {
+                        ok: w.ok,
+                        window: w.window.clone(),
+                        latest_commit_time: w.latest_commit_time,
+                    })
+                }
+                _ => None,
+            };
+            out.push(SourceStatus {
+                source: src.name.clone(),
+                source_type: src.kind.type_name().to_string(),
+                state,
+                rpo_secs: src.rpo.map(|d| d.as_secs()),
+                last_success,
+                last_failure,
+                recoverable,
+            });
+        }
+        StatusReport {
+            time: now,
+            breached: out.iter().filter(|s| s.state == State::Breached).count(),
+            sources: out,
+        }
+    }
 }
 
 impl StatusReport {

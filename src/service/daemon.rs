@@ -17,10 +17,16 @@
 //!   (default 5 min) to finish, then [`crate::cancel::request`] makes them fail before their
 //!   snapshot (no snapshot, locks released); the service then returns `Ok`.
 //! - **Alerts.** Each backup's result, each check's, and each source's age against its
-//!   `rpo` (looked at every 30 s, not only after a run) go to the [`super::alerts::Alerter`],
+//!   `rpo` (looked at every 30 s or a tenth of the shortest `rpo`, not only after a run), and
+//!   for physical sources the WAL archive as the last wal-verify saw it, go to the
+//!   [`super::alerts::Alerter`],
 //!   which alerts on changes of state; sources with a `healthcheck_url` are pinged at each
 //!   backup's start and end. At start the alert state is seeded from the run history, so a
 //!   restart does not alert again on a failure it already reported.
+//! - **State.** [`ServiceState`] holds the jobs, the recent runs and an [`Overview`] of the
+//!   repository, read once at start (and on reload) and then kept up to date by the
+//!   service's own runs: the listener ([`super::http`]) renders the metrics, the status
+//!   JSON and the status page from it without reading the storage.
 //! - **Reload.** SIGHUP reads the config file again; a config that does not load (or a
 //!   repository that does not open with it) is refused and logged, and the old one keeps
 //!   running.
@@ -28,9 +34,11 @@
 use crate::config::sources::{cron, Schedule};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
+use crate::ops::status::{Failure, LastRun, Overview, Success, WalOverview};
 use crate::progress::Progress;
 use crate::repo::id::Id;
 use crate::repo::runs::{self, RunRecord, RunStatus};
+use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -174,6 +182,27 @@ pub struct RunSummary {
     pub bytes_read: u64,
     pub bytes_added: u64,
     pub snapshot: Option<String>,
+    /// What the run changed in the repository, for the service's [`Overview`].
+    #[serde(skip)]
+    pub effect: Effect,
+}
+
+/// What a run changed that the service's view of the repository follows.
+#[derive(Clone, Debug, Default)]
+pub enum Effect {
+    #[default]
+    None,
+    /// A backup: its snapshot's time, the snapshots its keep rules removed, and the bytes
+    /// it stored.
+    Backup {
+        snapshot_time: Option<DateTime<chrono::FixedOffset>>,
+        forgotten: u64,
+        bytes_stored: u64,
+    },
+    /// A prune: the repository's stored bytes after it.
+    Stored(u64),
+    /// A wal-verify: the WAL archive as it found it.
+    Wal(WalOverview),
 }
 
 /// A job's state, for logs, metrics and the status page.
@@ -190,13 +219,132 @@ pub struct JobState {
     pub skipped_total: u64,
 }
 
-/// What the service knows, shared with whatever reports on it.
+/// What the service knows, shared with whatever reports on it (the metrics and the status
+/// page): the scheduler's state, and the repository as one read at start (and on reload)
+/// showed it, kept up to date by the service's own runs.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ServiceState {
     pub started: Option<DateTime<Utc>>,
     pub jobs: Vec<JobState>,
-    /// The newest runs, newest last (at most [`RECENT_RUNS`]).
+    /// The newest runs, newest last (at most [`RECENT_RUNS`]); at start, from the run history.
     pub recent: VecDeque<RunSummary>,
+    pub overview: Overview,
+    /// Sealed bytes of the blobs the index lists (see [`stored_bytes`]).
+    pub stored_bytes: u64,
+    pub alerts_sent: u64,
+    pub alerts_failed: u64,
+    /// The config in force (its sources and their `rpo`).
+    #[serde(skip)]
+    pub config: Option<Arc<Config>>,
+}
+
+impl ServiceState {
+    /// Follow a finished run in the view of the repository.
+    fn apply(&mut self, s: &RunSummary) {
+        let local = |t: DateTime<Utc>| t.with_timezone(&chrono::Local).fixed_offset();
+        match &s.effect {
+            Effect::Backup {
+                snapshot_time,
+                forgotten,
+                bytes_stored,
+            } => {
+                let Some(source) = &s.source else { return };
+                let o = self.overview.sources.entry(source.clone()).or_default();
+                if let Some(id) = &s.snapshot {
+                    o.snapshots += 1;
+                    o.last_success = Some(Success {
+                        snapshot: id.clone(),
+                        time: snapshot_time.unwrap_or_else(|| local(s.started)),
+                        size: s.bytes_read,
+                    });
+                }
+                o.snapshots = o.snapshots.saturating_sub(*forgotten);
+                o.last_failure = (s.status == RunStatus::Failed).then(|| Failure {
+                    time: local(s.finished),
+                    error: s.error.clone(),
+                    host: crate::repo::hostname(),
+                });
+                o.last_run = Some(LastRun {
+                    started: local(s.started),
+                    finished: local(s.finished),
+                    ok: s.status == RunStatus::Ok,
+                    bytes_read: s.bytes_read,
+                    bytes_added: s.bytes_added,
+                });
+                self.stored_bytes += bytes_stored;
+            }
+            Effect::Stored(b) => self.stored_bytes = *b,
+            Effect::Wal(w) => self.overview.wal = Some(w.clone()),
+            Effect::None => {}
+        }
+        if s.job == "check" && s.status == RunStatus::Ok {
+            self.overview.check_last_success = Some(local(s.finished));
+        }
+    }
+}
+
+/// What the service reads from the repository at start and on reload.
+struct Reading {
+    history: Vec<RunRecord>,
+    /// The last success of each job, by job name.
+    last: BTreeMap<String, DateTime<Utc>>,
+    overview: Overview,
+    stored_bytes: u64,
+}
+
+fn read_repository(repo: &Arc<Repository>, config: &Config, jobs: &[Job]) -> Result<Reading> {
+    let snaps = repo.load_snapshots()?;
+    let history = runs::load(repo)?;
+    let last = last_successes(&snaps, &history, jobs);
+    let overview =
+        Overview::from_parts(config, &snaps, &history, Overview::read_wal(repo, config)?);
+    let stored_bytes = stored_bytes(&repo.load_index()?);
+    Ok(Reading {
+        history,
+        last,
+        overview,
+        stored_bytes,
+    })
+}
+
+/// The sealed bytes of the blobs the index lists (as a backup's `bytes_stored` counts them:
+/// pack headers aside).
+fn stored_bytes(index: &crate::repo::index::MasterIndex) -> u64 {
+    index
+        .packs
+        .iter()
+        .flat_map(|p| &p.blobs)
+        .map(|b| b.length as u64)
+        .sum()
+}
+
+/// A run of the history as the service shows it.
+fn summary_of(r: &RunRecord) -> RunSummary {
+    RunSummary {
+        job: if r.job == "backup" {
+            JobKind::Backup(r.source.clone()).name()
+        } else {
+            r.job.clone()
+        },
+        source: (!r.source.is_empty()).then(|| r.source.clone()),
+        started: r.started.with_timezone(&Utc),
+        finished: r.finished.with_timezone(&Utc),
+        duration_secs: (r.finished - r.started).num_milliseconds().max(0) as f64 / 1000.0,
+        status: r.status,
+        error: r.error.clone(),
+        bytes_read: r.bytes_read,
+        bytes_added: r.bytes_added,
+        snapshot: r.snapshot.clone(),
+        effect: Effect::None,
+    }
+}
+
+/// The newest [`RECENT_RUNS`] runs of the history, newest last.
+fn recent_of(history: &[RunRecord]) -> VecDeque<RunSummary> {
+    let mut all: Vec<&RunRecord> = history.iter().collect();
+    all.sort_by_key(|r| r.finished);
+    let skip = all.len().saturating_sub(RECENT_RUNS);
+    all[skip..].iter().map(|r| summary_of(r)).collect()
 }
 
 /// Runs kept in [`ServiceState::recent`].
@@ -244,10 +392,12 @@ struct Slot {
     state: JobState,
 }
 
-/// The last success of each job, from the repository.
-fn last_successes(repo: &Repository, jobs: &[Job]) -> Result<BTreeMap<String, DateTime<Utc>>> {
-    let snaps = repo.load_snapshots()?;
-    let history = runs::load(repo)?;
+/// The last success of each job, from the repository's snapshots and run history.
+fn last_successes(
+    snaps: &[Snapshot],
+    history: &[RunRecord],
+    jobs: &[Job],
+) -> BTreeMap<String, DateTime<Utc>> {
     let mut out = BTreeMap::new();
     for j in jobs {
         let t = match &j.kind {
@@ -266,7 +416,7 @@ fn last_successes(repo: &Repository, jobs: &[Job]) -> Result<BTreeMap<String, Da
             out.insert(j.kind.name(), t);
         }
     }
-    Ok(out)
+    out
 }
 
 fn jittered(t: DateTime<Utc>, jitter: Option<Duration>) -> DateTime<Utc> {
@@ -280,8 +430,12 @@ fn jittered(t: DateTime<Utc>, jitter: Option<Duration>) -> DateTime<Utc> {
     }
 }
 
-fn slots(repo: &Repository, jobs: Vec<Job>, old: &[Slot], now: DateTime<Utc>) -> Result<Vec<Slot>> {
-    let last = last_successes(repo, &jobs)?;
+fn slots(
+    last: &BTreeMap<String, DateTime<Utc>>,
+    jobs: Vec<Job>,
+    old: &[Slot],
+    now: DateTime<Utc>,
+) -> Result<Vec<Slot>> {
     let mut out = Vec::new();
     for job in jobs {
         let name = job.kind.name();
@@ -343,20 +497,24 @@ pub fn run(
         .into());
     }
     let started = Utc::now();
-    let mut table = slots(&repo, js, &[], started)?;
-    let new_alerter = |config: &Config, repo: &Repository| -> Result<super::alerts::Alerter> {
+    let reading = read_repository(&repo, &config, &js)?;
+    let mut table = slots(&reading.last, js, &[], started)?;
+    let new_alerter = |config: &Config, history: &[RunRecord]| -> super::alerts::Alerter {
         let a = super::alerts::Alerter::new(
             &config.alerts,
             &config.sources,
             super::alerts::Delivery::default(),
             log.clone(),
         );
-        for line in a.seed_from_history(&runs::load(repo)?, chrono::Local::now().fixed_offset()) {
+        for line in a.seed_from_history(history, chrono::Local::now().fixed_offset()) {
             log.log(&line);
         }
-        Ok(a)
+        a
     };
-    let mut alerter = new_alerter(&config, &repo)?;
+    let mut alerter = new_alerter(&config, &reading.history);
+    // Alerts sent by the alerters replaced on reload.
+    let mut alerts_before = (0u64, 0u64);
+    wal_lag_notes(&config, &table, log);
     let mut rpo_looked: Option<Instant> = None;
     let (signals_tx, signals) = unbounded::<Signal>();
     let _signal_thread = if opts.once {
@@ -368,7 +526,20 @@ pub fn run(
         let mut s = state.lock().unwrap();
         s.started = Some(started);
         s.jobs = table.iter().map(|t| t.state.clone()).collect();
+        s.recent = recent_of(&reading.history);
+        s.overview = reading.overview;
+        s.stored_bytes = reading.stored_bytes;
+        s.config = Some(config.clone());
     }
+    let _http = match (&config.service.listen, opts.once) {
+        (Some(listen), false) => Some(super::http::serve(
+            listen,
+            config.service.basic_auth_file.as_deref(),
+            state.clone(),
+            log,
+        )?),
+        _ => None,
+    };
     for t in &table {
         log.log(&format!(
             "{}: next run {}",
@@ -458,6 +629,8 @@ pub fn run(
             }
             let mut s = state.lock().unwrap();
             s.jobs = table.iter().map(|t| t.state.clone()).collect();
+            let (sent, failed) = alerter.counters();
+            (s.alerts_sent, s.alerts_failed) = (alerts_before.0 + sent, alerts_before.1 + failed);
         }
         if opts.once && once_pending.is_empty() && running == 0 {
             alerter.flush(ALERT_FLUSH);
@@ -470,9 +643,10 @@ pub fn run(
                 failed,
             }));
         }
-        if rpo_looked.is_none_or(|t| t.elapsed() >= RPO_EVERY) {
+        if rpo_looked.is_none_or(|t| t.elapsed() >= rpo_every(&config)) {
             rpo_looked = Some(Instant::now());
-            rpo_alerts(&alerter, &config, &table);
+            let wal = state.lock().unwrap().overview.wal.clone();
+            rpo_alerts(&alerter, &config, &table, wal.as_ref());
         }
         if let Some(since) = stopping {
             if running == 0 {
@@ -521,6 +695,7 @@ pub fn run(
                 log.log(&describe(&name, &summary));
                 alert(&alerter, &summary);
                 let mut s = state.lock().unwrap();
+                s.apply(&summary);
                 s.recent.push_back(summary.clone());
                 while s.recent.len() > RECENT_RUNS {
                     s.recent.pop_front();
@@ -540,15 +715,26 @@ pub fn run(
                     stopping = Some(Instant::now());
                 }
                 Ok(Signal::Stop) => {}
-                Ok(Signal::Reload) => match reload(opts, open, &table)
-                    .and_then(|(c, r, t)| Ok((new_alerter(&c, &r)?, c, r, t)))
-                {
-                    Ok((a, c, r, t)) => {
+                Ok(Signal::Reload) => match reload(opts, open, &table) {
+                    Ok((c, r, t, reading)) => {
                         alerter.flush(ALERT_FLUSH);
-                        alerter = a;
+                        let (sent, failed) = alerter.counters();
+                        alerts_before = (alerts_before.0 + sent, alerts_before.1 + failed);
+                        alerter = new_alerter(&c, &reading.history);
+                        if c.service.listen != config.service.listen
+                            || c.service.basic_auth_file != config.service.basic_auth_file
+                        {
+                            log.warn("[service] listen and basic_auth_file take effect at the next start, not on reload");
+                        }
                         config = Arc::new(c);
                         repo = r;
                         table = t;
+                        wal_lag_notes(&config, &table, log);
+                        let mut s = state.lock().unwrap();
+                        s.overview = reading.overview;
+                        s.stored_bytes = reading.stored_bytes;
+                        s.config = Some(config.clone());
+                        drop(s);
                         log.log(&format!("reloaded the config: {} job(s)", table.len()));
                         for t in &table {
                             log.log(&format!("{}: next run {}", t.state.job, t.next.with_timezone(&chrono::Local).to_rfc3339()));
@@ -565,8 +751,18 @@ pub fn run(
     }
 }
 
-/// How often each source's age is held against its `rpo`.
-const RPO_EVERY: Duration = Duration::from_secs(30);
+/// How often each source's age is held against its `rpo`: every 30 s, or a tenth of the
+/// shortest `rpo` when that is sooner (at most every second).
+fn rpo_every(config: &Config) -> Duration {
+    config
+        .sources
+        .iter()
+        .filter_map(|s| s.rpo)
+        .map(|r| r / 10)
+        .min()
+        .unwrap_or(Duration::MAX)
+        .clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
 
 /// How long the service waits for alerts still being sent when it stops or reloads.
 const ALERT_FLUSH: Duration = Duration::from_secs(10);
@@ -600,10 +796,29 @@ fn alert(alerter: &super::alerts::Alerter, s: &RunSummary) {
 }
 
 /// Each scheduled source's last success against its `rpo`, from the service's own state
-/// (read from the repository at start, then kept up to date by the runs).
-fn rpo_alerts(alerter: &super::alerts::Alerter, config: &Config, table: &[Slot]) {
+/// (read from the repository at start, then kept up to date by the runs); for physical
+/// sources, the WAL archive too (as the last wal-verify run saw it).
+fn rpo_alerts(
+    alerter: &super::alerts::Alerter,
+    config: &Config,
+    table: &[Slot],
+    wal: Option<&WalOverview>,
+) {
     use super::alerts::{AlertKey, Condition, Problem};
     let now = Utc::now();
+    let local = now.with_timezone(&chrono::Local).fixed_offset();
+    if let Some(w) = wal {
+        for src in config.sources.iter().filter(|s| is_physical(s)) {
+            let Some(rpo) = src.rpo else { continue };
+            if let Some(problem) = wal_lag(w, rpo, local) {
+                alerter.observe(
+                    AlertKey::new(Some(&src.name), Condition::WalLagging),
+                    problem,
+                    local,
+                );
+            }
+        }
+    }
     for t in table {
         let JobKind::Backup(source) = &t.job.kind else {
             continue;
@@ -635,11 +850,61 @@ fn rpo_alerts(alerter: &super::alerts::Alerter, config: &Config, table: &[Slot])
     }
 }
 
+fn is_physical(s: &crate::config::sources::SourceConfig) -> bool {
+    use crate::config::sources::PgMode;
+    matches!(&s.kind, crate::config::SourceKind::Postgres(p) if p.mode == PgMode::Physical)
+}
+
+/// Whether the WAL archive lags behind a physical source's `rpo` (`Some(None)`: it does
+/// not), or cannot tell yet (`None`: no base backup, so no window).
+pub fn wal_lag(
+    w: &WalOverview,
+    rpo: Duration,
+    now: DateTime<chrono::FixedOffset>,
+) -> Option<Option<super::alerts::Problem>> {
+    use super::alerts::Problem;
+    if w.gaps > 0 || !w.ok {
+        return Some(Some(Problem::new(format!(
+            "wal-verify finds {} gap(s) in the WAL archive: point-in-time recovery stops at the \
+             first one; run coffer wal-verify",
+            w.gaps
+        ))));
+    }
+    let newest = w.newest_segment_time()?;
+    let age = (now - newest).to_std().unwrap_or_default();
+    Some((age > rpo).then(|| {
+        Problem::new(format!(
+            "the newest archived WAL segment is {} old (rpo {}): is archive_command failing?",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(rpo)
+        ))
+    }))
+}
+
+/// The service sees the WAL archive through its wal-verify runs: say so when a physical
+/// source has an `rpo` and no wal-verify job keeps that view fresh.
+fn wal_lag_notes(config: &Config, table: &[Slot], log: &Progress) {
+    let verifies = table.iter().any(|t| t.job.kind == JobKind::WalVerify);
+    for s in config
+        .sources
+        .iter()
+        .filter(|s| is_physical(s) && s.rpo.is_some())
+    {
+        if !verifies {
+            log.warn(&format!(
+                "source {}: WAL lag is only seen at wal-verify runs; set [service] wal_verify \
+                 (e.g. \"*/10 * * * *\", more often than its rpo) for WAL-lag alerts",
+                s.name
+            ));
+        }
+    }
+}
+
 fn reload(
     opts: &RunOptions,
     open: Opener<'_>,
     old: &[Slot],
-) -> Result<(Config, Arc<Repository>, Vec<Slot>)> {
+) -> Result<(Config, Arc<Repository>, Vec<Slot>, Reading)> {
     let Some(path) = &opts.config_path else {
         return Err(
             Error::usage("coffer run was started without --config: nothing to reload").into(),
@@ -648,8 +913,9 @@ fn reload(
     let config = Config::load(path)?;
     let repo = open(&config)?;
     let js = jobs(&config)?;
-    let table = slots(&repo, js, old, Utc::now())?;
-    Ok((config, repo, table))
+    let reading = read_repository(&repo, &config, &js)?;
+    let table = slots(&reading.last, js, old, Utc::now())?;
+    Ok((config, repo, table, reading))
 }
 
 fn describe(name: &str, s: &RunSummary) -> String {
@@ -696,6 +962,7 @@ fn watch_signals(tx: Sender<Signal>) -> Result<std::thread::JoinHandle<()>> {
 fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> RunSummary {
     let started = Utc::now();
     let t0 = Instant::now();
+    let mut effect = Effect::None;
     let (status, error, bytes_read, bytes_added, snapshot) = match &job.kind {
         JobKind::Backup(name) => {
             let opts = crate::ops::stack::StackOptions {
@@ -705,7 +972,14 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
             };
             match crate::ops::stack::backup_stack(repo, config, &opts, &|_| p.clone()) {
                 Ok(r) => match r.sources.into_iter().next() {
-                    Some(s) => (s.status, s.error, s.bytes_read, s.bytes_added, s.snapshot),
+                    Some(s) => {
+                        effect = Effect::Backup {
+                            snapshot_time: s.snapshot_time,
+                            forgotten: s.forgotten.len() as u64,
+                            bytes_stored: s.bytes_stored,
+                        };
+                        (s.status, s.error, s.bytes_read, s.bytes_added, s.snapshot)
+                    }
                     None => (RunStatus::Failed, Some("nothing ran".into()), 0, 0, None),
                 },
                 Err(e) => (RunStatus::Failed, Some(format!("{e:#}")), 0, 0, None),
@@ -713,7 +987,13 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
         }
         other => {
             let r: Result<()> = match other {
-                JobKind::Prune => crate::ops::prune::prune(repo, false, 10.0, p).map(|_| ()),
+                JobKind::Prune => crate::ops::prune::prune(repo, false, 10.0, p).map(|_| {
+                    // Prune is rare and reads the index anyway: read it again for the size.
+                    match repo.load_index() {
+                        Ok(i) => effect = Effect::Stored(stored_bytes(&i)),
+                        Err(e) => p.warn(&format!("could not read the index after prune: {e:#}")),
+                    }
+                }),
                 JobKind::Check(subset) => (|| {
                     let read = match subset {
                         Some(s) => crate::ops::check::read_data_subset(s)?,
@@ -731,9 +1011,10 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
                         .into())
                     }
                 })(),
-                JobKind::WalVerify => {
-                    crate::ops::wal_verify::wal_verify(repo).and_then(|r| r.verdict())
-                }
+                JobKind::WalVerify => crate::ops::wal_verify::wal_verify(repo).and_then(|r| {
+                    effect = Effect::Wal(WalOverview::from_report(&r.0));
+                    r.verdict()
+                }),
                 JobKind::Backup(_) => unreachable!("handled above"),
             };
             let (status, error) = match r {
@@ -775,6 +1056,7 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
         bytes_read,
         bytes_added,
         snapshot,
+        effect,
     }
 }
 

@@ -5,4 +5,7 @@
 
 pub mod alerts;
 pub mod daemon;
+pub mod http;
+pub mod metrics;
+pub mod page;
 pub mod units;

@@ -9,6 +9,7 @@
 //! password is ever on a command line: accounts made with [`MariaDb::create_user`] are used
 //! with `MYSQL_PWD` in the environment.
 
+use super::free_port;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -36,14 +37,6 @@ pub fn program(name: &str) -> PathBuf {
         }
     }
     panic!("{name} is not installed (scripts/test installs mariadb-server and mariadb-client)");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn current_user() -> String {

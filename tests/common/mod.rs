@@ -450,3 +450,12 @@ pub fn library_backup(
     )
     .unwrap()
 }
+
+/// A local TCP port that was free a moment ago (for servers that must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -10,11 +10,11 @@
 //! run as the current user over TCP. Dropping the cluster stops the server, also when a test
 //! panics.
 
+use super::free_port;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -662,14 +662,6 @@ fn append_conf(data: &Path, base: &[(&str, &str)], extra: &[(&str, &str)]) {
         .unwrap()
         .write_all(conf.as_bytes())
         .unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn server_user_ids() -> (u32, u32) {

@@ -2,6 +2,7 @@
 //! in its own directory, stopped when dropped. The tests talk to them with coffer's own
 //! protocol client, so they need no `redis-cli`.
 
+use super::free_port;
 use coffer::sources::redis::conn::{Conn, ConnOptions, Reply, Target};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,14 +17,6 @@ pub struct RedisServer {
     tls_client: Option<(PathBuf, PathBuf)>,
     password: Option<String>,
     args: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `redis-server` program (the test script installs it).
