@@ -825,3 +825,126 @@ fn an_rpo_breach_alerts_without_any_run() {
     assert_eq!(count(&env, "a"), 1, "no run happened");
     assert!(!err.contains("backup a: started"), "{err}");
 }
+
+#[test]
+fn a_gap_in_the_wal_archive_alerts_and_shows_in_the_metrics() {
+    use common::pg::ArchiveRepo;
+    let hooks = common::http::Receiver::start();
+    let a = ArchiveRepo::new("wal secret\n", &[]);
+    let pg = a.start_archiving(&[]);
+    let port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coffer.toml");
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    fs::write(
+        &config,
+        format!(
+            r#"
+[service]
+listen = "127.0.0.1:{port}"
+wal_verify = "0 0 1 1 *"
+
+[alerts]
+webhook = "{url}/hook"
+
+[sources.db]
+type = "postgres"
+mode = "physical"
+url = {db}
+pgdata = {pgdata}
+every = "1h"
+rpo = "1h"
+"#,
+            url = hooks.url,
+            db = quote(&pg.url("postgres")),
+            pgdata = quote(&pg.data_dir().display().to_string()),
+        ),
+    )
+    .unwrap();
+    a.cmd()
+        .arg("--config")
+        .arg(&config)
+        .args(["backup", "--source", "db"])
+        .assert()
+        .success();
+    pg.psql("postgres", "CREATE TABLE t (x int)");
+    for i in 0..3 {
+        pg.psql("postgres", &format!("INSERT INTO t VALUES ({i})"));
+        pg.archive_all();
+    }
+    // Lose the second-newest segment: recovery from the backup now stops before it.
+    let mut segments: Vec<std::path::PathBuf> = common::list_files(&a.repo.join("wal"))
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    fs::remove_file(&segments[segments.len() - 2]).unwrap();
+
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    common::clean_env(&mut c);
+    c.envs(a.vars())
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    until("the wal_lagging alert", Duration::from_secs(90), || {
+        hooks
+            .requests()
+            .iter()
+            .any(|r| r.body.contains("wal_lagging"))
+    });
+    // The wal-verify job (never run before, so due at start) fails on the gap.
+    until("the wal-verify run", Duration::from_secs(60), || {
+        healthy(port) && {
+            let s: serde_json::Value =
+                serde_json::from_str(&get(port, "/api/status", None).text().unwrap()).unwrap();
+            s["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["job"] == "wal-verify" && j["last_run"]["status"] == "failed")
+        }
+    });
+    let m = scrape(port, None);
+    assert_eq!(metric(&m, "coffer_wal_gaps", "db"), Some(1.0));
+    let window = metric(&m, "coffer_wal_recoverable_window_seconds", "db").unwrap();
+    assert!(window >= 0.0, "{window}");
+    let newest = metric(&m, "coffer_wal_newest_segment_timestamp_seconds", "db").unwrap();
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        newest <= now + 1.0 && newest > now - 600.0,
+        "{newest} vs {now}"
+    );
+    assert_eq!(metric(&m, "coffer_snapshots", "db"), Some(1.0));
+    let s: serde_json::Value =
+        serde_json::from_str(&get(port, "/api/status", None).text().unwrap()).unwrap();
+    assert_eq!(s["sources"][0]["recoverable"]["ok"], false, "{s:#}");
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    let alerts: Vec<serde_json::Value> = hooks
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let lagging: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["event"] == "wal_lagging")
+        .collect();
+    assert_eq!(lagging.len(), 1, "one alert while it lasts: {alerts:?}");
+    assert_eq!(lagging[0]["source"], "db");
+    assert!(
+        lagging[0]["error"].as_str().unwrap().contains("1 gap(s)"),
+        "{alerts:?}"
+    );
+    assert!(
+        !alerts.iter().any(|a| a["event"] == "rpo_breached"),
+        "{alerts:?}"
+    );
+}

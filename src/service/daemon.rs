@@ -1135,6 +1135,44 @@ mod tests {
     }
 
     #[test]
+    fn the_wal_archive_lags_when_its_newest_segment_is_older_than_the_rpo() {
+        use crate::sources::postgres::wal::verify::Window;
+        let now = t("2024-05-01T12:00:00Z").fixed_offset();
+        let w = |archived: Option<&str>, gaps: usize| WalOverview {
+            ok: gaps == 0,
+            gaps,
+            window: Some(Window {
+                earliest_lsn: "0/2000028".into(),
+                earliest_time: t("2024-05-01T10:00:00Z").fixed_offset(),
+                earliest_timeline: 1,
+                earliest_backup: "abcdef0123".into(),
+                latest_lsn: "0/5000000".into(),
+                latest_timeline: 1,
+                latest_segment: "000000010000000000000004".into(),
+                latest_archived_at: archived.map(t),
+            }),
+            latest_commit_time: None,
+        };
+        let rpo = Duration::from_secs(900);
+        // Archived 10 min ago: within 15 min.
+        assert_eq!(
+            wal_lag(&w(Some("2024-05-01T11:50:00Z"), 0), rpo, now),
+            Some(None)
+        );
+        let lag = wal_lag(&w(Some("2024-05-01T11:40:00Z"), 0), rpo, now)
+            .unwrap()
+            .unwrap();
+        assert!(lag.error.contains("20m old (rpo 15m)"), "{}", lag.error);
+        let gap = wal_lag(&w(Some("2024-05-01T11:59:00Z"), 2), rpo, now)
+            .unwrap()
+            .unwrap();
+        assert!(gap.error.contains("2 gap(s)"), "{}", gap.error);
+        // No archive time known: cannot tell.
+        assert_eq!(wal_lag(&w(None, 0), rpo, now), None);
+        assert_eq!(w(Some("2024-05-01T11:50:00Z"), 0).window_secs(), Some(6600));
+    }
+
+    #[test]
     fn jitter_stays_within_its_bound() {
         let base = t("2024-05-01T00:00:00Z");
         for _ in 0..100 {
