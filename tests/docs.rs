@@ -329,3 +329,54 @@ fn restore_stack_json_is_as_documented() {
     let text = passage("- `--json` prints `{ok, dry_run, time, sources");
     holds("restore --stack", &braces(&text), &json(&report));
 }
+
+#[test]
+fn api_status_json_is_as_documented() {
+    use coffer::service::daemon::{Effect, JobState, RunSummary};
+    let r = repo();
+    let data = r.repo.load_snapshots().unwrap()[0].paths[0].clone();
+    let config = coffer::config::Config::parse(
+        &format!(
+            "[sources.data]\ntype = \"files\"\npaths = [{}]\nevery = \"1h\"\n",
+            toml::Value::String(data)
+        ),
+        None,
+        &|_| None,
+    )
+    .unwrap();
+    let now = chrono::Utc::now();
+    let run = RunSummary {
+        job: "backup data".into(),
+        source: Some("data".into()),
+        started: now,
+        finished: now,
+        duration_secs: 0.5,
+        status: coffer::repo::runs::RunStatus::Ok,
+        error: None,
+        bytes_read: 1,
+        bytes_added: 1,
+        snapshot: None,
+        effect: Effect::None,
+    };
+    let api = coffer::service::http::ApiStatus {
+        status: ops::status::status(&r.repo, &config).unwrap(),
+        jobs: vec![JobState {
+            job: "backup data".into(),
+            source: Some("data".into()),
+            next_run: Some(now),
+            running_since: None,
+            last_success: Some(now),
+            last_run: Some(run),
+            runs_total: 1,
+            failures_total: 0,
+            skipped_total: 0,
+        }],
+        service_started: Some(now),
+    };
+    let doc = braces(&passage("**`/api/status`** prints"));
+    holds("/api/status", &doc, &json(&api));
+    let Some(Some(jobs)) = doc.0.get("jobs") else {
+        panic!("/api/status: README lists no job fields")
+    };
+    holds("/api/status jobs[0]", jobs, &json(&api)["jobs"][0]);
+}
