@@ -965,6 +965,12 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
     let mut effect = Effect::None;
     let (status, error, bytes_read, bytes_added, snapshot) = match &job.kind {
         JobKind::Backup(name) => {
+            // A run that fails before its source runs is still a failure of the source.
+            effect = Effect::Backup {
+                snapshot_time: None,
+                forgotten: 0,
+                bytes_stored: 0,
+            };
             let opts = crate::ops::stack::StackOptions {
                 sources: vec![name.clone()],
                 forget: true,
