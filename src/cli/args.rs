@@ -75,6 +75,12 @@ pub enum Command {
     /// the last failure, and the recoverable window of physical PostgreSQL sources (exit 1
     /// when a source is out of its RPO)
     Status(StatusArgs),
+    /// Restore drills: restore each source's newest snapshot (or --snapshot) into scratch
+    /// resources that coffer creates and removes, verify it, run its checks and measure the
+    /// RTO (exit 3 when a check fails)
+    Drill(DrillArgs),
+    /// The history of restore drills
+    Drills(DrillsArgs),
     /// The backup service: run every scheduled source and repository job on time, without
     /// overlap, until SIGTERM (SIGHUP reloads the config)
     Run(RunArgs),
@@ -270,6 +276,28 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this declared source (repeatable)
     #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Drill this declared source (repeatable; default: those with a drill table, else all)
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// Drill this snapshot (id prefix) instead of the newest
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillsArgs {
+    /// Only the drills of this declared source (repeatable)
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

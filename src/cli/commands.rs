@@ -262,6 +262,57 @@ pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
     r.verdict()
 }
 
+pub fn drill(ctx: &Context, a: &DrillArgs) -> Result<()> {
+    let opts = ops::drill::DrillOptions {
+        sources: a.sources.clone(),
+        snapshot: a.snapshot.clone(),
+    };
+    let repo = ctx.open()?;
+    // SIGTERM or SIGINT: stop the scratch servers and remove the scratch directories at
+    // once; the drill then fails on them, records itself and releases its lock.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let handle = signals.handle();
+    let events = ctx.events();
+    let watcher = std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            coffer::cancel::request();
+            let gone = coffer::sources::postgres::scratch::remove_all_now();
+            events.warn(&format!(
+                "interrupted: removed {} scratch director{} of the drill",
+                gone.len(),
+                if gone.len() == 1 { "y" } else { "ies" }
+            ));
+        }
+    });
+    let r = ops::drill::drill(
+        &repo,
+        &ctx.access.config,
+        &opts,
+        &ctx.progress("drill", None),
+    );
+    handle.close();
+    let _ = watcher.join();
+    let r = r?;
+    if a.json {
+        print_sorted(&r, false)?;
+    } else {
+        ctx.say(&r.to_string());
+    }
+    r.verdict()
+}
+
+pub fn drills(ctx: &Context, a: &DrillsArgs) -> Result<()> {
+    let list = ops::drill::history(&*ctx.open()?, &a.sources)?;
+    if a.json {
+        return print_sorted(&list, true);
+    }
+    print!("{}", ops::drill::HistoryTable(&list));
+    Ok(())
+}
+
 pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
     let list = ops::snapshots::snapshots(&*ctx.open()?, &a.tags, &a.sources)?;
     if a.json {

@@ -15,6 +15,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(a) => commands::backup(&ctx, a),
         Command::Snapshots(a) => commands::snapshots(&ctx, a),
         Command::Status(a) => commands::status(&ctx, a),
+        Command::Drill(a) => commands::drill(&ctx, a),
+        Command::Drills(a) => commands::drills(&ctx, a),
         Command::Run(a) => commands::run_service(&ctx, &cli, a),
         Command::Ls(a) => commands::ls(&ctx, a),
         Command::Restore(a) => commands::restore(&ctx, a),

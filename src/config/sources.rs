@@ -35,6 +35,10 @@ pub struct SourceConfig {
     /// A healthchecks.io-style URL `coffer run` pings at each backup's start, success and
     /// failure (may hold a secret token: never shown).
     pub healthcheck_url: Option<String>,
+    /// How `coffer drill` proves the source's backups restore (the `drill` table).
+    pub drill: Option<Drill>,
+    /// A source whose last successful drill is older than this is flagged by `status`.
+    pub drill_max_age: Option<Duration>,
     /// Why the source's `${VAR}`s could not be expanded (a variable is not set): commands
     /// that back it up or restore it fail with this; the others (snapshots, status…)
     /// work without the variable.
@@ -57,6 +61,8 @@ impl std::fmt::Debug for SourceConfig {
                 "healthcheck_url",
                 &crate::redact::Redacted(&self.healthcheck_url),
             )
+            .field("drill", &self.drill)
+            .field("drill_max_age", &self.drill_max_age)
             .field("unresolved", &self.unresolved)
             .finish()
     }
@@ -117,6 +123,9 @@ pub struct PostgresSource {
     pub archive_timeout: Option<Duration>,
     /// Where `restore --stack` restores a logical dump (default: `url`).
     pub restore_url: Option<String>,
+    /// Where `coffer drill` restores a logical dump, into a scratch database it creates and
+    /// drops (default: a scratch cluster of its own). Never the live database.
+    pub drill_url: Option<String>,
     /// Parallel pg_restore jobs for `restore --stack` (default 1).
     pub restore_jobs: Option<u32>,
 }
@@ -134,6 +143,10 @@ impl std::fmt::Debug for PostgresSource {
             .field(
                 "restore_url",
                 &self.restore_url.as_deref().map(crate::redact::url),
+            )
+            .field(
+                "drill_url",
+                &self.drill_url.as_deref().map(crate::redact::url),
             )
             .field("restore_jobs", &self.restore_jobs)
             .finish()
@@ -216,6 +229,34 @@ pub struct CommandSource {
     pub restore_dir: Option<PathBuf>,
 }
 
+/// A source's `drill = { … }` table: when `coffer run` drills it and what the drill checks
+/// beyond the restore itself.
+#[derive(Clone, Debug, Default)]
+pub struct Drill {
+    pub schedule: Option<Schedule>,
+    /// PostgreSQL: SQL queries that must each return true. Files: paths (as backed up) that
+    /// must exist in the restored tree.
+    pub checks: Vec<String>,
+    /// PostgreSQL: the fewest tables the restored database may have.
+    pub min_tables: Option<u64>,
+    /// PostgreSQL: `bt_index_check(index, heapallindexed => true)` on every B-tree index.
+    pub amcheck: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillKeys {
+    schedule: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    every: Option<Duration>,
+    timezone: Option<String>,
+    #[serde(default)]
+    checks: Vec<String>,
+    min_tables: Option<u64>,
+    #[serde(default)]
+    amcheck: bool,
+}
+
 /// `[stack]`: how `restore --stack` brings the whole stack back.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,6 +294,9 @@ struct Common {
     jitter: Option<Duration>,
     timezone: Option<String>,
     healthcheck_url: Option<String>,
+    drill: Option<DrillKeys>,
+    #[serde(default, with = "opt_duration")]
+    drill_max_age: Option<Duration>,
 }
 
 const COMMON_KEYS: &[&str] = &[
@@ -266,6 +310,8 @@ const COMMON_KEYS: &[&str] = &[
     "jitter",
     "timezone",
     "healthcheck_url",
+    "drill",
+    "drill_max_age",
 ];
 
 /// When a job runs: a cron expression in a time zone, or an interval.
@@ -465,6 +511,24 @@ pub fn parse_sources(
             .map_err(bad)?,
             jitter: common.jitter,
             healthcheck_url: common.healthcheck_url,
+            drill: common
+                .drill
+                .map(|d| -> Result<Drill, String> {
+                    Ok(Drill {
+                        schedule: Schedule::from_keys(
+                            d.schedule.as_deref(),
+                            d.every,
+                            d.timezone.as_deref(),
+                        )
+                        .map_err(|e| format!("drill: {e}"))?,
+                        checks: d.checks,
+                        min_tables: d.min_tables,
+                        amcheck: d.amcheck,
+                    })
+                })
+                .transpose()
+                .map_err(bad)?,
+            drill_max_age: common.drill_max_age,
             unresolved,
         };
         s.check().map_err(bad)?;

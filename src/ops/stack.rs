@@ -120,7 +120,7 @@ pub fn backup_stack(
         p.finish();
         out.push(r);
     }
-    match runs::trim_if_grown(repo, config.sources.len()) {
+    match runs::trim_if_grown(repo, runs::histories(config.sources.len())) {
         Ok(_) => {}
         Err(e) => repo
             .events()
@@ -216,6 +216,7 @@ fn backup_one(
         bytes_read,
         bytes_added,
         snapshot: snapshot.clone(),
+        drill: None,
     };
     if let Err(e) = runs::save(repo, &record) {
         progress.warn(&format!(
@@ -385,6 +386,8 @@ pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> (Vec<SourceConf
         schedule: None,
         jitter: None,
         healthcheck_url: None,
+        drill: None,
+        drill_max_age: None,
         unresolved: None,
     };
     let pg = |url: String| {
@@ -397,6 +400,7 @@ pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> (Vec<SourceConf
             pgdata: None,
             archive_timeout: None,
             restore_url: None,
+            drill_url: None,
             restore_jobs: None,
         })
     };

@@ -52,6 +52,35 @@ pub struct RunRecord {
     pub bytes_added: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// A restore drill's steps and checks (job `drill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillDetails>,
+}
+
+/// What a restore drill did and found, as its run record keeps it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrillDetails {
+    /// Wall time from the drill's start to the restore verified and checked.
+    pub rto_secs: f64,
+    pub steps: Vec<DrillStep>,
+    pub checks: Vec<DrillCheck>,
+}
+
+/// One step of a drill: fetching and restoring, starting a scratch server, the checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillStep {
+    pub step: String,
+    pub duration_secs: f64,
+    pub ok: bool,
+}
+
+/// One check of a drill and its result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillCheck {
+    pub check: String,
+    pub ok: bool,
+    /// What was found (the mismatches, the query's answer, the error).
+    pub detail: String,
 }
 
 /// Store a record.
@@ -90,22 +119,31 @@ pub fn new_run_id() -> String {
     Id::random().to_hex()[..16].to_string()
 }
 
-/// Trim the history when it has grown past [`KEEP_PER_SOURCE`] records for each of
-/// `sources` (plus the repository jobs'): one listing on every call, and the records read
-/// only then, so a run does not read the whole history each time. Returns how many went.
-pub fn trim_if_grown(repo: &Repository, sources: usize) -> Result<usize> {
+/// Trim the history when it has grown past [`KEEP_PER_SOURCE`] records for each of its
+/// `histories` (a source's backups, its drills, each repository job): one listing on every
+/// call, and the records read only then, so a run does not read the whole history each
+/// time. Returns how many went.
+pub fn trim_if_grown(repo: &Repository, histories: usize) -> Result<usize> {
     let listed = repo.backend.list(FileKind::Run)?.len();
-    if listed <= KEEP_PER_SOURCE * (sources + 1) {
+    if listed <= KEEP_PER_SOURCE * histories.max(1) {
         return Ok(0);
     }
     trim(repo, &load(repo)?)
 }
 
-/// Remove each source's records beyond the newest [`KEEP_PER_SOURCE`]; returns how many.
+/// The histories a config can have: each source's backups and drills, and the repository
+/// jobs (prune, check, wal-verify).
+pub fn histories(sources: usize) -> usize {
+    2 * sources + 3
+}
+
+/// Remove the records of each source and job beyond the newest [`KEEP_PER_SOURCE`] (a
+/// source's weekly drills are not pushed out by its hourly backups); returns how many.
 pub fn trim(repo: &Repository, records: &[RunRecord]) -> Result<usize> {
-    let mut by_source: std::collections::BTreeMap<&str, Vec<&RunRecord>> = Default::default();
+    let mut by_source: std::collections::BTreeMap<(&str, &str), Vec<&RunRecord>> =
+        Default::default();
     for r in records {
-        by_source.entry(&r.source).or_default().push(r);
+        by_source.entry((&r.source, &r.job)).or_default().push(r);
     }
     let mut removed = 0;
     for list in by_source.values_mut() {
@@ -142,6 +180,7 @@ mod tests {
             bytes_read: 0,
             bytes_added: 0,
             snapshot: None,
+            drill: None,
         }
     }
 
@@ -152,13 +191,28 @@ mod tests {
         for m in 0..KEEP_PER_SOURCE as i64 {
             save(&repo, &record("a", m)).unwrap();
         }
-        assert_eq!(trim_if_grown(&repo, 0).unwrap(), 0, "at the limit");
+        assert_eq!(trim_if_grown(&repo, 1).unwrap(), 0, "at the limit");
         save(&repo, &record("a", -1)).unwrap();
         save(&repo, &record("a", -2)).unwrap();
-        assert_eq!(trim_if_grown(&repo, 1).unwrap(), 0, "within 200 per source");
-        assert_eq!(trim_if_grown(&repo, 0).unwrap(), 2, "past it");
+        let mut drill = record("a", -3);
+        drill.job = "drill".into();
+        save(&repo, &drill).unwrap();
+        assert_eq!(
+            trim_if_grown(&repo, 2).unwrap(),
+            0,
+            "within 200 per history"
+        );
+        assert_eq!(trim_if_grown(&repo, 1).unwrap(), 2, "past it");
         let left = load(&repo).unwrap();
-        assert_eq!(left.len(), KEEP_PER_SOURCE);
-        assert_eq!(left[0].finished, record("a", 0).finished, "the oldest went");
+        assert_eq!(left.len(), KEEP_PER_SOURCE + 1);
+        assert_eq!(
+            left[0].job, "drill",
+            "the old drill stays: it is a history of its own"
+        );
+        assert_eq!(
+            left[1].finished,
+            record("a", 0).finished,
+            "the oldest backups went"
+        );
     }
 }

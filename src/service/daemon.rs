@@ -1041,6 +1041,7 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
                 bytes_read: 0,
                 bytes_added: 0,
                 snapshot: None,
+                drill: None,
             };
             if let Err(e) = runs::save(repo, &record) {
                 p.warn(&format!("could not record the {} run: {e:#}", other.name()));

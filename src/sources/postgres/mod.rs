@@ -24,6 +24,7 @@ pub mod conn;
 pub mod physical;
 pub mod pitr;
 pub mod restore;
+pub mod scratch;
 pub mod tls;
 pub mod tools;
 pub mod wal;

@@ -1,0 +1,665 @@
+//! `coffer drill`: prove that a source's backup restores, by restoring it into scratch
+//! resources that coffer creates and always removes, checking what came back, and timing it
+//! (the measured RTO: from the drill's start to the restore verified and checked).
+//!
+//! - **PostgreSQL, logical**: a scratch cluster of the dump's major version
+//!   ([`crate::sources::postgres::scratch`]), every database of the snapshot restored into
+//!   it (without owners and privileges: the scratch cluster has none of the live roles), then
+//!   the checks: every table's row count against the count recorded at backup, `min_tables`,
+//!   the SQL `checks` (each must return true, run in the first database), and with `amcheck`
+//!   `bt_index_check(heapallindexed)` on every B-tree index.
+//! - **Files**: the snapshot restored into a private temp dir (every chunk verified as it is
+//!   written), then the files and bytes found there against the snapshot's own count, and the
+//!   `checks`: paths, as backed up, that must exist.
+//!
+//! A drill never connects to the live source. Each drill is recorded in the run history (job
+//! `drill`), also when it fails. A check that fails, or data that fails verification, fails
+//! the drill (exit 3); anything else that stops it is an error (exit 1).
+
+use crate::config::sources::{Drill, PgMode, SourceConfig};
+use crate::config::{Config, SourceKind};
+use crate::error::{kind_of, Error, ErrorKind};
+use crate::progress::Progress;
+use crate::repo::id::Id;
+use crate::repo::lock::Lock;
+use crate::repo::runs::{self, DrillCheck, DrillDetails, DrillStep, RunRecord, RunStatus};
+use crate::repo::snapshot::Snapshot;
+use crate::repo::Repository;
+use crate::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
+use crate::sources::postgres::scratch::{self, ScratchCluster};
+use crate::sources::postgres::DumpInfo;
+use crate::sources::Metadata;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct DrillOptions {
+    /// These declared sources (default: those with a `drill` table, else all).
+    pub sources: Vec<String>,
+    /// Drill this snapshot instead of each source's newest.
+    pub snapshot: Option<String>,
+}
+
+/// `drill --json`.
+#[derive(Serialize)]
+pub struct DrillReport {
+    pub run: String,
+    pub sources: Vec<SourceDrill>,
+    pub passed: usize,
+    /// Drills where a check failed or data failed verification.
+    pub failed: usize,
+    /// Drills stopped by another error.
+    pub errors: usize,
+    pub duration_secs: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillStatus {
+    Passed,
+    /// A check failed, or the snapshot's data failed verification.
+    Failed,
+    /// Something else stopped the drill (a missing tool, a server that did not start…).
+    Error,
+}
+
+#[derive(Serialize)]
+pub struct SourceDrill {
+    pub source: String,
+    #[serde(rename = "type")]
+    pub source_type: String,
+    pub status: DrillStatus,
+    pub snapshot: Option<String>,
+    /// Wall time from the start of this source's drill to its restore verified and checked.
+    pub rto_secs: f64,
+    pub steps: Vec<DrillStep>,
+    pub checks: Vec<DrillCheck>,
+    pub error: Option<String>,
+    /// Bytes restored.
+    pub bytes: u64,
+}
+
+/// Which sources a drill takes.
+fn chosen<'a>(config: &'a Config, opts: &DrillOptions) -> Result<Vec<&'a SourceConfig>> {
+    if !opts.sources.is_empty() {
+        return super::stack::pick(config, &opts.sources);
+    }
+    if config.sources.is_empty() {
+        return Err(Error::usage(
+            "the config file declares no sources: coffer drill works on [sources.NAME] tables",
+        )
+        .into());
+    }
+    let with: Vec<&SourceConfig> = config
+        .sources
+        .iter()
+        .filter(|s| s.drill.is_some())
+        .collect();
+    Ok(if with.is_empty() {
+        config.sources.iter().collect()
+    } else {
+        with
+    })
+}
+
+/// Drill the chosen sources, one after the other.
+pub fn drill(
+    repo: &Arc<Repository>,
+    config: &Config,
+    opts: &DrillOptions,
+    progress: &Progress,
+) -> Result<DrillReport> {
+    let t0 = Instant::now();
+    for d in scratch::clean_stale() {
+        progress.log(&format!(
+            "removed the scratch cluster of an earlier drill that did not finish: {}",
+            d.display()
+        ));
+    }
+    let mut sources = chosen(config, opts)?;
+    let snapshot = match &opts.snapshot {
+        Some(spec) => {
+            let s = repo.find_snapshot(spec)?;
+            if opts.sources.is_empty() {
+                let name = s.source.clone().ok_or_else(|| {
+                    Error::usage(format!(
+                        "snapshot {} belongs to no declared source: name the source with --source",
+                        s.id.short()
+                    ))
+                })?;
+                sources = super::stack::pick(config, &[name])?;
+            } else if sources.len() > 1 {
+                return Err(Error::usage("--snapshot drills one source: give one --source").into());
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    let run = runs::new_run_id();
+    let _lock = Lock::shared(repo, "drill")?;
+    let mut out = Vec::new();
+    for src in sources {
+        let r = drill_source(repo, src, snapshot.clone(), progress);
+        record(repo, &run, src, &r, progress);
+        out.push(r);
+        if crate::cancel::requested() {
+            return Err(Error::new(
+                ErrorKind::Other,
+                "the drill was interrupted; its scratch resources are removed",
+            )
+            .into());
+        }
+    }
+    let count = |st| out.iter().filter(|r| r.status == st).count();
+    Ok(DrillReport {
+        run,
+        passed: count(DrillStatus::Passed),
+        failed: count(DrillStatus::Failed),
+        errors: count(DrillStatus::Error),
+        sources: out,
+        duration_secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+impl DrillReport {
+    /// Exit 3 when a check failed (or data failed verification), 1 on another error.
+    pub fn verdict(&self) -> Result<()> {
+        let names = |st| {
+            self.sources
+                .iter()
+                .filter(|s| s.status == st)
+                .map(|s| s.source.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.failed > 0 {
+            return Err(Error::integrity(format!(
+                "the drill of {} failed: see the checks above",
+                names(DrillStatus::Failed)
+            ))
+            .into());
+        }
+        if self.errors > 0 {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "the drill of {} could not be completed",
+                    names(DrillStatus::Error)
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// The newest snapshot of a source, safety backups aside.
+fn newest(repo: &Repository, source: &str) -> Result<Snapshot> {
+    repo.load_snapshots()?
+        .into_iter()
+        .filter(|s| s.source.as_deref() == Some(source) && !s.has_tag("safety-backup"))
+        .max_by_key(|s| s.time)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("source {source} has no snapshot to drill: back it up first"),
+            )
+            .into()
+        })
+}
+
+/// What a drill of one source collects as it goes.
+struct Drilling {
+    t0: Instant,
+    steps: Vec<DrillStep>,
+    checks: Vec<DrillCheck>,
+    bytes: u64,
+}
+
+impl Drilling {
+    /// Time `f` as the step `name`.
+    fn step<T>(
+        &mut self,
+        name: &str,
+        p: &Progress,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        p.log(&format!("drill: {name}"));
+        let t = Instant::now();
+        let r = f(self);
+        self.steps.push(DrillStep {
+            step: name.to_string(),
+            duration_secs: t.elapsed().as_secs_f64(),
+            ok: r.is_ok(),
+        });
+        r
+    }
+
+    fn check(&mut self, check: impl Into<String>, ok: bool, detail: impl Into<String>) {
+        self.checks.push(DrillCheck {
+            check: check.into(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+}
+
+fn drill_source(
+    repo: &Arc<Repository>,
+    src: &SourceConfig,
+    snapshot: Option<Snapshot>,
+    p: &Progress,
+) -> SourceDrill {
+    let mut d = Drilling {
+        t0: Instant::now(),
+        steps: Vec::new(),
+        checks: Vec::new(),
+        bytes: 0,
+    };
+    let none = Drill::default();
+    let spec = src.drill.as_ref().unwrap_or(&none);
+    let snap = match snapshot.map(Ok).unwrap_or_else(|| newest(repo, &src.name)) {
+        Ok(s) => s.check_features().map(|()| s),
+        Err(e) => Err(e),
+    };
+    let result = snap
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|snap| match &src.kind {
+            SourceKind::Postgres(pg) if pg.mode == PgMode::Logical => {
+                drill_logical(repo, snap, spec, &mut d, p)
+            }
+            SourceKind::Files(_) => drill_files(repo, snap, spec, &mut d, p),
+            other => Err(Error::usage(format!(
+                "drills of {} sources are not built yet (PostgreSQL logical and files sources are)",
+                other.type_name()
+            ))
+            .into()),
+        });
+    let failed_check = d.checks.iter().any(|c| !c.ok);
+    let (status, error) = match result {
+        _ if crate::cancel::requested() => (
+            DrillStatus::Error,
+            Some("interrupted by a signal before it was done".to_string()),
+        ),
+        Ok(()) if !failed_check => (DrillStatus::Passed, None),
+        Ok(()) => (DrillStatus::Failed, None),
+        Err(e) if kind_of(&e) == ErrorKind::Integrity => {
+            (DrillStatus::Failed, Some(format!("{e:#}")))
+        }
+        Err(e) => (DrillStatus::Error, Some(format!("{e:#}"))),
+    };
+    SourceDrill {
+        source: src.name.clone(),
+        source_type: src.kind.type_name().to_string(),
+        status,
+        snapshot: snap.ok().map(|s| s.id.to_hex()),
+        rto_secs: d.t0.elapsed().as_secs_f64(),
+        steps: d.steps,
+        checks: d.checks,
+        error,
+        bytes: d.bytes,
+    }
+}
+
+/// The drill's run record (a failure to write it is a warning: the drill itself stands).
+fn record(repo: &Repository, run: &str, src: &SourceConfig, r: &SourceDrill, p: &Progress) {
+    let now = chrono::Local::now().fixed_offset();
+    let started = now - chrono::Duration::milliseconds((r.rto_secs * 1000.0) as i64);
+    let rec = RunRecord {
+        id: Id::default(),
+        run: run.to_string(),
+        job: "drill".into(),
+        source: src.name.clone(),
+        source_type: src.kind.type_name().to_string(),
+        host: crate::repo::hostname(),
+        started,
+        finished: now,
+        status: if r.status == DrillStatus::Passed {
+            RunStatus::Ok
+        } else {
+            RunStatus::Failed
+        },
+        error: r.error.clone().or_else(|| {
+            let failed: Vec<&str> = r
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| c.check.as_str())
+                .collect();
+            (!failed.is_empty()).then(|| format!("failed checks: {}", failed.join("; ")))
+        }),
+        bytes_read: r.bytes,
+        bytes_added: 0,
+        snapshot: r.snapshot.clone(),
+        drill: Some(DrillDetails {
+            rto_secs: r.rto_secs,
+            steps: r.steps.clone(),
+            checks: r.checks.clone(),
+        }),
+    };
+    if let Err(e) = runs::save(repo, &rec) {
+        p.warn(&format!(
+            "source {}: could not record the drill in the history: {e:#}",
+            src.name
+        ));
+    }
+}
+
+fn drill_logical(
+    repo: &Arc<Repository>,
+    snap: &Snapshot,
+    spec: &Drill,
+    d: &mut Drilling,
+    p: &Progress,
+) -> Result<()> {
+    let dumps: Vec<DumpInfo> = snap
+        .sources
+        .iter()
+        .filter(|s| s.kind == DumpInfo::KIND)
+        .map(|s| DumpInfo::of(snap, s))
+        .collect::<Result<_>>()?;
+    let Some(first) = dumps.first() else {
+        return Err(Error::usage(format!(
+            "snapshot {} holds no PostgreSQL dump",
+            snap.id.short()
+        ))
+        .into());
+    };
+    let major = first.server_version_num / 10000;
+    let cluster = d.step(&format!("start a scratch PostgreSQL {major}"), p, |_| {
+        ScratchCluster::start(major)
+    })?;
+    let index = repo.load_index()?;
+    let mut tables = 0u64;
+    for info in &dumps {
+        let opts = PgRestoreOptions {
+            conn: Some(cluster.conn(&info.database)),
+            database: Some(info.database.clone()),
+            jobs: 2,
+            yes: true,
+            no_owner: true,
+            no_privileges: true,
+            // In the scratch directory: removed with it, whatever happens.
+            spool_dir: Some(cluster.dir().to_path_buf()),
+            ..Default::default()
+        };
+        let report = d.step(
+            &format!("fetch, verify and restore database {}", info.database),
+            p,
+            |_| restore_postgres(repo, &index, snap, &opts, p, &mut |_, _| Ok(false)),
+        )?;
+        d.bytes += info.dump_size;
+        let bad: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok())
+            .map(|c| match c.actual {
+                Some(a) => format!("{}: {a} rows, {} at backup", c.table, c.expected),
+                None => format!("{}: missing ({} rows at backup)", c.table, c.expected),
+            })
+            .collect();
+        d.check(
+            format!("row counts of database {}", info.database),
+            bad.is_empty(),
+            if bad.is_empty() {
+                format!(
+                    "{} tables, each as many rows as at backup",
+                    report.checks.len()
+                )
+            } else {
+                bad.join("; ")
+            },
+        );
+        let mut client = crate::sources::postgres::conn::PgTarget::resolve(
+            Some(&cluster.conn(&info.database)),
+            false,
+            p,
+        )?
+        .connect()?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg_toast%'",
+                &[],
+            )?
+            .get(0);
+        tables += n as u64;
+        let checks_here = std::ptr::eq(info, first);
+        d.step(&format!("checks in database {}", info.database), p, |d| {
+            if checks_here {
+                for sql in &spec.checks {
+                    let (ok, detail) = match client.query(sql.as_str(), &[]) {
+                        Ok(rows) => match rows.first().map(|r| r.try_get::<_, bool>(0)) {
+                            Some(Ok(true)) => (true, "true".to_string()),
+                            Some(Ok(false)) => (false, "false".to_string()),
+                            Some(Err(e)) => (false, format!("not a boolean: {e}")),
+                            None => (false, "no row".to_string()),
+                        },
+                        Err(e) => (false, db_message(&e)),
+                    };
+                    d.check(sql.clone(), ok, detail);
+                }
+            }
+            if spec.amcheck {
+                amcheck(&mut client, &info.database, d)?;
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(min) = spec.min_tables {
+        d.check(
+            format!("at least {min} tables"),
+            tables >= min,
+            format!("{tables} tables restored"),
+        );
+    }
+    d.step("remove the scratch cluster", p, |_| cluster.remove())?;
+    Ok(())
+}
+
+/// The server's message for a failed query, else the client's error.
+fn db_message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map_or(e.to_string(), |d| d.message().to_string())
+}
+
+/// `bt_index_check(heapallindexed => true)` on every valid B-tree index of the database.
+fn amcheck(client: &mut postgres::Client, db: &str, d: &mut Drilling) -> Result<()> {
+    client.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")?;
+    let rows = client.query(
+        "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam \
+         WHERE am.amname = 'btree' AND i.indisvalid AND i.indisready \
+         AND c.relpersistence <> 't' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 2",
+        &[],
+    )?;
+    let mut bad = Vec::new();
+    for r in &rows {
+        let oid: postgres::types::Oid = r.get(0);
+        let name: String = r.get(1);
+        if let Err(e) = client.execute("SELECT bt_index_check($1::oid::regclass, true)", &[&oid]) {
+            bad.push(format!("{name}: {}", db_message(&e)));
+        }
+    }
+    d.check(
+        format!("amcheck of the B-tree indexes of database {db}"),
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("{} indexes checked, heap included", rows.len())
+        } else {
+            bad.join("; ")
+        },
+    );
+    Ok(())
+}
+
+/// Files, directories and bytes under `dir` (symlinks not followed).
+fn tally(dir: &Path) -> Result<(u64, u64, u64)> {
+    let (mut files, mut dirs, mut bytes) = (0, 0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let m = e.path().symlink_metadata()?;
+            if m.is_dir() {
+                dirs += 1;
+                stack.push(e.path());
+            } else if m.is_file() {
+                files += 1;
+                bytes += m.len();
+            }
+        }
+    }
+    Ok((files, dirs, bytes))
+}
+
+fn drill_files(
+    repo: &Arc<Repository>,
+    snap: &Snapshot,
+    spec: &Drill,
+    d: &mut Drilling,
+    p: &Progress,
+) -> Result<()> {
+    let dir = scratch::scratch_dir()?;
+    let target = dir.path().join("restored");
+    let report = d.step("fetch, verify and restore the files", p, |_| {
+        let index = repo.load_index()?;
+        crate::repo::restore::restore(
+            repo,
+            &index,
+            snap,
+            &crate::repo::restore::RestoreOptions {
+                target: target.clone(),
+                includes: Vec::new(),
+                tree: None,
+                delta: false,
+                sync: false,
+            },
+            p,
+        )
+    })?;
+    d.bytes = report.bytes;
+    d.step("checks", p, |d| {
+        let (files, _dirs, bytes) = tally(&target)?;
+        let s = &snap.summary;
+        let want = s.files_new + s.files_changed + s.files_unchanged;
+        d.check(
+            "files and bytes as in the snapshot",
+            files == want && bytes == snap.size,
+            format!(
+                "{files} files of {bytes} bytes restored; the snapshot holds {want} files of {} bytes",
+                snap.size
+            ),
+        );
+        for path in &spec.checks {
+            let at = target.join(path.trim_start_matches('/'));
+            let ok = at.symlink_metadata().is_ok();
+            d.check(
+                format!("{path} exists"),
+                ok,
+                if ok { "present" } else { "missing from the restored tree" },
+            );
+        }
+        Ok(())
+    })?;
+    d.step("remove the scratch directory", p, |_| Ok(dir.close()?))?;
+    Ok(())
+}
+
+/// `coffer drills`: the drill history, oldest first (of these sources, when given).
+pub fn history(repo: &Repository, sources: &[String]) -> Result<Vec<RunRecord>> {
+    Ok(runs::load(repo)?
+        .into_iter()
+        .filter(|r| r.job == "drill" && (sources.is_empty() || sources.contains(&r.source)))
+        .collect())
+}
+
+/// The text of `coffer drills`.
+pub struct HistoryTable<'a>(pub &'a [RunRecord]);
+
+impl std::fmt::Display for HistoryTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return writeln!(f, "no drills yet: run coffer drill");
+        }
+        writeln!(
+            f,
+            "{:<19}  {:<16} {:<10} {:<7} {:>9} {:>7}  error",
+            "finished", "source", "snapshot", "result", "rto", "checks"
+        )?;
+        for r in self.0 {
+            let d = r.drill.clone().unwrap_or_default();
+            let ok = d.checks.iter().filter(|c| c.ok).count();
+            writeln!(
+                f,
+                "{:<19}  {:<16} {:<10} {:<7} {:>8.1}s {:>7}  {}",
+                r.finished.format("%Y-%m-%d %H:%M:%S"),
+                r.source,
+                r.snapshot.as_deref().map_or("-", |s| &s[..8.min(s.len())]),
+                match r.status {
+                    RunStatus::Ok => "passed",
+                    RunStatus::Failed => "FAILED",
+                },
+                d.rto_secs,
+                format!("{ok}/{}", d.checks.len()),
+                r.error.as_deref().unwrap_or("")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for DrillReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for s in &self.sources {
+            writeln!(
+                f,
+                "{} ({}): {} — RTO {:.1} s{}",
+                s.source,
+                s.source_type,
+                match s.status {
+                    DrillStatus::Passed => "PASSED",
+                    DrillStatus::Failed => "FAILED",
+                    DrillStatus::Error => "ERROR",
+                },
+                s.rto_secs,
+                s.snapshot
+                    .as_deref()
+                    .map(|id| format!(", snapshot {}", &id[..8.min(id.len())]))
+                    .unwrap_or_default()
+            )?;
+            for st in &s.steps {
+                writeln!(
+                    f,
+                    "  {:>7.1}s  {}{}",
+                    st.duration_secs,
+                    st.step,
+                    if st.ok { "" } else { "  (failed)" }
+                )?;
+            }
+            for c in &s.checks {
+                writeln!(
+                    f,
+                    "  [{}] {}: {}",
+                    if c.ok { "ok" } else { "FAIL" },
+                    c.check,
+                    c.detail
+                )?;
+            }
+            if let Some(e) = &s.error {
+                writeln!(f, "  error: {e}")?;
+            }
+        }
+        write!(
+            f,
+            "{} passed, {} failed, {} errors in {:.1} s",
+            self.passed, self.failed, self.errors, self.duration_secs
+        )
+    }
+}

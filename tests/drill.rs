@@ -1,0 +1,387 @@
+//! `coffer drill` and `coffer drills` against real components: a logical PostgreSQL drill in a
+//! scratch cluster that coffer starts and removes (row counts, min_tables, SQL checks,
+//! amcheck), failing checks (exit 3, recorded), a files drill, a damaged pack, and a drill
+//! killed with SIGKILL whose scratch cluster the next drill removes. The live database is
+//! checked unchanged.
+
+mod common;
+
+use common::pg::PgCluster;
+use common::{stderr, Env};
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A temp dir for the drills' scratch resources, that the server's OS user can reach.
+fn scratch_tmp(env: &Env) -> PathBuf {
+    let t = env.path("tmp");
+    fs::create_dir_all(&t).unwrap();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&t, fs::Permissions::from_mode(0o1777)).unwrap();
+    t
+}
+
+fn leftovers(tmp: &Path) -> Vec<PathBuf> {
+    fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("coffer-drill-")
+        })
+        .collect()
+}
+
+fn shop(pg: &PgCluster) {
+    pg.create_db("shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+         CREATE INDEX items_name ON items (name);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 500) g;
+         CREATE TABLE orders (id serial PRIMARY KEY, item int REFERENCES items (id), qty int);
+         INSERT INTO orders (item, qty) SELECT 1 + g % 500, g FROM generate_series(1, 2000) g;",
+    );
+}
+
+fn config(env: &Env, pg: &PgCluster, drill: &str) -> PathBuf {
+    let c = env.path("coffer.toml");
+    fs::write(
+        &c,
+        format!(
+            "[sources.db]\ntype = \"postgres\"\nurl = {}\ndrill = {drill}\n",
+            toml::Value::String(pg.url("shop"))
+        ),
+    )
+    .unwrap();
+    c
+}
+
+fn coffer(env: &Env, config: &Path, tmp: &Path, args: &[&str]) -> std::process::Output {
+    env.cmd()
+        .env("TMPDIR", tmp)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
+}
+
+#[test]
+fn a_logical_drill_passes_its_checks_and_leaves_the_live_database_alone() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let pg = PgCluster::start();
+    shop(&pg);
+    let c = config(
+        &env,
+        &pg,
+        "{ checks = [\"select count(*) = 500 from items\", \"select sum(qty) > 0 from orders\"], min_tables = 2, amcheck = true }",
+    );
+    let out = coffer(&env, &c, &tmp, &["backup", "--source", "db"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let live = pg.data_checksums("shop");
+    let connections = || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop'",
+        )
+    };
+
+    let out = coffer(&env, &c, &tmp, &["drill", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let r = json(&out);
+    assert_eq!(r["passed"], 1, "{r:#}");
+    let s = &r["sources"][0];
+    assert_eq!(s["status"], "passed", "{s:#}");
+    assert!(s["rto_secs"].as_f64().unwrap() > 0.0);
+    let checks: Vec<(&str, bool, &str)> = s["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap(),
+                c["ok"].as_bool().unwrap(),
+                c["detail"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = checks.iter().map(|c| c.0).collect();
+    assert_eq!(
+        names,
+        [
+            "row counts of database shop",
+            "select count(*) = 500 from items",
+            "select sum(qty) > 0 from orders",
+            "amcheck of the B-tree indexes of database shop",
+            "at least 2 tables",
+        ],
+        "{checks:?}"
+    );
+    assert!(checks.iter().all(|c| c.1), "{checks:?}");
+    assert!(checks[0].2.starts_with("2 tables"), "{checks:?}");
+    assert!(checks[3].2.starts_with("3 indexes"), "{checks:?}");
+    let steps: Vec<&str> = s["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps[0], "start a scratch PostgreSQL 15", "{steps:?}");
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+    assert_eq!(
+        pg.data_checksums("shop"),
+        live,
+        "the live database is untouched"
+    );
+    assert_eq!(connections(), "0");
+
+    // The history.
+    let out = coffer(&env, &c, &tmp, &["drills", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let h = json(&out);
+    assert_eq!(h.as_array().unwrap().len(), 1);
+    assert_eq!(h[0]["job"], "drill");
+    assert_eq!(h[0]["status"], "ok");
+    assert_eq!(h[0]["snapshot"], s["snapshot"]);
+    assert_eq!(h[0]["drill"]["checks"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn failing_checks_exit_3_and_are_recorded() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let pg = PgCluster::start();
+    shop(&pg);
+    let c = config(
+        &env,
+        &pg,
+        "{ checks = [\"select count(*) > 1000 from items\", \"select nope from items\"], min_tables = 50 }",
+    );
+    let out = coffer(&env, &c, &tmp, &["backup", "--source", "db"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = coffer(&env, &c, &tmp, &["drill"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    // The report goes where the other reports go (standard error for the text form).
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        text.contains("[FAIL] at least 50 tables: 2 tables restored"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[FAIL] select count(*) > 1000 from items: false"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[FAIL] select nope from items: column \"nope\" does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("[ok] row counts of database shop"), "{text}");
+    let h = json(&coffer(
+        &env,
+        &c,
+        &tmp,
+        &["drills", "--json", "--source", "db"],
+    ));
+    assert_eq!(h[0]["status"], "failed");
+    assert!(
+        h[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("at least 50 tables"),
+        "{h:#}"
+    );
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+    let table = coffer(&env, &c, &tmp, &["drills"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("FAILED"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+}
+
+#[test]
+fn a_files_drill_verifies_counts_and_paths_and_names_a_damaged_pack() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let data = env.path("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    fs::write(data.join("index.html"), b"<h1>hi</h1>").unwrap();
+    fs::write(data.join("sub/blob"), common::noise(7, 300_000)).unwrap();
+    let c = env.path("coffer.toml");
+    let index = data.join("index.html");
+    fs::write(
+        &c,
+        format!(
+            "[sources.up]\ntype = \"files\"\npaths = [{d}]\ndrill = {{ checks = [{i}] }}\n",
+            d = toml::Value::String(data.display().to_string()),
+            i = toml::Value::String(index.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let out = coffer(&env, &c, &tmp, &["backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = coffer(&env, &c, &tmp, &["drill", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = json(&out);
+    let s = &r["sources"][0];
+    assert_eq!(s["status"], "passed", "{s:#}");
+    assert_eq!(
+        s["checks"][0]["detail"],
+        "2 files of 300011 bytes restored; the snapshot holds 2 files of 300011 bytes"
+    );
+    assert_eq!(s["checks"][1]["ok"], true);
+    assert_eq!(s["bytes"], 300011);
+
+    // Damage every pack: the drill fails as an integrity failure, and says where.
+    for p in env.packs() {
+        let mut b = fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x55;
+        fs::write(&p, b).unwrap();
+    }
+    let out = coffer(&env, &c, &tmp, &["drill", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let r = json(&out);
+    let s = &r["sources"][0];
+    assert_eq!(s["status"], "failed");
+    let e = s["error"].as_str().unwrap();
+    assert!(e.contains("pack") || e.contains("blob"), "{e}");
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+}
+
+/// A drill of `db` whose check sleeps for a minute, caught with its scratch cluster running:
+/// the running coffer and the scratch postmaster's pid.
+fn drill_caught_running(env: &Env, pg: &PgCluster, tmp: &Path) -> (std::process::Child, i32) {
+    let c = config(
+        env,
+        pg,
+        "{ checks = [\"select pg_sleep(60) is not null\"] }",
+    );
+    let out = coffer(env, &c, tmp, &["backup", "--source", "db"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let child = env
+        .std_cmd(assert_cmd::cargo::cargo_bin("coffer"))
+        .env("TMPDIR", tmp)
+        .arg("--config")
+        .arg(&c)
+        .arg("drill")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let pid_file = loop {
+        let found = leftovers(tmp)
+            .into_iter()
+            .map(|d| d.join("data/postmaster.pid"))
+            .find(|p| p.exists());
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no scratch cluster started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Let the restore finish and the check start.
+    std::thread::sleep(Duration::from_secs(3));
+    let postmaster: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (child, postmaster)
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: probing a pid.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn gone_within(pid: i32, limit: Duration) {
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(t0.elapsed() < limit, "process {pid} still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_mid_drill_removes_the_scratch_cluster_and_records_the_drill() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let pg = PgCluster::start();
+    shop(&pg);
+    let (child, postmaster) = drill_caught_running(&env, &pg, &tmp);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    gone_within(postmaster, Duration::from_secs(10));
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+    let locks = fs::read_dir(env.repo.join("locks")).map_or(0, |d| d.count());
+    assert_eq!(locks, 0, "no lock is left");
+    let c = env.path("coffer.toml");
+    let h = json(&coffer(&env, &c, &tmp, &["drills", "--json"]));
+    assert_eq!(h[0]["status"], "failed");
+    assert!(
+        h[0]["error"].as_str().unwrap().contains("interrupted"),
+        "{h:#}"
+    );
+}
+
+#[test]
+fn a_killed_drill_leaves_its_scratch_cluster_to_the_next_one_which_removes_it() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let pg = PgCluster::start();
+    shop(&pg);
+    let (mut child, postmaster) = drill_caught_running(&env, &pg, &tmp);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(alive(postmaster), "the scratch server outlived coffer");
+    assert_eq!(leftovers(&tmp).len(), 1);
+
+    let quick = config(&env, &pg, "{ checks = [\"select true\"] }");
+    let out = coffer(&env, &quick, &tmp, &["drill"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("removed the scratch cluster of an earlier drill"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+    gone_within(postmaster, Duration::from_secs(30));
+}
