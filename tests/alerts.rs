@@ -216,6 +216,9 @@ fn report(now: DateTime<FixedOffset>, db_age_h: i64) -> StatusReport {
         }),
         last_failure: None,
         recoverable: None,
+        last_drill: None,
+        drill_max_age_secs: None,
+        drill_overdue: false,
     };
     let db_state = if db_age_h > 26 {
         State::Breached
@@ -229,6 +232,7 @@ fn report(now: DateTime<FixedOffset>, db_age_h: i64) -> StatusReport {
             source("cache", 1, State::Ok),
         ],
         breached: usize::from(db_state == State::Breached),
+        drills_overdue: 0,
     }
 }
 

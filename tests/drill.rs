@@ -237,7 +237,7 @@ fn a_files_drill_verifies_counts_and_paths_and_names_a_damaged_pack() {
     fs::write(
         &c,
         format!(
-            "[sources.up]\ntype = \"files\"\npaths = [{d}]\ndrill = {{ checks = [{i}] }}\n",
+            "[sources.up]\ntype = \"files\"\npaths = [{d}]\ndrill = {{ checks = [{i}] }}\ndrill_max_age = \"8d\"\n",
             d = toml::Value::String(data.display().to_string()),
             i = toml::Value::String(index.display().to_string()),
         ),
@@ -245,11 +245,23 @@ fn a_files_drill_verifies_counts_and_paths_and_names_a_damaged_pack() {
     .unwrap();
     let out = coffer(&env, &c, &tmp, &["backup"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Never drilled, with a drill_max_age: status flags it (exit 1).
+    let out = coffer(&env, &c, &tmp, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("never drilled — DRILL OVERDUE"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = coffer(&env, &c, &tmp, &["drill", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let r = json(&out);
     let s = &r["sources"][0];
     assert_eq!(s["status"], "passed", "{s:#}");
+    let st = json(&coffer(&env, &c, &tmp, &["status", "--json"]));
+    assert_eq!(st["drills_overdue"], 0, "{st:#}");
+    assert_eq!(st["sources"][0]["last_drill"]["passed"], true, "{st:#}");
+    assert_eq!(st["sources"][0]["last_drill"]["snapshot"], s["snapshot"]);
     assert_eq!(
         s["checks"][0]["detail"],
         "2 files of 300011 bytes restored; the snapshot holds 2 files of 300011 bytes"

@@ -948,3 +948,85 @@ rpo = "1h"
         "{alerts:?}"
     );
 }
+
+#[test]
+fn a_scheduled_drill_that_fails_alerts_and_shows_in_the_metrics() {
+    let hooks = common::http::Receiver::start();
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), b"x").unwrap();
+    let port = common::free_port();
+    let config = env.path("coffer.toml");
+    fs::write(
+        &config,
+        format!(
+            "[service]\nlisten = \"127.0.0.1:{port}\"\n[alerts]\nwebhook = \"{url}/hook\"\n\
+             [sources.up]\ntype = \"files\"\npaths = [\"{d}\"]\nevery = \"1h\"\n\
+             drill = {{ every = \"1s\", checks = [\"{d}/missing\"] }}\n",
+            url = hooks.url,
+            d = data.display()
+        ),
+    )
+    .unwrap();
+    ok(&env
+        .cmd()
+        .arg("--config")
+        .arg(&config)
+        .args(["backup", "--source", "up"])
+        .output()
+        .unwrap());
+    let child = start(&env, &config);
+    until("the drill_failed alert", Duration::from_secs(60), || {
+        hooks
+            .requests()
+            .iter()
+            .any(|r| r.body.contains("drill_failed"))
+    });
+    until("a few drills", Duration::from_secs(60), || {
+        healthy(port)
+            && get(port, "/api/status", None)
+                .text()
+                .unwrap()
+                .contains("\"passed\": false")
+    });
+    let m = scrape(port, None);
+    assert_eq!(metric(&m, "coffer_drill_last_success", "up"), Some(0.0));
+    assert!(metric(&m, "coffer_drill_rto_seconds", "up").unwrap() > 0.0);
+    assert_eq!(
+        metric(&m, "coffer_drill_last_success_timestamp_seconds", "up"),
+        None,
+        "no drill ever passed"
+    );
+    assert_eq!(
+        metric(&m, "coffer_snapshots", "up"),
+        Some(1.0),
+        "drills add no snapshot"
+    );
+    let page = get(port, "/", None).text().unwrap();
+    assert!(page.contains(">FAILED</span>"), "{page}");
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    let alerts: Vec<serde_json::Value> = hooks
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let drill: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["event"] == "drill_failed")
+        .collect();
+    assert_eq!(drill.len(), 1, "once while it lasts: {alerts:?}");
+    assert_eq!(drill[0]["source"], "up");
+    assert!(
+        drill[0]["error"].as_str().unwrap().contains("missing"),
+        "{alerts:?}"
+    );
+    assert!(
+        !alerts.iter().any(|a| a["event"] == "backup_failed"),
+        "a drill is not a backup: {alerts:?}"
+    );
+    assert!(err.contains("drill up: FAILED"), "{err}");
+}

@@ -123,9 +123,6 @@ pub struct PostgresSource {
     pub archive_timeout: Option<Duration>,
     /// Where `restore --stack` restores a logical dump (default: `url`).
     pub restore_url: Option<String>,
-    /// Where `coffer drill` restores a logical dump, into a scratch database it creates and
-    /// drops (default: a scratch cluster of its own). Never the live database.
-    pub drill_url: Option<String>,
     /// Parallel pg_restore jobs for `restore --stack` (default 1).
     pub restore_jobs: Option<u32>,
 }
@@ -143,10 +140,6 @@ impl std::fmt::Debug for PostgresSource {
             .field(
                 "restore_url",
                 &self.restore_url.as_deref().map(crate::redact::url),
-            )
-            .field(
-                "drill_url",
-                &self.drill_url.as_deref().map(crate::redact::url),
             )
             .field("restore_jobs", &self.restore_jobs)
             .finish()

@@ -81,6 +81,21 @@ pub struct SourceDrill {
     pub bytes: u64,
 }
 
+impl SourceDrill {
+    /// What went wrong: the error, else the checks that failed; None when it passed.
+    pub fn failure(&self) -> Option<String> {
+        self.error.clone().or_else(|| {
+            let failed: Vec<String> = self
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{} ({})", c.check, c.detail))
+                .collect();
+            (!failed.is_empty()).then(|| format!("failed checks: {}", failed.join("; ")))
+        })
+    }
+}
+
 /// Which sources a drill takes.
 fn chosen<'a>(config: &'a Config, opts: &DrillOptions) -> Result<Vec<&'a SourceConfig>> {
     if !opts.sources.is_empty() {
@@ -322,15 +337,7 @@ fn record(repo: &Repository, run: &str, src: &SourceConfig, r: &SourceDrill, p: 
         } else {
             RunStatus::Failed
         },
-        error: r.error.clone().or_else(|| {
-            let failed: Vec<&str> = r
-                .checks
-                .iter()
-                .filter(|c| !c.ok)
-                .map(|c| c.check.as_str())
-                .collect();
-            (!failed.is_empty()).then(|| format!("failed checks: {}", failed.join("; ")))
-        }),
+        error: r.failure(),
         bytes_read: r.bytes,
         bytes_added: 0,
         snapshot: r.snapshot.clone(),

@@ -400,7 +400,6 @@ pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> (Vec<SourceConf
             pgdata: None,
             archive_timeout: None,
             restore_url: None,
-            drill_url: None,
             restore_jobs: None,
         })
     };

@@ -25,6 +25,9 @@ pub struct StatusReport {
     pub sources: Vec<SourceStatus>,
     /// Sources out of their RPO, or never backed up.
     pub breached: usize,
+    /// Sources whose last successful drill is older than their `drill_max_age` (or that
+    /// have none).
+    pub drills_overdue: usize,
 }
 
 #[derive(Serialize)]
@@ -40,6 +43,24 @@ pub struct SourceStatus {
     pub last_failure: Option<LastFailure>,
     /// Physical PostgreSQL: the window point-in-time recovery can reach (wal-verify).
     pub recoverable: Option<Recoverable>,
+    /// The newest restore drill (`coffer drill`), passed or failed.
+    pub last_drill: Option<DrillState>,
+    /// Its `drill_max_age`, when set.
+    pub drill_max_age_secs: Option<u64>,
+    /// No drill passed within `drill_max_age`.
+    pub drill_overdue: bool,
+}
+
+#[derive(Serialize)]
+pub struct DrillState {
+    #[serde(serialize_with = "super::rfc3339")]
+    pub time: DateTime<FixedOffset>,
+    pub age_secs: u64,
+    pub passed: bool,
+    pub rto_secs: f64,
+    pub snapshot: Option<String>,
+    /// When the newest drill passed (this one, or an earlier one).
+    pub last_passed: Option<DateTime<FixedOffset>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -114,6 +135,18 @@ pub struct SourceOverview {
     pub last_failure: Option<Failure>,
     /// Its newest run in the history, ok or failed.
     pub last_run: Option<LastRun>,
+    /// Its newest restore drill.
+    pub last_drill: Option<LastDrill>,
+    /// When its newest passing drill finished.
+    pub last_drill_passed: Option<DateTime<FixedOffset>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastDrill {
+    pub finished: DateTime<FixedOffset>,
+    pub passed: bool,
+    pub rto_secs: f64,
+    pub snapshot: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -224,7 +257,16 @@ impl Overview {
             let newest = mine()
                 .filter(|s| !s.has_tag("safety-backup"))
                 .max_by_key(|s| s.time);
-            let runs = || history.iter().filter(|r| r.source == src.name);
+            let runs = || {
+                history
+                    .iter()
+                    .filter(|r| r.source == src.name && r.job == "backup")
+            };
+            let drills = || {
+                history
+                    .iter()
+                    .filter(|r| r.source == src.name && r.job == "drill")
+            };
             let last_failure = runs()
                 .filter(|r| r.status == RunStatus::Failed)
                 .filter(|r| newest.is_none_or(|s| r.finished > s.time))
@@ -252,6 +294,16 @@ impl Overview {
                     }),
                     last_failure,
                     last_run,
+                    last_drill: drills().max_by_key(|r| r.finished).map(|r| LastDrill {
+                        finished: r.finished,
+                        passed: r.status == RunStatus::Ok,
+                        rto_secs: r.drill.as_ref().map_or(0.0, |d| d.rto_secs),
+                        snapshot: r.snapshot.clone(),
+                    }),
+                    last_drill_passed: drills()
+                        .filter(|r| r.status == RunStatus::Ok)
+                        .map(|r| r.finished)
+                        .max(),
                 },
             );
         }
@@ -300,6 +352,10 @@ impl Overview {
                 }
                 _ => None,
             };
+            let drill_overdue = src.drill_max_age.is_some_and(|max| {
+                o.last_drill_passed
+                    .is_none_or(|t| secs(t, now) > max.as_secs())
+            });
             out.push(SourceStatus {
                 source: src.name.clone(),
                 source_type: src.kind.type_name().to_string(),
@@ -308,19 +364,47 @@ impl Overview {
                 last_success,
                 last_failure,
                 recoverable,
+                last_drill: o.last_drill.as_ref().map(|d| DrillState {
+                    time: d.finished,
+                    age_secs: secs(d.finished, now),
+                    passed: d.passed,
+                    rto_secs: d.rto_secs,
+                    snapshot: d.snapshot.clone(),
+                    last_passed: o.last_drill_passed,
+                }),
+                drill_max_age_secs: src.drill_max_age.map(|d| d.as_secs()),
+                drill_overdue,
             });
         }
         StatusReport {
             time: now,
             breached: out.iter().filter(|s| s.state == State::Breached).count(),
+            drills_overdue: out.iter().filter(|s| s.drill_overdue).count(),
             sources: out,
         }
     }
 }
 
 impl StatusReport {
-    /// Exit 1 when a source is out of its RPO (or was never backed up).
+    /// Exit 1 when a source is out of its RPO (or was never backed up), or its drills are
+    /// overdue.
     pub fn verdict(&self) -> Result<()> {
+        if self.breached == 0 && self.drills_overdue > 0 {
+            let names: Vec<&str> = self
+                .sources
+                .iter()
+                .filter(|s| s.drill_overdue)
+                .map(|s| s.source.as_str())
+                .collect();
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "no restore drill passed within drill_max_age for: {}",
+                    names.join(", ")
+                ),
+            )
+            .into());
+        }
         if self.breached == 0 {
             return Ok(());
         }
@@ -396,6 +480,22 @@ impl std::fmt::Display for StatusReport {
                     l.host,
                     l.error.as_deref().unwrap_or("(no message)")
                 )?;
+            }
+            match (&s.last_drill, s.drill_overdue) {
+                (Some(d), overdue) => writeln!(
+                    f,
+                    "  last drill {} {} ago (RTO {:.1} s){}",
+                    if d.passed { "passed" } else { "FAILED" },
+                    human(d.age_secs),
+                    d.rto_secs,
+                    if overdue {
+                        " — DRILL OVERDUE: no drill passed within drill_max_age"
+                    } else {
+                        ""
+                    }
+                )?,
+                (None, true) => writeln!(f, "  never drilled — DRILL OVERDUE: run coffer drill")?,
+                (None, false) => {}
             }
             if let Some(r) = &s.recoverable {
                 match &r.window {

@@ -4,8 +4,8 @@
 //! The daemon tells an [`Alerter`] the state of each [`AlertKey`] (a source, or the
 //! repository, and a [`Condition`]) as often as it likes: after every run, and on a timer for
 //! the RPO and the WAL archive. The alerter sends
-//! - an alert (`backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`, with `status`
-//!   `alert`) when a key changes from fine to a problem;
+//! - an alert (`backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`,
+//!   `drill_failed`, with `status` `alert`) when a key changes from fine to a problem;
 //! - a reminder (the same event, `status` `reminder`) every `remind` (default 24 h; `0s`
 //!   turns reminders off) while the problem lasts, never more often;
 //! - `recovered` (with `status` naming the event it ends) on the change back to fine, only
@@ -14,7 +14,7 @@
 //! A key first observed fine sends nothing. The state is in memory only: a daemon that starts
 //! seeds the problems it finds in the repository, so that a restart does not alert again on a
 //! problem that persists ([`seed_from_history`](Alerter::seed_from_history): the sources
-//! whose newest backup runs failed; [`seed`](Alerter::seed) for anything else). A problem
+//! whose newest backup runs, or newest drills, failed; [`seed`](Alerter::seed) for anything else). A problem
 //! that is not seeded (a breached RPO, a lagging WAL archive, a failed check) is alerted once
 //! more after a restart.
 //!
@@ -56,6 +56,8 @@ pub enum Condition {
     WalLagging,
     /// `coffer check` failed (source `None`: the repository).
     CheckFailed,
+    /// The last restore drill of the source failed (`coffer drill`).
+    DrillFailed,
 }
 
 impl Condition {
@@ -66,6 +68,7 @@ impl Condition {
             Condition::RpoBreached => "rpo_breached",
             Condition::WalLagging => "wal_lagging",
             Condition::CheckFailed => "check_failed",
+            Condition::DrillFailed => "drill_failed",
         }
     }
 
@@ -75,6 +78,7 @@ impl Condition {
             Condition::RpoBreached => "RPO breached",
             Condition::WalLagging => "WAL archive lagging",
             Condition::CheckFailed => "check failed",
+            Condition::DrillFailed => "restore drill failed",
         }
     }
 }
@@ -116,7 +120,8 @@ impl Problem {
 /// One alert: the JSON body the generic webhook gets, exactly these fields.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AlertEvent {
-    /// `backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed` or `recovered`.
+    /// `backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`, `drill_failed` or
+    /// `recovered`.
     pub event: &'static str,
     /// The source; `null` for the repository.
     pub source: Option<String>,
@@ -455,12 +460,20 @@ impl Alerter {
         history: &[RunRecord],
         now: DateTime<FixedOffset>,
     ) -> Vec<String> {
-        let mut by_source: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
-        for r in history.iter().filter(|r| r.job == "backup") {
-            by_source.entry(&r.source).or_default().push(r);
+        let mut by_source: BTreeMap<(&str, &str), Vec<&RunRecord>> = BTreeMap::new();
+        for r in history
+            .iter()
+            .filter(|r| r.job == "backup" || r.job == "drill")
+        {
+            by_source.entry((&r.source, &r.job)).or_default().push(r);
         }
         let mut seeded = Vec::new();
-        for (source, mut runs) in by_source {
+        for ((source, job), mut runs) in by_source {
+            let condition = if job == "drill" {
+                Condition::DrillFailed
+            } else {
+                Condition::BackupFailed
+            };
             runs.sort_by_key(|r| r.finished);
             let since = runs
                 .iter()
@@ -469,12 +482,12 @@ impl Alerter {
                 .last()
                 .map(|r| r.finished);
             if let Some(since) = since {
-                self.seed(
-                    AlertKey::new(Some(source), Condition::BackupFailed),
-                    since,
-                    now,
-                );
-                seeded.push(source.to_string());
+                self.seed(AlertKey::new(Some(source), condition), since, now);
+                seeded.push(if job == "drill" {
+                    format!("{source} (drill)")
+                } else {
+                    source.to_string()
+                });
             }
         }
         seeded

@@ -34,7 +34,7 @@
 use crate::config::sources::{cron, Schedule};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::ops::status::{Failure, LastRun, Overview, Success, WalOverview};
+use crate::ops::status::{Failure, LastDrill, LastRun, Overview, Success, WalOverview};
 use crate::progress::Progress;
 use crate::repo::id::Id;
 use crate::repo::runs::{self, RunRecord, RunStatus};
@@ -58,9 +58,19 @@ pub enum JobKind {
     /// `check`, reading this part of the data (`check_read_data_subset`, e.g. `5%`).
     Check(Option<String>),
     WalVerify,
+    /// `drill --source NAME`: a restore drill of the source.
+    Drill(String),
 }
 
 impl JobKind {
+    /// The declared source the job is about.
+    pub fn source(&self) -> Option<&str> {
+        match self {
+            JobKind::Backup(s) | JobKind::Drill(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The job's name in logs, metrics and the run history: `backup db`, `prune`, …
     pub fn name(&self) -> String {
         match self {
@@ -68,6 +78,7 @@ impl JobKind {
             JobKind::Prune => "prune".into(),
             JobKind::Check(_) => "check".into(),
             JobKind::WalVerify => "wal-verify".into(),
+            JobKind::Drill(s) => format!("drill {s}"),
         }
     }
 
@@ -78,6 +89,7 @@ impl JobKind {
             JobKind::Prune => "prune",
             JobKind::Check(_) => "check",
             JobKind::WalVerify => "wal-verify",
+            JobKind::Drill(_) => "drill",
         }
     }
 }
@@ -97,6 +109,15 @@ pub fn jobs(config: &Config) -> Result<Vec<Job>> {
         if let Some(schedule) = &s.schedule {
             out.push(Job {
                 kind: JobKind::Backup(s.name.clone()),
+                schedule: schedule.clone(),
+                jitter: s.jitter,
+            });
+        }
+    }
+    for s in &config.sources {
+        if let Some(schedule) = s.drill.as_ref().and_then(|d| d.schedule.as_ref()) {
+            out.push(Job {
+                kind: JobKind::Drill(s.name.clone()),
                 schedule: schedule.clone(),
                 jitter: s.jitter,
             });
@@ -203,6 +224,8 @@ pub enum Effect {
     Stored(u64),
     /// A wal-verify: the WAL archive as it found it.
     Wal(WalOverview),
+    /// A restore drill.
+    Drill { passed: bool, rto_secs: f64 },
 }
 
 /// A job's state, for logs, metrics and the status page.
@@ -275,6 +298,19 @@ impl ServiceState {
             }
             Effect::Stored(b) => self.stored_bytes = *b,
             Effect::Wal(w) => self.overview.wal = Some(w.clone()),
+            Effect::Drill { passed, rto_secs } => {
+                let Some(source) = &s.source else { return };
+                let o = self.overview.sources.entry(source.clone()).or_default();
+                o.last_drill = Some(LastDrill {
+                    finished: local(s.finished),
+                    passed: *passed,
+                    rto_secs: *rto_secs,
+                    snapshot: s.snapshot.clone(),
+                });
+                if *passed {
+                    o.last_drill_passed = Some(local(s.finished));
+                }
+            }
             Effect::None => {}
         }
         if s.job == "check" && s.status == RunStatus::Ok {
@@ -321,10 +357,10 @@ fn stored_bytes(index: &crate::repo::index::MasterIndex) -> u64 {
 /// A run of the history as the service shows it.
 fn summary_of(r: &RunRecord) -> RunSummary {
     RunSummary {
-        job: if r.job == "backup" {
-            JobKind::Backup(r.source.clone()).name()
-        } else {
+        job: if r.source.is_empty() {
             r.job.clone()
+        } else {
+            format!("{} {}", r.job, r.source)
         },
         source: (!r.source.is_empty()).then(|| r.source.clone()),
         started: r.started.with_timezone(&Utc),
@@ -408,7 +444,11 @@ fn last_successes(
                 .max(),
             k => history
                 .iter()
-                .filter(|r| r.job == k.record_job() && r.status == RunStatus::Ok)
+                .filter(|r| {
+                    r.job == k.record_job()
+                        && r.source == k.source().unwrap_or("")
+                        && r.status == RunStatus::Ok
+                })
                 .map(|r| r.finished.with_timezone(&Utc))
                 .max(),
         };
@@ -451,10 +491,7 @@ fn slots(
         }
         let last_success = last.get(&name).copied();
         let next = jittered(first_due(&job.schedule, last_success, now)?, job.jitter);
-        let source = match &job.kind {
-            JobKind::Backup(s) => Some(s.clone()),
-            _ => None,
-        };
+        let source = job.kind.source().map(str::to_string);
         let running = old.iter().any(|o| o.job.kind == job.kind && o.running);
         out.push(Slot {
             state: JobState {
@@ -660,6 +697,8 @@ pub fn run(
                     humantime::format_duration(grace)
                 ));
                 crate::cancel::request();
+                // A drill's scratch servers and directories go at once.
+                crate::sources::postgres::scratch::remove_all_now();
             }
         }
         // Sleep until the next due time (at most a second: signals and finished runs
@@ -776,6 +815,14 @@ fn alert(alerter: &super::alerts::Alerter, s: &RunSummary) {
         snapshot: s.snapshot.clone(),
         duration_s: Some(s.duration_secs),
     });
+    if let (Effect::Drill { .. }, Some(source)) = (&s.effect, &s.source) {
+        alerter.observe(
+            AlertKey::new(Some(source), Condition::DrillFailed),
+            problem,
+            now,
+        );
+        return;
+    }
     match &s.source {
         Some(source) => {
             alerter.observe(
@@ -991,6 +1038,31 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
                 Err(e) => (RunStatus::Failed, Some(format!("{e:#}")), 0, 0, None),
             }
         }
+        JobKind::Drill(name) => {
+            let opts = crate::ops::drill::DrillOptions {
+                sources: vec![name.clone()],
+                snapshot: None,
+            };
+            match crate::ops::drill::drill(repo, config, &opts, p) {
+                Ok(r) => match r.sources.into_iter().next() {
+                    Some(s) => {
+                        let passed = s.status == crate::ops::drill::DrillStatus::Passed;
+                        effect = Effect::Drill {
+                            passed,
+                            rto_secs: s.rto_secs,
+                        };
+                        let status = if passed {
+                            RunStatus::Ok
+                        } else {
+                            RunStatus::Failed
+                        };
+                        (status, s.failure(), s.bytes, 0, s.snapshot)
+                    }
+                    None => (RunStatus::Failed, Some("nothing ran".into()), 0, 0, None),
+                },
+                Err(e) => (RunStatus::Failed, Some(format!("{e:#}")), 0, 0, None),
+            }
+        }
         other => {
             let r: Result<()> = match other {
                 JobKind::Prune => crate::ops::prune::prune(repo, false, 10.0, p).map(|_| {
@@ -1021,7 +1093,7 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
                     effect = Effect::Wal(WalOverview::from_report(&r.0));
                     r.verdict()
                 }),
-                JobKind::Backup(_) => unreachable!("handled above"),
+                JobKind::Backup(_) | JobKind::Drill(_) => unreachable!("handled above"),
             };
             let (status, error) = match r {
                 Ok(()) => (RunStatus::Ok, None),
@@ -1051,10 +1123,7 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
     };
     RunSummary {
         job: job.kind.name(),
-        source: match &job.kind {
-            JobKind::Backup(s) => Some(s.clone()),
-            _ => None,
-        },
+        source: job.kind.source().map(str::to_string),
         started,
         finished: Utc::now(),
         duration_secs: t0.elapsed().as_secs_f64(),

@@ -129,6 +129,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Runs of missing segments in the WAL archive (physical sources).",
     ),
     (
+        "coffer_drill_last_success_timestamp_seconds",
+        "gauge",
+        "End of the source's newest restore drill that passed.",
+    ),
+    (
+        "coffer_drill_last_success",
+        "gauge",
+        "Whether the source's newest restore drill passed (1) or failed (0).",
+    ),
+    (
+        "coffer_drill_rto_seconds",
+        "gauge",
+        "The measured RTO of the source's newest restore drill: from its start to the restore verified and checked.",
+    ),
+    (
         "coffer_repository_stored_bytes",
         "gauge",
         "Compressed and encrypted bytes of the blobs the repository's index lists (pack headers aside).",
@@ -208,10 +223,9 @@ pub fn render(state: &ServiceState) -> String {
                     let labels = [("source", src.name.as_str())];
                     let o = state.overview.sources.get(&src.name);
                     let last_run = o.and_then(|o| o.last_run.as_ref());
-                    let job = state
-                        .jobs
-                        .iter()
-                        .find(|j| j.source.as_ref() == Some(&src.name));
+                    let backup = format!("backup {}", src.name);
+                    let job = state.jobs.iter().find(|j| j.job == backup);
+                    let drill = o.and_then(|o| o.last_drill.as_ref());
                     let physical = matches!(&src.kind,
                         SourceKind::Postgres(p) if p.mode == PgMode::Physical);
                     let wal = state.overview.wal.as_ref().filter(|_| physical);
@@ -240,6 +254,11 @@ pub fn render(state: &ServiceState) -> String {
                             wal.and_then(|w| w.window_secs()).map(|s| s as f64)
                         }
                         "coffer_wal_gaps" => wal.map(|w| w.gaps as f64),
+                        "coffer_drill_last_success_timestamp_seconds" => {
+                            o.and_then(|o| o.last_drill_passed.as_ref()).map(ts)
+                        }
+                        "coffer_drill_last_success" => drill.map(|d| d.passed as u8 as f64),
+                        "coffer_drill_rto_seconds" => drill.map(|d| d.rto_secs),
                         other => unreachable!("metric family {other} has no renderer"),
                     };
                     if let Some(v) = v {

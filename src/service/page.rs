@@ -139,13 +139,11 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
     h.push_str(
         "<h2>Sources</h2><table id=\"sources\"><tr><th>source</th><th>type</th><th>state</th>\
          <th>last success</th><th>age / RPO</th><th>next run</th><th>snapshots</th>\
-         <th>duration</th><th>added</th><th>last error</th></tr>",
+         <th>duration</th><th>added</th><th>last drill</th><th>last error</th></tr>",
     );
     for s in &report.sources {
-        let job = state
-            .jobs
-            .iter()
-            .find(|j| j.source.as_deref() == Some(&s.source));
+        let backup = format!("backup {}", s.source);
+        let job = state.jobs.iter().find(|j| j.job == backup);
         let running = job.and_then(|j| j.running_since);
         let (class, word) = match (running, s.state) {
             (Some(_), _) => ("run", "RUNNING"),
@@ -181,11 +179,7 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
                 )
             })
             .unwrap_or_default();
-        let runs: Vec<&RunSummary> = state
-            .recent
-            .iter()
-            .filter(|r| r.source.as_deref() == Some(&s.source))
-            .collect();
+        let runs: Vec<&RunSummary> = state.recent.iter().filter(|r| r.job == backup).collect();
         let runs = &runs[runs.len().saturating_sub(CHART_RUNS)..];
         let durations: Vec<(f64, bool)> = runs
             .iter()
@@ -205,11 +199,27 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
             "<tr data-source=\"{name}\"><td><b>{name}</b></td><td>{ty}</td>\
              <td class=\"{class} state\">{word}</td><td>{last}</td><td>{age} / {rpo}</td>\
              <td>{next}</td><td class=\"n\">{snapshots}</td><td>{d}</td><td>{a}</td>\
-             <td class=\"err\">{error}</td></tr>",
+             <td class=\"drill\">{drill}</td><td class=\"err\">{error}</td></tr>",
             name = esc(&s.source),
             ty = esc(&s.source_type),
             next = esc(&next),
             error = esc(&error),
+            drill = match &s.last_drill {
+                Some(dr) => format!(
+                    "<span class=\"{}\">{}</span> {} ago, RTO {:.1} s{}",
+                    if dr.passed { "ok" } else { "bad" },
+                    if dr.passed { "passed" } else { "FAILED" },
+                    human(dr.age_secs),
+                    dr.rto_secs,
+                    if s.drill_overdue {
+                        " <span class=\"bad\">overdue</span>"
+                    } else {
+                        ""
+                    }
+                ),
+                None if s.drill_overdue => "<span class=\"bad\">never (overdue)</span>".into(),
+                None => "<span class=\"muted\">never</span>".into(),
+            },
             d = chart("duration", &durations, &|v| format!("{v:.1} s")),
             a = chart("added bytes", &added, &|v| bytes(v as u64)),
         );
