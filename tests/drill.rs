@@ -397,3 +397,103 @@ fn a_killed_drill_leaves_its_scratch_cluster_to_the_next_one_which_removes_it() 
     assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
     gone_within(postmaster, Duration::from_secs(30));
 }
+
+#[test]
+fn a_physical_drill_recovers_to_the_newest_point_and_passes() {
+    use common::pg::ArchiveRepo;
+    let a = ArchiveRepo::new("drill secret\n", &[]);
+    let pg = a.start_archiving(&[]);
+    shop(&pg);
+    let tmp = a.holder.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+    let cfg = a.holder.path().join("coffer.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[sources.phys]\ntype = \"postgres\"\nmode = \"physical\"\nurl = {}\npgdata = {}\n\
+             drill = {{ checks = [\"select count(*) = 600 from items\"], min_tables = 2, amcheck = true }}\n",
+            toml::Value::String(pg.url("shop")),
+            toml::Value::String(pg.data_dir().display().to_string()),
+        ),
+    )
+    .unwrap();
+    a.cmd()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["backup", "--source", "phys"])
+        .assert()
+        .success();
+    // Rows written after the base backup are only in the WAL: the drill must replay them.
+    pg.psql(
+        "shop",
+        "INSERT INTO items SELECT g, 'late ' || g FROM generate_series(501, 600) g",
+    );
+    pg.archive_all();
+    let live = pg.data_checksums("shop");
+    let histories = || {
+        common::list_files(&a.repo.join("wal"))
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".history"))
+            .count()
+    };
+    let before = histories();
+    let out = a
+        .cmd()
+        .env("TMPDIR", &tmp)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["drill", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let r = json(&out);
+    let s = &r["sources"][0];
+    assert_eq!(s["status"], "passed", "{s:#}");
+    let checks: Vec<&str> = s["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "recovered and promoted",
+            "select count(*) = 600 from items",
+            "at least 2 tables",
+            "amcheck of the B-tree indexes of database shop",
+        ]
+    );
+    let steps: Vec<&str> = s["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps[..3],
+        [
+            "fetch, verify and restore the base backup",
+            "start a scratch PostgreSQL 15 on it, consistent",
+            "recover to the end of the WAL and promote"
+        ]
+    );
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+    assert_eq!(
+        pg.data_checksums("shop"),
+        live,
+        "the live database is untouched"
+    );
+    assert_eq!(
+        histories(),
+        before,
+        "the promoted scratch server archived nothing"
+    );
+    pg.psql("shop", "INSERT INTO items VALUES (601, 'still live')");
+}

@@ -286,6 +286,9 @@ pub struct DrillArgs {
     /// Drill this snapshot (id prefix) instead of the newest
     #[arg(long)]
     pub snapshot: Option<String>,
+    /// Physical PostgreSQL: recover to this time instead of the end of the WAL archive
+    #[arg(long)]
+    pub target_time: Option<String>,
     /// Print the report as JSON on stdout
     #[arg(long)]
     pub json: bool,

@@ -208,17 +208,21 @@ fn backup_stack(ctx: &Context, a: &BackupArgs, common: CommonOptions) -> Result<
 /// `coffer run`: the service, until SIGTERM (or with `--once`, every due job once).
 pub fn run_service(ctx: &Context, cli: &Cli, a: &RunArgs) -> Result<()> {
     use coffer::service::daemon;
-    let open =
-        |config: &coffer::config::Config| -> Result<std::sync::Arc<coffer::repo::Repository>> {
-            coffer::ops::access::Access::new(
-                cli.repo.clone(),
-                cli.password_file.clone(),
-                config.clone(),
-                Box::new(super::context::prompt),
-            )?
-            .reporting_to(ctx.events())
-            .open()
-        };
+    type Opened = (
+        std::sync::Arc<coffer::repo::Repository>,
+        std::sync::Arc<coffer::sources::postgres::pitr::FetchConfig>,
+    );
+    let open = |config: &coffer::config::Config| -> Result<Opened> {
+        let access = coffer::ops::access::Access::new(
+            cli.repo.clone(),
+            cli.password_file.clone(),
+            config.clone(),
+            Box::new(super::context::prompt),
+        )?
+        .reporting_to(ctx.events());
+        let fetch = std::sync::Arc::new(access.fetch_config()?);
+        Ok((access.open()?, fetch))
+    };
     let opts = daemon::RunOptions {
         once: a.once,
         config_path: cli.config.clone(),
@@ -266,6 +270,18 @@ pub fn drill(ctx: &Context, a: &DrillArgs) -> Result<()> {
     let opts = ops::drill::DrillOptions {
         sources: a.sources.clone(),
         snapshot: a.snapshot.clone(),
+        target_time: a
+            .target_time
+            .as_deref()
+            .map(|t| {
+                ops::restore::parse_time(t).ok_or_else(|| {
+                    Error::usage(format!(
+                        "--target-time {t:?} is not a time (e.g. 2024-05-01T14:03:00+02:00)"
+                    ))
+                })
+            })
+            .transpose()?,
+        fetch: ctx.access.fetch_config()?,
     };
     let repo = ctx.open()?;
     // SIGTERM or SIGINT: stop the scratch servers and remove the scratch directories at

@@ -8,6 +8,10 @@
 //!   the checks: every table's row count against the count recorded at backup, `min_tables`,
 //!   the SQL `checks` (each must return true, run in the first database), and with `amcheck`
 //!   `bt_index_check(heapallindexed)` on every B-tree index.
+//! - **PostgreSQL, physical**: the base backup laid out in a scratch data directory,
+//!   recovered from the WAL archive to its end (or `--target-time`) and promoted by a scratch
+//!   server that archives nothing, then the SQL checks, `min_tables` and amcheck in the
+//!   source URL's database.
 //! - **Files**: the snapshot restored into a private temp dir (every chunk verified as it is
 //!   written), then the files and bytes found there against the snapshot's own count, and the
 //!   `checks`: paths, as backed up, that must exist.
@@ -16,6 +20,7 @@
 //! `drill`), also when it fails. A check that fails, or data that fails verification, fails
 //! the drill (exit 3); anything else that stops it is an error (exit 1).
 
+use crate::config::sources::PostgresSource;
 use crate::config::sources::{Drill, PgMode, SourceConfig};
 use crate::config::{Config, SourceKind};
 use crate::error::{kind_of, Error, ErrorKind};
@@ -25,6 +30,7 @@ use crate::repo::lock::Lock;
 use crate::repo::runs::{self, DrillCheck, DrillDetails, DrillStep, RunRecord, RunStatus};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
+use crate::sources::postgres::pitr::{restore_pitr, FetchConfig, PitrOptions, Target};
 use crate::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
 use crate::sources::postgres::scratch::{self, ScratchCluster};
 use crate::sources::postgres::DumpInfo;
@@ -40,6 +46,10 @@ pub struct DrillOptions {
     pub sources: Vec<String>,
     /// Drill this snapshot instead of each source's newest.
     pub snapshot: Option<String>,
+    /// Physical PostgreSQL: recover to this time instead of the end of the archive.
+    pub target_time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Physical PostgreSQL: how the scratch server's `restore_command` reads the archive.
+    pub fetch: FetchConfig,
 }
 
 /// `drill --json`.
@@ -156,7 +166,7 @@ pub fn drill(
     let _lock = Lock::shared(repo, "drill")?;
     let mut out = Vec::new();
     for src in sources {
-        let r = drill_source(repo, src, snapshot.clone(), progress);
+        let r = drill_source(repo, src, snapshot.clone(), opts, progress);
         record(repo, &run, src, &r, progress);
         out.push(r);
         if crate::cancel::requested() {
@@ -265,6 +275,7 @@ fn drill_source(
     repo: &Arc<Repository>,
     src: &SourceConfig,
     snapshot: Option<Snapshot>,
+    opts: &DrillOptions,
     p: &Progress,
 ) -> SourceDrill {
     let mut d = Drilling {
@@ -286,9 +297,10 @@ fn drill_source(
             SourceKind::Postgres(pg) if pg.mode == PgMode::Logical => {
                 drill_logical(repo, snap, spec, &mut d, p)
             }
+            SourceKind::Postgres(pg) => drill_physical(repo, snap, pg, spec, opts, &mut d, p),
             SourceKind::Files(_) => drill_files(repo, snap, spec, &mut d, p),
             other => Err(Error::usage(format!(
-                "drills of {} sources are not built yet (PostgreSQL logical and files sources are)",
+                "drills of {} sources are not built yet (PostgreSQL and files sources are)",
                 other.type_name()
             ))
             .into()),
@@ -426,30 +438,11 @@ fn drill_logical(
             p,
         )?
         .connect()?;
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg_toast%'",
-                &[],
-            )?
-            .get(0);
-        tables += n as u64;
+        tables += count_tables(&mut client)?;
         let checks_here = std::ptr::eq(info, first);
         d.step(&format!("checks in database {}", info.database), p, |d| {
             if checks_here {
-                for sql in &spec.checks {
-                    let (ok, detail) = match client.query(sql.as_str(), &[]) {
-                        Ok(rows) => match rows.first().map(|r| r.try_get::<_, bool>(0)) {
-                            Some(Ok(true)) => (true, "true".to_string()),
-                            Some(Ok(false)) => (false, "false".to_string()),
-                            Some(Err(e)) => (false, format!("not a boolean: {e}")),
-                            None => (false, "no row".to_string()),
-                        },
-                        Err(e) => (false, db_message(&e)),
-                    };
-                    d.check(sql.clone(), ok, detail);
-                }
+                sql_checks(&mut client, &spec.checks, d);
             }
             if spec.amcheck {
                 amcheck(&mut client, &info.database, d)?;
@@ -464,6 +457,153 @@ fn drill_logical(
             format!("{tables} tables restored"),
         );
     }
+    d.step("remove the scratch cluster", p, |_| cluster.remove())?;
+    Ok(())
+}
+
+/// Each SQL check must return one row whose first column is true.
+fn sql_checks(client: &mut postgres::Client, checks: &[String], d: &mut Drilling) {
+    for sql in checks {
+        let (ok, detail) = match client.query(sql.as_str(), &[]) {
+            Ok(rows) => match rows.first().map(|r| r.try_get::<_, bool>(0)) {
+                Some(Ok(true)) => (true, "true".to_string()),
+                Some(Ok(false)) => (false, "false".to_string()),
+                Some(Err(e)) => (false, format!("not a boolean: {e}")),
+                None => (false, "no row".to_string()),
+            },
+            Err(e) => (false, db_message(&e)),
+        };
+        d.check(sql.clone(), ok, detail);
+    }
+}
+
+/// Tables of the connected database (partitioned ones included, the catalogs aside).
+fn count_tables(client: &mut postgres::Client) -> Result<u64> {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%'",
+            &[],
+        )?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// How long a physical drill waits for the scratch server to recover and promote.
+const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Physical PostgreSQL: the base backup laid out in a scratch data directory (tablespaces
+/// too), recovered from the WAL archive to its end (or `--target-time`) by a scratch server
+/// that reads the archive through `restore_command` and is promoted, then the checks in
+/// the source URL's database (default `postgres`).
+fn drill_physical(
+    repo: &Arc<Repository>,
+    snap: &Snapshot,
+    pg: &PostgresSource,
+    spec: &Drill,
+    opts: &DrillOptions,
+    d: &mut Drilling,
+    p: &Progress,
+) -> Result<()> {
+    use crate::sources::postgres::basebackup::BaseBackupInfo;
+    let info = snap
+        .sources
+        .iter()
+        .find(|s| s.kind == BaseBackupInfo::KIND)
+        .map(|s| BaseBackupInfo::of(snap, s))
+        .transpose()?
+        .ok_or_else(|| {
+            Error::usage(format!("snapshot {} holds no base backup", snap.id.short()))
+        })?;
+    let major = info.server_version_num / 10000;
+    let cluster = ScratchCluster::prepare(major)?;
+    let tablespace_map = info
+        .tablespaces
+        .iter()
+        .map(|t| {
+            (
+                t.oid.to_string(),
+                cluster.dir().join(format!("tblspc-{}", t.oid)),
+            )
+        })
+        .collect();
+    let popts = PitrOptions {
+        snapshot: Some(snap.id.to_hex()),
+        pgdata: cluster.data().to_path_buf(),
+        target: match opts.target_time {
+            Some(t) => Target::Time(t),
+            None => Target::End,
+        },
+        exclusive: false,
+        action: Some("promote".into()),
+        timeline: None,
+        force: true,
+        delta: false,
+        tablespace_map,
+        fetch: opts.fetch.clone(),
+        wal_hold_expiry: std::time::Duration::from_secs(24 * 3600),
+    };
+    let restored = d.step("fetch, verify and restore the base backup", p, |_| {
+        let index = repo.load_index()?;
+        restore_pitr(repo, &index, &popts, p)
+    })?;
+    d.bytes = restored.restored.bytes;
+    let cluster = d.step(
+        &format!("start a scratch PostgreSQL {major} on it, consistent"),
+        p,
+        |_| cluster.launch(3600),
+    )?;
+    let db = pg
+        .url
+        .as_deref()
+        .and_then(|u| crate::sources::postgres::conn::PgTarget::parse(u).ok())
+        .and_then(|t| t.dbname)
+        .unwrap_or_else(|| "postgres".into());
+    let conn = |db: &str| -> Result<postgres::Client> {
+        crate::sources::postgres::conn::PgTarget::resolve(Some(&cluster.conn(db)), false, p)?
+            .connect()
+    };
+    d.step("recover to the end of the WAL and promote", p, |d| {
+        let t0 = Instant::now();
+        loop {
+            let mut c = conn("postgres")?;
+            let recovering: bool = c.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+            if !recovering {
+                d.check(
+                    "recovered and promoted",
+                    true,
+                    format!("out of recovery after {:.1} s", t0.elapsed().as_secs_f64()),
+                );
+                return Ok(());
+            }
+            if t0.elapsed() > RECOVERY_TIMEOUT || crate::cancel::requested() {
+                d.check(
+                    "recovered and promoted",
+                    false,
+                    "still in recovery: see the server log of the scratch cluster",
+                );
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    })?;
+    d.step(&format!("checks in database {db}"), p, |d| {
+        let mut client = conn(&db)?;
+        sql_checks(&mut client, &spec.checks, d);
+        if let Some(min) = spec.min_tables {
+            let n = count_tables(&mut client)?;
+            d.check(
+                format!("at least {min} tables"),
+                n >= min,
+                format!("{n} tables in database {db}"),
+            );
+        }
+        if spec.amcheck {
+            amcheck(&mut client, &db, d)?;
+        }
+        Ok(())
+    })?;
     d.step("remove the scratch cluster", p, |_| cluster.remove())?;
     Ok(())
 }

@@ -40,6 +40,7 @@ use crate::repo::id::Id;
 use crate::repo::runs::{self, RunRecord, RunStatus};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
+use crate::sources::postgres::pitr::FetchConfig;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{select, unbounded, Sender};
@@ -413,8 +414,11 @@ impl OnceReport {
     }
 }
 
+/// An open repository, and how a drill's scratch server reads its WAL archive.
+pub type Opened = (Arc<Repository>, Arc<FetchConfig>);
+
 /// How the service opens the repository for a config (on start and on reload).
-pub type Opener<'a> = &'a dyn Fn(&Config) -> Result<Arc<Repository>>;
+pub type Opener<'a> = &'a dyn Fn(&Config) -> Result<Opened>;
 
 enum Signal {
     Stop,
@@ -524,7 +528,7 @@ pub fn run(
     progress_for: &(dyn Fn(&str) -> Progress + Sync),
 ) -> Result<Option<OnceReport>> {
     let mut config = Arc::new(config);
-    let mut repo = open(&config)?;
+    let (mut repo, mut fetch) = open(&config)?;
     let js = jobs(&config)?;
     if js.is_empty() && !opts.once {
         return Err(Error::usage(
@@ -654,12 +658,17 @@ pub fn run(
                 if let JobKind::Backup(source) = &t.job.kind {
                     alerter.ping_start(source);
                 }
-                let (job, repo, config, tx) =
-                    (t.job.clone(), repo.clone(), config.clone(), done_tx.clone());
+                let (job, repo, config, fetch, tx) = (
+                    t.job.clone(),
+                    repo.clone(),
+                    config.clone(),
+                    fetch.clone(),
+                    done_tx.clone(),
+                );
                 let name = t.state.job.clone();
                 let p = progress_for(&name);
                 std::thread::spawn(move || {
-                    let summary = run_job(&job, &repo, &config, &p);
+                    let summary = run_job(&job, &repo, &config, &fetch, &p);
                     p.finish();
                     let _ = tx.send((name, summary));
                 });
@@ -755,7 +764,7 @@ pub fn run(
                 }
                 Ok(Signal::Stop) => {}
                 Ok(Signal::Reload) => match reload(opts, open, &table) {
-                    Ok((c, r, t, reading)) => {
+                    Ok((c, (r, f), t, reading)) => {
                         alerter.flush(ALERT_FLUSH);
                         let (sent, failed) = alerter.counters();
                         alerts_before = (alerts_before.0 + sent, alerts_before.1 + failed);
@@ -767,6 +776,7 @@ pub fn run(
                         }
                         config = Arc::new(c);
                         repo = r;
+                        fetch = f;
                         table = t;
                         wal_lag_notes(&config, &table, log);
                         let mut s = state.lock().unwrap();
@@ -951,18 +961,18 @@ fn reload(
     opts: &RunOptions,
     open: Opener<'_>,
     old: &[Slot],
-) -> Result<(Config, Arc<Repository>, Vec<Slot>, Reading)> {
+) -> Result<(Config, Opened, Vec<Slot>, Reading)> {
     let Some(path) = &opts.config_path else {
         return Err(
             Error::usage("coffer run was started without --config: nothing to reload").into(),
         );
     };
     let config = Config::load(path)?;
-    let repo = open(&config)?;
+    let (repo, fetch) = open(&config)?;
     let js = jobs(&config)?;
     let reading = read_repository(&repo, &config, &js)?;
     let table = slots(&reading.last, js, old, Utc::now())?;
-    Ok((config, repo, table, reading))
+    Ok((config, (repo, fetch), table, reading))
 }
 
 fn describe(name: &str, s: &RunSummary) -> String {
@@ -1006,7 +1016,13 @@ fn watch_signals(tx: Sender<Signal>) -> Result<std::thread::JoinHandle<()>> {
 }
 
 /// Run one job to its end; never panics the service: an error is a failed run.
-fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> RunSummary {
+fn run_job(
+    job: &Job,
+    repo: &Arc<Repository>,
+    config: &Config,
+    fetch: &FetchConfig,
+    p: &Progress,
+) -> RunSummary {
     let started = Utc::now();
     let t0 = Instant::now();
     let mut effect = Effect::None;
@@ -1042,6 +1058,8 @@ fn run_job(job: &Job, repo: &Arc<Repository>, config: &Config, p: &Progress) -> 
             let opts = crate::ops::drill::DrillOptions {
                 sources: vec![name.clone()],
                 snapshot: None,
+                target_time: None,
+                fetch: fetch.clone(),
             };
             match crate::ops::drill::drill(repo, config, &opts, p) {
                 Ok(r) => match r.sources.into_iter().next() {

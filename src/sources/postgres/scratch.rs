@@ -122,27 +122,7 @@ impl ScratchCluster {
     /// Create and start a cluster of major version `major` (or the oldest newer one).
     pub fn start(major: u32) -> Result<ScratchCluster> {
         let initdb = tools::find("initdb", major)?;
-        let pg_ctl = tools::find("pg_ctl", initdb.major)?;
-        let owner = server_user()?;
-        let dir = scratch_dir()?.keep();
-        let data = dir.join("data");
-        std::fs::create_dir(&data)?;
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
-        if let Some((uid, gid)) = owner {
-            for p in [&dir, &data] {
-                std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
-            }
-        }
-        let mut c = ScratchCluster {
-            dir,
-            data,
-            port: free_port()?,
-            version: initdb.version.clone(),
-            major: initdb.major,
-            pg_ctl,
-            owner,
-            running: false,
-        };
+        let c = ScratchCluster::prepare(initdb.major)?;
         let mut init = c.as_owner(initdb.command());
         init.arg("-D").arg(&c.data).args([
             "-U",
@@ -154,29 +134,102 @@ impl ScratchCluster {
             "-N",
         ]);
         c.run(init, "initdb")?;
-        // Only the socket in our private directory; nothing on the network.
-        let conf = format!(
-            "\nlisten_addresses = ''\nport = {}\nunix_socket_directories = '{}'\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             max_wal_size = '1GB'\nlogging_collector = off\n",
-            c.port,
-            c.dir.display().to_string().replace('\'', "''")
-        );
+        c.append_conf(
+            "postgresql.conf",
+            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_wal_size = '1GB'\n",
+        )?;
+        c.launch(120)
+    }
+
+    /// A scratch directory with an empty data directory `data` (both the server user's,
+    /// mode 0700), for a server of major version `major` (or the oldest newer one), not
+    /// started: fill `data` (a restored base backup), then [`ScratchCluster::launch`].
+    pub fn prepare(major: u32) -> Result<ScratchCluster> {
+        let pg_ctl = tools::find("pg_ctl", major)?;
+        let owner = server_user()?;
+        let dir = scratch_dir()?.keep();
+        let data = dir.join("data");
+        std::fs::create_dir(&data)?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = owner {
+            for p in [&dir, &data] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+            }
+        }
+        Ok(ScratchCluster {
+            dir,
+            data,
+            port: free_port()?,
+            version: pg_ctl.version.clone(),
+            major: pg_ctl.major,
+            pg_ctl,
+            owner,
+            running: false,
+        })
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// Append `text` to a file of the data directory (made, owned by the server user, when
+    /// missing).
+    pub fn append_conf(&self, name: &str, text: &str) -> Result<()> {
         use std::io::Write;
+        let path = self.data.join(name);
+        let existed = path.exists();
         std::fs::OpenOptions::new()
+            .create(true)
             .append(true)
-            .open(c.data.join("postgresql.conf"))?
-            .write_all(conf.as_bytes())?;
-        let mut start = c.as_owner(c.pg_ctl.command());
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?
+            .write_all(format!("\n{text}").as_bytes())?;
+        if let (false, Some((uid, gid))) = (existed, self.owner) {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+
+    /// Start the server on the data directory: only the socket in the private directory
+    /// (nothing on the network), `trust` for it alone, no archiving, no SSL; wait up to
+    /// `timeout_secs` for it to accept connections.
+    pub fn launch(mut self, timeout_secs: u32) -> Result<ScratchCluster> {
+        let dir = self.dir.display().to_string().replace('\'', "''");
+        std::fs::write(self.dir.join("drill_hba.conf"), "local all all trust\n")?;
+        std::fs::write(self.dir.join("drill_ident.conf"), "")?;
+        if let Some((uid, gid)) = self.owner {
+            for f in ["drill_hba.conf", "drill_ident.conf"] {
+                std::os::unix::fs::chown(self.dir.join(f), Some(uid), Some(gid))?;
+            }
+        }
+        // postgresql.auto.conf is read last: these win over the restored configuration.
+        self.append_conf(
+            "postgresql.auto.conf",
+            &format!(
+                "# coffer drill: a scratch server, reachable only through its private socket\n\
+                 listen_addresses = ''\nport = {}\nunix_socket_directories = '{dir}'\n\
+                 hba_file = '{dir}/drill_hba.conf'\nident_file = '{dir}/drill_ident.conf'\n\
+                 archive_mode = off\narchive_command = ''\nssl = off\nlogging_collector = off\n\
+                 hot_standby = on\n",
+                self.port
+            ),
+        )?;
+        if !self.data.join("postgresql.conf").exists() {
+            // A data directory whose configuration lived elsewhere (Debian's /etc/postgresql).
+            self.append_conf("postgresql.conf", "")?;
+        }
+        let mut start = self.as_owner(self.pg_ctl.command());
         start
             .arg("-D")
-            .arg(&c.data)
+            .arg(&self.data)
             .arg("-l")
-            .arg(c.dir.join("server.log"))
-            .args(["-w", "-t", "120", "start"]);
-        c.running = true;
-        c.run(start, "pg_ctl start")?;
-        Ok(c)
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", &timeout_secs.to_string(), "start"]);
+        self.running = true;
+        self.run(start, "pg_ctl start")?;
+        Ok(self)
     }
 
     fn as_owner(&self, mut c: Command) -> Command {
