@@ -497,3 +497,52 @@ fn a_physical_drill_recovers_to_the_newest_point_and_passes() {
     );
     pg.psql("shop", "INSERT INTO items VALUES (601, 'still live')");
 }
+
+#[test]
+fn a_redis_drill_loads_the_rdb_into_a_scratch_server_and_checks_keys_and_replies() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let r = common::redis::RedisServer::start();
+    let counts = common::redis::fill_all_types(&r);
+    r.cmd(&["SET", "greeting", "hello"]);
+    let live_digest = r.digest();
+    let c = env.path("coffer.toml");
+    fs::write(
+        &c,
+        format!(
+            "[sources.cache]\ntype = \"redis\"\nurl = {}\n\
+             drill = {{ checks = [\"GET greeting => hello\", \"EXISTS nothing-here => 1\"] }}\n",
+            toml::Value::String(r.url())
+        ),
+    )
+    .unwrap();
+    let out = coffer(&env, &c, &tmp, &["backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = coffer(&env, &c, &tmp, &["drill", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "one check fails: {}",
+        stderr(&out)
+    );
+    let v = json(&out);
+    let s = &v["sources"][0];
+    assert_eq!(s["status"], "failed", "{s:#}");
+    let checks = s["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["check"], "keys per database as at backup");
+    assert_eq!(checks[0]["ok"], true, "{checks:?}");
+    let total: i64 = counts.iter().map(|c| c.1).sum::<i64>() + 1;
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{total} keys in {} database(s)", counts.len())),
+        "{checks:?} {counts:?}"
+    );
+    assert_eq!(checks[1]["ok"], true, "{checks:?}");
+    assert_eq!(checks[2]["ok"], false, "{checks:?}");
+    assert_eq!(checks[2]["detail"], "replied \"0\"");
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+    assert_eq!(r.digest(), live_digest, "the live server is untouched");
+}

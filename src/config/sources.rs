@@ -228,7 +228,7 @@ pub struct CommandSource {
 pub struct Drill {
     pub schedule: Option<Schedule>,
     /// PostgreSQL: SQL queries that must each return true. Files: paths (as backed up) that
-    /// must exist in the restored tree.
+    /// must exist in the restored tree. Redis: `COMMAND ARGS => REPLY`.
     pub checks: Vec<String>,
     /// PostgreSQL: the fewest tables the restored database may have.
     pub min_tables: Option<u64>,

@@ -12,6 +12,8 @@
 //!   recovered from the WAL archive to its end (or `--target-time`) and promoted by a scratch
 //!   server that archives nothing, then the SQL checks, `min_tables` and amcheck in the
 //!   source URL's database.
+//! - **Redis**: the RDB loaded by a scratch `redis-server`, then each database's keys against
+//!   the counts at backup and the `COMMAND ARGS => REPLY` checks.
 //! - **Files**: the snapshot restored into a private temp dir (every chunk verified as it is
 //!   written), then the files and bytes found there against the snapshot's own count, and the
 //!   `checks`: paths, as backed up, that must exist.
@@ -299,8 +301,9 @@ fn drill_source(
             }
             SourceKind::Postgres(pg) => drill_physical(repo, snap, pg, spec, opts, &mut d, p),
             SourceKind::Files(_) => drill_files(repo, snap, spec, &mut d, p),
+            SourceKind::Redis(_) => drill_redis(repo, snap, spec, &mut d, p),
             other => Err(Error::usage(format!(
-                "drills of {} sources are not built yet (PostgreSQL and files sources are)",
+                "drills of {} sources are not built yet (PostgreSQL, Redis and files sources are)",
                 other.type_name()
             ))
             .into()),
@@ -643,6 +646,109 @@ fn amcheck(client: &mut postgres::Client, db: &str, d: &mut Drilling) -> Result<
             bad.join("; ")
         },
     );
+    Ok(())
+}
+
+/// How long a Redis drill waits for the scratch server to load the RDB.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A Redis reply as a check compares it: text, a number, `(nil)`, `(error) …`, or the
+/// elements of an array on lines of their own.
+fn reply_text(r: &crate::sources::redis::conn::Reply) -> String {
+    use crate::sources::redis::conn::Reply;
+    match r {
+        Reply::Status(s) => s.clone(),
+        Reply::Error(e) => format!("(error) {e}"),
+        Reply::Int(i) => i.to_string(),
+        Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+        Reply::Bulk(None) | Reply::Array(None) => "(nil)".into(),
+        Reply::Array(Some(v)) => v.iter().map(reply_text).collect::<Vec<_>>().join("\n"),
+    }
+}
+
+/// Redis: the RDB written out of the snapshot into a scratch directory (every chunk
+/// verified), loaded by a scratch `redis-server` (which checks its CRC64), then the keys of
+/// each database against the snapshot's counts, and the `checks`: `COMMAND ARGS => REPLY`,
+/// run in database 0.
+fn drill_redis(
+    repo: &Arc<Repository>,
+    snap: &Snapshot,
+    spec: &Drill,
+    d: &mut Drilling,
+    p: &Progress,
+) -> Result<()> {
+    use crate::sources::redis::scratch::ScratchRedis;
+    let (src, meta) = crate::sources::redis::restore::pick_source(snap)?;
+    let dir = scratch::scratch_dir()?;
+    d.step("fetch and verify the RDB", p, |d| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let index = repo.load_index()?;
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(dir.path().join("dump.rdb"))?;
+        d.bytes = crate::repo::restore::dump(repo, &index, snap, &src.path, &mut f)?;
+        Ok(())
+    })?;
+    let databases = meta
+        .databases
+        .iter()
+        .map(|x| x.db + 1)
+        .max()
+        .unwrap_or(1)
+        .max(16);
+    let server = d.step("load it into a scratch redis-server", p, |_| {
+        ScratchRedis::start(dir.path(), databases, LOAD_TIMEOUT)
+    })?;
+    d.step("checks", p, |d| {
+        let mut c = server.connect(0)?;
+        let now = crate::sources::redis::keyspace(&c.info("keyspace")?);
+        let mut bad = Vec::new();
+        for want in &meta.databases {
+            let got = now.iter().find(|x| x.db == want.db).map_or(0, |x| x.keys);
+            // Keys with an expiry may have expired since the backup; the others may not go.
+            if got > want.keys || got < want.keys - want.expires.min(want.keys) {
+                bad.push(format!(
+                    "db{}: {got} keys, {} at backup ({} with an expiry)",
+                    want.db, want.keys, want.expires
+                ));
+            }
+        }
+        for g in now
+            .iter()
+            .filter(|g| !meta.databases.iter().any(|w| w.db == g.db))
+        {
+            bad.push(format!("db{}: {} keys, none at backup", g.db, g.keys));
+        }
+        let total: u64 = now.iter().map(|x| x.keys).sum();
+        d.check(
+            "keys per database as at backup",
+            bad.is_empty(),
+            if bad.is_empty() {
+                format!("{total} keys in {} database(s)", now.len())
+            } else {
+                bad.join("; ")
+            },
+        );
+        for check in &spec.checks {
+            let Some((cmd, want)) = check.split_once("=>") else {
+                d.check(
+                    check.clone(),
+                    false,
+                    "write a Redis check as COMMAND ARGS => REPLY, e.g. \"GET greeting => hello\"",
+                );
+                continue;
+            };
+            let args: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
+            let got = reply_text(&c.command(&args)?);
+            let want = want.trim();
+            d.check(check.clone(), got == want, format!("replied {got:?}"));
+        }
+        Ok(())
+    })?;
+    drop(server);
+    d.step("remove the scratch server", p, |_| Ok(dir.close()?))?;
     Ok(())
 }
 

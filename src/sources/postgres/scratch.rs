@@ -88,27 +88,32 @@ pub fn remove_all_now() -> Vec<PathBuf> {
     removed
 }
 
-/// Stop the postmaster of the cluster in scratch directory `dir`, if one runs (SIGQUIT:
-/// immediate shutdown), and wait up to 5 s for it to go.
+/// Stop the server of scratch directory `dir`, if one runs (a postmaster: SIGQUIT, immediate
+/// shutdown; a redis-server: SIGKILL, it saves nothing), and wait up to 5 s for it to go.
 fn stop_server_in(dir: &Path) {
-    let Some(server) = std::fs::read_to_string(dir.join("data/postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-    else {
-        return;
-    };
-    // Only a postmaster (the pid may have been reused since).
-    let cmdline = std::fs::read(format!("/proc/{server}/cmdline")).unwrap_or_default();
-    if !alive(server) || !String::from_utf8_lossy(&cmdline).contains("postgres") {
-        return;
-    }
-    // SAFETY: signalling the postmaster of a cluster in our own marked directory.
-    unsafe { libc::kill(server, libc::SIGQUIT) };
-    for _ in 0..100 {
-        if !alive(server) {
-            break;
+    for (pid_file, program, signal) in [
+        ("data/postmaster.pid", "postgres", libc::SIGQUIT),
+        ("redis.pid", "redis", libc::SIGKILL),
+    ] {
+        let Some(server) = std::fs::read_to_string(dir.join(pid_file))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        // Only that server (the pid may have been reused since).
+        let cmdline = std::fs::read(format!("/proc/{server}/cmdline")).unwrap_or_default();
+        if !alive(server) || !String::from_utf8_lossy(&cmdline).contains(program) {
+            continue;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // SAFETY: signalling the server of our own marked scratch directory.
+        unsafe { libc::kill(server, signal) };
+        for _ in 0..100 {
+            if !alive(server) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod conn;
 pub mod rdb;
 pub mod restore;
+pub mod scratch;
 
 use super::stream::{read_ahead, save_stream};
 use super::{run, CommonOptions, Metadata, Saved, Session, Source};
