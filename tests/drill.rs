@@ -495,6 +495,17 @@ fn a_physical_drill_recovers_to_the_newest_point_and_passes() {
         before,
         "the promoted scratch server archived nothing"
     );
+    let holds = a
+        .cmd()
+        .args(["wal-hold", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(holds.status.success(), "{}", stderr(&holds));
+    assert_eq!(
+        json(&holds).as_array().map(|h| h.len()),
+        Some(0),
+        "the drill's WAL hold is released"
+    );
     pg.psql("shop", "INSERT INTO items VALUES (601, 'still live')");
 }
 

@@ -552,6 +552,27 @@ fn drill_physical(
         restore_pitr(repo, &index, &popts, p)
     })?;
     d.bytes = restored.restored.bytes;
+    // The scratch server's recovery_end_command releases the WAL hold when its recovery
+    // ends; a drill that stops before that releases it here, whatever happened.
+    let hold = restored.wal_hold.id.clone();
+    let r = recover_and_check(pg, spec, major, cluster, d, p);
+    if let Err(e) = crate::sources::postgres::wal::hold::release(repo, &hold) {
+        p.warn(&format!(
+            "could not release the drill's WAL hold {hold}: {e:#}"
+        ));
+    }
+    r
+}
+
+/// The rest of a physical drill, on the restored data directory.
+fn recover_and_check(
+    pg: &PostgresSource,
+    spec: &Drill,
+    major: u32,
+    cluster: ScratchCluster,
+    d: &mut Drilling,
+    p: &Progress,
+) -> Result<()> {
     let cluster = d.step(
         &format!("start a scratch PostgreSQL {major} on it, consistent"),
         p,
