@@ -115,10 +115,10 @@ enum When {
     Every(Duration),
 }
 
-/// One scheduled job: a source's backup or a repository job.
+/// One scheduled job: a source's backup or drill, or a repository job.
 #[derive(Debug, Clone)]
 struct Job {
-    /// `backup-db`, `prune`, `check`, `wal-verify`: unit and lock names.
+    /// `backup-db`, `drill-db`, `prune`, `check`, `wal-verify`: unit and lock names.
     id: String,
     /// What it does, for descriptions.
     what: String,
@@ -131,6 +131,30 @@ struct Job {
 /// The jobs of the named sources, or of every scheduled source and repository job when none
 /// is named.
 fn jobs(config: &Config, config_path: &Path, names: &[String]) -> Result<Vec<Job>> {
+    let when = |schedule: &Schedule| match schedule {
+        Schedule::Cron { expr, timezone } => When::Cron {
+            expr: expr.clone(),
+            timezone: timezone.map(|t| t.name().to_string()),
+        },
+        Schedule::Every(d) => When::Every(*d),
+    };
+    // A source's drill job, when its drill table has a schedule.
+    let drill_job = |s: &crate::config::SourceConfig| {
+        s.drill
+            .as_ref()
+            .and_then(|d| d.schedule.as_ref())
+            .map(|schedule| Job {
+                id: format!("drill-{}", s.name),
+                what: format!(
+                    "restore-drill the source {} ({})",
+                    s.name,
+                    s.kind.type_name()
+                ),
+                args: vec!["drill".into(), "--source".into(), s.name.clone()],
+                when: when(schedule),
+                jitter: s.jitter,
+            })
+    };
     let source_job = |s: &crate::config::SourceConfig, schedule: &Schedule| Job {
         id: format!("backup-{}", s.name),
         what: format!("back up the source {} ({})", s.name, s.kind.type_name()),
@@ -160,7 +184,14 @@ fn jobs(config: &Config, config_path: &Path, names: &[String]) -> Result<Vec<Job
                 ))
                 .into());
             };
+            let drill = drill_job(s);
             let Some(schedule) = &s.schedule else {
+                if let Some(d) = drill {
+                    if !out.iter().any(|j: &Job| j.id == d.id) {
+                        out.push(d);
+                    }
+                    continue;
+                }
                 return Err(Error::usage(format!(
                     "--source {n}: the source has no schedule: give [sources.{n}] schedule = \"0 2 * * *\" \
                      (a cron expression) or every = \"1h\" in {}",
@@ -170,6 +201,7 @@ fn jobs(config: &Config, config_path: &Path, names: &[String]) -> Result<Vec<Job
             };
             if !out.iter().any(|j: &Job| j.id == format!("backup-{n}")) {
                 out.push(source_job(s, schedule));
+                out.extend(drill);
             }
         }
         return Ok(out);
@@ -179,6 +211,7 @@ fn jobs(config: &Config, config_path: &Path, names: &[String]) -> Result<Vec<Job
             out.push(source_job(s, schedule));
         }
     }
+    out.extend(config.sources.iter().filter_map(drill_job));
     let sv = &config.service;
     let repo_job = |id: &str, what: &str, args: Vec<String>, expr: &String| Job {
         id: id.into(),
@@ -1334,5 +1367,21 @@ mod tests {
         .unwrap();
         let e = jobs(&bare, p, &[]).unwrap_err().to_string();
         assert!(e.contains("schedules nothing"), "{e}");
+        // Drills with a schedule are jobs of their own.
+        let drills = Config::parse(
+            "[sources.db]\ntype = \"postgres\"\nschedule = \"0 2 * * *\"\n\
+             drill = { schedule = \"0 5 * * 0\" }\n\
+             [sources.f]\ntype = \"files\"\npaths = [\"/x\"]\ndrill = { every = \"24h\" }\n",
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        let all = jobs(&drills, p, &[]).unwrap();
+        let ids: Vec<&str> = all.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["backup-db", "drill-db", "drill-f"]);
+        assert_eq!(all[1].args, ["drill", "--source", "db"]);
+        let named = jobs(&drills, p, &["f".into(), "db".into()]).unwrap();
+        let ids: Vec<&str> = named.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["drill-f", "backup-db", "drill-db"]);
     }
 }
