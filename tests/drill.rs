@@ -557,3 +557,47 @@ fn a_redis_drill_loads_the_rdb_into_a_scratch_server_and_checks_keys_and_replies
     assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
     assert_eq!(r.digest(), live_digest, "the live server is untouched");
 }
+
+#[test]
+fn a_command_drill_runs_its_drill_command_on_the_restored_output() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let c = env.path("coffer.toml");
+    fs::write(
+        &c,
+        "[sources.lines]\ntype = \"command\"\nshell = \"printf 'a\\\\nb\\\\nc\\\\n'\"\n\
+         drill_shell = \"test $(wc -l) -eq 3\"\n\
+         [sources.wrong]\ntype = \"command\"\nshell = \"echo x\"\n\
+         drill_command = [\"sh\", \"-c\", \"cat >/dev/null; echo broken >&2; exit 4\"]\n\
+         [sources.none]\ntype = \"command\"\nshell = \"echo y\"\n",
+    )
+    .unwrap();
+    let out = coffer(&env, &c, &tmp, &["backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = coffer(&env, &c, &tmp, &["drill", "--json", "--source", "lines"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = json(&out)["sources"][0].clone();
+    assert_eq!(s["status"], "passed", "{s:#}");
+    assert_eq!(s["checks"][0]["check"], "test $(wc -l) -eq 3 succeeds");
+    assert_eq!(s["bytes"], 6);
+    let out = coffer(&env, &c, &tmp, &["drill", "--json", "--source", "wrong"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let s = json(&out)["sources"][0].clone();
+    assert_eq!(s["checks"][0]["ok"], false, "{s:#}");
+    assert!(
+        s["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("broken"),
+        "{s:#}"
+    );
+    let out = coffer(&env, &c, &tmp, &["drill", "--json", "--source", "none"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let s = json(&out)["sources"][0].clone();
+    assert_eq!(s["status"], "error");
+    assert!(
+        s["error"].as_str().unwrap().contains("drill_command"),
+        "{s:#}"
+    );
+}

@@ -220,6 +220,13 @@ pub struct CommandSource {
     /// Where `restore --stack` puts the output when there is no restore command (default:
     /// `[stack] restore_dir`).
     pub restore_dir: Option<PathBuf>,
+    /// How `coffer drill` proves the output: a program that reads it on standard input
+    /// (stdout output) or finds it in `{output_dir}` (dir output), and must exit 0.
+    pub drill_command: Option<Vec<String>>,
+    /// The same as a command line for `sh -c`.
+    pub drill_shell: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    pub drill_timeout: Option<Duration>,
 }
 
 /// A source's `drill = { … }` table: when `coffer run` drills it and what the drill checks
@@ -592,6 +599,9 @@ impl SourceConfig {
                                 .into(),
                         )
                     }
+                }
+                if c.drill_command.is_some() && c.drill_shell.is_some() {
+                    return Err("give drill_command or drill_shell, not both".into());
                 }
                 if c.restore.is_some() && c.restore_shell.is_some() {
                     return Err("give restore or restore_shell, not both".into());

@@ -14,6 +14,7 @@
 //!   source URL's database.
 //! - **Redis**: the RDB loaded by a scratch `redis-server`, then each database's keys against
 //!   the counts at backup and the `COMMAND ARGS => REPLY` checks.
+//! - **Command sources**: the output fed to `drill_command`/`drill_shell`, which must exit 0.
 //! - **Files**: the snapshot restored into a private temp dir (every chunk verified as it is
 //!   written), then the files and bytes found there against the snapshot's own count, and the
 //!   `checks`: paths, as backed up, that must exist.
@@ -302,11 +303,7 @@ fn drill_source(
             SourceKind::Postgres(pg) => drill_physical(repo, snap, pg, spec, opts, &mut d, p),
             SourceKind::Files(_) => drill_files(repo, snap, spec, &mut d, p),
             SourceKind::Redis(_) => drill_redis(repo, snap, spec, &mut d, p),
-            other => Err(Error::usage(format!(
-                "drills of {} sources are not built yet (PostgreSQL, Redis and files sources are)",
-                other.type_name()
-            ))
-            .into()),
+            SourceKind::Command(c) => drill_command(repo, snap, &src.name, c, &mut d, p),
         });
     let failed_check = d.checks.iter().any(|c| !c.ok);
     let (status, error) = match result {
@@ -667,6 +664,70 @@ fn amcheck(client: &mut postgres::Client, db: &str, d: &mut Drilling) -> Result<
             bad.join("; ")
         },
     );
+    Ok(())
+}
+
+/// A command source: its output, verified chunk by chunk, fed to `drill_command` (or
+/// `drill_shell`) as `restore` would get it (standard input, or `{output_dir}`); the command
+/// must exit 0.
+fn drill_command(
+    repo: &Arc<Repository>,
+    snap: &Snapshot,
+    name: &str,
+    c: &crate::config::sources::CommandSource,
+    d: &mut Drilling,
+    p: &Progress,
+) -> Result<()> {
+    use crate::sources::command::restore::{restore_command_output, CommandRestore};
+    use crate::sources::command::Program;
+    let program = match (&c.drill_command, &c.drill_shell) {
+        (Some(argv), _) => Program::Argv(argv.clone()),
+        (None, Some(line)) => Program::Shell(line.clone()),
+        (None, None) => {
+            return Err(Error::usage(format!(
+                "source {name}: a command source's drill runs its drill_command (or drill_shell) \
+                 on the restored output: give one in [sources.{name}]"
+            ))
+            .into())
+        }
+    };
+    let shown = match &program {
+        Program::Argv(a) => a.join(" "),
+        Program::Shell(l) => l.clone(),
+    };
+    let to = CommandRestore::Run {
+        program,
+        timeout: c.drill_timeout,
+    };
+    let r = d.step(
+        "fetch, verify and feed the output to the drill command",
+        p,
+        |_| {
+            let index = repo.load_index()?;
+            match restore_command_output(repo, &index, snap, &to, p) {
+                Ok(r) => Ok(Ok(r)),
+                // Data that fails verification fails the drill as such; the command failing
+                // is what the check reports.
+                Err(e) if kind_of(&e) == ErrorKind::Integrity => Err(e),
+                Err(e) => Ok(Err(e)),
+            }
+        },
+    )?;
+    match r {
+        Ok(r) => {
+            d.bytes = r.bytes;
+            d.check(
+                format!("{shown} succeeds"),
+                true,
+                format!(
+                    "exit status {} on {} bytes",
+                    r.exit_code.unwrap_or(0),
+                    r.bytes
+                ),
+            );
+        }
+        Err(e) => d.check(format!("{shown} succeeds"), false, format!("{e:#}")),
+    }
     Ok(())
 }
 
