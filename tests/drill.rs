@@ -82,20 +82,25 @@ fn json(out: &std::process::Output) -> Value {
     })
 }
 
-#[test]
-fn a_logical_drill_passes_its_checks_and_leaves_the_live_database_alone() {
+/// A repository, a scratch temp dir, a cluster with the `shop` database, and the config of
+/// source `db` with `drill`, backed up once.
+fn shop_backed_up(drill: &str) -> (Env, PathBuf, PgCluster, PathBuf) {
     let env = Env::new();
     env.init();
     let tmp = scratch_tmp(&env);
     let pg = PgCluster::start();
     shop(&pg);
-    let c = config(
-        &env,
-        &pg,
-        "{ checks = [\"select count(*) = 500 from items\", \"select sum(qty) > 0 from orders\"], min_tables = 2, amcheck = true }",
-    );
+    let c = config(&env, &pg, drill);
     let out = coffer(&env, &c, &tmp, &["backup", "--source", "db"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    (env, tmp, pg, c)
+}
+
+#[test]
+fn a_logical_drill_passes_its_checks_and_leaves_the_live_database_alone() {
+    let (env, tmp, pg, c) = shop_backed_up(
+        "{ checks = [\"select count(*) = 500 from items\", \"select sum(qty) > 0 from orders\"], min_tables = 2, amcheck = true }",
+    );
     let live = pg.data_checksums("shop");
     let connections = || {
         pg.psql(
@@ -171,18 +176,10 @@ fn a_logical_drill_passes_its_checks_and_leaves_the_live_database_alone() {
 
 #[test]
 fn failing_checks_exit_3_and_are_recorded() {
-    let env = Env::new();
-    env.init();
-    let tmp = scratch_tmp(&env);
-    let pg = PgCluster::start();
-    shop(&pg);
-    let c = config(
-        &env,
-        &pg,
+    // The cluster lives as long as `_pg`.
+    let (env, tmp, _pg, c) = shop_backed_up(
         "{ checks = [\"select count(*) > 1000 from items\", \"select nope from items\"], min_tables = 50 }",
     );
-    let out = coffer(&env, &c, &tmp, &["backup", "--source", "db"]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let out = coffer(&env, &c, &tmp, &["drill"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     // The report goes where the other reports go (standard error for the text form).

@@ -55,6 +55,23 @@ fn wait(mut child: Child, limit: Duration) -> (std::process::ExitStatus, String)
     }
 }
 
+/// SIGTERM, then the service must exit 0 within a minute; its standard error.
+fn stop(child: Child) -> String {
+    signal(&child, libc::SIGTERM);
+    let (status, err) = wait(child, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    err
+}
+
+/// The JSON bodies the receiver got.
+fn bodies(hooks: &common::http::Receiver) -> Vec<serde_json::Value> {
+    hooks
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}
+
 fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -316,9 +333,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one() {
         Duration::from_secs(60),
         || count(&env, "b") >= 1,
     );
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
+    let err = stop(child);
     assert!(
         err.contains("the config was not reloaded, the old one keeps running")
             && err.contains("pathz"),
@@ -378,9 +393,7 @@ fn a_failing_source_alerts_once_and_then_recovers() {
             .iter()
             .any(|r| r.path == "/ping/a" && r.method == "POST")
     });
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
+    let err = stop(child);
     let e = events();
     assert_eq!(e.len(), 2, "{e:?}");
     assert_eq!(e[1]["event"], "recovered");
@@ -625,9 +638,7 @@ fn metrics_and_api_status_follow_the_runs_and_ask_for_basic_auth() {
 
     // A restart reads the repository once: the counts and the last runs come back from it,
     // and `files`, backed up a moment ago, is not run again.
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
+    let err = stop(child);
     assert!(!err.contains("s3cret"));
     let child = start(&env, &config);
     until("broken ran again", Duration::from_secs(60), || {
@@ -657,9 +668,7 @@ fn metrics_and_api_status_follow_the_runs_and_ask_for_basic_auth() {
         Some(0.0)
     );
     assert_eq!(count(&env, "files"), 1, "files was not backed up again");
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
+    stop(child);
 }
 
 #[test]
@@ -779,9 +788,7 @@ fn the_status_page_in_chromium_shows_the_sources_and_their_state() {
         png.len()
     );
     eprintln!("status page screenshot: {}", shot.display());
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
+    stop(child);
 }
 
 #[test]
@@ -814,9 +821,7 @@ fn an_rpo_breach_alerts_without_any_run() {
     until("the rpo_breached alert", Duration::from_secs(60), || {
         !hooks.requests().is_empty()
     });
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
+    let err = stop(child);
     let reqs = hooks.requests();
     assert_eq!(reqs.len(), 1, "one alert: {reqs:?}");
     let body: serde_json::Value = serde_json::from_str(&reqs[0].body).unwrap();
@@ -925,14 +930,8 @@ rpo = "1h"
     let s: serde_json::Value =
         serde_json::from_str(&get(port, "/api/status", None).text().unwrap()).unwrap();
     assert_eq!(s["sources"][0]["recoverable"]["ok"], false, "{s:#}");
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
-    let alerts: Vec<serde_json::Value> = hooks
-        .requests()
-        .iter()
-        .map(|r| serde_json::from_str(&r.body).unwrap())
-        .collect();
+    stop(child);
+    let alerts = bodies(&hooks);
     let lagging: Vec<&serde_json::Value> = alerts
         .iter()
         .filter(|a| a["event"] == "wal_lagging")
@@ -1006,14 +1005,8 @@ fn a_scheduled_drill_that_fails_alerts_and_shows_in_the_metrics() {
     );
     let page = get(port, "/", None).text().unwrap();
     assert!(page.contains(">FAILED</span>"), "{page}");
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait(child, Duration::from_secs(60));
-    assert!(status.success(), "{err}");
-    let alerts: Vec<serde_json::Value> = hooks
-        .requests()
-        .iter()
-        .map(|r| serde_json::from_str(&r.body).unwrap())
-        .collect();
+    let err = stop(child);
+    let alerts = bodies(&hooks);
     let drill: Vec<&serde_json::Value> = alerts
         .iter()
         .filter(|a| a["event"] == "drill_failed")
