@@ -29,6 +29,7 @@ use crate::config::{Config, SourceKind};
 use crate::error::{kind_of, Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::id::Id;
+use crate::repo::index::MasterIndex;
 use crate::repo::lock::Lock;
 use crate::repo::runs::{self, DrillCheck, DrillDetails, DrillStep, RunRecord, RunStatus};
 use crate::repo::snapshot::Snapshot;
@@ -167,9 +168,15 @@ pub fn drill(
     };
     let run = runs::new_run_id();
     let _lock = Lock::shared(repo, "drill")?;
+    // Read under the lock: prune cannot remove what they name while the drill runs.
+    let index = repo.load_index()?;
+    let snaps = match snapshot {
+        Some(_) => Vec::new(),
+        None => repo.load_snapshots()?,
+    };
     let mut out = Vec::new();
     for src in sources {
-        let r = drill_source(repo, src, snapshot.clone(), opts, progress);
+        let r = drill_source(repo, &index, &snaps, src, snapshot.clone(), opts, progress);
         record(repo, &run, src, &r, progress);
         out.push(r);
         if crate::cancel::requested() {
@@ -223,12 +230,21 @@ impl DrillReport {
     }
 }
 
+/// What a drill restores from: the repository, its index and the snapshot (the index and
+/// the snapshot list are read once for all the sources of a drill).
+struct Origin<'a> {
+    repo: &'a Arc<Repository>,
+    index: &'a MasterIndex,
+    snap: &'a Snapshot,
+}
+
 /// The newest snapshot of a source, safety backups aside.
-fn newest(repo: &Repository, source: &str) -> Result<Snapshot> {
-    repo.load_snapshots()?
-        .into_iter()
+fn newest(snaps: &[Snapshot], source: &str) -> Result<Snapshot> {
+    snaps
+        .iter()
         .filter(|s| s.source.as_deref() == Some(source) && !s.has_tag("safety-backup"))
         .max_by_key(|s| s.time)
+        .cloned()
         .ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
@@ -276,6 +292,8 @@ impl Drilling {
 
 fn drill_source(
     repo: &Arc<Repository>,
+    index: &MasterIndex,
+    snaps: &[Snapshot],
     src: &SourceConfig,
     snapshot: Option<Snapshot>,
     opts: &DrillOptions,
@@ -289,21 +307,22 @@ fn drill_source(
     };
     let none = Drill::default();
     let spec = src.drill.as_ref().unwrap_or(&none);
-    let snap = match snapshot.map(Ok).unwrap_or_else(|| newest(repo, &src.name)) {
+    let snap = match snapshot.map(Ok).unwrap_or_else(|| newest(snaps, &src.name)) {
         Ok(s) => s.check_features().map(|()| s),
         Err(e) => Err(e),
     };
+    let origin = |snap| Origin { repo, index, snap };
     let result = snap
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e:#}"))
         .and_then(|snap| match &src.kind {
             SourceKind::Postgres(pg) if pg.mode == PgMode::Logical => {
-                drill_logical(repo, snap, spec, &mut d, p)
+                drill_logical(&origin(snap), spec, &mut d, p)
             }
-            SourceKind::Postgres(pg) => drill_physical(repo, snap, pg, spec, opts, &mut d, p),
-            SourceKind::Files(_) => drill_files(repo, snap, spec, &mut d, p),
-            SourceKind::Redis(_) => drill_redis(repo, snap, spec, &mut d, p),
-            SourceKind::Command(c) => drill_command(repo, snap, &src.name, c, &mut d, p),
+            SourceKind::Postgres(pg) => drill_physical(&origin(snap), pg, spec, opts, &mut d, p),
+            SourceKind::Files(_) => drill_files(&origin(snap), spec, &mut d, p),
+            SourceKind::Redis(_) => drill_redis(&origin(snap), spec, &mut d, p),
+            SourceKind::Command(c) => drill_command(&origin(snap), &src.name, c, &mut d, p),
         });
     let failed_check = d.checks.iter().any(|c| !c.ok);
     let (status, error) = match result {
@@ -367,13 +386,8 @@ fn record(repo: &Repository, run: &str, src: &SourceConfig, r: &SourceDrill, p: 
     }
 }
 
-fn drill_logical(
-    repo: &Arc<Repository>,
-    snap: &Snapshot,
-    spec: &Drill,
-    d: &mut Drilling,
-    p: &Progress,
-) -> Result<()> {
+fn drill_logical(o: &Origin, spec: &Drill, d: &mut Drilling, p: &Progress) -> Result<()> {
+    let (repo, snap) = (o.repo, o.snap);
     let dumps: Vec<DumpInfo> = snap
         .sources
         .iter()
@@ -391,7 +405,6 @@ fn drill_logical(
     let cluster = d.step(&format!("start a scratch PostgreSQL {major}"), p, |_| {
         ScratchCluster::start(major)
     })?;
-    let index = repo.load_index()?;
     let mut tables = 0u64;
     for info in &dumps {
         let opts = PgRestoreOptions {
@@ -408,7 +421,7 @@ fn drill_logical(
         let report = d.step(
             &format!("fetch, verify and restore database {}", info.database),
             p,
-            |_| restore_postgres(repo, &index, snap, &opts, p, &mut |_, _| Ok(false)),
+            |_| restore_postgres(repo, o.index, snap, &opts, p, &mut |_, _| Ok(false)),
         )?;
         d.bytes += info.dump_size;
         let bad: Vec<String> = report
@@ -498,14 +511,14 @@ const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(360
 /// that reads the archive through `restore_command` and is promoted, then the checks in
 /// the source URL's database (default `postgres`).
 fn drill_physical(
-    repo: &Arc<Repository>,
-    snap: &Snapshot,
+    o: &Origin,
     pg: &PostgresSource,
     spec: &Drill,
     opts: &DrillOptions,
     d: &mut Drilling,
     p: &Progress,
 ) -> Result<()> {
+    let (repo, snap) = (o.repo, o.snap);
     use crate::sources::postgres::basebackup::BaseBackupInfo;
     let info = snap
         .sources
@@ -545,8 +558,7 @@ fn drill_physical(
         wal_hold_expiry: std::time::Duration::from_secs(24 * 3600),
     };
     let restored = d.step("fetch, verify and restore the base backup", p, |_| {
-        let index = repo.load_index()?;
-        restore_pitr(repo, &index, &popts, p)
+        restore_pitr(repo, o.index, &popts, p)
     })?;
     d.bytes = restored.restored.bytes;
     // The scratch server's recovery_end_command releases the WAL hold when its recovery
@@ -671,13 +683,13 @@ fn amcheck(client: &mut postgres::Client, db: &str, d: &mut Drilling) -> Result<
 /// `drill_shell`) as `restore` would get it (standard input, or `{output_dir}`); the command
 /// must exit 0.
 fn drill_command(
-    repo: &Arc<Repository>,
-    snap: &Snapshot,
+    o: &Origin,
     name: &str,
     c: &crate::config::sources::CommandSource,
     d: &mut Drilling,
     p: &Progress,
 ) -> Result<()> {
+    let (repo, snap) = (o.repo, o.snap);
     use crate::sources::command::restore::{restore_command_output, CommandRestore};
     use crate::sources::command::Program;
     let program = match (&c.drill_command, &c.drill_shell) {
@@ -703,8 +715,7 @@ fn drill_command(
         "fetch, verify and feed the output to the drill command",
         p,
         |_| {
-            let index = repo.load_index()?;
-            match restore_command_output(repo, &index, snap, &to, p) {
+            match restore_command_output(repo, o.index, snap, &to, p) {
                 Ok(r) => Ok(Ok(r)),
                 // Data that fails verification fails the drill as such; the command failing
                 // is what the check reports.
@@ -752,25 +763,19 @@ fn reply_text(r: &crate::sources::redis::conn::Reply) -> String {
 /// verified), loaded by a scratch `redis-server` (which checks its CRC64), then the keys of
 /// each database against the snapshot's counts, and the `checks`: `COMMAND ARGS => REPLY`,
 /// run in database 0.
-fn drill_redis(
-    repo: &Arc<Repository>,
-    snap: &Snapshot,
-    spec: &Drill,
-    d: &mut Drilling,
-    p: &Progress,
-) -> Result<()> {
+fn drill_redis(o: &Origin, spec: &Drill, d: &mut Drilling, p: &Progress) -> Result<()> {
+    let (repo, snap) = (o.repo, o.snap);
     use crate::sources::redis::scratch::ScratchRedis;
     let (src, meta) = crate::sources::redis::restore::pick_source(snap)?;
     let dir = scratch::scratch_dir()?;
     d.step("fetch and verify the RDB", p, |d| {
         use std::os::unix::fs::OpenOptionsExt;
-        let index = repo.load_index()?;
         let mut f = std::fs::OpenOptions::new()
             .create_new(true)
             .write(true)
             .mode(0o600)
             .open(dir.path().join("dump.rdb"))?;
-        d.bytes = crate::repo::restore::dump(repo, &index, snap, &src.path, &mut f)?;
+        d.bytes = crate::repo::restore::dump(repo, o.index, snap, &src.path, &mut f)?;
         Ok(())
     })?;
     let databases = meta
@@ -854,20 +859,14 @@ fn tally(dir: &Path) -> Result<(u64, u64, u64)> {
     Ok((files, dirs, bytes))
 }
 
-fn drill_files(
-    repo: &Arc<Repository>,
-    snap: &Snapshot,
-    spec: &Drill,
-    d: &mut Drilling,
-    p: &Progress,
-) -> Result<()> {
+fn drill_files(o: &Origin, spec: &Drill, d: &mut Drilling, p: &Progress) -> Result<()> {
+    let (repo, snap) = (o.repo, o.snap);
     let dir = scratch::scratch_dir()?;
     let target = dir.path().join("restored");
     let report = d.step("fetch, verify and restore the files", p, |_| {
-        let index = repo.load_index()?;
         crate::repo::restore::restore(
             repo,
-            &index,
+            o.index,
             snap,
             &crate::repo::restore::RestoreOptions {
                 target: target.clone(),
