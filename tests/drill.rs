@@ -72,6 +72,17 @@ fn coffer(env: &Env, config: &Path, tmp: &Path, args: &[&str]) -> std::process::
         .unwrap()
 }
 
+/// The JSON of a command that must have succeeded.
+fn passed(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+    json(out)
+}
+
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -110,13 +121,7 @@ fn a_logical_drill_passes_its_checks_and_leaves_the_live_database_alone() {
     };
 
     let out = coffer(&env, &c, &tmp, &["drill", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    let r = json(&out);
+    let r = passed(&out);
     assert_eq!(r["passed"], 1, "{r:#}");
     let s = &r["sources"][0];
     assert_eq!(s["status"], "passed", "{s:#}");
@@ -443,13 +448,7 @@ fn a_physical_drill_recovers_to_the_newest_point_and_passes() {
         .args(["drill", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    let r = json(&out);
+    let r = passed(&out);
     let s = &r["sources"][0];
     assert_eq!(s["status"], "passed", "{s:#}");
     let checks: Vec<&str> = s["checks"]

@@ -55,6 +55,17 @@ fn wait(mut child: Child, limit: Duration) -> (std::process::ExitStatus, String)
     }
 }
 
+/// `coffer --config CONFIG backup --source NAME`, which must succeed.
+fn backup_source(env: &Env, config: &Path, name: &str) {
+    ok(&env
+        .cmd()
+        .arg("--config")
+        .arg(config)
+        .args(["backup", "--source", name])
+        .output()
+        .unwrap());
+}
+
 /// SIGTERM, then the service must exit 0 within a minute; its standard error.
 fn stop(child: Child) -> String {
     signal(&child, libc::SIGTERM);
@@ -810,13 +821,7 @@ fn an_rpo_breach_alerts_without_any_run() {
     )
     .unwrap();
     // A fresh backup: the service has nothing to run for an hour.
-    ok(&env
-        .cmd()
-        .arg("--config")
-        .arg(&config)
-        .args(["backup", "--source", "a"])
-        .output()
-        .unwrap());
+    backup_source(&env, &config, "a");
     let child = start(&env, &config);
     until("the rpo_breached alert", Duration::from_secs(60), || {
         !hooks.requests().is_empty()
@@ -969,13 +974,7 @@ fn a_scheduled_drill_that_fails_alerts_and_shows_in_the_metrics() {
         ),
     )
     .unwrap();
-    ok(&env
-        .cmd()
-        .arg("--config")
-        .arg(&config)
-        .args(["backup", "--source", "up"])
-        .output()
-        .unwrap());
+    backup_source(&env, &config, "up");
     let child = start(&env, &config);
     until("the drill_failed alert", Duration::from_secs(60), || {
         hooks
