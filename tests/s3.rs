@@ -689,6 +689,7 @@ fn moto_killed_backup_on_a_slow_link_resumes_from_its_index_files() {
     let indexed = indexed_packs();
     assert!(indexed >= indexed_at_kill, "{indexed} < {indexed_at_kill}");
     let unindexed = killed.len() as u64 - indexed;
+    eprintln!("the killed backup left {indexed} indexed and {unindexed} unindexed packs");
 
     // The next backup, on a fast link, adds only what was not indexed.
     let second = direct.backup(repo, &src);

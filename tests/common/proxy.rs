@@ -68,11 +68,11 @@ impl ThrottledProxy {
                     let (link, uploaded, p1, p2) =
                         (link.clone(), uploaded.clone(), pumps.clone(), pumps.clone());
                     std::thread::spawn(move || {
-                        pump(client, server, Some((&link, &uploaded)));
+                        pump(client, server, Some((&link, &uploaded)), Shutdown::Write);
                         p1.fetch_sub(1, Ordering::SeqCst);
                     });
                     std::thread::spawn(move || {
-                        pump(s2, c2, None);
+                        pump(s2, c2, None, Shutdown::Both);
                         p2.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
@@ -96,7 +96,9 @@ impl ThrottledProxy {
     }
 
     /// Wait until every connection is closed in both directions (for example after the
-    /// client was killed: the server has then seen all it will ever get). False on timeout.
+    /// client was killed). The server has then answered or dropped every request it got: an
+    /// upload whose last bytes were still in flight when its client died is stored by then,
+    /// or never. False on timeout.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.pumps.load(Ordering::SeqCst) > 0 {
@@ -116,7 +118,16 @@ impl Drop for ThrottledProxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, throttle: Option<(&Link, &AtomicU64)>) {
+/// Copy `from` to `to` until `from` ends, then shut `to` down by `end`. Uploads end with a
+/// half-close: the server still reads what was sent and answers it, and its own close (seen
+/// by the pump of the other direction) marks the end of the connection. Ending them both ways
+/// let the server finish a request after `wait_idle` returned: a pack listed only later.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    throttle: Option<(&Link, &AtomicU64)>,
+    end: Shutdown,
+) {
     let mut buf = [0u8; 16 << 10];
     loop {
         match from.read(&mut buf) {
@@ -132,6 +143,5 @@ fn pump(mut from: TcpStream, mut to: TcpStream, throttle: Option<(&Link, &Atomic
             }
         }
     }
-    // One side is gone (or done): end the connection both ways, so that the other pump ends too.
-    let _ = to.shutdown(Shutdown::Both);
+    let _ = to.shutdown(end);
 }
