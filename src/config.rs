@@ -395,6 +395,10 @@ after_restore = ["systemctl start app"]
         assert!(e.contains("command") && e.contains("shell"), "{e}");
         let e = err("[sources.x]\ntype = \"mysql\"\n");
         assert!(e.contains("unknown type"), "{e}");
+        let e = err(
+            "[sources.x]\ntype = \"postgres\"\nmode = \"physical\"\ndrill_url = \"postgres://h/db\"\n",
+        );
+        assert!(e.contains("drill_url is for mode = \"logical\""), "{e}");
         let e = err("[stack]\nrestore_order = [\"nope\"]\n");
         assert!(e.contains("nope"), "{e}");
         let e = err("[sources.x]\ntype = \"command\"\nshell = \"x\"\ntimeout = \"soon\"\n");

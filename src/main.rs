@@ -45,11 +45,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
-    // SIGPIPE default behaviour for `coffer dump … | head`.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a socket closed by its peer (PostgreSQL ending
+    // a session, an S3 server closing a pooled connection) is an error on that socket, never
+    // a silent death. A closed standard output is `cli::StdoutClosed`.
     if let Err(e) = cli::run(cli) {
+        if cli::stdout_closed(&e) {
+            std::process::exit(0);
+        }
         if e.downcast_ref::<cli::WalNotFound>().is_some() {
             std::process::exit(1);
         }

@@ -1305,3 +1305,47 @@ fn dump_out_never_follows_a_link_and_leaves_nothing_on_failure() {
         .collect();
     assert_eq!(left, [std::ffi::OsString::from("hello.txt")], "{left:?}");
 }
+
+/// A reader that closes standard output early (`coffer ls latest | head -1`) ends the command
+/// quietly with status 0, its lock released: coffer ignores SIGPIPE (so a server closing a
+/// socket is an error, not a silent death) and treats the closed output as the end.
+#[test]
+fn a_closed_standard_output_ends_the_command_quietly() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..2000 {
+        fs::write(src.join(format!("f{i:04}")), i.to_string()).unwrap();
+    }
+    fs::write(src.join("big"), noise(7, 8 << 20)).unwrap();
+    env.backup(&[src.to_str().unwrap()]);
+    let (file, big) = (src.join("f1999"), src.join("big"));
+    for args in [
+        &["ls", "latest"][..],
+        &["ls", "latest", "--json"],
+        &["snapshots"],
+        &["dump", "latest", file.to_str().unwrap()],
+        &["dump", "latest", big.to_str().unwrap()],
+    ] {
+        let mut child = env
+            .std_cmd(assert_cmd::cargo::cargo_bin("coffer"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+    let locks = fs::read_dir(env.repo.join("locks")).map_or(0, |d| d.count());
+    assert_eq!(locks, 0, "no lock is left");
+}

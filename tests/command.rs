@@ -661,8 +661,8 @@ fn the_command_does_not_see_coffers_passphrase() {
 
 #[test]
 fn standard_output_is_stored_as_one_stream_and_restored_as_a_file() {
-    // As the coffer binary does (for `coffer dump | head`): a write into a pipe whose reader
-    // is gone would kill this process, unless the restore keeps SIGPIPE off its writer.
+    // As a program using the library may: a write into a pipe whose reader is gone would
+    // kill this process, unless the restore keeps SIGPIPE off its writer.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

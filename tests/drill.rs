@@ -1,7 +1,8 @@
 //! `coffer drill` and `coffer drills` against real components: a logical PostgreSQL drill in a
 //! scratch cluster that coffer starts and removes (row counts, min_tables, SQL checks,
-//! amcheck), failing checks (exit 3, recorded), a files drill, a damaged pack, and a drill
-//! killed with SIGKILL whose scratch cluster the next drill removes. The live database is
+//! amcheck), the same in scratch databases on a `drill_url` server, failing checks (exit 3,
+//! recorded), a files drill, a damaged pack, and drills stopped by SIGTERM or killed with
+//! SIGKILL whose scratch cluster or database the next drill removes. The live database is
 //! checked unchanged.
 
 mod common;
@@ -298,16 +299,7 @@ fn drill_caught_running(env: &Env, pg: &PgCluster, tmp: &Path) -> (std::process:
     );
     let out = coffer(env, &c, tmp, &["backup", "--source", "db"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let child = env
-        .std_cmd(assert_cmd::cargo::cargo_bin("coffer"))
-        .env("TMPDIR", tmp)
-        .arg("--config")
-        .arg(&c)
-        .arg("drill")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_drill(env, &c, tmp);
     let t0 = Instant::now();
     let pid_file = loop {
         let found = leftovers(tmp)
@@ -334,6 +326,19 @@ fn drill_caught_running(env: &Env, pg: &PgCluster, tmp: &Path) -> (std::process:
         .parse()
         .unwrap();
     (child, postmaster)
+}
+
+/// `coffer drill` started in the background, its standard error piped.
+fn spawn_drill(env: &Env, config: &Path, tmp: &Path) -> std::process::Child {
+    env.std_cmd(assert_cmd::cargo::cargo_bin("coffer"))
+        .env("TMPDIR", tmp)
+        .arg("--config")
+        .arg(config)
+        .arg("drill")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn alive(pid: i32) -> bool {
@@ -392,12 +397,133 @@ fn a_killed_drill_leaves_its_scratch_cluster_to_the_next_one_which_removes_it() 
     let out = coffer(&env, &quick, &tmp, &["drill"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("removed the scratch cluster of an earlier drill"),
+        stderr(&out).contains("removed the scratch directory of an earlier drill"),
         "{}",
         stderr(&out)
     );
     assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
     gone_within(postmaster, Duration::from_secs(30));
+}
+
+/// The databases of a cluster, sorted.
+fn databases(pg: &PgCluster) -> Vec<String> {
+    pg.psql(
+        "postgres",
+        "SELECT datname FROM pg_database ORDER BY datname",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn a_drill_url_drill_restores_into_scratch_databases_there_and_always_drops_them() {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let pg = PgCluster::start();
+    shop(&pg);
+    let server = PgCluster::start();
+    server.create_db("keepme");
+    // A scratch database of a coffer on another machine: not this drill's to judge.
+    let foreign = "coffer_drill_zzzzzz_1_00000000_0";
+    server.create_db(foreign);
+    let before = databases(&server);
+    let config = |file: &str, checks: &str| {
+        let c = env.path(file);
+        fs::write(
+            &c,
+            format!(
+                "[sources.db]\ntype = \"postgres\"\nurl = {}\ndrill_url = {}\n\
+                 drill = {{ checks = [{checks}], min_tables = 2, amcheck = true }}\n",
+                toml::Value::String(pg.url("shop")),
+                toml::Value::String(server.url("postgres")),
+            ),
+        )
+        .unwrap();
+        c
+    };
+    let c = config("coffer.toml", "\"select count(*) = 500 from items\"");
+    let out = coffer(&env, &c, &tmp, &["backup", "--source", "db"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let live = pg.data_checksums("shop");
+
+    let r = passed(&coffer(&env, &c, &tmp, &["drill", "--json"]));
+    let s = &r["sources"][0];
+    assert_eq!(s["status"], "passed", "{s:#}");
+    assert_eq!(s["steps"][0]["step"], "connect to drill_url", "{s:#}");
+    let checks = s["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 4, "{s:#}");
+    assert!(checks.iter().all(|c| c["ok"] == true), "{s:#}");
+    assert_eq!(
+        databases(&server),
+        before,
+        "the scratch database is dropped"
+    );
+    assert_eq!(
+        pg.data_checksums("shop"),
+        live,
+        "the live database is untouched"
+    );
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
+
+    // A drill caught in its checks, its scratch database restored on the server.
+    let slow = config("slow.toml", "\"select pg_sleep(60) is not null\"");
+    let caught = || {
+        let child = spawn_drill(&env, &slow, &tmp);
+        let t0 = Instant::now();
+        while server.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'select pg_sleep%'",
+        ) != "1"
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the drill never reached its check"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let scratch: Vec<String> = databases(&server)
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .collect();
+        assert_eq!(scratch.len(), 1, "{scratch:?}");
+        assert!(scratch[0].starts_with("coffer_drill_"), "{scratch:?}");
+        (child, scratch[0].clone())
+    };
+
+    // SIGTERM: the scratch database goes at once (its session ended), the drill is recorded.
+    let (child, _) = caught();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{:?} {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(databases(&server), before);
+
+    // SIGKILL leaves it; the next drill from this machine drops it, and only it.
+    let (mut child, left) = caught();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(databases(&server).contains(&left));
+    let out = coffer(&env, &c, &tmp, &["drill"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "dropped the scratch database of an earlier drill that did not finish: {left}"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(databases(&server), before);
+    assert_eq!(pg.data_checksums("shop"), live);
+    assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
 }
 
 #[test]

@@ -24,9 +24,9 @@ use std::time::Duration;
 fn print_sorted<T: Serialize>(v: &T, pretty: bool) -> Result<()> {
     let v = serde_json::to_value(v)?;
     if pretty {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!("{v}");
+        outln!("{v}")?;
     }
     Ok(())
 }
@@ -261,7 +261,7 @@ pub fn status(ctx: &Context, a: &StatusArgs) -> Result<()> {
     if a.json {
         print_sorted(&r, true)?;
     } else {
-        println!("{r}");
+        outln!("{r}")?;
     }
     r.verdict()
 }
@@ -297,9 +297,12 @@ pub fn drill(ctx: &Context, a: &DrillArgs) -> Result<()> {
             coffer::cancel::request();
             let gone = coffer::sources::postgres::scratch::remove_all_now();
             events.warn(&format!(
-                "interrupted: removed {} scratch director{} of the drill",
-                gone.len(),
-                if gone.len() == 1 { "y" } else { "ies" }
+                "interrupted: removed the scratch resources of the drill ({})",
+                if gone.is_empty() {
+                    "none left".to_string()
+                } else {
+                    gone.join(", ")
+                }
             ));
         }
     });
@@ -325,7 +328,7 @@ pub fn drills(ctx: &Context, a: &DrillsArgs) -> Result<()> {
     if a.json {
         return print_sorted(&list, true);
     }
-    print!("{}", ops::drill::HistoryTable(&list));
+    super::out(format_args!("{}", ops::drill::HistoryTable(&list)))?;
     Ok(())
 }
 
@@ -334,20 +337,17 @@ pub fn snapshots(ctx: &Context, a: &SnapshotsArgs) -> Result<()> {
     if a.json {
         return print_sorted(&list, true);
     }
-    print!("{}", ops::snapshots::Table(&list));
+    super::out(format_args!("{}", ops::snapshots::Table(&list)))?;
     Ok(())
 }
 
 pub fn ls(ctx: &Context, a: &LsArgs) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
     ops::ls::ls(&*ctx.open()?, &a.snapshot, &mut |e| {
         if a.json {
-            writeln!(out, "{}", serde_json::to_string(e)?)?;
+            outln!("{}", serde_json::to_string(e)?)
         } else {
-            writeln!(out, "{e}")?;
+            outln!("{e}")
         }
-        Ok(())
     })
 }
 
@@ -443,7 +443,7 @@ fn restore_stack(ctx: &Context, a: &RestoreArgs) -> Result<()> {
     p.finish();
     let r = r?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
     } else if ctx.mode != super::render::Mode::Quiet {
         eprintln!("{r}");
     }
@@ -472,6 +472,7 @@ fn restore_to_postgres(
         no_owner: a.no_owner,
         no_privileges: a.no_privileges,
         spool_dir: a.spool_dir.clone(),
+        target: None,
     };
     let p = ctx.progress("restore postgres", None);
     let mut confirm = |question: &str, db: &str| {
@@ -481,7 +482,7 @@ fn restore_to_postgres(
     p.finish();
     let r = r?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
     } else {
         ctx.say(&r.plan());
         let rest = r.to_string();
@@ -540,7 +541,7 @@ fn restore_to_redis(
     p.finish();
     let r = r?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
     } else {
         ctx.say(&r.plan_text());
         ctx.say(&r.to_string());
@@ -551,16 +552,15 @@ fn restore_to_redis(
 pub fn dump(ctx: &Context, a: &DumpArgs) -> Result<()> {
     use ops::dump::Output;
     let repo = ctx.open()?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, super::Stdout::lock());
     let to = match &a.out {
         Some(dir) => Output::Dir(dir),
         None => Output::Stream(&mut out),
     };
     let r = ops::dump::dump(&repo, &a.snapshot, a.path.as_deref(), to)?;
-    drop(out);
+    std::io::Write::flush(&mut out)?;
     for c in &r.commands {
-        println!("{c}");
+        outln!("{c}")?;
     }
     Ok(())
 }
@@ -640,7 +640,7 @@ pub fn key(ctx: &Context, k: &KeyCommand) -> Result<()> {
         KeyCommand::List { json: true } => print_sorted(&ops::key::list(&repo)?, true)?,
         KeyCommand::List { json: false } => {
             for k in ops::key::list(&repo)? {
-                println!("{k}");
+                outln!("{k}")?;
             }
         }
         KeyCommand::Add { new_password_file } => {
@@ -701,7 +701,7 @@ pub fn wal_hold(ctx: &Context, c: &WalHoldCommand) -> Result<()> {
                 return print_sorted(&holds, true);
             }
             for h in &holds {
-                println!("{h}");
+                outln!("{h}")?;
             }
             if holds.is_empty() {
                 ctx.say("no WAL holds");
@@ -720,9 +720,9 @@ pub fn wal_hold(ctx: &Context, c: &WalHoldCommand) -> Result<()> {
 pub fn wal_verify(ctx: &Context, a: &WalVerifyArgs) -> Result<()> {
     let r = ops::wal_verify::wal_verify(&ctx.open()?)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
     } else {
-        print!("{r}");
+        super::out(format_args!("{r}"))?;
     }
     r.verdict()
 }
@@ -824,11 +824,11 @@ pub fn generate(ctx: &Context, cli: &Cli, a: &GenerateArgs) -> Result<()> {
             for (i, f) in out.files.iter().enumerate() {
                 if many {
                     if i > 0 {
-                        println!();
+                        outln!()?;
                     }
-                    println!("### {}", f.name);
+                    outln!("### {}", f.name)?;
                 }
-                print!("{}", f.text);
+                super::out(format_args!("{}", f.text))?;
             }
         }
         Some(dir) => write_units(ctx, dir, &out.files, a.force)?,

@@ -125,6 +125,9 @@ pub struct PostgresSource {
     pub restore_url: Option<String>,
     /// Parallel pg_restore jobs for `restore --stack` (default 1).
     pub restore_jobs: Option<u32>,
+    /// Logical: where `coffer drill` restores, into scratch databases it creates and drops,
+    /// instead of a scratch cluster of its own (may hold a password: never shown).
+    pub drill_url: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -142,6 +145,10 @@ impl std::fmt::Debug for PostgresSource {
                 &self.restore_url.as_deref().map(crate::redact::url),
             )
             .field("restore_jobs", &self.restore_jobs)
+            .field(
+                "drill_url",
+                &self.drill_url.as_deref().map(crate::redact::url),
+            )
             .finish()
     }
 }
@@ -562,6 +569,9 @@ impl SourceConfig {
                 if p.mode == PgMode::Logical && (p.pgdata.is_some() || p.archive_timeout.is_some())
                 {
                     return Err("pgdata and archive_timeout are for mode = \"physical\"".into());
+                }
+                if p.mode == PgMode::Physical && p.drill_url.is_some() {
+                    return Err("drill_url is for mode = \"logical\": a physical drill recovers the base backup in a scratch data directory".into());
                 }
                 if let Some(j) = p.dump_jobs.filter(|j| !(1..=32).contains(j)) {
                     return Err(format!("dump_jobs = {j}: use 1 to 32"));

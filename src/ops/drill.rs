@@ -7,7 +7,9 @@
 //!   it (without owners and privileges: the scratch cluster has none of the live roles), then
 //!   the checks: every table's row count against the count recorded at backup, `min_tables`,
 //!   the SQL `checks` (each must return true, run in the first database), and with `amcheck`
-//!   `bt_index_check(heapallindexed)` on every B-tree index.
+//!   `bt_index_check(heapallindexed)` on every B-tree index. With the source's `drill_url`,
+//!   the databases go instead into scratch databases on that server
+//!   ([`crate::sources::postgres::scratch_db`]), created and always dropped.
 //! - **PostgreSQL, physical**: the base backup laid out in a scratch data directory,
 //!   recovered from the WAL archive to its end (or `--target-time`) and promoted by a scratch
 //!   server that archives nothing, then the SQL checks, `min_tables` and amcheck in the
@@ -19,7 +21,8 @@
 //!   written), then the files and bytes found there against the snapshot's own count, and the
 //!   `checks`: paths, as backed up, that must exist.
 //!
-//! A drill never connects to the live source. Each drill is recorded in the run history (job
+//! A drill never connects to the live source, nor to any server it did not start but a
+//! configured `drill_url`. Each drill is recorded in the run history (job
 //! `drill`), also when it fails. A check that fails, or data that fails verification, fails
 //! the drill (exit 3); anything else that stops it is an error (exit 1).
 
@@ -34,9 +37,11 @@ use crate::repo::lock::Lock;
 use crate::repo::runs::{self, DrillCheck, DrillDetails, DrillStep, RunRecord, RunStatus};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
+use crate::sources::postgres::conn::PgTarget;
 use crate::sources::postgres::pitr::{restore_pitr, FetchConfig, PitrOptions, Target};
 use crate::sources::postgres::restore::{restore_postgres, PgRestoreOptions};
 use crate::sources::postgres::scratch::{self, ScratchCluster};
+use crate::sources::postgres::scratch_db::ScratchServer;
 use crate::sources::postgres::DumpInfo;
 use crate::sources::Metadata;
 use anyhow::Result;
@@ -143,7 +148,7 @@ pub fn drill(
     let t0 = Instant::now();
     for d in scratch::clean_stale() {
         progress.log(&format!(
-            "removed the scratch cluster of an earlier drill that did not finish: {}",
+            "removed the scratch directory of an earlier drill that did not finish: {}",
             d.display()
         ));
     }
@@ -317,7 +322,7 @@ fn drill_source(
         .map_err(|e| anyhow::anyhow!("{e:#}"))
         .and_then(|snap| match &src.kind {
             SourceKind::Postgres(pg) if pg.mode == PgMode::Logical => {
-                drill_logical(&origin(snap), spec, &mut d, p)
+                drill_logical(&origin(snap), pg, spec, &mut d, p)
             }
             SourceKind::Postgres(pg) => drill_physical(&origin(snap), pg, spec, opts, &mut d, p),
             SourceKind::Files(_) => drill_files(&origin(snap), spec, &mut d, p),
@@ -386,7 +391,70 @@ fn record(repo: &Repository, run: &str, src: &SourceConfig, r: &SourceDrill, p: 
     }
 }
 
-fn drill_logical(o: &Origin, spec: &Drill, d: &mut Drilling, p: &Progress) -> Result<()> {
+/// Where a logical drill restores: a scratch cluster of its own, or scratch databases on the
+/// source's `drill_url`.
+enum ScratchPlace {
+    Cluster(ScratchCluster),
+    Server {
+        server: ScratchServer,
+        /// The dump's spool (a private temp dir, removed with the drill).
+        spool: tempfile::TempDir,
+    },
+}
+
+impl ScratchPlace {
+    fn open(drill_url: Option<&str>, major: u32, d: &mut Drilling, p: &Progress) -> Result<Self> {
+        match drill_url {
+            None => d.step(&format!("start a scratch PostgreSQL {major}"), p, |_| {
+                Ok(ScratchPlace::Cluster(ScratchCluster::start(major)?))
+            }),
+            Some(url) => d.step("connect to drill_url", p, |_| {
+                let (server, dropped) = ScratchServer::open(url, p)?;
+                for name in dropped {
+                    p.log(&format!(
+                        "dropped the scratch database of an earlier drill that did not finish: \
+                         {name} on {}",
+                        server.server()
+                    ));
+                }
+                Ok(ScratchPlace::Server {
+                    server,
+                    spool: scratch::scratch_dir()?,
+                })
+            }),
+        }
+    }
+
+    /// The target to restore database `db` of the dump into, and where to spool it.
+    fn target(&mut self, db: &str, p: &Progress) -> Result<(PgTarget, &Path)> {
+        match self {
+            ScratchPlace::Cluster(c) => Ok((
+                PgTarget::resolve(Some(&c.conn(db)), false, p)?,
+                // In the scratch directory: removed with it, whatever happens.
+                c.dir(),
+            )),
+            ScratchPlace::Server { server, spool } => Ok((server.database(), spool.path())),
+        }
+    }
+
+    fn remove(self, d: &mut Drilling, p: &Progress) -> Result<()> {
+        match self {
+            ScratchPlace::Cluster(c) => d.step("remove the scratch cluster", p, |_| c.remove()),
+            ScratchPlace::Server { server, spool } => {
+                d.step("drop the scratch databases", p, |_| server.remove())?;
+                Ok(spool.close()?)
+            }
+        }
+    }
+}
+
+fn drill_logical(
+    o: &Origin,
+    pg: &PostgresSource,
+    spec: &Drill,
+    d: &mut Drilling,
+    p: &Progress,
+) -> Result<()> {
     let (repo, snap) = (o.repo, o.snap);
     let dumps: Vec<DumpInfo> = snap
         .sources
@@ -402,20 +470,20 @@ fn drill_logical(o: &Origin, spec: &Drill, d: &mut Drilling, p: &Progress) -> Re
         .into());
     };
     let major = first.server_version_num / 10000;
-    let cluster = d.step(&format!("start a scratch PostgreSQL {major}"), p, |_| {
-        ScratchCluster::start(major)
-    })?;
+    let mut place = ScratchPlace::open(pg.drill_url.as_deref(), major, d, p)?;
     let mut tables = 0u64;
     for info in &dumps {
+        let (target, spool) = place.target(&info.database, p)?;
         let opts = PgRestoreOptions {
-            conn: Some(cluster.conn(&info.database)),
+            target: Some(target.clone()),
             database: Some(info.database.clone()),
             jobs: 2,
-            yes: true,
+            // Never replace what is there: a scratch database is new, and on a drill_url
+            // server a name in use is someone else's.
+            yes: false,
             no_owner: true,
             no_privileges: true,
-            // In the scratch directory: removed with it, whatever happens.
-            spool_dir: Some(cluster.dir().to_path_buf()),
+            spool_dir: Some(spool.to_path_buf()),
             ..Default::default()
         };
         let report = d.step(
@@ -445,12 +513,7 @@ fn drill_logical(o: &Origin, spec: &Drill, d: &mut Drilling, p: &Progress) -> Re
                 bad.join("; ")
             },
         );
-        let mut client = crate::sources::postgres::conn::PgTarget::resolve(
-            Some(&cluster.conn(&info.database)),
-            false,
-            p,
-        )?
-        .connect()?;
+        let mut client = target.connect()?;
         tables += count_tables(&mut client)?;
         let checks_here = std::ptr::eq(info, first);
         d.step(&format!("checks in database {}", info.database), p, |d| {
@@ -470,8 +533,7 @@ fn drill_logical(o: &Origin, spec: &Drill, d: &mut Drilling, p: &Progress) -> Re
             format!("{tables} tables restored"),
         );
     }
-    d.step("remove the scratch cluster", p, |_| cluster.remove())?;
-    Ok(())
+    place.remove(d, p)
 }
 
 /// Each SQL check must return one row whose first column is true.

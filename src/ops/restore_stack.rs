@@ -755,12 +755,7 @@ fn run_step(
                         jobs: *jobs,
                         yes,
                         safety_backup: opts.safety_backup,
-                        tables: vec![],
-                        rename: None,
-                        dry_run: false,
-                        no_owner: false,
-                        no_privileges: false,
-                        spool_dir: None,
+                        ..Default::default()
                     },
                     progress,
                     confirm,

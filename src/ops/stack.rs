@@ -401,6 +401,7 @@ pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> (Vec<SourceConf
             archive_timeout: None,
             restore_url: None,
             restore_jobs: None,
+            drill_url: None,
         })
     };
     let get = |v: &str| env(v).filter(|s| !s.trim().is_empty());

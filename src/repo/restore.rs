@@ -950,11 +950,10 @@ pub fn dump(
         let rx = rx;
         for data in rx.iter() {
             let data = data?;
-            match out.write_all(&data) {
-                Ok(()) => written += data.len() as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(written),
-                Err(e) => return Err(e.into()),
-            }
+            // A reader that went away (EPIPE) is an error too: the caller knows whether
+            // that ends its work or fails it.
+            out.write_all(&data)?;
+            written += data.len() as u64;
         }
         Ok(written)
     })?;

@@ -205,7 +205,8 @@ impl Write for Stdin {
 }
 
 /// Block SIGPIPE on the calling thread: a write into a pipe the command closed then fails
-/// with EPIPE instead of killing coffer (whose binary restores SIGPIPE's default action).
+/// with EPIPE instead of killing the process, whatever its SIGPIPE disposition (coffer's
+/// binary ignores it; a program using the library may not).
 /// The signal stays pending on this thread only and goes with it when it ends.
 fn block_sigpipe() {
     // SAFETY: the signal mask of the calling thread only.

@@ -25,6 +25,7 @@ pub mod physical;
 pub mod pitr;
 pub mod restore;
 pub mod scratch;
+pub mod scratch_db;
 pub mod tls;
 pub mod tools;
 pub mod wal;

@@ -35,6 +35,8 @@ use std::sync::Arc;
 pub struct PgRestoreOptions {
     /// Target connection (URL or string); its database is the one restored into.
     pub conn: Option<String>,
+    /// A target already resolved, instead of `conn` (a drill's scratch database).
+    pub target: Option<PgTarget>,
     /// Which database of a multi-database snapshot to restore.
     pub database: Option<String>,
     /// pg_restore --jobs.
@@ -349,7 +351,10 @@ pub fn restore_postgres(
     confirm: &mut dyn FnMut(&str, &str) -> Result<bool>,
 ) -> Result<PgRestoreReport> {
     let (source, info) = pick_source(snap, opts.database.as_deref())?;
-    let mut target = PgTarget::resolve(opts.conn.as_deref(), false, progress)?;
+    let mut target = match &opts.target {
+        Some(t) => t.clone(),
+        None => PgTarget::resolve(opts.conn.as_deref(), false, progress)?,
+    };
     if target.dbname.is_none() {
         target.dbname = Some(info.database.clone());
     }

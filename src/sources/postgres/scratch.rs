@@ -73,18 +73,20 @@ pub fn scratch_dir() -> Result<tempfile::TempDir> {
 /// The scratch directories of this process, for [`remove_all_now`].
 static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Stop the scratch servers of this process and remove its scratch directories, now: for a
-/// signal that stops the drill (the drill then fails on its vanished server or directory,
-/// and releases its lock as any failure does).
-pub fn remove_all_now() -> Vec<PathBuf> {
+/// Stop the scratch servers of this process, remove its scratch directories and drop its
+/// scratch databases ([`super::scratch_db`]), now: for a signal that stops the drill (the
+/// drill then fails on its vanished server, directory or database, and releases its lock as
+/// any failure does). Returns what was removed, for the message.
+pub fn remove_all_now() -> Vec<String> {
     let dirs: Vec<PathBuf> = std::mem::take(&mut *LIVE.lock().unwrap());
     let mut removed = Vec::new();
     for dir in dirs {
         stop_server_in(&dir);
         if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
-            removed.push(dir);
+            removed.push(format!("directory {}", dir.display()));
         }
     }
+    removed.extend(super::scratch_db::drop_all_now());
     removed
 }
 
@@ -320,7 +322,7 @@ impl Drop for ScratchCluster {
 }
 
 /// Whether process `pid` is alive.
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
