@@ -661,9 +661,21 @@ fn recover_and_check(
     };
     d.step("recover to the end of the WAL and promote", p, |d| {
         let t0 = Instant::now();
+        // One session, polled often (it survives the promotion); a new one if it breaks.
+        let mut session: Option<postgres::Client> = None;
         loop {
-            let mut c = conn("postgres")?;
-            let recovering: bool = c.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+            let c = match session.as_mut() {
+                Some(c) => c,
+                None => session.insert(conn("postgres")?),
+            };
+            let recovering: bool = match c.query_one("SELECT pg_is_in_recovery()", &[]) {
+                Ok(row) => row.get(0),
+                Err(e) if e.is_closed() => {
+                    session = None; // asked again on a new one, after the pause
+                    true
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !recovering {
                 d.check(
                     "recovered and promoted",
@@ -680,7 +692,7 @@ fn recover_and_check(
                 );
                 return Ok(());
             }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     })?;
     d.step(&format!("checks in database {db}"), p, |d| {
