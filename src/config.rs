@@ -43,6 +43,10 @@ pub struct Config {
     /// How to reach Redis servers (`backup --redis`, `restore --to-redis`).
     #[serde(default)]
     pub redis: RedisSettings,
+    /// Repositories besides the primary one (`[repositories.NAME]`), by name: where
+    /// `coffer copy --to NAME` copies snapshots, and what `--repo NAME` opens.
+    #[serde(default)]
+    pub repositories: std::collections::BTreeMap<String, RepositoryConfig>,
     /// The declared sources, in the file's order (`[sources.NAME]`).
     #[serde(skip)]
     pub sources: Vec<SourceConfig>,
@@ -54,6 +58,41 @@ pub struct Config {
     /// `coffer run`: where alerts go.
     #[serde(default)]
     pub alerts: AlertsConfig,
+}
+
+/// `[repositories.NAME]`: another repository, for copies.
+///
+/// ```toml
+/// [repositories.offsite]
+/// location = "s3://backups-offsite/prod"   # or a local path
+/// password_file = "/etc/coffer/offsite-passphrase"
+/// s3 = { endpoint = "https://s3.example.net", region = "eu-west-1" }
+/// ```
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    pub location: String,
+    /// Its passphrase (before `--password-file`, `COFFER_PASSWORD*` and the top-level
+    /// ones, which it falls back to).
+    pub password_file: Option<PathBuf>,
+    pub password: Option<String>,
+    /// How to reach it on S3, exactly as given (the `AWS_*` variables are the primary's).
+    /// Without it: the top-level `[s3]` and the `AWS_*` variables, as for the primary.
+    pub s3: Option<crate::backend::S3Settings>,
+    /// zstd level for `coffer init` of it (default: the top-level `compression`).
+    pub compression: Option<i32>,
+}
+
+impl std::fmt::Debug for RepositoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryConfig")
+            .field("location", &self.location)
+            .field("password_file", &self.password_file)
+            .field("password", &crate::redact::Redacted(&self.password))
+            .field("s3", &self.s3)
+            .field("compression", &self.compression)
+            .finish()
+    }
 }
 
 /// `[service]`: how `coffer run` runs.
@@ -143,6 +182,7 @@ impl std::fmt::Debug for Config {
             .field("compression", &self.compression)
             .field("s3", &self.s3)
             .field("redis", &self.redis)
+            .field("repositories", &self.repositories)
             .field("sources", &self.sources)
             .field("stack", &self.stack)
             .field("service", &self.service)
@@ -210,8 +250,32 @@ impl Config {
                 .into());
             }
         }
+        for (name, r) in &c.repositories {
+            if !sources::valid_name(name) {
+                return Err(Error::usage(format!(
+                    "[repositories.{name}]: a repository name is letters, digits, '-', '_' and '.'"
+                ))
+                .into());
+            }
+            if name == crate::ops::access::PRIMARY {
+                return Err(Error::usage(format!(
+                    "[repositories.{name}]: the name {name:?} means the top-level `repository`; choose another"
+                ))
+                .into());
+            }
+            if r.location.trim().is_empty() {
+                return Err(
+                    Error::usage(format!("[repositories.{name}]: location is empty")).into(),
+                );
+            }
+        }
         // Relative paths in the file are relative to the file.
         if let Some(dir) = dir {
+            for r in c.repositories.values_mut() {
+                if let Some(rel) = r.password_file.as_ref().filter(|p| p.is_relative()) {
+                    r.password_file = Some(dir.join(rel));
+                }
+            }
             let r = &mut c.redis;
             for p in [
                 &mut c.password_file,
@@ -280,6 +344,32 @@ mod tests {
         // A misspelt key is an error, not silently ignored.
         std::fs::write(&p, "[s3]\nsecret_key = \"s\"\n").unwrap();
         assert!(Config::load(&p).is_err());
+    }
+
+    #[test]
+    fn repositories_tables() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("coffer.toml");
+        std::fs::write(
+            &p,
+            "[repositories.offsite]\nlocation = \"s3://b/p\"\npassword_file = \"pw\"\npassword = \"hunter2-secret\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let r = &c.repositories["offsite"];
+        assert_eq!(r.location, "s3://b/p");
+        assert_eq!(r.password_file.as_deref(), Some(d.path().join("pw").as_path()));
+        assert!(!format!("{c:?}").contains("hunter2-secret"));
+        for (text, says) in [
+            ("[repositories.offsite]\nlocation = \"/x\"\nkeep = { last = 1 }\n", "keep"),
+            ("[repositories.primary]\nlocation = \"/x\"\n", "top-level"),
+            ("[repositories.offsite]\nlocation = \"\"\n", "location is empty"),
+            ("[repositories.\"a b\"]\nlocation = \"/x\"\n", "repository name"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = format!("{:#}", Config::load(&p).unwrap_err());
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -165,6 +165,7 @@ fn fixture() -> Fixture {
             kdf: KdfParams::insecure_for_tests(),
             compression: 3,
             pack_size: 1 << 20,
+            ..Default::default()
         },
     )
     .unwrap();

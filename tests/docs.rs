@@ -159,7 +159,7 @@ fn repo() -> Repo {
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("a.txt"), "hello").unwrap();
     let access = common::library_access(dir.path());
-    access.init(None, 4).unwrap();
+    access.init(None, 4, None).unwrap();
     let repo = access.open().unwrap();
     common::library_backup(&repo, vec![data], &Progress::hidden());
     Repo { _dir: dir, repo }

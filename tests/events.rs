@@ -9,7 +9,7 @@ use std::sync::Arc;
 #[test]
 fn a_repository_reports_its_warnings_to_the_observer_it_was_opened_with() {
     let dir = tempfile::tempdir().unwrap();
-    common::library_access(dir.path()).init(None, 4).unwrap();
+    common::library_access(dir.path()).init(None, 4, None).unwrap();
     // Slots are tried in name order: opening meets this one before the good slot.
     std::fs::write(dir.path().join("repo/keys/00-broken"), b"{").unwrap();
 
@@ -37,7 +37,7 @@ fn a_repository_reports_its_warnings_to_the_observer_it_was_opened_with() {
 fn a_backup_reports_its_progress_and_check_its_warnings_as_events() {
     let dir = tempfile::tempdir().unwrap();
     let a = common::library_access(dir.path());
-    a.init(None, 4).unwrap();
+    a.init(None, 4, None).unwrap();
     let repo = a.open().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();

@@ -111,6 +111,7 @@ proptest! {
             kdf: KdfParams::insecure_for_tests(),
             compression: 3,
             pack_size: 1 << 20,
+            like: None,
         }).unwrap());
         let opts = FilesOptions { paths: vec![src.clone()], ..Default::default() };
         let snap = backup_files(repo.clone(), &opts, &Progress::hidden()).unwrap();

@@ -157,8 +157,13 @@ pub trait Backend: Send + Sync {
 /// Open the backend for a repository location: a path, or `s3://bucket/prefix` (reached
 /// with `s3`, which the environment overrides).
 pub fn open(location: &str, s3: &S3Settings) -> Result<Arc<dyn Backend>> {
+    open_resolved(location, &s3.resolve())
+}
+
+/// [`open`] with S3 settings used as given (already resolved, or a named repository's own).
+pub fn open_resolved(location: &str, s3: &S3Settings) -> Result<Arc<dyn Backend>> {
     if let Some(rest) = location.strip_prefix("s3://") {
-        Ok(Arc::new(S3Backend::open(rest, &s3.resolve())?))
+        Ok(Arc::new(S3Backend::open(rest, s3)?))
     } else if location.contains("://") {
         Err(Error::usage(format!(
             "unsupported repository location {location:?}: use a local path or s3://bucket/prefix"

@@ -51,6 +51,9 @@ pub enum Command {
     Dump(DumpArgs),
     /// Verify the repository (exit 0 only when everything is sound)
     Check(CheckArgs),
+    /// Copy snapshots to another repository (a [repositories.NAME] of the config, created
+    /// `init --like` this one), without reading the sources again: only missing blobs move
+    Copy(CopyArgs),
     /// Remove snapshots according to a retention policy
     Forget(ForgetArgs),
     /// Remove data that no snapshot needs
@@ -138,6 +141,10 @@ pub struct InitArgs {
     /// Target pack size in MiB
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub pack_size: u64,
+    /// Cut and name blobs as repository NAME does (a [repositories.NAME] of the config, or
+    /// `primary`), so that `coffer copy` between them moves only missing blobs
+    #[arg(long, value_name = "NAME")]
+    pub like: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -545,6 +552,24 @@ pub struct ForgetArgs {
     /// Run prune afterwards
     #[arg(long)]
     pub prune: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots to copy (ids, prefixes or `latest`); default: every snapshot the
+    /// destination does not have yet
+    pub snapshots: Vec<String>,
+    /// The destination: a [repositories.NAME] of the config file
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// The origin (default: the primary repository, `primary`)
+    #[arg(long, value_name = "NAME")]
+    pub from: Option<String>,
+    /// Only the snapshots of these declared sources
+    #[arg(long, value_name = "NAME", conflicts_with = "snapshots")]
+    pub source: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }

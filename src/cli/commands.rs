@@ -32,7 +32,11 @@ fn print_sorted<T: Serialize>(v: &T, pretty: bool) -> Result<()> {
 }
 
 pub fn init(ctx: &Context, a: &InitArgs) -> Result<()> {
-    ctx.init(a.compression, a.pack_size)
+    let like = match &a.like {
+        Some(name) => Some(ctx.access.repository(name)?.open()?),
+        None => None,
+    };
+    ctx.init(a.compression, a.pack_size, like)
 }
 
 fn parse_time(s: &Option<String>) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
@@ -623,6 +627,30 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
     }
     if let Some(p) = &r.prune {
         ctx.say(&p.to_string());
+    }
+    Ok(())
+}
+
+pub fn copy(ctx: &Context, a: &CopyArgs) -> Result<()> {
+    let from = match &a.from {
+        Some(name) => ctx.access.repository(name)?,
+        None => ctx.access.primary()?,
+    };
+    let to = ctx.access.repository(&a.to)?;
+    let (src, dst) = (from.open()?, to.open()?);
+    let opts = ops::copy::CopyOptions {
+        snapshots: a.snapshots.clone(),
+        sources: a.source.clone(),
+    };
+    let from_name = a.from.clone().unwrap_or_else(|| "primary".into());
+    let p = ctx.progress("copy", None);
+    let r = ops::copy::copy(&src, &dst, (&from_name, &a.to), &opts, &p);
+    p.finish();
+    let r = r?;
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
+    } else {
+        ctx.say(&r.to_string());
     }
     Ok(())
 }

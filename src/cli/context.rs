@@ -73,8 +73,13 @@ impl Context {
     }
 
     /// `init`: a named repository is announced unless quiet, the default one always.
-    pub fn init(&self, compression: Option<i32>, pack_mib: u64) -> Result<()> {
-        let c = self.access.init(compression, pack_mib)?;
+    pub fn init(
+        &self,
+        compression: Option<i32>,
+        pack_mib: u64,
+        like: Option<std::sync::Arc<coffer::repo::Repository>>,
+    ) -> Result<()> {
+        let c = self.access.init(compression, pack_mib, like)?;
         match c.how {
             Created::Named => self.say(&c.to_string()),
             _ => eprintln!("{c}"),

@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(a) => commands::restore(&ctx, a),
         Command::Dump(a) => commands::dump(&ctx, a),
         Command::Check(a) => commands::check(&ctx, a),
+        Command::Copy(a) => commands::copy(&ctx, a),
         Command::Forget(a) => commands::forget(&ctx, a),
         Command::Prune(a) => commands::prune(&ctx, a),
         Command::Key(k) => commands::key(&ctx, k),

@@ -428,7 +428,7 @@ impl Keep {
 }
 
 /// A source name: what `--source` and snapshots use, so plain.
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()

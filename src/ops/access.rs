@@ -13,18 +13,24 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The name of the top-level `repository` where a repository name is expected
+/// (`init --like primary`, `copy --from primary`); no `[repositories.NAME]` may take it.
+pub const PRIMARY: &str = "primary";
+
 /// Asks for a passphrase when no other source gives one: `(label, confirm)`.
 pub type Prompt = Box<dyn Fn(&str, bool) -> Result<Vec<u8>>>;
 
 /// How to reach one repository.
 pub struct Access {
     pub location: String,
+    /// The `[repositories.NAME]` table this access is for; none for the primary.
+    pub name: Option<String>,
     /// Set when no repository was named and the default one is used.
     pub default_key: Option<PathBuf>,
     /// `--password-file`/`COFFER_PASSWORD_FILE`.
     pub password_file: Option<PathBuf>,
     pub config: Config,
-    prompt: Prompt,
+    prompt: std::rc::Rc<Prompt>,
     /// A passphrase typed at the prompt, so one operation never asks twice.
     prompted: std::cell::OnceCell<Vec<u8>>,
     /// Where the repositories it opens report their warnings.
@@ -128,6 +134,21 @@ pub fn read_password_file(p: &Path) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// The primary repository's location: the config file's `repository`, else the default
+/// repository (with its key file).
+fn primary_location(config: &Config) -> Result<(String, Option<PathBuf>)> {
+    match config.repository.clone() {
+        Some(l) if !l.is_empty() => Ok((l, None)),
+        _ => {
+            let home = default_home()?;
+            Ok((
+                home.join("repo").display().to_string(),
+                Some(home.join("key")),
+            ))
+        }
+    }
+}
+
 impl Access {
     /// The repository `repo` (or the configuration file's `repository`; with neither, the
     /// default repository), with the passphrase file given, asking `prompt` when nothing
@@ -138,25 +159,108 @@ impl Access {
         config: Config,
         prompt: Prompt,
     ) -> Result<Access> {
-        let (location, default_key) = match repo.or_else(|| config.repository.clone()) {
-            Some(l) if !l.is_empty() => (l, None),
-            _ => {
-                let home = default_home()?;
-                (
-                    home.join("repo").display().to_string(),
-                    Some(home.join("key")),
-                )
-            }
+        let named = repo
+            .as_deref()
+            .filter(|r| config.repositories.contains_key(*r))
+            .map(str::to_string);
+        let (location, default_key) = match (&named, repo) {
+            (Some(n), _) => (config.repositories[n].location.clone(), None),
+            (None, Some(l)) if !l.is_empty() && l != PRIMARY => (l, None),
+            (None, _) => primary_location(&config)?,
         };
         Ok(Access {
             location,
+            name: named,
             default_key,
             password_file,
             config,
-            prompt,
+            prompt: std::rc::Rc::new(prompt),
             prompted: std::cell::OnceCell::new(),
             events: Progress::hidden(),
         })
+    }
+
+    /// The primary repository of the same configuration (`repository`, else the default
+    /// one), with this access's `--password-file`.
+    pub fn primary(&self) -> Result<Access> {
+        let (location, default_key) = match self.name {
+            None => (self.location.clone(), self.default_key.clone()),
+            Some(_) => primary_location(&self.config)?,
+        };
+        Ok(self.sibling(location, None, default_key))
+    }
+
+    fn sibling(
+        &self,
+        location: String,
+        name: Option<String>,
+        default_key: Option<PathBuf>,
+    ) -> Access {
+        Access {
+            location,
+            password_file: if name.is_none() {
+                self.password_file.clone()
+            } else {
+                None
+            },
+            name,
+            default_key,
+            config: self.config.clone(),
+            prompt: self.prompt.clone(),
+            prompted: std::cell::OnceCell::new(),
+            events: self.events.clone(),
+        }
+    }
+
+    /// The repository `[repositories.NAME]` of the same configuration, or the primary for
+    /// `primary`. A named one has its own passphrase source (falling back to the
+    /// environment's and the top-level ones, not to this access's `--password-file`).
+    pub fn repository(&self, name: &str) -> Result<Access> {
+        if name == PRIMARY {
+            return self.primary();
+        }
+        let Some(r) = self.config.repositories.get(name) else {
+            let known: Vec<&str> = self
+                .config
+                .repositories
+                .keys()
+                .map(String::as_str)
+                .collect();
+            return Err(Error::usage(format!(
+                "no repository named {name:?} in the configuration{}",
+                if known.is_empty() {
+                    ": declare it in a [repositories.NAME] table".to_string()
+                } else {
+                    format!(" (declared: {})", known.join(", "))
+                }
+            ))
+            .into());
+        };
+        Ok(self.sibling(r.location.clone(), Some(name.to_string()), None))
+    }
+
+    /// How this access names its repository in messages: `NAME (LOCATION)` or the location.
+    pub fn display(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({})", self.location),
+            None => self.location.clone(),
+        }
+    }
+
+    /// The `[repositories.NAME]` table of this access.
+    fn table(&self) -> Option<&crate::config::RepositoryConfig> {
+        self.name
+            .as_ref()
+            .and_then(|n| self.config.repositories.get(n))
+    }
+
+    /// The S3 settings, resolved: a named repository's own `s3` as given, else the
+    /// top-level `[s3]` under the `AWS_*` variables.
+    fn s3(&self) -> crate::backend::S3Settings {
+        match self.table().and_then(|t| t.s3.as_ref()) {
+            Some(s3) => s3.clone(),
+            None => self.config.s3.resolve(),
+        }
     }
 
     /// Where the repositories opened through this access report their warnings.
@@ -171,6 +275,14 @@ impl Access {
     }
 
     fn source(&self) -> PassSource<'_> {
+        if let Some(t) = self.table() {
+            if let Some(f) = &t.password_file {
+                return PassSource::File(f);
+            }
+            if let Some(p) = &t.password {
+                return PassSource::Inline(p);
+            }
+        }
         if let Some(f) = &self.password_file {
             PassSource::File(f)
         } else if let Ok(p) = std::env::var("COFFER_PASSWORD") {
@@ -254,7 +366,7 @@ impl Access {
         };
         if self.location.starts_with("s3://") {
             // The server that runs restore_command has none of our AWS_* variables.
-            c.s3 = Some(self.config.s3.resolve());
+            c.s3 = Some(self.s3());
         }
         match self.source() {
             PassSource::File(f) | PassSource::DefaultKey(f) => c.password_file = Some(abs(f)),
@@ -269,7 +381,7 @@ impl Access {
     }
 
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
-        backend::open(&self.location, &self.config.s3)
+        backend::open_resolved(&self.location, &self.s3())
     }
 
     pub fn open(&self) -> Result<Arc<Repository>> {
@@ -304,7 +416,12 @@ impl Access {
 
     /// Create a new repository (`init`): a named one with the passphrase (confirmed at a
     /// prompt), or the default one with its key file.
-    pub fn init(&self, compression: Option<i32>, pack_mib: u64) -> Result<Creation> {
+    pub fn init(
+        &self,
+        compression: Option<i32>,
+        pack_mib: u64,
+        like: Option<Arc<Repository>>,
+    ) -> Result<Creation> {
         let b = self.backend()?;
         // Before asking for a passphrase.
         if Repository::exists(&*b)? {
@@ -313,11 +430,21 @@ impl Access {
             );
         }
         if let Some(key) = &self.default_key {
+            if like.is_some() {
+                return Err(Error::usage(
+                    "--like needs a repository to create: name one with --repo or `repository`",
+                )
+                .into());
+            }
             let (repo, how) = self.create_default(key)?;
             return Ok(self.creation(&repo, how));
         }
         let pw = self.passphrase(true)?;
-        let repo = Repository::init(b, &pw, &self.init_options(compression, pack_mib))?;
+        let opts = InitOptions {
+            like,
+            ..self.init_options(compression, pack_mib)
+        };
+        let repo = Repository::init(b, &pw, &opts)?;
         Ok(self.creation(&repo, Created::Named))
     }
 
@@ -357,8 +484,12 @@ impl Access {
     pub fn init_options(&self, compression: Option<i32>, pack_mib: u64) -> InitOptions {
         InitOptions {
             kdf: KdfParams::default(),
-            compression: compression.or(self.config.compression).unwrap_or(3),
+            compression: compression
+                .or(self.table().and_then(|t| t.compression))
+                .or(self.config.compression)
+                .unwrap_or(3),
             pack_size: pack_mib << 20,
+            like: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod access;
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod drill;
 pub mod dump;
 pub mod forget;

@@ -1432,6 +1432,7 @@ restore_order = ["uploads", "db"]
             requires: Default::default(),
             source: source.map(str::to_string),
             run: None,
+            original: None,
         };
         let all = vec![
             snap(Some("uploads"), "2024-05-01T01:00:00Z", &[]),

@@ -30,6 +30,8 @@ pub struct SnapshotEntry {
     pub source: Option<String>,
     /// The stack run it was made by, if any.
     pub run: Option<String>,
+    /// For a copy: the id of the snapshot it was copied from.
+    pub original: Option<String>,
 }
 
 /// The snapshots that have every one of `tags` and, when `sources` is not empty, back up
@@ -61,6 +63,7 @@ pub fn snapshots(
             requires: s.requires,
             source: s.source,
             run: s.run,
+            original: s.original.map(|o| o.to_hex()),
         })
         .collect())
 }

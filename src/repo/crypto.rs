@@ -45,6 +45,21 @@ impl MasterKey {
         k
     }
 
+    /// A new master key whose blob ids are those of `other` (the same `id` key) and whose
+    /// encryption key is its own: for a repository created `init --like` another, so that
+    /// `copy` between them deduplicates by id without re-chunking.
+    pub fn generate_like(other: &MasterKey) -> Self {
+        let mut k = MasterKey::generate();
+        k.id = other.id;
+        k
+    }
+
+    /// Whether blobs get the same ids under both keys.
+    pub fn same_blob_ids(&self, other: &MasterKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.id.ct_eq(&other.id).into()
+    }
+
     /// The identifier of a blob with this plaintext (keyed BLAKE3).
     pub fn blob_id(&self, data: &[u8]) -> Id {
         Id(*blake3::keyed_hash(&self.id, data).as_bytes())

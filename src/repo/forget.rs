@@ -220,6 +220,7 @@ mod tests {
             requires: Default::default(),
             source: None,
             run: None,
+            original: None,
         }
     }
 

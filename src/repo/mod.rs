@@ -49,7 +49,7 @@ use tree::Tree;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Chunker parameters; part of the sealed config because they decide dedup boundaries.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
     pub min_size: u32,
     pub avg_size: u32,
@@ -108,11 +108,14 @@ impl RepoConfig {
 }
 
 /// Options for `init`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InitOptions {
     pub kdf: KdfParams,
     pub compression: i32,
     pub pack_size: u64,
+    /// Cut and name blobs as this repository does (its chunker parameters and blob-id key;
+    /// the encryption key stays the new repository's own): `init --like`, for `copy`.
+    pub like: Option<Arc<Repository>>,
 }
 
 impl Default for InitOptions {
@@ -121,6 +124,7 @@ impl Default for InitOptions {
             kdf: KdfParams::default(),
             compression: 3,
             pack_size: 32 << 20,
+            like: None,
         }
     }
 }
@@ -173,6 +177,7 @@ pub(crate) fn test_repository(dir: &std::path::Path) -> Repository {
             kdf: keys::KdfParams::insecure_for_tests(),
             compression: 0,
             pack_size: 1 << 20,
+            like: None,
         },
     )
     .unwrap()
@@ -210,6 +215,12 @@ impl Repository {
             .cloned()
     }
 
+    /// Whether this repository cuts and names blobs as `other` does (created `init --like`
+    /// it, or it `--like` this one): then `copy` moves blobs between them by id.
+    pub fn is_like(&self, other: &Repository) -> bool {
+        self.config.chunker == other.config.chunker && self.key.same_blob_ids(&other.key)
+    }
+
     /// Whether a repository exists at this location (its config object does).
     pub fn exists(backend: &dyn Backend) -> Result<bool> {
         Ok(backend.stat(FileKind::Config, "")?.is_some())
@@ -228,18 +239,24 @@ impl Repository {
             ))
             .into());
         }
-        let key = MasterKey::generate();
         let mut seed = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut seed);
+        let (key, chunker) = match &opts.like {
+            Some(like) => (MasterKey::generate_like(&like.key), like.config.chunker),
+            None => (
+                MasterKey::generate(),
+                ChunkerParams {
+                    min_size: 256 << 10,
+                    avg_size: 1 << 20,
+                    max_size: 4 << 20,
+                    seed: u64::from_le_bytes(seed) >> 1,
+                },
+            ),
+        };
         let config = RepoConfig {
             version: FORMAT_VERSION,
             id: Id::random(),
-            chunker: ChunkerParams {
-                min_size: 256 << 10,
-                avg_size: 1 << 20,
-                max_size: 4 << 20,
-                seed: u64::from_le_bytes(seed) >> 1,
-            },
+            chunker,
             compression: opts.compression,
             pack_size: opts.pack_size,
             features: Default::default(),

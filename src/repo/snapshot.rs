@@ -161,6 +161,10 @@ pub struct Snapshot {
     /// The id shared by every snapshot of one `coffer backup` run of the stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// For a copy (`coffer copy`): the id of the snapshot it was first copied from, in the
+    /// repository that backup wrote (a copy of a copy keeps the first one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 impl Snapshot {

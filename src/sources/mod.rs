@@ -197,6 +197,7 @@ pub fn run<S: Source>(
         requires: saved.requires,
         source: opts.source.clone(),
         run: opts.run.clone(),
+        original: None,
     };
     crate::repo::lock::ensure_held(&session.repo)?;
     crate::cancel::check()?;

@@ -314,6 +314,7 @@ mod tests {
                 kdf: crate::repo::keys::KdfParams::insecure_for_tests(),
                 compression: 0,
                 pack_size: 1 << 20,
+                ..Default::default()
             },
         )
         .unwrap();
