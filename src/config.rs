@@ -269,6 +269,19 @@ impl Config {
                 );
             }
         }
+        for src in &c.sources {
+            if let Some(n) = src
+                .copy_to
+                .iter()
+                .find(|n| !c.repositories.contains_key(*n))
+            {
+                return Err(Error::usage(format!(
+                    "[sources.{}] copy_to names {n:?}, which is not a [repositories.NAME] table",
+                    src.name
+                ))
+                .into());
+            }
+        }
         // Relative paths in the file are relative to the file.
         if let Some(dir) = dir {
             for r in c.repositories.values_mut() {
@@ -358,13 +371,25 @@ mod tests {
         let c = Config::load(&p).unwrap();
         let r = &c.repositories["offsite"];
         assert_eq!(r.location, "s3://b/p");
-        assert_eq!(r.password_file.as_deref(), Some(d.path().join("pw").as_path()));
+        assert_eq!(
+            r.password_file.as_deref(),
+            Some(d.path().join("pw").as_path())
+        );
         assert!(!format!("{c:?}").contains("hunter2-secret"));
         for (text, says) in [
-            ("[repositories.offsite]\nlocation = \"/x\"\nkeep = { last = 1 }\n", "keep"),
+            (
+                "[repositories.offsite]\nlocation = \"/x\"\nkeep = { last = 1 }\n",
+                "keep",
+            ),
             ("[repositories.primary]\nlocation = \"/x\"\n", "top-level"),
-            ("[repositories.offsite]\nlocation = \"\"\n", "location is empty"),
-            ("[repositories.\"a b\"]\nlocation = \"/x\"\n", "repository name"),
+            (
+                "[repositories.offsite]\nlocation = \"\"\n",
+                "location is empty",
+            ),
+            (
+                "[repositories.\"a b\"]\nlocation = \"/x\"\n",
+                "repository name",
+            ),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = format!("{:#}", Config::load(&p).unwrap_err());

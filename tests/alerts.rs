@@ -73,6 +73,7 @@ fn run(status: RunStatus, error: Option<&str>, snapshot: Option<&str>, secs: f64
         snapshot_time: None,
         error: error.map(str::to_string),
         forgotten: vec![],
+        copied_to: vec![],
     }
 }
 

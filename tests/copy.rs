@@ -231,3 +231,46 @@ fn an_interrupted_copy_resumes_from_its_index_files() {
     restore(&t, "offsite", copy["id"].as_str().unwrap(), &target);
     assert_same_tree(&src, &restored(&target, &src));
 }
+
+#[test]
+fn copy_to_copies_each_new_snapshot_after_its_backup() {
+    let t = Two::new("4");
+    let text = fs::read_to_string(&t.config).unwrap();
+    fs::write(
+        &t.config,
+        format!("{text}copy_to = [\"offsite\"]\n[sources.notes]\ntype = \"command\"\nshell = \"echo hello\"\ncopy_to = [\"other\"]\n"),
+    )
+    .unwrap();
+    let r = t.json(&["backup", "--source", "numbers", "--json"]);
+    let s = &r["sources"][0];
+    assert_eq!(s["status"], "ok", "{r:#}");
+    assert_eq!(s["copied_to"], serde_json::json!(["offsite"]));
+    let offsite = t.snapshots("offsite");
+    assert_eq!(offsite.len(), 1);
+    assert_eq!(offsite[0]["original"], s["snapshot"]);
+    assert_eq!(offsite[0]["source"], "numbers");
+
+    // A copy that cannot be made fails the source; the snapshot stays in the primary.
+    ok(&t.run(&["--repo", "other", "init"]));
+    let out = t.run(&["backup", "--source", "notes", "--json"]);
+    assert!(!out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &r["sources"][0];
+    assert_eq!(s["status"], "failed", "{r:#}");
+    assert!(
+        s["error"].as_str().unwrap().contains("copy to other"),
+        "{r:#}"
+    );
+    assert!(s["snapshot"].is_string(), "{r:#}");
+    assert_eq!(s["copied_to"], serde_json::json!([]));
+
+    // A copy_to that names no repository is a config error.
+    fs::write(&t.config, format!("{text}copy_to = [\"nowhere\"]\n")).unwrap();
+    let out = t.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("copy_to names \"nowhere\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -9,7 +9,9 @@ use std::sync::Arc;
 #[test]
 fn a_repository_reports_its_warnings_to_the_observer_it_was_opened_with() {
     let dir = tempfile::tempdir().unwrap();
-    common::library_access(dir.path()).init(None, 4, None).unwrap();
+    common::library_access(dir.path())
+        .init(None, 4, None)
+        .unwrap();
     // Slots are tried in name order: opening meets this one before the good slot.
     std::fs::write(dir.path().join("repo/keys/00-broken"), b"{").unwrap();
 

@@ -39,6 +39,9 @@ pub struct SourceConfig {
     pub drill: Option<Drill>,
     /// A source whose last successful drill is older than this is flagged by `status`.
     pub drill_max_age: Option<Duration>,
+    /// `[repositories.NAME]`s that each new snapshot of the source is copied to, after its
+    /// backup (`coffer copy`).
+    pub copy_to: Vec<String>,
     /// Why the source's `${VAR}`s could not be expanded (a variable is not set): commands
     /// that back it up or restore it fail with this; the others (snapshots, status…)
     /// work without the variable.
@@ -63,6 +66,7 @@ impl std::fmt::Debug for SourceConfig {
             )
             .field("drill", &self.drill)
             .field("drill_max_age", &self.drill_max_age)
+            .field("copy_to", &self.copy_to)
             .field("unresolved", &self.unresolved)
             .finish()
     }
@@ -304,6 +308,8 @@ struct Common {
     drill: Option<DrillKeys>,
     #[serde(default, with = "opt_duration")]
     drill_max_age: Option<Duration>,
+    #[serde(default)]
+    copy_to: Vec<String>,
 }
 
 const COMMON_KEYS: &[&str] = &[
@@ -319,6 +325,7 @@ const COMMON_KEYS: &[&str] = &[
     "healthcheck_url",
     "drill",
     "drill_max_age",
+    "copy_to",
 ];
 
 /// When a job runs: a cron expression in a time zone, or an interval.
@@ -536,6 +543,7 @@ pub fn parse_sources(
                 .transpose()
                 .map_err(bad)?,
             drill_max_age: common.drill_max_age,
+            copy_to: common.copy_to,
             unresolved,
         };
         s.check().map_err(bad)?;

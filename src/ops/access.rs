@@ -134,6 +134,21 @@ pub fn read_password_file(p: &Path) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Open `[repositories.NAME]` of `config` without a terminal (a source's `copy_to`, the
+/// service): its own passphrase source, else the environment's and the top-level ones.
+pub fn open_named(config: &Config, name: &str, events: &Progress) -> Result<Arc<Repository>> {
+    let refuse: Prompt = Box::new(|_, _| {
+        Err(
+            Error::usage("no passphrase given: set password_file in the [repositories.NAME] table")
+                .into(),
+        )
+    });
+    Access::new(None, None, config.clone(), refuse)?
+        .reporting_to(events.clone())
+        .repository(name)?
+        .open()
+}
+
 /// The primary repository's location: the config file's `repository`, else the default
 /// repository (with its key file).
 fn primary_location(config: &Config) -> Result<(String, Option<PathBuf>)> {

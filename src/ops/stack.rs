@@ -71,6 +71,8 @@ pub struct SourceRun {
     pub error: Option<String>,
     /// Snapshots of this source removed by its `keep` rules.
     pub forgotten: Vec<String>,
+    /// The `copy_to` repositories the new snapshot was copied to.
+    pub copied_to: Vec<String>,
 }
 
 /// Which sources `names` picks (all when empty), in declared order; an unknown name is a
@@ -114,9 +116,10 @@ pub fn backup_stack(
     let started = Instant::now();
     let run = runs::new_run_id();
     let mut out = Vec::new();
+    let mut copies = Destinations::default();
     for src in picked {
         let p = progress_for(&format!("{} ({})", src.name, src.kind.type_name()));
-        let r = backup_one(repo, config, src, &run, opts, &p);
+        let r = backup_one(repo, config, src, &run, opts, &mut copies, &p);
         p.finish();
         out.push(r);
     }
@@ -134,12 +137,60 @@ pub fn backup_stack(
     })
 }
 
+/// The `copy_to` repositories of one stack run, each opened once.
+#[derive(Default)]
+struct Destinations(std::collections::HashMap<String, Arc<Repository>>);
+
+impl Destinations {
+    fn open(&mut self, config: &Config, name: &str, events: &Progress) -> Result<Arc<Repository>> {
+        if let Some(r) = self.0.get(name) {
+            return Ok(r.clone());
+        }
+        let r = super::access::open_named(config, name, events)?;
+        self.0.insert(name.to_string(), r.clone());
+        Ok(r)
+    }
+}
+
+/// Copy snapshot `id` of source `src` to each of its `copy_to` repositories. Returns the
+/// names it was copied to and the errors, one per repository that failed.
+fn copy_out(
+    repo: &Arc<Repository>,
+    config: &Config,
+    src: &SourceConfig,
+    id: &str,
+    copies: &mut Destinations,
+    progress: &Progress,
+) -> (Vec<String>, Vec<String>) {
+    let (mut done, mut errors) = (Vec::new(), Vec::new());
+    for name in &src.copy_to {
+        progress.set_message(format!("copying to {name}"));
+        let r = copies.open(config, name, progress).and_then(|to| {
+            let opts = super::copy::CopyOptions {
+                snapshots: vec![id.to_string()],
+                sources: Vec::new(),
+            };
+            super::copy::copy(repo, &to, (super::access::PRIMARY, name), &opts, progress)
+        });
+        match r {
+            Ok(_) => done.push(name.clone()),
+            Err(e) => {
+                let e = format!("copy to {name}: {e:#}");
+                progress.warn(&format!("source {}: {e}", src.name));
+                errors.push(e);
+            }
+        }
+    }
+    (done, errors)
+}
+
 fn backup_one(
     repo: &Arc<Repository>,
     config: &Config,
     src: &SourceConfig,
     run: &str,
     opts: &StackOptions,
+    copies: &mut Destinations,
     progress: &Progress,
 ) -> SourceRun {
     let t0 = Instant::now();
@@ -189,6 +240,21 @@ fn backup_one(
             None => e,
         });
     }
+    // The snapshot stands whatever its copies do; a copy that fails fails the source, as a
+    // failing after hook does.
+    let copied_to = match &snapshot {
+        Some(id) if !src.copy_to.is_empty() => {
+            let (done, errors) = copy_out(repo, config, src, id, copies, progress);
+            for e in errors {
+                error = Some(match error {
+                    Some(first) => format!("{first}; {e}"),
+                    None => e,
+                });
+            }
+            done
+        }
+        _ => Vec::new(),
+    };
     let (bytes_read, bytes_added, bytes_stored) = match &result {
         Ok(r) => (r.size, r.summary.bytes_added, r.summary.bytes_stored),
         Err(_) => (0, 0, 0),
@@ -260,6 +326,7 @@ fn backup_one(
         snapshot_time: result.as_ref().ok().map(|r| r.snapshot.time),
         error,
         forgotten,
+        copied_to,
     }
 }
 
@@ -388,6 +455,7 @@ pub fn from_environment(env: &dyn Fn(&str) -> Option<String>) -> (Vec<SourceConf
         healthcheck_url: None,
         drill: None,
         drill_max_age: None,
+        copy_to: Vec::new(),
         unresolved: None,
     };
     let pg = |url: String| {
