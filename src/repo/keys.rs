@@ -5,8 +5,8 @@
 //! master key and repository id sealed with XChaCha20-Poly1305 under the Argon2id output.
 //! Changing a passphrase adds or removes a slot; the data is never re-encrypted.
 //!
-//! `kind` is `"passphrase"`. The value `"recipient"` is reserved for a later public-key
-//! mode in which a backup host holds a key that can write but not read (see FORMAT.md).
+//! `kind` is `"passphrase"`. The value `"writer"` is reserved for write-only slots: a backup
+//! host holds a key that can write but not read (designed in FORMAT.md, section 3).
 
 use super::crypto::{b64vec, MasterKey, WrappingKey};
 use super::id::Id;
@@ -57,7 +57,7 @@ pub struct Kdf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyFile {
     pub version: u32,
-    /// `passphrase` (the only kind so far); `recipient` is reserved.
+    /// `passphrase` (the only kind so far); `writer` is reserved.
     pub kind: String,
     pub created: DateTime<Utc>,
     pub hostname: String,
