@@ -81,6 +81,10 @@ pub struct RepositoryConfig {
     pub s3: Option<crate::backend::S3Settings>,
     /// zstd level for `coffer init` of it (default: the top-level `compression`).
     pub compression: Option<i32>,
+    /// Its own retention: what `--repo NAME forget` applies without `--keep-*` options, and
+    /// what a source's `copy_to` applies to the source's copies there after each copy.
+    #[serde(default, deserialize_with = "sources::keep_policy")]
+    pub keep: Option<crate::repo::forget::Policy>,
 }
 
 impl std::fmt::Debug for RepositoryConfig {
@@ -91,6 +95,7 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("password", &crate::redact::Redacted(&self.password))
             .field("s3", &self.s3)
             .field("compression", &self.compression)
+            .field("keep", &self.keep)
             .finish()
     }
 }
@@ -376,10 +381,28 @@ mod tests {
             Some(d.path().join("pw").as_path())
         );
         assert!(!format!("{c:?}").contains("hunter2-secret"));
+        std::fs::write(
+            &p,
+            "[repositories.offsite]\nlocation = \"/x\"\nkeep = { daily = 90, monthly = 12 }\n",
+        )
+        .unwrap();
+        let keep = Config::load(&p).unwrap().repositories["offsite"]
+            .keep
+            .clone()
+            .unwrap();
+        assert_eq!((keep.daily, keep.monthly, keep.last), (90, 12, 0));
         for (text, says) in [
             (
-                "[repositories.offsite]\nlocation = \"/x\"\nkeep = { last = 1 }\n",
-                "keep",
+                "[repositories.offsite]\nlocation = \"/x\"\nkeep = { dayly = 1 }\n",
+                "dayly",
+            ),
+            (
+                "[repositories.offsite]\nlocation = \"/x\"\nkeep = { }\n",
+                "keep has no rule",
+            ),
+            (
+                "[repositories.offsite]\nlocation = \"/x\"\nstorage = 1\n",
+                "storage",
             ),
             ("[repositories.primary]\nlocation = \"/x\"\n", "top-level"),
             (

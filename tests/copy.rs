@@ -250,6 +250,27 @@ fn copy_to_copies_each_new_snapshot_after_its_backup() {
     assert_eq!(offsite[0]["original"], s["snapshot"]);
     assert_eq!(offsite[0]["source"], "numbers");
 
+    // The destination's own keep applies to the copies after each copy; the primary keeps all.
+    let with_keep = fs::read_to_string(&t.config).unwrap().replace(
+        "password_file = \"offsite-pw\"\n",
+        "password_file = \"offsite-pw\"\nkeep = { last = 1 }\n",
+    );
+    fs::write(&t.config, &with_keep).unwrap();
+    let r = t.json(&["backup", "--source", "numbers", "--json"]);
+    let newest = r["sources"][0]["snapshot"].clone();
+    let offsite = t.snapshots("offsite");
+    assert_eq!(offsite.len(), 1, "{offsite:#?}");
+    assert_eq!(offsite[0]["original"], newest);
+    assert_eq!(t.snapshots("primary").len(), 2);
+    // And `--repo offsite forget` without rules applies it too.
+    let again = t.copy(&["--source", "numbers"]);
+    assert_eq!(again["copied"].as_array().unwrap().len(), 1, "{again:#}");
+    assert_eq!(t.snapshots("offsite").len(), 2);
+    ok(&t.run(&["--repo", "offsite", "forget"]));
+    let offsite = t.snapshots("offsite");
+    assert_eq!(offsite.len(), 1, "{offsite:#?}");
+    assert_eq!(offsite[0]["original"], newest);
+
     // A copy that cannot be made fails the source; the snapshot stays in the primary.
     ok(&t.run(&["--repo", "other", "init"]));
     let out = t.run(&["backup", "--source", "notes", "--json"]);

@@ -592,18 +592,24 @@ pub fn forget(ctx: &Context, a: &ForgetArgs) -> Result<()> {
         w.parse()
             .map_err(|e: anyhow::Error| Error::usage(e.to_string()))
     });
+    let mut policy = Policy {
+        last: a.keep_last.unwrap_or(0),
+        hourly: a.keep_hourly.unwrap_or(0),
+        daily: a.keep_daily.unwrap_or(0),
+        weekly: a.keep_weekly.unwrap_or(0),
+        monthly: a.keep_monthly.unwrap_or(0),
+        yearly: a.keep_yearly.unwrap_or(0),
+        within: within.transpose()?,
+        keep_tags: a.keep_tag.clone(),
+    };
+    // `--repo NAME forget` with no rule and no snapshot: that repository's own `keep`.
+    if let (true, true, Some(keep)) = (policy.is_empty(), a.snapshots.is_empty(), ctx.access.keep())
+    {
+        policy = keep.clone();
+    }
     let opts = ForgetOptions {
         snapshots: a.snapshots.clone(),
-        policy: Policy {
-            last: a.keep_last.unwrap_or(0),
-            hourly: a.keep_hourly.unwrap_or(0),
-            daily: a.keep_daily.unwrap_or(0),
-            weekly: a.keep_weekly.unwrap_or(0),
-            monthly: a.keep_monthly.unwrap_or(0),
-            yearly: a.keep_yearly.unwrap_or(0),
-            within: within.transpose()?,
-            keep_tags: a.keep_tag.clone(),
-        },
+        policy,
         tags: a.tags.clone(),
         sources: a.sources.clone(),
         group_by: a

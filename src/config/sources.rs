@@ -390,6 +390,16 @@ pub fn cron(expr: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("schedule {expr:?} is not a cron expression: {e}"))
 }
 
+/// A `keep` table, read as its policy (a `[repositories.NAME]`'s).
+pub(crate) fn keep_policy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Policy>, D::Error> {
+    Option::<Keep>::deserialize(d)?
+        .map(Keep::policy)
+        .transpose()
+        .map_err(serde::de::Error::custom)
+}
+
 /// `keep = { daily = 30, weekly = 12, within = "7d" }`: forget's `--keep-*` options.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -262,6 +262,11 @@ impl Access {
         }
     }
 
+    /// The retention of this repository's `[repositories.NAME]` table, if it has one.
+    pub fn keep(&self) -> Option<&crate::repo::forget::Policy> {
+        self.table().and_then(|t| t.keep.as_ref())
+    }
+
     /// The `[repositories.NAME]` table of this access.
     fn table(&self) -> Option<&crate::config::RepositoryConfig> {
         self.name

@@ -137,6 +137,26 @@ pub fn backup_stack(
     })
 }
 
+/// Apply `policy` to the snapshots of `src` in `repo` (grouped by host and source); the ids
+/// removed.
+fn forget_source(
+    repo: &Arc<Repository>,
+    src: &SourceConfig,
+    policy: &crate::repo::forget::Policy,
+    progress: &Progress,
+) -> Result<Vec<String>> {
+    let f = ForgetOptions {
+        snapshots: Vec::new(),
+        policy: policy.clone(),
+        tags: Vec::new(),
+        sources: vec![src.name.clone()],
+        group_by: vec!["host".into(), "source".into()],
+        dry_run: false,
+        prune: false,
+    };
+    Ok(forget(repo, &f, &|_| {}, progress)?.removed)
+}
+
 /// The `copy_to` repositories of one stack run, each opened once.
 #[derive(Default)]
 struct Destinations(std::collections::HashMap<String, Arc<Repository>>);
@@ -159,6 +179,7 @@ fn copy_out(
     config: &Config,
     src: &SourceConfig,
     id: &str,
+    forget_after: bool,
     copies: &mut Destinations,
     progress: &Progress,
 ) -> (Vec<String>, Vec<String>) {
@@ -172,8 +193,18 @@ fn copy_out(
             };
             super::copy::copy(repo, &to, (super::access::PRIMARY, name), &opts, progress)
         });
+        // The destination's own retention, over this source's copies there.
+        let r = r.and_then(
+            |_| match config.repositories.get(name).and_then(|t| t.keep.as_ref()) {
+                Some(policy) if forget_after => {
+                    let to = copies.open(config, name, progress)?;
+                    forget_source(&to, src, policy, progress).map(|_| ())
+                }
+                _ => Ok(()),
+            },
+        );
         match r {
-            Ok(_) => done.push(name.clone()),
+            Ok(()) => done.push(name.clone()),
             Err(e) => {
                 let e = format!("copy to {name}: {e:#}");
                 progress.warn(&format!("source {}: {e}", src.name));
@@ -244,7 +275,7 @@ fn backup_one(
     // failing after hook does.
     let copied_to = match &snapshot {
         Some(id) if !src.copy_to.is_empty() => {
-            let (done, errors) = copy_out(repo, config, src, id, copies, progress);
+            let (done, errors) = copy_out(repo, config, src, id, opts.forget, copies, progress);
             for e in errors {
                 error = Some(match error {
                     Some(first) => format!("{first}; {e}"),
@@ -292,17 +323,8 @@ fn backup_one(
     }
     let mut forgotten = Vec::new();
     if let (true, Some(policy), Ok(_)) = (opts.forget, &src.keep, &result) {
-        let f = ForgetOptions {
-            snapshots: Vec::new(),
-            policy: policy.clone(),
-            tags: Vec::new(),
-            sources: vec![src.name.clone()],
-            group_by: vec!["host".into(), "source".into()],
-            dry_run: false,
-            prune: false,
-        };
-        match forget(repo, &f, &|_| {}, progress) {
-            Ok(r) => forgotten = r.removed,
+        match forget_source(repo, src, policy, progress) {
+            Ok(removed) => forgotten = removed,
             Err(e) => {
                 let e = format!("keep rules of source {}: {e:#}", src.name);
                 progress.warn(&e);
