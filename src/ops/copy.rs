@@ -4,8 +4,9 @@
 //! - The destination cuts and names blobs as the origin does: it was created with
 //!   `init --like` the origin (the same chunker parameters and blob-id key, its own
 //!   encryption key and key slots). A blob then has the same id in both, so only the blobs
-//!   the destination lacks are read (each one verified against its id), and stored again
-//!   under the destination's keys; trees are the same bytes, so they copy as blobs too. An
+//!   the destination lacks are read (each one verified against its id), and sealed again
+//!   under the destination's key as they were compressed (no second compression); trees are
+//!   the same bytes, so they copy as blobs too. An
 //!   unchanged second copy reads the trees and transfers nothing else.
 //! - A copied snapshot keeps everything the original says (kind, source, paths, tags, time,
 //!   host, the sources' metadata: row counts, LSNs, dump streams) and records the original's
@@ -242,7 +243,10 @@ fn copy_one(
     let mut saver = BlobSaver::new(to.clone(), to_index.clone(), true);
     let readers = from.backend.concurrency().clamp(1, 8);
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<Id>();
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<(Id, Result<Vec<u8>>)>(readers * 2);
+    // Each blob is verified in the origin, then sealed for the destination as it was
+    // encoded (the origin's compression kept: no second compression).
+    type Resealed = Result<(Vec<u8>, u32)>;
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<(Id, Resealed)>(readers * 2);
     for id in &data {
         work_tx.send(*id).expect("the receiver is alive");
     }
@@ -253,7 +257,10 @@ fn copy_one(
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
             sc.spawn(move || {
                 for id in rx.iter() {
-                    if tx.send((id, from.read_blob(from_index, &id))).is_err() {
+                    let r = from
+                        .read_blob_encoded(from_index, &id)
+                        .map(|(encoded, raw)| (to.key.seal(&encoded), raw));
+                    if tx.send((id, r)).is_err() {
                         break;
                     }
                 }
@@ -264,27 +271,19 @@ fn copy_one(
         let done_rx = done_rx;
         let stop = || while work_rx.try_recv().is_ok() {};
         for (id, blob) in done_rx.iter() {
-            let blob = match blob.and_then(|b| crate::cancel::check().map(|()| b)) {
+            let (sealed, raw) = match blob.and_then(|b| crate::cancel::check().map(|()| b)) {
                 Ok(b) => b,
                 Err(e) => {
                     stop();
                     return Err(e);
                 }
             };
-            bytes += blob.len() as u64;
+            bytes += raw as u64;
             blobs += 1;
-            progress.inc(blob.len() as u64);
-            let (stored_as, _) = saver.save(BlobType::Data, blob)?;
-            if stored_as != id {
-                stop();
-                return Err(Error::integrity(format!(
-                    "blob {} got id {} in the destination: the repositories do not name \
-                     blobs alike",
-                    id.short(),
-                    stored_as.short()
-                ))
-                .into());
-            }
+            progress.inc(raw as u64);
+            // The id is the destination's too: it names blobs as the origin does (checked
+            // before the copy began).
+            saver.save_sealed(BlobType::Data, id, raw, sealed)?;
         }
         Ok(())
     })?;

@@ -504,6 +504,35 @@ impl Repository {
             .with_context(|| format!("in pack {}", pack))
     }
 
+    /// Read one blob as it is stored before sealing (compression-encoded), verified like
+    /// [`read_blob`](Self::read_blob) (it is decoded to be checked): for `copy`, which seals
+    /// it again for another repository without compressing it again. Returns the encoded
+    /// bytes and the plaintext length.
+    pub fn read_blob_encoded(&self, index: &MasterIndex, id: &Id) -> Result<(Vec<u8>, u32)> {
+        let loc = index.get(id).ok_or_else(|| {
+            Error::integrity(format!(
+                "blob {} is not in the index (repository damaged)",
+                id.short()
+            ))
+        })?;
+        let pack = index.pack_id(&loc);
+        let sealed = self.backend.read_range(
+            FileKind::Pack,
+            &pack.to_hex(),
+            loc.entry.offset as u64,
+            loc.entry.length as u64,
+        )?;
+        let encoded = self
+            .key
+            .open(&sealed)
+            .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))
+            .with_context(|| format!("in pack {}", pack))?;
+        let data = compress::decode(&encoded)?;
+        self.verify_blob(&data, id, loc.entry.raw_length)
+            .with_context(|| format!("in pack {}", pack))?;
+        Ok((encoded, loc.entry.raw_length))
+    }
+
     /// Decrypt, decompress and verify a sealed blob.
     pub fn open_blob(&self, sealed: &[u8], id: &Id, raw_length: u32) -> Result<Vec<u8>> {
         let plain = self
