@@ -1132,3 +1132,80 @@ fn moto_locks_that_cannot_be_read_stop_prune_and_backup() {
     env.ok(repo, &["prune"]);
     env.ok(repo, &["check", "--read-data"]);
 }
+
+/// `storage_class` applies to data packs only (everything else is read by every command and
+/// stays STANDARD); a class that needs a retrieval before reads is refused unless allowed.
+#[test]
+fn moto_data_packs_take_the_storage_class_and_retrieval_classes_are_refused() {
+    let server = moto();
+    create_bucket(server.port, "bucket");
+    let env = S3Env::new(server.endpoint(), "test-key", "test-secret");
+    let dir = TempDir::new().unwrap();
+    let config = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ia = config("ia.toml", "[s3]\nstorage_class = \"STANDARD_IA\"\n");
+    let repo = "s3://bucket/ia";
+    env.ok(repo, &["--config", &ia, "init"]);
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data = common::noise(5, 3 << 20);
+    std::fs::write(src.join("f.bin"), &data).unwrap();
+    env.ok(repo, &["--config", &ia, "backup", src.to_str().unwrap()]);
+
+    let (status, listing) = http(server.port, "GET", "/bucket?list-type=2&prefix=ia/", b"");
+    assert_eq!(status, 200, "{listing}");
+    let field = |s: &str, tag: &str| {
+        s.find(&format!("<{tag}>")).map(|i| {
+            let start = i + tag.len() + 2;
+            s[start..start + s[start..].find('<').unwrap()].to_string()
+        })
+    };
+    let objects: Vec<(String, String)> = listing
+        .split("<Contents>")
+        .skip(1)
+        .map(|c| {
+            (
+                field(c, "Key").unwrap(),
+                field(c, "StorageClass").unwrap_or_else(|| "STANDARD".into()),
+            )
+        })
+        .collect();
+    assert!(
+        objects.iter().any(|(k, _)| k.starts_with("ia/data/")),
+        "{listing}"
+    );
+    for (key, class) in &objects {
+        let expected = if key.starts_with("ia/data/") {
+            "STANDARD_IA"
+        } else {
+            "STANDARD"
+        };
+        assert_eq!(class, expected, "{key}");
+    }
+    let target = dir.path().join("restored");
+    env.ok(
+        repo,
+        &[
+            "--config",
+            &ia,
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    let restored = target.join(src.strip_prefix("/").unwrap()).join("f.bin");
+    assert!(std::fs::read(restored).unwrap() == data);
+
+    let glacier = config("glacier.toml", "[s3]\nstorage_class = \"GLACIER\"\n");
+    let err = env.fails(repo, &["--config", &glacier, "snapshots"], 2);
+    assert!(err.contains("allow_retrieval_class"), "{err}");
+    let allowed = config(
+        "allowed.toml",
+        "[s3]\nstorage_class = \"GLACIER\"\nallow_retrieval_class = true\n",
+    );
+    env.ok(repo, &["--config", &allowed, "snapshots"]);
+}

@@ -20,6 +20,8 @@ pub struct S3Backend {
     endpoint: Option<String>,
     /// The service with OpenDAL's own layers only; `op` and the upload operators add ours.
     base: Operator,
+    /// The same with the configured storage class, for data packs.
+    packs: Operator,
     /// For everything but uploads.
     op: Operator,
     rt: tokio::runtime::Runtime,
@@ -83,6 +85,38 @@ pub struct S3Settings {
     pub secret_access_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_token: Option<String>,
+    /// The S3 storage class of data packs (`STANDARD_IA`, `ONEZONE_IA`, `GLACIER_IR`, …);
+    /// everything else stays STANDARD (it is read by every command). Default: the bucket's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// Accept a storage class whose objects must be retrieved before they can be read
+    /// (`GLACIER`, `DEEP_ARCHIVE`): restores, checks and prunes then fail until they are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_retrieval_class: bool,
+}
+
+/// Storage classes whose objects cannot be read without a retrieval first.
+const RETRIEVAL_CLASSES: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
+
+impl S3Settings {
+    /// Refuse a storage class that needs a retrieval before reads, unless allowed.
+    pub fn check_storage_class(&self) -> Result<()> {
+        match self.storage_class.as_deref() {
+            Some(c) if c.trim().is_empty() => {
+                Err(Error::usage("storage_class is empty: remove it or name a class").into())
+            }
+            Some(c) if RETRIEVAL_CLASSES.contains(&c) && !self.allow_retrieval_class => {
+                Err(Error::usage(format!(
+                    "storage_class = {c:?}: objects of that class must be retrieved before they \
+                     can be read, so restores, drills, checks and prunes would fail; use \
+                     GLACIER_IR or STANDARD_IA, or set allow_retrieval_class = true if that is \
+                     what you want"
+                ))
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -91,6 +125,7 @@ impl std::fmt::Debug for S3Settings {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
+            .field("storage_class", &self.storage_class)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +153,8 @@ impl S3Settings {
             access_key_id,
             secret_access_key,
             session_token,
+            storage_class: self.storage_class.clone(),
+            allow_retrieval_class: self.allow_retrieval_class,
         }
     }
 }
@@ -132,33 +169,39 @@ impl S3Backend {
             return Err(Error::usage("s3 location needs a bucket: s3://bucket/prefix").into());
         }
         let prefix = prefix.trim_matches('/').to_string();
-        let mut b = S3::default()
-            .bucket(bucket)
-            .root(&format!("/{prefix}"))
-            .region(settings.region.as_deref().unwrap_or("us-east-1"))
-            .disable_config_load()
-            .disable_ec2_metadata();
-        let endpoint = settings.endpoint.clone();
-        if let Some(ep) = &endpoint {
-            b = b.endpoint(ep);
-        }
-        match (&settings.access_key_id, &settings.secret_access_key) {
-            (Some(id), Some(secret)) => {
-                b = b.access_key_id(id).secret_access_key(secret);
-                if let Some(tok) = &settings.session_token {
-                    b = b.session_token(tok);
+        settings.check_storage_class()?;
+        let builder = || -> Result<S3> {
+            let mut b = S3::default()
+                .bucket(bucket)
+                .root(&format!("/{prefix}"))
+                .region(settings.region.as_deref().unwrap_or("us-east-1"))
+                .disable_config_load()
+                .disable_ec2_metadata();
+            if let Some(ep) = &settings.endpoint {
+                b = b.endpoint(ep);
+            }
+            match (&settings.access_key_id, &settings.secret_access_key) {
+                (Some(id), Some(secret)) => {
+                    b = b.access_key_id(id).secret_access_key(secret);
+                    if let Some(tok) = &settings.session_token {
+                        b = b.session_token(tok);
+                    }
                 }
-            }
-            _ => {
-                return Err(Error::usage(
+                _ => return Err(Error::usage(
                     "S3 needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
-                     access_key_id and secret_access_key in the config file's [s3] table",
+                         access_key_id and secret_access_key in the config file's [s3] table",
                 )
-                .into())
+                .into()),
             }
+            Ok(b)
+        };
+        let packs = match &settings.storage_class {
+            Some(class) => Operator::new(builder()?.default_storage_class(class)),
+            None => Operator::new(builder()?),
         }
-        let base =
-            Operator::new(b).map_err(|e| Error::usage(format!("invalid S3 configuration: {e}")))?;
+        .map_err(|e| Error::usage(format!("invalid S3 configuration: {e}")))?;
+        let base = Operator::new(builder()?)
+            .map_err(|e| Error::usage(format!("invalid S3 configuration: {e}")))?;
         let op = layered(&base, REQUEST_TIMEOUT);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -167,8 +210,9 @@ impl S3Backend {
         Ok(S3Backend {
             bucket: bucket.to_string(),
             prefix,
-            endpoint,
+            endpoint: settings.endpoint.clone(),
             base,
+            packs,
             op,
             rt,
         })
@@ -259,7 +303,11 @@ impl Backend for S3Backend {
                 .map(bytes::Bytes::from)
                 .collect::<Vec<_>>(),
         );
-        let op = layered(&self.base, upload_timeout(len));
+        let service = match kind {
+            FileKind::Pack => &self.packs,
+            _ => &self.base,
+        };
+        let op = layered(service, upload_timeout(len));
         self.rt
             .block_on(op.write(&path, buf))
             .map(|_| ())
