@@ -221,7 +221,9 @@ fn copy_one(
         if !seen.insert(id) {
             continue;
         }
-        let t = from.load_tree(from_index, &id)?;
+        // Read once: parsed here, and stored as it is when the destination lacks it.
+        let raw = from.read_tree_blob(from_index, &id)?;
+        let t = crate::repo::tree::decode(&raw, &id)?;
         for n in &t.nodes {
             for c in &n.content {
                 if !to_index.has(c) && seen.insert(*c) {
@@ -231,7 +233,7 @@ fn copy_one(
             stack.extend(n.subtree);
         }
         if !to_index.has(&id) {
-            trees.push((id, from.read_blob(from_index, &id)?));
+            trees.push((id, raw));
         }
     }
     // Read in pack order, a few at a time (storage latency overlaps), store as they come.

@@ -487,6 +487,13 @@ impl Repository {
 
     /// Read one blob, verifying authenticity, length and identifier.
     pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
+        let (sealed, raw_length, pack) = self.read_sealed(index, id)?;
+        self.open_blob(&sealed, id, raw_length)
+            .with_context(|| format!("in pack {}", pack))
+    }
+
+    /// A blob's sealed bytes as stored, its plaintext length, and its pack.
+    fn read_sealed(&self, index: &MasterIndex, id: &Id) -> Result<(Vec<u8>, u32, Id)> {
         let loc = index.get(id).ok_or_else(|| {
             Error::integrity(format!(
                 "blob {} is not in the index (repository damaged)",
@@ -500,8 +507,7 @@ impl Repository {
             loc.entry.offset as u64,
             loc.entry.length as u64,
         )?;
-        self.open_blob(&sealed, id, loc.entry.raw_length)
-            .with_context(|| format!("in pack {}", pack))
+        Ok((sealed, loc.entry.raw_length, pack))
     }
 
     /// Read one blob as it is stored before sealing (compression-encoded), verified like
@@ -509,28 +515,16 @@ impl Repository {
     /// it again for another repository without compressing it again. Returns the encoded
     /// bytes and the plaintext length.
     pub fn read_blob_encoded(&self, index: &MasterIndex, id: &Id) -> Result<(Vec<u8>, u32)> {
-        let loc = index.get(id).ok_or_else(|| {
-            Error::integrity(format!(
-                "blob {} is not in the index (repository damaged)",
-                id.short()
-            ))
-        })?;
-        let pack = index.pack_id(&loc);
-        let sealed = self.backend.read_range(
-            FileKind::Pack,
-            &pack.to_hex(),
-            loc.entry.offset as u64,
-            loc.entry.length as u64,
-        )?;
+        let (sealed, raw_length, pack) = self.read_sealed(index, id)?;
         let encoded = self
             .key
             .open(&sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))
             .with_context(|| format!("in pack {}", pack))?;
         let data = compress::decode(&encoded)?;
-        self.verify_blob(&data, id, loc.entry.raw_length)
+        self.verify_blob(&data, id, raw_length)
             .with_context(|| format!("in pack {}", pack))?;
-        Ok((encoded, loc.entry.raw_length))
+        Ok((encoded, raw_length))
     }
 
     /// Decrypt, decompress and verify a sealed blob.
@@ -575,6 +569,12 @@ impl Repository {
     }
 
     pub fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
+        tree::decode(&self.read_tree_blob(index, id)?, id)
+    }
+
+    /// A tree blob's verified plaintext (not parsed yet), after the index says it is a tree
+    /// of a size a tree may have.
+    pub fn read_tree_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
         if index.blob_type(id) != Some(BlobType::Tree) && index.has(id) {
             return Err(Error::integrity(format!("blob {} is not a tree", id.short())).into());
         }
@@ -588,8 +588,7 @@ impl Repository {
                 .into());
             }
         }
-        let data = self.read_blob(index, id)?;
-        tree::decode(&data, id)
+        self.read_blob(index, id)
     }
 
     // ---- key slots ----
