@@ -289,6 +289,18 @@ fn a_files_drill_verifies_counts_and_paths_and_names_a_damaged_pack() {
     assert!(leftovers(&tmp).is_empty(), "{:?}", leftovers(&tmp));
 }
 
+/// A repository, a scratch temp dir and the `shop` cluster, with a drill of it caught
+/// running (see [`drill_caught_running`]): `(env, tmp, pg, coffer, postmaster)`.
+fn shop_drill_caught() -> (Env, PathBuf, PgCluster, std::process::Child, i32) {
+    let env = Env::new();
+    env.init();
+    let tmp = scratch_tmp(&env);
+    let pg = PgCluster::start();
+    shop(&pg);
+    let (child, postmaster) = drill_caught_running(&env, &pg, &tmp);
+    (env, tmp, pg, child, postmaster)
+}
+
 /// A drill of `db` whose check sleeps for a minute, caught with its scratch cluster running:
 /// the running coffer and the scratch postmaster's pid.
 fn drill_caught_running(env: &Env, pg: &PgCluster, tmp: &Path) -> (std::process::Child, i32) {
@@ -356,12 +368,8 @@ fn gone_within(pid: i32, limit: Duration) {
 
 #[test]
 fn sigterm_mid_drill_removes_the_scratch_cluster_and_records_the_drill() {
-    let env = Env::new();
-    env.init();
-    let tmp = scratch_tmp(&env);
-    let pg = PgCluster::start();
-    shop(&pg);
-    let (child, postmaster) = drill_caught_running(&env, &pg, &tmp);
+    // The cluster lives as long as `_pg`.
+    let (env, tmp, _pg, child, postmaster) = shop_drill_caught();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -382,12 +390,7 @@ fn sigterm_mid_drill_removes_the_scratch_cluster_and_records_the_drill() {
 
 #[test]
 fn a_killed_drill_leaves_its_scratch_cluster_to_the_next_one_which_removes_it() {
-    let env = Env::new();
-    env.init();
-    let tmp = scratch_tmp(&env);
-    let pg = PgCluster::start();
-    shop(&pg);
-    let (mut child, postmaster) = drill_caught_running(&env, &pg, &tmp);
+    let (env, tmp, pg, mut child, postmaster) = shop_drill_caught();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(alive(postmaster), "the scratch server outlived coffer");

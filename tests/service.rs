@@ -83,6 +83,22 @@ fn bodies(hooks: &common::http::Receiver) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The alerts of `event` among `alerts`, each required to name `source` and to say `says`
+/// in its error.
+fn alerts_of<'a>(
+    alerts: &'a [serde_json::Value],
+    event: &str,
+    source: &str,
+    says: &str,
+) -> Vec<&'a serde_json::Value> {
+    let of: Vec<&serde_json::Value> = alerts.iter().filter(|a| a["event"] == event).collect();
+    for a in &of {
+        assert_eq!(a["source"], source, "{alerts:?}");
+        assert!(a["error"].as_str().unwrap().contains(says), "{alerts:?}");
+    }
+    of
+}
+
 fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -937,16 +953,8 @@ rpo = "1h"
     assert_eq!(s["sources"][0]["recoverable"]["ok"], false, "{s:#}");
     stop(child);
     let alerts = bodies(&hooks);
-    let lagging: Vec<&serde_json::Value> = alerts
-        .iter()
-        .filter(|a| a["event"] == "wal_lagging")
-        .collect();
+    let lagging = alerts_of(&alerts, "wal_lagging", "db", "1 gap(s)");
     assert_eq!(lagging.len(), 1, "one alert while it lasts: {alerts:?}");
-    assert_eq!(lagging[0]["source"], "db");
-    assert!(
-        lagging[0]["error"].as_str().unwrap().contains("1 gap(s)"),
-        "{alerts:?}"
-    );
     assert!(
         !alerts.iter().any(|a| a["event"] == "rpo_breached"),
         "{alerts:?}"
@@ -1006,16 +1014,8 @@ fn a_scheduled_drill_that_fails_alerts_and_shows_in_the_metrics() {
     assert!(page.contains(">FAILED</span>"), "{page}");
     let err = stop(child);
     let alerts = bodies(&hooks);
-    let drill: Vec<&serde_json::Value> = alerts
-        .iter()
-        .filter(|a| a["event"] == "drill_failed")
-        .collect();
+    let drill = alerts_of(&alerts, "drill_failed", "up", "missing");
     assert_eq!(drill.len(), 1, "once while it lasts: {alerts:?}");
-    assert_eq!(drill[0]["source"], "up");
-    assert!(
-        drill[0]["error"].as_str().unwrap().contains("missing"),
-        "{alerts:?}"
-    );
     assert!(
         !alerts.iter().any(|a| a["event"] == "backup_failed"),
         "a drill is not a backup: {alerts:?}"
