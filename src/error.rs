@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Storage,
     /// A source (a file tree, a stream, a command) failed; no snapshot was written (exit 8).
     Source,
+    /// The key in use is write-only and the command reads data back (exit 9).
+    WriteOnly,
 }
 
 impl ErrorKind {
@@ -42,6 +44,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 6,
             ErrorKind::Storage => 7,
             ErrorKind::Source => 8,
+            ErrorKind::WriteOnly => 9,
         }
     }
 }

@@ -183,8 +183,8 @@ fn layers(f: &Fixture, bytes: &[u8]) -> [Vec<u8>; 3] {
     let encoded = compress::Compressor::new(3).encode(bytes);
     [
         bytes.to_vec(),
-        f.repo.key.seal(bytes),
-        f.repo.key.seal_encoded(encoded),
+        f.repo.keys.meta().seal(bytes),
+        f.repo.keys.meta().seal_encoded(encoded),
     ]
 }
 
@@ -276,6 +276,7 @@ fn index_files() {
             id: Id::random(),
             size: 200,
             blobs: vec![sample_entry(), sample_entry()],
+            ephemeral: None,
         }],
     });
     runner()
@@ -314,16 +315,16 @@ fn pack_headers() {
         .run(&(input(header), 0usize..400), |(plain, data_len)| {
             // As stored: arbitrary bytes.
             watched(|| {
-                let _ = parse_pack(&f.repo.key, &plain);
+                let _ = parse_pack(&f.repo.keys, &plain);
             })?;
             // A pack whose sealed header holds the arbitrary plaintext.
-            let sealed = f.repo.key.seal(&plain);
+            let sealed = f.repo.keys.meta().seal(&plain);
             let mut pack = vec![0u8; data_len];
             pack.extend_from_slice(&sealed);
             pack.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-            let r = watched(|| parse_pack(&f.repo.key, &pack))?;
-            if let Ok(entries) = r {
-                let total: u64 = entries.iter().map(|e| e.length as u64).sum();
+            let r = watched(|| parse_pack(&f.repo.keys, &pack))?;
+            if let Ok(header) = r {
+                let total: u64 = header.entries.iter().map(|e| e.length as u64).sum();
                 prop_assert_eq!(total, data_len as u64);
             }
             Ok(())
@@ -349,8 +350,11 @@ fn trees() {
                 let _ = compress::decode(&bytes);
                 let _ = compress::Decoder::default().decode(&bytes).map(|d| d.len());
                 // A tree blob as stored: sealed, then decoded and parsed.
-                let sealed = f.repo.key.seal(&bytes);
-                let _ = f.repo.open_blob(&sealed, &Id::random(), bytes.len() as u32);
+                let key = f.repo.content_key(None).unwrap();
+                let sealed = key.seal(&bytes);
+                let _ = f
+                    .repo
+                    .open_blob(&key, &sealed, &Id::random(), bytes.len() as u32);
             })
         })
         .unwrap();
@@ -442,7 +446,8 @@ fn the_allocation_watch_catches_a_large_allocation() {
             FileKind::Config,
             "",
             &f.repo
-                .key
+                .keys
+                .meta()
                 .seal_encoded(compress::Compressor::new(3).encode(&json(&c))),
         )
         .unwrap();

@@ -595,6 +595,10 @@ pub enum KeyCommand {
     Add {
         #[arg(long, env = "COFFER_NEW_PASSWORD_FILE")]
         new_password_file: Option<PathBuf>,
+        /// A write-only key: it backs up, pushes WAL, lists snapshots and forgets, but
+        /// cannot read anything back (the first one upgrades the repository)
+        #[arg(long)]
+        write_only: bool,
     },
     /// Remove a key slot by id (prefix)
     Remove { id: String },

@@ -677,10 +677,21 @@ pub fn key(ctx: &Context, k: &KeyCommand) -> Result<()> {
                 outln!("{k}")?;
             }
         }
-        KeyCommand::Add { new_password_file } => {
+        KeyCommand::Add {
+            new_password_file,
+            write_only: false,
+        } => {
             let pw = ctx.access.new_passphrase(new_password_file.as_deref())?;
             let name = ops::key::add(&repo, &pw)?;
             ctx.say(&format!("added key {}", short(&name)));
+        }
+        KeyCommand::Add {
+            new_password_file,
+            write_only: true,
+        } => {
+            repo.require_full("key add --write-only")?;
+            let pw = ctx.access.new_passphrase(new_password_file.as_deref())?;
+            ctx.say(&ops::key::add_write_only(&repo, &pw)?.to_string());
         }
         KeyCommand::Remove { id } => {
             let name = ops::key::remove(&repo, id)?;

@@ -44,6 +44,7 @@ pub fn read_data_subset(s: &str) -> Result<ReadData> {
 
 /// Check the repository, reading the data `read` says; `progress` hears what is checked.
 pub fn check(repo: &Arc<Repository>, read: ReadData, progress: &Progress) -> Result<CheckReport> {
+    repo.require_full("check")?;
     let _lock = Lock::shared(repo, "check")?;
     let r = check::check(repo, read, progress)?;
     Ok(CheckReport {

@@ -15,7 +15,6 @@
 //!   durable there, as a backup's is. An interrupted copy leaves packs and index files that
 //!   the next copy reuses: it resumes where the index files end.
 
-use crate::backend::FileKind;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::id::Id;
@@ -106,6 +105,7 @@ pub fn copy(
     opts: &CopyOptions,
     progress: &Progress,
 ) -> Result<CopyReport> {
+    from.require_full(&format!("copy from {}", names.0))?;
     let t0 = Instant::now();
     if from.config.id == to.config.id {
         return Err(Error::usage(format!(
@@ -242,7 +242,9 @@ fn copy_one(
             .get(id)
             .map(|l| (from_index.pack_id(&l), l.entry.offset))
     });
-    let mut saver = BlobSaver::new(to.clone(), to_index.clone(), true);
+    let mut saver = BlobSaver::new(to.clone(), to_index.clone(), true)?;
+    let sealer = saver.sealer().clone();
+    let sealer = &sealer;
     let readers = from.backend.concurrency().clamp(1, 8);
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<Id>();
     // Each blob is verified in the origin, then sealed for the destination as it was
@@ -261,7 +263,7 @@ fn copy_one(
                 for id in rx.iter() {
                     let r = from
                         .read_blob_encoded(from_index, &id)
-                        .map(|(encoded, raw)| (to.key.seal(&encoded), raw));
+                        .map(|(encoded, raw)| (sealer.seal(&encoded), raw));
                     if tx.send((id, r)).is_err() {
                         break;
                     }
@@ -317,9 +319,10 @@ fn copy_one(
     copy.original = Some(snap.original.unwrap_or(snap.id));
     // The parent is a snapshot of the origin; the copy stands alone.
     copy.parent = None;
+    copy.stored_as = None;
     crate::repo::lock::ensure_held(to)?;
     crate::cancel::check()?;
-    let id = to.save_json(FileKind::Snapshot, &copy)?;
+    let id = to.save_snapshot(&copy)?;
     Ok((
         Copied {
             snapshot: CopiedSnapshot {

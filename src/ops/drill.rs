@@ -145,6 +145,7 @@ pub fn drill(
     opts: &DrillOptions,
     progress: &Progress,
 ) -> Result<DrillReport> {
+    repo.require_full("drill")?;
     let t0 = Instant::now();
     for d in scratch::clean_stale() {
         progress.log(&format!(

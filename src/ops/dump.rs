@@ -46,6 +46,7 @@ pub fn dump(
     path: Option<&str>,
     out: Output<'_>,
 ) -> Result<DumpReport> {
+    repo.require_full("dump")?;
     let snap = repo.find_snapshot(spec)?;
     let index = repo.load_index()?;
     let path = match path {

@@ -2,6 +2,8 @@
 
 use super::short_name;
 use crate::repo::keys::KdfParams;
+use crate::repo::lock::Lock;
+use crate::repo::write_only::{self, WriterAdded};
 use crate::repo::Repository;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -87,6 +89,38 @@ impl std::fmt::Display for KeyEntry {
 /// Add a key slot for `passphrase`; returns its name.
 pub fn add(repo: &Repository, passphrase: &[u8]) -> Result<String> {
     repo.add_key(passphrase, KdfParams::default())
+}
+
+/// Add a write-only key slot for `passphrase` (upgrading the repository under an exclusive
+/// lock when it is the first; see [`write_only`]).
+pub fn add_write_only(repo: &Arc<Repository>, passphrase: &[u8]) -> Result<WriterAdded> {
+    repo.require_full("key add --write-only")?;
+    let lock = Lock::exclusive(repo, "key add --write-only")?;
+    write_only::add_writer(&lock, passphrase, KdfParams::default())
+}
+
+impl std::fmt::Display for WriterAdded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.upgraded {
+            writeln!(
+                f,
+                "the repository now takes write-only keys ({} object(s) sealed again under its meta key)",
+                self.resealed
+            )?;
+        } else if self.resealed > 0 {
+            writeln!(
+                f,
+                "finished an interrupted upgrade: {} object(s) sealed again",
+                self.resealed
+            )?;
+        }
+        write!(
+            f,
+            "added write-only key {}: it can back up, push WAL, list snapshots and forget; \
+             restore, dump, wal-fetch, drill, check and prune need a passphrase key",
+            short_name(&self.key)
+        )
+    }
 }
 
 /// Remove the key slot named by `prefix`; returns its name.

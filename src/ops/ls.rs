@@ -27,6 +27,7 @@ pub fn ls(
     spec: &str,
     each: &mut dyn FnMut(&LsEntry<'_>) -> Result<()>,
 ) -> Result<()> {
+    repo.require_full("ls")?;
     let snap = repo.find_snapshot(spec)?;
     let index = repo.load_index()?;
     walk_tree(repo, &index, &snap.tree, "", &mut |path, n| {

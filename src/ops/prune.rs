@@ -25,6 +25,7 @@ pub fn prune(
     max_unused_pct: f64,
     progress: &Progress,
 ) -> Result<PruneReport> {
+    repo.require_full("prune")?;
     if dry_run {
         return run(Run::DryRun(repo), max_unused_pct, progress);
     }

@@ -41,6 +41,7 @@ pub fn files(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<FilesRestored> {
+    repo.require_full("restore")?;
     let _lock = Lock::shared(repo, "restore")?;
     let snap = repo.find_snapshot(spec)?;
     progress.set_total(snap.size);
@@ -108,6 +109,7 @@ pub fn database(
     progress: &Progress,
     confirm: &mut dyn FnMut(&str, &str) -> Result<bool>,
 ) -> Result<DatabaseRestored> {
+    repo.require_full("restore")?;
     let _lock = Lock::shared(repo, "restore")?;
     let snap = if spec == "latest" {
         latest_dump(repo, opts.database.as_deref())?
@@ -231,6 +233,7 @@ pub fn redis(
     progress: &Progress,
     confirm: &mut dyn FnMut(&str, &str) -> Result<bool>,
 ) -> Result<RedisRestoreReport> {
+    repo.require_full("restore")?;
     let _lock = Lock::shared(repo, "restore")?;
     let snap = if spec == "latest" {
         latest_redis(repo)?
@@ -345,6 +348,7 @@ pub fn pgdata(
     opts: &PitrOptions,
     progress: &Progress,
 ) -> Result<PgdataRestored> {
+    repo.require_full("restore")?;
     let _lock = Lock::shared(repo, "restore")?;
     let index = repo.load_index()?;
     let PitrReport {

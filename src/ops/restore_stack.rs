@@ -877,6 +877,7 @@ pub fn restore_stack(
     progress: &Progress,
     confirm: &mut dyn FnMut(&str, &str) -> Result<bool>,
 ) -> Result<StackRestoreReport> {
+    repo.require_full("restore --stack")?;
     let started = Instant::now();
     let sequence = restore_sequence(config, &opts.sources)?;
     let _lock = Lock::shared(repo, "restore --stack")?;
@@ -1433,6 +1434,8 @@ restore_order = ["uploads", "db"]
             source: source.map(str::to_string),
             run: None,
             original: None,
+            sealed: None,
+            stored_as: None,
         };
         let all = vec![
             snap(Some("uploads"), "2024-05-01T01:00:00Z", &[]),

@@ -29,6 +29,7 @@ pub fn wal_fetch(
         true
     } else {
         let repo = access.open()?;
+        repo.require_full("wal-fetch")?;
         let fetched = fetch::fetch(&repo, name, dest, prefetch);
         refresh_hold(access, dest, hold, Some(&repo));
         matches!(fetched?, fetch::Fetched::Written)

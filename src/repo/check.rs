@@ -48,6 +48,8 @@ impl CheckReport {
 }
 
 pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<CheckReport> {
+    // Every check reads the snapshots' trees.
+    repo.require_full("check")?;
     let mut r = CheckReport::default();
     let listed: HashMap<String, u64> = repo
         .backend
@@ -240,15 +242,21 @@ fn verify_pack(repo: &Repository, p: &super::index::IndexPack) -> std::result::R
     if Id::of_bytes(&bytes) != p.id {
         return Err("contents do not match the pack's name (bytes changed in storage)".into());
     }
-    let entries = parse_pack(&repo.key, &bytes).map_err(|e| format!("{e:#}"))?;
-    let by_id: HashMap<Id, _> = entries.iter().map(|e| (e.id, *e)).collect();
+    let header = parse_pack(&repo.keys, &bytes).map_err(|e| format!("{e:#}"))?;
+    if header.ephemeral != p.ephemeral {
+        return Err("the pack's header and the index name different content keys".into());
+    }
+    let key = repo
+        .content_key(header.ephemeral.as_ref())
+        .map_err(|e| format!("{e:#}"))?;
+    let by_id: HashMap<Id, _> = header.entries.iter().map(|e| (e.id, *e)).collect();
     for b in &p.blobs {
         match by_id.get(&b.id) {
             Some(e) if e == b => {}
             _ => return Err(format!("blob {} is not where the index says", b.id.short())),
         }
         let sealed = &bytes[b.offset as usize..(b.offset + b.length) as usize];
-        repo.open_blob(sealed, &b.id, b.raw_length)
+        repo.open_blob(&key, sealed, &b.id, b.raw_length)
             .map_err(|e| format!("{e:#}"))?;
     }
     Ok(())
@@ -265,7 +273,10 @@ impl Repository {
             match self.load_json::<Snapshot>(FileKind::Snapshot, &f.name) {
                 Ok(mut s) => {
                     s.id = id;
-                    out.push(s);
+                    match s.open_part(&self.keys) {
+                        Ok(()) => out.push(s),
+                        Err(e) => errors.push(format!("snapshot {}: {e:#}", id.short())),
+                    }
                 }
                 Err(e) if crate::backend::is_not_found(&e) => {} // removed meanwhile
                 Err(e) if crate::error::kind_of(&e) == crate::error::ErrorKind::Integrity => {

@@ -61,6 +61,10 @@ features! {
     /// restore hands to a command or writes out, described by the snapshot's `command`
     /// source.
     COMMAND_OUTPUT = "command-output" since "0.1.0";
+    /// Write-only key slots (repository config): metadata is sealed under the meta key,
+    /// what writers store under keys agreed with the config's recipient key (FORMAT.md,
+    /// section 3). A coffer that does not know it would misread every object.
+    WRITE_ONLY = "write-only" since "0.1.0";
 }
 
 /// A set of features (name → the coffer version that introduced it), as stored.

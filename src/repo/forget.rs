@@ -221,6 +221,8 @@ mod tests {
             source: None,
             run: None,
             original: None,
+            sealed: None,
+            stored_as: None,
         }
     }
 

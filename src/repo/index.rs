@@ -17,6 +17,14 @@ pub struct IndexPack {
     /// Total size of the pack object in bytes.
     pub size: u64,
     pub blobs: Vec<PackEntry>,
+    /// The ephemeral X25519 key the pack's content key was agreed with, when a write-only
+    /// key wrote it (`None`: its blobs are sealed under the encryption key).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::crypto::b64opt"
+    )]
+    pub ephemeral: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -5,10 +5,11 @@
 //! master key and repository id sealed with XChaCha20-Poly1305 under the Argon2id output.
 //! Changing a passphrase adds or removes a slot; the data is never re-encrypted.
 //!
-//! `kind` is `"passphrase"`. The value `"writer"` is reserved for write-only slots: a backup
-//! host holds a key that can write but not read (designed in FORMAT.md, section 3).
+//! `kind` is `"passphrase"` (the full key) or `"writer"`: a write-only slot, whose `data`
+//! wraps the blob-id and meta keys instead, so that a backup host holding it can write but
+//! not read back (FORMAT.md, section 3).
 
-use super::crypto::{b64vec, MasterKey, WrappingKey};
+use super::crypto::{b64vec, MasterKey, WrappingKey, WriterKey};
 use super::id::Id;
 use crate::error::{Error, ErrorKind};
 use anyhow::Result;
@@ -57,7 +58,7 @@ pub struct Kdf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyFile {
     pub version: u32,
-    /// `passphrase` (the only kind so far); `writer` is reserved.
+    /// `passphrase` (the full key) or `writer` (write-only).
     pub kind: String,
     pub created: DateTime<Utc>,
     pub hostname: String,
@@ -67,12 +68,39 @@ pub struct KeyFile {
     pub data: Vec<u8>,
 }
 
-/// What a key slot wraps.
+/// What a key slot wraps: the full key or a writer's.
 #[derive(Serialize, Deserialize)]
 struct Wrapped {
     repository: Id,
-    master: MasterKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    master: Option<MasterKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer: Option<WriterKey>,
 }
+
+/// The key a slot holds.
+#[derive(Debug, Clone)]
+pub enum SlotKey {
+    /// A passphrase slot: the master key.
+    Full(MasterKey),
+    /// A write-only slot.
+    Writer(WriterKey),
+}
+
+impl SlotKey {
+    /// The slot kind that holds this key.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SlotKey::Full(_) => PASSPHRASE,
+            SlotKey::Writer(_) => WRITER,
+        }
+    }
+}
+
+/// The kind of a passphrase (full-key) slot.
+pub const PASSPHRASE: &str = "passphrase";
+/// The kind of a write-only slot.
+pub const WRITER: &str = "writer";
 
 /// The most a key slot may ask of the key derivation. A slot is read before anything in it
 /// can be authenticated, so its parameters are untrusted: a planted slot asking for 4 TiB
@@ -122,7 +150,7 @@ impl KeyFile {
     pub fn create(
         passphrase: &[u8],
         repo_id: Id,
-        master: &MasterKey,
+        key: &SlotKey,
         params: KdfParams,
     ) -> Result<KeyFile> {
         if passphrase.is_empty() {
@@ -136,13 +164,18 @@ impl KeyFile {
             salt,
         };
         let wk = derive(passphrase, &kdf)?;
+        let (master, writer) = match key {
+            SlotKey::Full(m) => (Some(m.clone()), None),
+            SlotKey::Writer(w) => (None, Some(w.clone())),
+        };
         let plain = serde_json::to_vec(&Wrapped {
             repository: repo_id,
-            master: master.clone(),
+            master,
+            writer,
         })?;
         Ok(KeyFile {
             version: 1,
-            kind: "passphrase".into(),
+            kind: key.kind().into(),
             created: Utc::now(),
             hostname: crate::repo::hostname(),
             username: crate::repo::username(),
@@ -152,20 +185,27 @@ impl KeyFile {
     }
 
     /// Unwrap with a passphrase; `Ok(None)` when the passphrase does not fit this slot.
-    pub fn unwrap(&self, passphrase: &[u8]) -> Result<Option<(Id, MasterKey)>> {
-        if self.kind != "passphrase" {
+    pub fn unwrap(&self, passphrase: &[u8]) -> Result<Option<(Id, SlotKey)>> {
+        if self.kind != PASSPHRASE && self.kind != WRITER {
             return Ok(None);
         }
         let wk = derive(passphrase, &self.kdf)?;
-        match wk.open(&self.data) {
-            Ok(plain) => {
-                let w: Wrapped = serde_json::from_slice(&plain).map_err(|e| {
-                    Error::new(ErrorKind::Integrity, format!("key slot is malformed: {e}"))
-                })?;
-                Ok(Some((w.repository, w.master)))
+        let Ok(plain) = wk.open(&self.data) else {
+            return Ok(None);
+        };
+        let malformed =
+            |e: String| Error::new(ErrorKind::Integrity, format!("key slot is malformed: {e}"));
+        let w: Wrapped = serde_json::from_slice(&plain).map_err(|e| malformed(e.to_string()))?;
+        let key = match (self.kind.as_str(), w.master, w.writer) {
+            (PASSPHRASE, Some(m), None) => SlotKey::Full(m),
+            (WRITER, None, Some(w)) => SlotKey::Writer(w),
+            _ => {
+                return Err(
+                    malformed(format!("it does not hold what a {} slot holds", self.kind)).into(),
+                )
             }
-            Err(_) => Ok(None),
-        }
+        };
+        Ok(Some((w.repository, key)))
     }
 }
 
@@ -176,17 +216,33 @@ mod tests {
     fn wrap_unwrap() {
         let m = MasterKey::generate();
         let id = Id::random();
-        let k = KeyFile::create(b"pw", id, &m, KdfParams::insecure_for_tests()).unwrap();
-        let (rid, mk) = k.unwrap(b"pw").unwrap().unwrap();
+        let full = SlotKey::Full(m.clone());
+        let k = KeyFile::create(b"pw", id, &full, KdfParams::insecure_for_tests()).unwrap();
+        assert_eq!(k.kind, "passphrase");
+        let (rid, SlotKey::Full(mk)) = k.unwrap(b"pw").unwrap().unwrap() else {
+            panic!("a passphrase slot holds the full key")
+        };
         assert_eq!(rid, id);
-        assert_eq!(mk.blob_id(b"x"), m.blob_id(b"x"));
+        assert_eq!(mk.keys().blob_id(b"x"), m.keys().blob_id(b"x"));
         assert!(k.unwrap(b"wrong").unwrap().is_none());
-        assert!(KeyFile::create(b"", id, &m, KdfParams::insecure_for_tests()).is_err());
+        assert!(KeyFile::create(b"", id, &full, KdfParams::insecure_for_tests()).is_err());
+
+        let writer = SlotKey::Writer(m.writer(&id));
+        let w = KeyFile::create(b"wo", id, &writer, KdfParams::insecure_for_tests()).unwrap();
+        assert_eq!(w.kind, "writer");
+        assert!(matches!(
+            w.unwrap(b"wo").unwrap(),
+            Some((_, SlotKey::Writer(_)))
+        ));
+        // A slot whose kind says one thing and whose content another is damaged.
+        let mut forged = w.clone();
+        forged.kind = "passphrase".into();
+        assert!(forged.unwrap(b"wo").is_err());
     }
 
     #[test]
     fn absurd_derivation_parameters_are_refused_before_deriving() {
-        let m = MasterKey::generate();
+        let m = SlotKey::Full(MasterKey::generate());
         let mut k =
             KeyFile::create(b"pw", Id::random(), &m, KdfParams::insecure_for_tests()).unwrap();
         for p in [

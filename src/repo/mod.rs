@@ -28,15 +28,16 @@ pub mod saver;
 pub mod snapshot;
 pub mod tree;
 pub mod verify;
+pub mod write_only;
 
 use crate::backend::{self, Backend, FileKind};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use anyhow::{Context, Result};
-use crypto::{compress, MasterKey};
+use crypto::{compress, Keys, MasterKey};
 use id::Id;
 use index::{IndexFile, MasterIndex};
-use keys::{KdfParams, KeyFile};
+use keys::{KdfParams, KeyFile, SlotKey};
 use pack::BlobType;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use snapshot::Snapshot;
@@ -71,6 +72,14 @@ pub struct RepoConfig {
     /// [`features`]); none so far, and none in repositories made before the set existed.
     #[serde(default, skip_serializing_if = "features::Features::is_empty")]
     pub features: features::Features,
+    /// The recipient X25519 public key of a repository with write-only slots (feature
+    /// `write-only`): what writers store is sealed to it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crypto::b64opt"
+    )]
+    pub recipient: Option<[u8; 32]>,
 }
 
 impl RepoConfig {
@@ -152,7 +161,8 @@ pub struct ListedKey {
 /// storage).
 pub struct Repository {
     pub backend: Arc<dyn Backend>,
-    pub key: MasterKey,
+    /// The keys this handle holds: the full key, or a writer's (see [`crypto::Keys`]).
+    pub keys: Keys,
     pub config: RepoConfig,
     /// The key slot that opened the repository.
     pub key_name: String,
@@ -218,7 +228,7 @@ impl Repository {
     /// Whether this repository cuts and names blobs as `other` does (created `init --like`
     /// it, or it `--like` this one): then `copy` moves blobs between them by id.
     pub fn is_like(&self, other: &Repository) -> bool {
-        self.config.chunker == other.config.chunker && self.key.same_blob_ids(&other.key)
+        self.config.chunker == other.config.chunker && self.keys.same_blob_ids(&other.keys)
     }
 
     /// Whether a repository exists at this location (its config object does).
@@ -242,7 +252,7 @@ impl Repository {
         let mut seed = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut seed);
         let (key, chunker) = match &opts.like {
-            Some(like) => (MasterKey::generate_like(&like.key), like.config.chunker),
+            Some(like) => (MasterKey::generate_like(&like.keys), like.config.chunker),
             None => (
                 MasterKey::generate(),
                 ChunkerParams {
@@ -260,15 +270,16 @@ impl Repository {
             compression: opts.compression,
             pack_size: opts.pack_size,
             features: Default::default(),
+            recipient: None,
         };
         config.validate().map_err(Error::usage)?;
         backend.create()?;
-        let slot = KeyFile::create(passphrase, config.id, &key, opts.kdf)?;
+        let slot = KeyFile::create(passphrase, config.id, &SlotKey::Full(key.clone()), opts.kdf)?;
         let key_name = Id::random().to_hex();
         backend.write(FileKind::Key, &key_name, &serde_json::to_vec_pretty(&slot)?)?;
         let repo = Repository {
             backend,
-            key,
+            keys: key.keys(),
             config,
             key_name,
             lock_lost: AtomicBool::new(false),
@@ -340,8 +351,23 @@ impl Repository {
             };
             if let Some((rid, key)) = unwrapped {
                 // A slot that opens but belongs elsewhere (a stray slot from an interrupted
-                // init, a copied file) must not hide the right one: try the next.
-                let Ok(plain) = key.open(&config_bytes) else {
+                // init, a copied file) must not hide the right one: try the next. A full
+                // key opens the config of a repository with write-only slots under the
+                // meta key it derives.
+                let opened = match &key {
+                    SlotKey::Full(m) => m
+                        .cipher()
+                        .open(&config_bytes)
+                        .map(|p| (p, m.keys()))
+                        .or_else(|_| {
+                            let keys = m.write_only_keys(&rid);
+                            keys.meta().open(&config_bytes).map(|p| (p, keys))
+                        }),
+                    SlotKey::Writer(w) => {
+                        w.meta().open(&config_bytes).map(|p| (p, w.keys([0; 32])))
+                    }
+                };
+                let Ok((plain, keys)) = opened else {
                     events.warn(&format!(
                         "key slot {} does not belong to this repository; skipped",
                         k.name
@@ -370,9 +396,22 @@ impl Repository {
                     Error::integrity(format!("the repository config is damaged: {e}"))
                 })?;
                 config.features.check("this repository")?;
+                let keys = match (&key, config.recipient) {
+                    (SlotKey::Writer(w), Some(r)) => w.keys(r),
+                    (SlotKey::Full(_), Some(_)) if keys.write_only_repository() => keys,
+                    (SlotKey::Full(_), None) if !keys.write_only_repository() => keys,
+                    _ => {
+                        return Err(Error::integrity(format!(
+                            "the repository config does not match key slot {} (a write-only \
+                             slot in a repository without a recipient key, or the reverse)",
+                            k.name
+                        ))
+                        .into())
+                    }
+                };
                 return Ok(Repository {
                     backend,
-                    key,
+                    keys,
                     config,
                     key_name: k.name,
                     lock_lost: AtomicBool::new(false),
@@ -403,7 +442,7 @@ impl Repository {
     fn seal_json<T: Serialize>(&self, v: &T) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(v)?;
         let enc = compress::Compressor::new(self.config.compression.max(1)).encode(&json);
-        Ok(self.key.seal_encoded(enc))
+        Ok(self.keys.meta().seal_encoded(enc))
     }
 
     /// Seal and store a JSON object, named by the hash of its stored bytes.
@@ -417,20 +456,39 @@ impl Repository {
     /// Load a sealed JSON object, verifying its name and authenticity.
     pub fn load_json<T: DeserializeOwned>(&self, kind: FileKind, name: &str) -> Result<T> {
         let sealed = self.backend.read(kind, name)?;
-        if kind != FileKind::Lock && Id::of_bytes(&sealed).to_hex() != name {
+        let named = kind == FileKind::Lock || Id::of_bytes(&sealed).to_hex() == name;
+        let json = self.open_json(kind, name, &sealed)?;
+        if !named
+            && !(kind == FileKind::Snapshot && snapshot::stored_as(&json).as_deref() == Some(name))
+        {
             return Err(Error::integrity(format!(
                 "{} is damaged: its contents do not match its name",
                 kind.path(name)
             ))
             .into());
         }
-        let plain = self
-            .key
-            .open(&sealed)
-            .map_err(|e| Error::integrity(format!("{}: {e}", kind.path(name))))?;
-        let json = compress::decode(&plain)?;
         serde_json::from_slice(&json)
             .map_err(|e| Error::integrity(format!("{} is malformed: {e}", kind.path(name))).into())
+    }
+
+    /// The JSON of a sealed metadata object (authenticated, not parsed).
+    pub(crate) fn open_json(&self, kind: FileKind, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let plain = self
+            .keys
+            .open_meta(sealed)
+            .map_err(|e| Error::integrity(format!("{}: {e}", kind.path(name))))?;
+        Ok(compress::decode(&plain)?)
+    }
+
+    /// Store a snapshot (in a repository with write-only slots, with its sealed part split
+    /// off); returns its name.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        if !self.write_only() {
+            return self.save_json(FileKind::Snapshot, snap);
+        }
+        let mut s = snap.clone();
+        s.seal_part(&self.keys.sealer()?)?;
+        self.save_json(FileKind::Snapshot, &s)
     }
 
     pub fn load_index(&self) -> Result<MasterIndex> {
@@ -487,27 +545,50 @@ impl Repository {
 
     /// Read one blob, verifying authenticity, length and identifier.
     pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
-        let (sealed, raw_length, pack) = self.read_sealed(index, id)?;
-        self.open_blob(&sealed, id, raw_length)
+        let (sealed, raw_length, pack, key) = self.read_sealed(index, id)?;
+        self.open_blob(&key, &sealed, id, raw_length)
             .with_context(|| format!("in pack {}", pack))
     }
 
-    /// A blob's sealed bytes as stored, its plaintext length, and its pack.
-    fn read_sealed(&self, index: &MasterIndex, id: &Id) -> Result<(Vec<u8>, u32, Id)> {
+    /// A blob's sealed bytes as stored, its plaintext length, its pack, and the key that
+    /// opens it.
+    fn read_sealed(
+        &self,
+        index: &MasterIndex,
+        id: &Id,
+    ) -> Result<(Vec<u8>, u32, Id, crypto::Cipher)> {
         let loc = index.get(id).ok_or_else(|| {
             Error::integrity(format!(
                 "blob {} is not in the index (repository damaged)",
                 id.short()
             ))
         })?;
-        let pack = index.pack_id(&loc);
+        let pack = &index.packs[loc.pack as usize];
+        let key = self.content_key(pack.ephemeral.as_ref())?;
         let sealed = self.backend.read_range(
             FileKind::Pack,
-            &pack.to_hex(),
+            &pack.id.to_hex(),
             loc.entry.offset as u64,
             loc.entry.length as u64,
         )?;
-        Ok((sealed, loc.entry.raw_length, pack))
+        Ok((sealed, loc.entry.raw_length, pack.id, key))
+    }
+
+    /// The key that opens the content of a pack sealed with `ephemeral` (the pack's, from
+    /// the index or its header); a write-only key has none.
+    pub fn content_key(&self, ephemeral: Option<&[u8; 32]>) -> Result<crypto::Cipher> {
+        self.keys.reader(ephemeral, "reading stored data")
+    }
+
+    /// Fail with a clear message (exit 9) when this handle holds a write-only key: for the
+    /// commands that read data back (`what` names it: "restore", "dump", …).
+    pub fn require_full(&self, what: &str) -> Result<()> {
+        self.keys.master(what).map(|_| ())
+    }
+
+    /// Whether this repository has write-only slots (feature `write-only`).
+    pub fn write_only(&self) -> bool {
+        self.keys.write_only_repository()
     }
 
     /// Read one blob as it is stored before sealing (compression-encoded), verified like
@@ -515,9 +596,8 @@ impl Repository {
     /// it again for another repository without compressing it again. Returns the encoded
     /// bytes and the plaintext length.
     pub fn read_blob_encoded(&self, index: &MasterIndex, id: &Id) -> Result<(Vec<u8>, u32)> {
-        let (sealed, raw_length, pack) = self.read_sealed(index, id)?;
-        let encoded = self
-            .key
+        let (sealed, raw_length, pack, key) = self.read_sealed(index, id)?;
+        let encoded = key
             .open(&sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))
             .with_context(|| format!("in pack {}", pack))?;
@@ -527,10 +607,15 @@ impl Repository {
         Ok((encoded, raw_length))
     }
 
-    /// Decrypt, decompress and verify a sealed blob.
-    pub fn open_blob(&self, sealed: &[u8], id: &Id, raw_length: u32) -> Result<Vec<u8>> {
-        let plain = self
-            .key
+    /// Decrypt (under `key`, the pack's content key), decompress and verify a sealed blob.
+    pub fn open_blob(
+        &self,
+        key: &crypto::Cipher,
+        sealed: &[u8],
+        id: &Id,
+        raw_length: u32,
+    ) -> Result<Vec<u8>> {
+        let plain = key
             .open(sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
         let data = compress::decode(&plain)?;
@@ -540,7 +625,7 @@ impl Repository {
 
     /// The plaintext must have the recorded length and hash to its identifier.
     fn verify_blob(&self, data: &[u8], id: &Id, raw_length: u32) -> Result<()> {
-        if data.len() != raw_length as usize || self.key.blob_id(data) != *id {
+        if data.len() != raw_length as usize || self.keys.blob_id(data) != *id {
             return Err(Error::integrity(format!(
                 "blob {} does not match its identifier",
                 id.short()
@@ -554,13 +639,13 @@ impl Repository {
     /// decompressing into `decoder`'s; stored (uncompressed) data is returned without a copy.
     pub fn open_blob_in_place<'a>(
         &self,
+        key: &crypto::Cipher,
         sealed: &'a mut [u8],
         id: &Id,
         raw_length: u32,
         decoder: &'a mut compress::Decoder,
     ) -> Result<&'a [u8]> {
-        let plain = self
-            .key
+        let plain = key
             .open_in_place(sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
         let data = decoder.decode(plain)?;
@@ -606,9 +691,24 @@ impl Repository {
         Ok(out)
     }
 
-    /// Add a key slot for another passphrase; returns its name.
+    /// Add a key slot for another passphrase, holding what this handle's slot holds (the
+    /// full key, or a writer's); returns its name.
     pub fn add_key(&self, passphrase: &[u8], kdf: KdfParams) -> Result<String> {
-        let slot = KeyFile::create(passphrase, self.config.id, &self.key, kdf)?;
+        let key = match self.keys.master("") {
+            Ok(m) => SlotKey::Full(m.clone()),
+            Err(_) => SlotKey::Writer(self.keys.writer_key()),
+        };
+        self.write_key(passphrase, &key, kdf)
+    }
+
+    /// Store a key slot for `passphrase` holding `key`; returns its name.
+    pub(crate) fn write_key(
+        &self,
+        passphrase: &[u8],
+        key: &SlotKey,
+        kdf: KdfParams,
+    ) -> Result<String> {
+        let slot = KeyFile::create(passphrase, self.config.id, key, kdf)?;
         let name = Id::random().to_hex();
         self.backend
             .write(FileKind::Key, &name, &serde_json::to_vec_pretty(&slot)?)?;
@@ -632,6 +732,7 @@ impl Repository {
             }
             _ => return Err(Error::usage(format!("{prefix:?} matches several keys")).into()),
         };
+        self.require_full("key remove")?;
         if name == self.key_name {
             return Err(Error::usage(
                 "refusing to remove the key in use; open the repository with another key to remove this one",

@@ -5,10 +5,12 @@
 //! ```
 //! Each blob is `seal(payload || compression flag)`. The header plaintext is, per blob,
 //! `type (u8) || sealed length (u32 LE) || raw length (u32 LE) || id (32 bytes)`; offsets
-//! follow from the order. A pack is named by the BLAKE3 hash of all its bytes, so storage
+//! follow from the order. The header is sealed under the meta key; a pack whose blobs are
+//! sealed to the recipient key (written with a write-only key) starts its header with
+//! `0xFF || ephemeral public key (32 bytes)`. A pack is named by the BLAKE3 hash of all its bytes, so storage
 //! corruption is detectable without the key, and the index can be rebuilt from the packs.
 
-use super::crypto::MasterKey;
+use super::crypto::{Cipher, Keys};
 use super::id::Id;
 use crate::backend::{Backend, FileKind, Spool};
 use crate::error::Error;
@@ -54,6 +56,16 @@ pub struct PackEntry {
 }
 
 const ENTRY_LEN: usize = 1 + 4 + 4 + 32;
+/// The first header byte of a pack sealed to the recipient key (no blob type has it).
+const SEALED_TO: u8 = 0xFF;
+
+/// A parsed pack header: the blobs, and the ephemeral key their content key was agreed
+/// with (`None`: the encryption key).
+#[derive(Debug, Clone)]
+pub struct PackHeader {
+    pub entries: Vec<PackEntry>,
+    pub ephemeral: Option<[u8; 32]>,
+}
 /// Maximum size of a pack header we are willing to read.
 const MAX_HEADER: usize = 64 << 20;
 
@@ -138,16 +150,21 @@ impl PackWriter {
         }
     }
 
-    /// Append the sealed header and its length.
-    pub fn finish(mut self, key: &MasterKey) -> Result<FinishedPack> {
-        let mut header = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+    /// Append the header, sealed under `meta`, and its length; `ephemeral` is the key the
+    /// blobs' content key was agreed with, if they are sealed to the recipient.
+    pub fn finish(mut self, meta: &Cipher, ephemeral: Option<[u8; 32]>) -> Result<FinishedPack> {
+        let mut header = Vec::with_capacity(33 + self.entries.len() * ENTRY_LEN);
+        if let Some(e) = ephemeral {
+            header.push(SEALED_TO);
+            header.extend_from_slice(&e);
+        }
         for e in &self.entries {
             header.push(e.tpe.byte());
             header.extend_from_slice(&e.length.to_le_bytes());
             header.extend_from_slice(&e.raw_length.to_le_bytes());
             header.extend_from_slice(&e.id.0);
         }
-        let mut trailer = key.seal(&header);
+        let mut trailer = meta.seal(&header);
         let hlen = trailer.len() as u32;
         trailer.extend_from_slice(&hlen.to_le_bytes());
         self.len += trailer.len();
@@ -165,7 +182,7 @@ impl PackWriter {
 }
 
 /// Parse the header of a whole pack held in memory.
-pub fn parse_pack(key: &MasterKey, pack: &[u8]) -> Result<Vec<PackEntry>> {
+pub fn parse_pack(keys: &Keys, pack: &[u8]) -> Result<PackHeader> {
     if pack.len() < 4 {
         return Err(Error::integrity("pack is shorter than its trailer").into());
     }
@@ -174,16 +191,16 @@ pub fn parse_pack(key: &MasterKey, pack: &[u8]) -> Result<Vec<PackEntry>> {
         return Err(Error::integrity("pack header length is invalid").into());
     }
     let hstart = pack.len() - 4 - hlen;
-    parse_header(key, &pack[hstart..pack.len() - 4], hstart as u64)
+    parse_header(keys, &pack[hstart..pack.len() - 4], hstart as u64)
 }
 
 /// Read and parse the header of a pack in storage, given its total size.
 pub fn read_header(
     backend: &dyn crate::backend::Backend,
-    key: &MasterKey,
+    keys: &Keys,
     name: &str,
     size: u64,
-) -> Result<Vec<PackEntry>> {
+) -> Result<PackHeader> {
     if size < 4 {
         return Err(Error::integrity("pack is shorter than its trailer").into());
     }
@@ -194,13 +211,20 @@ pub fn read_header(
     }
     let hstart = size - 4 - hlen;
     let header = backend.read_range(FileKind::Pack, name, hstart, hlen)?;
-    parse_header(key, &header, hstart)
+    parse_header(keys, &header, hstart)
 }
 
-fn parse_header(key: &MasterKey, sealed: &[u8], data_end: u64) -> Result<Vec<PackEntry>> {
-    let plain = key
-        .open(sealed)
+fn parse_header(keys: &Keys, sealed: &[u8], data_end: u64) -> Result<PackHeader> {
+    let plain = keys
+        .open_meta(sealed)
         .map_err(|e| Error::integrity(format!("pack header: {e}")))?;
+    let (ephemeral, plain) = match plain.split_first() {
+        Some((&SEALED_TO, rest)) if rest.len() >= 32 => (
+            Some(<[u8; 32]>::try_from(&rest[..32]).unwrap()),
+            &rest[32..],
+        ),
+        _ => (None, &plain[..]),
+    };
     if plain.len() % ENTRY_LEN != 0 {
         return Err(Error::integrity("pack header has a partial entry").into());
     }
@@ -223,21 +247,28 @@ fn parse_header(key: &MasterKey, sealed: &[u8], data_end: u64) -> Result<Vec<Pac
     if offset != data_end {
         return Err(Error::integrity("pack header does not match the pack's length").into());
     }
-    Ok(out)
+    Ok(PackHeader {
+        entries: out,
+        ephemeral,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::crypto::MasterKey;
+
     #[test]
     fn pack_round_trip_and_damage() {
-        let k = MasterKey::generate();
+        let keys = MasterKey::generate().keys();
+        let k = keys.sealer().unwrap();
         let mut w = PackWriter::default();
         let a = k.seal(b"aaaa");
         let b = k.seal(b"bbbbbbbb");
-        w.add(BlobType::Data, k.blob_id(b"aaaa"), 4, a).unwrap();
-        w.add(BlobType::Tree, k.blob_id(b"bbbbbbbb"), 8, b).unwrap();
-        let fin = w.finish(&k).unwrap();
+        w.add(BlobType::Data, keys.blob_id(b"aaaa"), 4, a).unwrap();
+        w.add(BlobType::Tree, keys.blob_id(b"bbbbbbbb"), 8, b)
+            .unwrap();
+        let fin = w.finish(keys.meta(), None).unwrap();
         let PackBody::Parts(parts) = &fin.body else {
             panic!("a pack without a spool is kept in memory")
         };
@@ -245,15 +276,43 @@ mod tests {
         assert_eq!(fin.len, bytes.len());
         assert_eq!(fin.id(), Id::of_bytes(&bytes));
         let entries = fin.entries;
-        let parsed = parse_pack(&k, &bytes).unwrap();
-        assert_eq!(parsed, entries);
-        let e = parsed[1];
+        let parsed = parse_pack(&keys, &bytes).unwrap();
+        assert_eq!(parsed.entries, entries);
+        assert_eq!(parsed.ephemeral, None);
+        let e = parsed.entries[1];
         let blob = &bytes[e.offset as usize..(e.offset + e.length) as usize];
-        assert_eq!(k.open(blob).unwrap(), b"bbbbbbbb");
+        let key = keys.reader(None, "test").unwrap();
+        assert_eq!(key.open(blob).unwrap(), b"bbbbbbbb");
         let mut bad = bytes.clone();
         let n = bad.len();
         bad[n - 10] ^= 1;
-        assert!(parse_pack(&k, &bad).is_err());
-        assert!(parse_pack(&k, &bytes[..n - 1]).is_err());
+        assert!(parse_pack(&keys, &bad).is_err());
+        assert!(parse_pack(&keys, &bytes[..n - 1]).is_err());
+    }
+
+    #[test]
+    fn a_writers_pack_names_its_ephemeral_key_in_the_header() {
+        let master = MasterKey::generate();
+        let repo = Id::random();
+        let full = master.write_only_keys(&repo);
+        let writer = master.writer(&repo).keys(full.recipient().unwrap());
+        let sealer = writer.sealer().unwrap();
+        let mut w = PackWriter::default();
+        w.add(BlobType::Data, writer.blob_id(b"x"), 1, sealer.seal(b"x"))
+            .unwrap();
+        let fin = w.finish(writer.meta(), sealer.ephemeral()).unwrap();
+        let PackBody::Parts(parts) = &fin.body else {
+            panic!("a pack without a spool is kept in memory")
+        };
+        let bytes = parts.concat();
+        // The writer reads the header (it sees what the index shows), not the blob.
+        let by_writer = parse_pack(&writer, &bytes).unwrap();
+        assert_eq!(by_writer.ephemeral, sealer.ephemeral());
+        let parsed = parse_pack(&full, &bytes).unwrap();
+        let e = parsed.entries[0];
+        let blob = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+        let key = full.reader(parsed.ephemeral.as_ref(), "test").unwrap();
+        assert_eq!(key.open(blob).unwrap(), b"x");
+        assert!(writer.reader(parsed.ephemeral.as_ref(), "test").is_err());
     }
 }

@@ -93,6 +93,8 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
         Run::DryRun(repo) => (repo, None),
         Run::Delete(lock) => (lock.repo(), Some(lock)),
     };
+    // Repacking opens blobs, and finding what is used reads every tree.
+    repo.require_full("prune")?;
     let mut r = PruneReport::default();
     progress.log("loading index");
     let index = repo.load_index()?;
@@ -157,7 +159,7 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
     let mut new_packs = Vec::new();
     if !repack.is_empty() {
         progress.log(&format!("repacking {} pack(s)", repack.len()));
-        let mut saver = BlobSaver::new(repo.clone(), Arc::new(MasterIndex::default()), false);
+        let mut saver = BlobSaver::new(repo.clone(), Arc::new(MasterIndex::default()), false)?;
         for p in &repack {
             let bytes = repo.backend.read(FileKind::Pack, &p.id.to_hex())?;
             if Id::of_bytes(&bytes) != p.id {
@@ -168,14 +170,23 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
                 .into());
             }
             let pos = index.packs.iter().position(|x| x.id == p.id).unwrap() as u32;
-            for e in parse_pack(&repo.key, &bytes)? {
+            let header = parse_pack(&repo.keys, &bytes)?;
+            let key = repo.content_key(header.ephemeral.as_ref())?;
+            // A writer's blobs are sealed under a content key of their own: prune (a full
+            // key) seals them again under its saver's; others move as they are.
+            let reseal = header.ephemeral.is_some();
+            for e in header.entries {
                 let canonical = index.get(&e.id).map(|l| l.pack == pos).unwrap_or(false);
                 if !canonical || !used.contains(&e.id) {
                     continue;
                 }
-                let sealed = bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
-                repo.open_blob(&sealed, &e.id, e.raw_length)
+                let mut sealed = bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
+                repo.open_blob(&key, &sealed, &e.id, e.raw_length)
                     .with_context(|| format!("pack {} is damaged; prune stops", p.id))?;
+                if reseal {
+                    let encoded = key.open(&sealed)?;
+                    sealed = saver.sealer().seal(&encoded);
+                }
                 saver.save_sealed(e.tpe, e.id, e.raw_length, sealed)?;
             }
             r.bytes_deleted += p.size;

@@ -516,7 +516,7 @@ fn keep_unchanged(
                     for (id, len) in chunks {
                         buf.resize(*len as usize, 0);
                         let same =
-                            f.read_exact_at(&mut buf, at).is_ok() && repo.key.blob_id(&buf) == *id;
+                            f.read_exact_at(&mut buf, at).is_ok() && repo.keys.blob_id(&buf) == *id;
                         if !same {
                             job.unchanged.store(false, Ordering::Relaxed);
                             break;
@@ -749,18 +749,20 @@ pub fn restore(
                         buf.resize(len, 0);
                     }
                     let span = &mut buf[..len];
-                    let read = repo.backend.read_range_into(
-                        FileKind::Pack,
-                        &pack_id.to_hex(),
-                        start,
-                        span,
-                    );
+                    let read = repo
+                        .content_key(index.packs[*pack as usize].ephemeral.as_ref())
+                        .and_then(|key| {
+                            repo.backend
+                                .read_range_into(FileKind::Pack, &pack_id.to_hex(), start, span)
+                                .map(|()| key)
+                        });
                     for (loc, uses) in blobs {
                         let data = match &read {
-                            Ok(()) => {
+                            Ok(key) => {
                                 let s = (loc.entry.offset as u64 - start) as usize;
                                 let sealed = &mut span[s..s + loc.entry.length as usize];
                                 repo.open_blob_in_place(
+                                    key,
                                     sealed,
                                     &loc.entry.id,
                                     loc.entry.raw_length,

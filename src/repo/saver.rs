@@ -14,6 +14,7 @@
 //! is bounded by size on a fast link and by time on a slow one.
 
 use super::crypto::compress::{Compressor, Framed};
+use super::crypto::Sealer;
 use super::id::Id;
 use super::index::{IndexFile, IndexPack, MasterIndex};
 use super::pack::{BlobType, FinishedPack, PackWriter};
@@ -87,6 +88,9 @@ struct Shared {
     written: Mutex<Written>,
     stats: Arc<SaverStats>,
     write_index: bool,
+    /// Seals this saver's blobs: with a write-only key, under a content key of its own
+    /// that nothing stores (see [`crate::repo::crypto::Sealer`]).
+    sealer: Sealer,
 }
 
 impl Shared {
@@ -142,7 +146,12 @@ pub struct BlobSaver {
 
 impl BlobSaver {
     /// Start the pipeline. `write_index` false leaves index writing to the caller (prune).
-    pub fn new(repo: Arc<Repository>, index: Arc<MasterIndex>, write_index: bool) -> BlobSaver {
+    pub fn new(
+        repo: Arc<Repository>,
+        index: Arc<MasterIndex>,
+        write_index: bool,
+    ) -> Result<BlobSaver> {
+        let sealer = repo.keys.sealer()?;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -161,6 +170,7 @@ impl BlobSaver {
             }),
             stats: stats.clone(),
             write_index,
+            sealer,
         });
         let (tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 4);
@@ -182,12 +192,18 @@ impl BlobSaver {
             let (rx, sh) = (pack_rx.clone(), shared.clone());
             threads.push(std::thread::spawn(move || uploader(rx, sh)));
         }
-        BlobSaver {
+        Ok(BlobSaver {
             shared,
             tx: Some(tx),
             threads,
             stats,
-        }
+        })
+    }
+
+    /// The sealer of this saver's blobs, for blobs given to
+    /// [`save_sealed`](Self::save_sealed).
+    pub fn sealer(&self) -> &Sealer {
+        &self.shared.sealer
     }
 
     /// The pipeline's first error, with its kind intact (taken once; later calls report
@@ -222,7 +238,7 @@ impl BlobSaver {
 
     /// Store a blob unless it is already there; returns its id and whether it was new.
     pub fn save(&mut self, tpe: BlobType, data: Vec<u8>) -> Result<(Id, bool)> {
-        let id = self.shared.repo.key.blob_id(&data);
+        let id = self.shared.repo.keys.blob_id(&data);
         if !self.shared.claim(id) {
             return Ok((id, false));
         }
@@ -253,7 +269,8 @@ impl BlobSaver {
             .collect()
     }
 
-    /// Store a blob that is already sealed (prune copies blobs between packs this way).
+    /// Store a blob that is already sealed with [`sealer`](Self::sealer) (prune and copy
+    /// move blobs between packs this way).
     pub fn save_sealed(
         &mut self,
         tpe: BlobType,
@@ -317,11 +334,11 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
                     tpe,
                     id,
                     raw_length,
-                    sealed: sh.repo.key.seal_encoded(enc),
+                    sealed: sh.sealer.seal_encoded(enc),
                 }
             }
             Job::Unhashed { tpe, data, reply } => {
-                let id = sh.repo.key.blob_id(data.data());
+                let id = sh.repo.keys.blob_id(data.data());
                 // The caller may have given up (an error elsewhere): storing goes on.
                 let _ = reply.send(id);
                 if !sh.claim(id) {
@@ -332,7 +349,7 @@ fn seal_worker(rx: Receiver<Job>, out: Sender<Sealed>, sh: Arc<Shared>) {
                     tpe,
                     id,
                     raw_length,
-                    sealed: sh.repo.key.seal_encoded(comp.encode_framed(data)),
+                    sealed: sh.sealer.seal_encoded(comp.encode_framed(data)),
                 }
             }
             Job::Sealed {
@@ -382,7 +399,10 @@ fn pack_all(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: &Shared) -> Res
         w.add(s.tpe, s.id, s.raw_length, s.sealed)?;
         if w.len() >= target {
             let full = std::mem::take(w);
-            if out.send(full.finish(&sh.repo.key)?).is_err() {
+            if out
+                .send(full.finish(sh.repo.keys.meta(), sh.sealer.ephemeral())?)
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -391,7 +411,11 @@ fn pack_all(rx: Receiver<Sealed>, out: Sender<FinishedPack>, sh: &Shared) -> Res
         return Ok(());
     }
     for w in [data, trees] {
-        if !w.is_empty() && out.send(w.finish(&sh.repo.key)?).is_err() {
+        if !w.is_empty()
+            && out
+                .send(w.finish(sh.repo.keys.meta(), sh.sealer.ephemeral())?)
+                .is_err()
+        {
             return Ok(());
         }
     }
@@ -411,11 +435,12 @@ fn uploader(rx: Receiver<FinishedPack>, sh: Arc<Shared>) {
             return;
         }
         sh.stats.packs_written.fetch_add(1, Ordering::Relaxed);
-        sh.written
-            .lock()
-            .unwrap()
-            .pending
-            .push(IndexPack { id, size, blobs });
+        sh.written.lock().unwrap().pending.push(IndexPack {
+            id,
+            size,
+            blobs,
+            ephemeral: sh.sealer.ephemeral(),
+        });
         if let Err(e) = sh.flush_index(false) {
             sh.fail(e);
             return;

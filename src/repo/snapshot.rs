@@ -1,8 +1,15 @@
 //! Snapshots: the manifest that makes a backup visible.
 //!
 //! A snapshot is written last, after every pack and index file it depends on is durable.
-//! Its name is the BLAKE3 hash of its stored bytes.
+//! Its name is the BLAKE3 hash of its stored bytes (or, for one resealed by the upgrade to
+//! write-only slots, the name recorded inside it).
+//!
+//! In a repository with write-only slots, the sources' metadata (database and table names,
+//! row counts, Redis facts, command details; base-backup records excepted) and the exclude
+//! patterns are sealed as content ([`SealedPart`]): a writer lists and forgets snapshots
+//! without seeing them.
 
+use super::crypto::{b64opt, b64vec, compress, Keys, Sealer};
 use super::features::Features;
 use super::id::Id;
 use crate::error::{Error, ErrorKind};
@@ -165,9 +172,103 @@ pub struct Snapshot {
     /// repository that backup wrote (a copy of a copy keeps the first one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Id>,
+    /// Write-only repositories: the metadata a writer must not read, sealed as content
+    /// (opened into `excludes` and `sources` when the snapshot is read with the full key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedPart>,
+    /// The name the snapshot is stored under, when that is not the hash of its bytes: a
+    /// snapshot sealed again by the upgrade to write-only slots keeps its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_as: Option<Id>,
+}
+
+/// The sealed part of a snapshot: `seal(encode(JSON {excludes, metadata}))` under the
+/// content key of `ephemeral` (none: the encryption key), where `metadata` has one entry
+/// per source, `null` for those whose metadata stays in the header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SealedPart {
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64opt")]
+    pub ephemeral: Option<[u8; 32]>,
+    #[serde(with = "b64vec")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hidden {
+    excludes: Vec<String>,
+    metadata: Vec<Option<serde_json::Value>>,
+}
+
+/// The name recorded in a snapshot's JSON (`stored_as`), if any.
+pub(crate) fn stored_as(json: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct StoredAs {
+        stored_as: Option<Id>,
+    }
+    serde_json::from_slice::<StoredAs>(json)
+        .ok()?
+        .stored_as
+        .map(|id| id.to_hex())
 }
 
 impl Snapshot {
+    /// Move what a writer must not read into the sealed part, sealed with `sealer`.
+    /// Base-backup records stay in the header: a writer's `forget` keeps the WAL archive in
+    /// step with the base backups it keeps, from their LSNs.
+    pub fn seal_part(&mut self, sealer: &Sealer) -> Result<()> {
+        let metadata = self
+            .sources
+            .iter_mut()
+            .map(|s| {
+                (s.kind != Kind::PostgresPhysical)
+                    .then(|| std::mem::take(&mut s.metadata))
+                    .filter(|m| !m.is_null())
+            })
+            .collect();
+        let hidden = Hidden {
+            excludes: std::mem::take(&mut self.excludes),
+            metadata,
+        };
+        let enc = compress::Compressor::new(1).encode(&serde_json::to_vec(&hidden)?);
+        self.sealed = Some(SealedPart {
+            ephemeral: sealer.ephemeral(),
+            data: sealer.seal_encoded(enc),
+        });
+        Ok(())
+    }
+
+    /// Put the sealed part back into `excludes` and `sources` (a full key); a writer's keys
+    /// leave the snapshot as it is.
+    pub fn open_part(&mut self, keys: &Keys) -> Result<()> {
+        let Some(part) = &self.sealed else {
+            return Ok(());
+        };
+        if keys.is_writer() {
+            return Ok(());
+        }
+        let damaged = |e: String| {
+            Error::integrity(format!(
+                "the sealed part of snapshot {} cannot be read: {e}",
+                self.id.short()
+            ))
+        };
+        let key = keys.reader(part.ephemeral.as_ref(), "reading a snapshot")?;
+        let plain = key.open(&part.data).map_err(|e| damaged(e.to_string()))?;
+        let json = compress::decode(&plain).map_err(|e| damaged(e.to_string()))?;
+        let hidden: Hidden = serde_json::from_slice(&json).map_err(|e| damaged(e.to_string()))?;
+        if hidden.metadata.len() != self.sources.len() {
+            return Err(damaged("it does not match the snapshot's sources".into()).into());
+        }
+        for (s, m) in self.sources.iter_mut().zip(hidden.metadata) {
+            if let Some(m) = m {
+                s.metadata = m;
+            }
+        }
+        self.excludes = hidden.excludes;
+        self.sealed = None;
+        Ok(())
+    }
+
     pub fn has_tag(&self, t: &str) -> bool {
         self.tags.iter().any(|x| x == t)
     }

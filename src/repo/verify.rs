@@ -164,6 +164,7 @@ fn verify_run(
         buf.resize(len, 0);
     }
     let span = &mut buf[..len];
+    let key = repo.content_key(index.packs[pack as usize].ephemeral.as_ref())?;
     repo.backend
         .read_range_into(FileKind::Pack, &pack_id.to_hex(), start, span)
         .map_err(|e| {
@@ -176,7 +177,7 @@ fn verify_run(
     for (loc, path) in list {
         let s = (loc.entry.offset as u64 - start) as usize;
         let sealed = &mut span[s..s + loc.entry.length as usize];
-        repo.open_blob_in_place(sealed, &loc.entry.id, loc.entry.raw_length, decoder)
+        repo.open_blob_in_place(&key, sealed, &loc.entry.id, loc.entry.raw_length, decoder)
             .map_err(|e| {
                 e.context(format!(
                     "snapshot {}: {path} is damaged (pack {})",

@@ -396,8 +396,13 @@ impl<'a> Archiver<'a> {
     }
 }
 
-/// The newest snapshot of the same host and paths, used to skip unchanged files.
+/// The newest snapshot of the same host and paths, used to skip unchanged files. None for
+/// a write-only key, which cannot read the parent's trees: every file is read again, and
+/// deduplication by id still stores nothing the repository has.
 fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<Snapshot>> {
+    if repo.keys.is_writer() {
+        return Ok(None);
+    }
     Ok(repo
         .load_snapshots()?
         .into_iter()

@@ -12,7 +12,6 @@ pub mod postgres;
 pub mod redis;
 pub mod stream;
 
-use crate::backend::FileKind;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::repo::features::Features;
@@ -75,7 +74,7 @@ impl Session {
     pub fn start(repo: Arc<Repository>) -> Result<Session> {
         let index = Arc::new(repo.load_index()?);
         Ok(Session {
-            saver: BlobSaver::new(repo.clone(), index.clone(), true),
+            saver: BlobSaver::new(repo.clone(), index.clone(), true)?,
             repo,
             index,
             summary: Summary::default(),
@@ -198,10 +197,12 @@ pub fn run<S: Source>(
         source: opts.source.clone(),
         run: opts.run.clone(),
         original: None,
+        sealed: None,
+        stored_as: None,
     };
     crate::repo::lock::ensure_held(&session.repo)?;
     crate::cancel::check()?;
-    snap.id = session.repo.save_json(FileKind::Snapshot, &snap)?;
+    snap.id = session.repo.save_snapshot(&snap)?;
     Ok(snap)
 }
 

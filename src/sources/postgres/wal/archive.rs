@@ -122,22 +122,150 @@ pub fn object_name(name: &str) -> String {
 /// store). A repository created with compression off still compresses WAL at this level.
 const WAL_ZSTD_LEVEL: i32 = 1;
 
-pub(crate) fn seal_file(repo: &Repository, name: &str, data: &[u8]) -> Vec<u8> {
+/// Whether an archived file is WAL content (a segment or a partial one): in a repository
+/// with write-only slots, sealed as content; the other files (history, backup labels) and
+/// coffer's records are metadata, which a writer reads.
+pub(crate) fn is_content(name: &str) -> bool {
+    matches!(
+        classify(name),
+        Some(WalFileKind::Segment | WalFileKind::Partial)
+    )
+}
+
+/// The start of a WAL segment object in a repository with write-only slots:
+/// `MAGIC ‖ header length (u32 LE) ‖ seal_meta(JSON SegmentRecord) ‖ seal_content(encode(len ‖ name ‖ data))`.
+const SEGMENT_MAGIC: &[u8; 4] = b"CWv2";
+
+/// The header of a WAL segment object in a repository with write-only slots: what a writer
+/// compares when PostgreSQL archives a segment again, without opening it.
+#[derive(Debug, Serialize, Deserialize)]
+struct SegmentRecord {
+    name: String,
+    size: u64,
+    /// The keyed BLAKE3 of the segment (as a blob id).
+    digest: crate::repo::id::Id,
+    /// The ephemeral key the body's content key was agreed with (`None`: the encryption key).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::repo::crypto::b64opt"
+    )]
+    ephemeral: Option<[u8; 32]>,
+}
+
+pub(crate) fn seal_file(repo: &Repository, name: &str, data: &[u8]) -> Result<Vec<u8>> {
     let mut plain = Vec::with_capacity(2 + name.len() + data.len());
     plain.extend_from_slice(&(name.len() as u16).to_le_bytes());
     plain.extend_from_slice(name.as_bytes());
     plain.extend_from_slice(data);
     let enc = compress::Compressor::new(WAL_ZSTD_LEVEL).encode(&plain);
-    repo.key.seal_encoded(enc)
+    if !(repo.write_only() && is_content(name)) {
+        return Ok(repo.keys.meta().seal_encoded(enc));
+    }
+    let sealer = repo.keys.sealer()?;
+    let record = SegmentRecord {
+        name: name.to_string(),
+        size: data.len() as u64,
+        digest: repo.keys.blob_id(data),
+        ephemeral: sealer.ephemeral(),
+    };
+    let header = repo.keys.meta().seal(&serde_json::to_vec(&record)?);
+    let body = sealer.seal_encoded(enc);
+    let mut out = Vec::with_capacity(8 + header.len() + body.len());
+    out.extend_from_slice(SEGMENT_MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// A segment object's record and sealed body, if it has the write-only layout.
+fn split_segment<'a>(repo: &Repository, sealed: &'a [u8]) -> Option<(SegmentRecord, &'a [u8])> {
+    let (header, body) = segment_parts(sealed)?;
+    let plain = repo.keys.meta().open(header).ok()?;
+    let record = serde_json::from_slice(&plain).ok()?;
+    Some((record, body))
+}
+
+/// The sealed header and body of a write-only segment object (none for another layout).
+pub(crate) fn segment_parts(sealed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = sealed.strip_prefix(SEGMENT_MAGIC)?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    Some((rest.get(4..4 + len)?, rest.get(4 + len..)?))
+}
+
+/// Whether the archived object `existing` holds exactly `data` (PostgreSQL archiving a
+/// file again): compared by digest for a segment a writer can compare but not open.
+pub(crate) fn same_file(
+    repo: &Repository,
+    name: &str,
+    existing: &[u8],
+    data: &[u8],
+) -> Result<bool> {
+    match split_segment(repo, existing) {
+        Some((r, _)) if r.name == name => {
+            Ok(r.size == data.len() as u64 && r.digest == repo.keys.blob_id(data))
+        }
+        Some(_) => Err(moved(name)),
+        None => Ok(open_file(repo, name, existing)? == data),
+    }
+}
+
+fn moved(name: &str) -> anyhow::Error {
+    Error::integrity(format!(
+        "{} holds another file's content (the object was moved or replaced)",
+        FileKind::Wal.path(&object_name(name))
+    ))
+    .into()
 }
 
 pub(crate) fn open_file(repo: &Repository, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
     let path = FileKind::Wal.path(&object_name(name));
-    let plain = repo
-        .key
-        .open(sealed)
+    let plain = match split_segment(repo, sealed) {
+        Some((record, body)) => {
+            if record.name != name {
+                return Err(moved(name));
+            }
+            let key = repo
+                .keys
+                .reader(record.ephemeral.as_ref(), "reading archived WAL")?;
+            let data = open_body(&key, name, &path, body)?;
+            if data.len() as u64 != record.size || repo.keys.blob_id(&data) != record.digest {
+                return Err(Error::integrity(format!(
+                    "{path} does not match its recorded size and digest"
+                ))
+                .into());
+            }
+            return Ok(data);
+        }
+        None if repo.keys.is_writer() && is_content(name) => {
+            return Err(crate::repo::crypto::write_only_error(
+                "reading archived WAL",
+            ))
+        }
+        None => repo
+            .keys
+            .open_meta(sealed)
+            .map_err(|e| Error::integrity(format!("{path}: {e}")))?,
+    };
+    unframe(name, &path, &plain)
+}
+
+fn open_body(
+    key: &crate::repo::crypto::Cipher,
+    name: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Vec<u8>> {
+    let plain = key
+        .open(body)
         .map_err(|e| Error::integrity(format!("{path}: {e}")))?;
-    let plain = compress::decode(&plain).map_err(|e| Error::integrity(format!("{path}: {e}")))?;
+    unframe(name, path, &plain)
+}
+
+/// The file inside `encode(len(u16) ‖ name ‖ data)`, checked to be `name`.
+fn unframe(name: &str, path: &str, plain: &[u8]) -> Result<Vec<u8>> {
+    let plain = compress::decode(plain).map_err(|e| Error::integrity(format!("{path}: {e}")))?;
     // `len(u16) || name || data`; a plaintext shorter than its length field names no file.
     let stored = plain.get(..2).and_then(|b| {
         let end = 2 + u16::from_le_bytes([b[0], b[1]]) as usize;
@@ -145,10 +273,7 @@ pub(crate) fn open_file(repo: &Repository, name: &str, sealed: &[u8]) -> Result<
     });
     match stored {
         Some((stored, end)) if stored == name.as_bytes() => Ok(plain[end..].to_vec()),
-        _ => Err(Error::integrity(format!(
-            "{path} holds another file's content (the object was moved or replaced)"
-        ))
-        .into()),
+        _ => Err(moved(name)),
     }
 }
 
@@ -324,7 +449,7 @@ mod tests {
             created: chrono::Local::now().fixed_offset(),
             requires: Default::default(),
         };
-        let sealed = seal_file(&repo, ARCHIVE_INFO, &serde_json::to_vec(&info).unwrap());
+        let sealed = seal_file(&repo, ARCHIVE_INFO, &serde_json::to_vec(&info).unwrap()).unwrap();
         repo.backend
             .write(FileKind::Wal, ARCHIVE_INFO, &sealed)
             .unwrap();
@@ -389,7 +514,11 @@ mod tests {
         plain.extend_from_slice(&data);
         let enc = crate::repo::crypto::compress::Compressor::new(1).encode(&plain);
         backend
-            .write(FileKind::Wal, ARCHIVE_INFO, &repo.key.seal_encoded(enc))
+            .write(
+                FileKind::Wal,
+                ARCHIVE_INFO,
+                &repo.keys.meta().seal_encoded(enc),
+            )
             .unwrap();
         let e = archive_info(&repo).unwrap_err();
         assert_eq!(crate::error::kind_of(&e), ErrorKind::NeedsNewer, "{e:#}");

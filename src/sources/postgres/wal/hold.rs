@@ -154,7 +154,7 @@ fn sealed_name(id: &str) -> String {
 }
 
 fn write(repo: &Repository, h: &Hold) -> Result<()> {
-    let sealed = archive::seal_file(repo, &sealed_name(&h.id), &serde_json::to_vec(h)?);
+    let sealed = archive::seal_file(repo, &sealed_name(&h.id), &serde_json::to_vec(h)?)?;
     repo.backend.write(FileKind::WalHold, &h.id, &sealed)
 }
 
@@ -414,7 +414,7 @@ pub fn raise_horizon(
         first_kept: first_kept.to_string(),
         updated: chrono::Local::now().fixed_offset(),
     };
-    let sealed = archive::seal_file(repo, HORIZON, &serde_json::to_vec(&h)?);
+    let sealed = archive::seal_file(repo, HORIZON, &serde_json::to_vec(&h)?)?;
     repo.backend.write(FileKind::Wal, HORIZON, &sealed)?;
     Ok(h)
 }

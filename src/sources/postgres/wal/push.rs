@@ -4,7 +4,7 @@
 //! accepted again only with identical content.
 
 use super::archive::{
-    archive_info, classify, object_name, open_file, seal_file, segment_header, valid_segment_size,
+    archive_info, classify, object_name, same_file, seal_file, segment_header, valid_segment_size,
     ArchiveInfo, WalFileKind, ARCHIVE_INFO,
 };
 use crate::backend::{is_not_found, FileKind};
@@ -242,7 +242,7 @@ pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8])
                     created: chrono::Local::now().fixed_offset(),
                     requires: Features::default().with(features::WAL_ARCHIVE),
                 };
-                let sealed = seal_file(repo, ARCHIVE_INFO, &serde_json::to_vec(&info)?);
+                let sealed = seal_file(repo, ARCHIVE_INFO, &serde_json::to_vec(&info)?)?;
                 repo.backend.write(FileKind::Wal, ARCHIVE_INFO, &sealed)?;
             }
         }
@@ -250,8 +250,7 @@ pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8])
     let obj = object_name(name);
     match repo.backend.read(FileKind::Wal, &obj) {
         Ok(existing) => {
-            let old = open_file(repo, name, &existing)?;
-            if old == data {
+            if same_file(repo, name, &existing, data)? {
                 return Ok(Pushed::AlreadyArchived);
             }
             return Err(Error::new(
@@ -268,7 +267,7 @@ pub fn push_bytes(repo: &Repository, name: &str, kind: WalFileKind, data: &[u8])
         Err(e) => return Err(e),
     }
     repo.backend
-        .write(FileKind::Wal, &obj, &seal_file(repo, name, data))?;
+        .write(FileKind::Wal, &obj, &seal_file(repo, name, data)?)?;
     Ok(Pushed::Stored)
 }
 
