@@ -717,6 +717,7 @@ impl Repository {
 
     /// Remove a key slot by name prefix. The slot in use and the last slot cannot be removed.
     pub fn remove_key(&self, prefix: &str) -> Result<String> {
+        self.require_full("key remove")?;
         let keys = self.list_keys()?;
         let m: Vec<&String> = keys
             .iter()
@@ -732,7 +733,6 @@ impl Repository {
             }
             _ => return Err(Error::usage(format!("{prefix:?} matches several keys")).into()),
         };
-        self.require_full("key remove")?;
         if name == self.key_name {
             return Err(Error::usage(
                 "refusing to remove the key in use; open the repository with another key to remove this one",
