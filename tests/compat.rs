@@ -179,7 +179,7 @@ fn a_tree_entry_of_an_unknown_kind_is_refused_not_called_damage() {
         {"name": "a", "type": "redis-keyspace", "mode": 384, "uid": 0, "gid": 0,
          "mtime_ns": 0, "size": 0}
     ]});
-    let mut saver = BlobSaver::new(repo.clone(), Arc::new(MasterIndex::default()), true);
+    let mut saver = BlobSaver::new(repo.clone(), Arc::new(MasterIndex::default()), true).unwrap();
     let (sub, _) = saver
         .save(BlobType::Tree, serde_json::to_vec(&tree).unwrap())
         .unwrap();
@@ -215,7 +215,8 @@ fn a_repository_needing_an_unknown_feature_is_refused_by_every_command() {
     let repo = open(&env);
     let b = LocalBackend::new(&env.repo);
     let plain = repo
-        .key
+        .keys
+        .meta()
         .open(&b.read(FileKind::Config, "").unwrap())
         .unwrap();
     let mut config: Value = serde_json::from_slice(&compress::decode(&plain).unwrap()).unwrap();
@@ -225,7 +226,7 @@ fn a_repository_needing_an_unknown_feature_is_refused_by_every_command() {
     );
     config["features"] = json!({"write-only-keys": "0.5.0"});
     let enc = compress::Compressor::new(3).encode(&serde_json::to_vec(&config).unwrap());
-    b.write(FileKind::Config, "", &repo.key.seal_encoded(enc))
+    b.write(FileKind::Config, "", &repo.keys.meta().seal_encoded(enc))
         .unwrap();
     let needle = "this repository needs coffer >= 0.5.0 (feature write-only-keys)";
     every_reader_refuses(&env, &src, &old, needle, true);

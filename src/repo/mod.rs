@@ -458,9 +458,9 @@ impl Repository {
         let sealed = self.backend.read(kind, name)?;
         let named = kind == FileKind::Lock || Id::of_bytes(&sealed).to_hex() == name;
         let json = self.open_json(kind, name, &sealed)?;
-        if !named
-            && !(kind == FileKind::Snapshot && snapshot::stored_as(&json).as_deref() == Some(name))
-        {
+        let bound =
+            kind == FileKind::Snapshot && snapshot::stored_as(&json).as_deref() == Some(name);
+        if !(named || bound) {
             return Err(Error::integrity(format!(
                 "{} is damaged: its contents do not match its name",
                 kind.path(name)
