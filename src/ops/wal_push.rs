@@ -1,6 +1,8 @@
 //! `wal-push`: PostgreSQL's `archive_command`.
 
-use super::access::Access;
+use super::access::{open_named, Access};
+use crate::config::sources::{PgMode, SourceKind};
+use crate::config::Config;
 use crate::sources::postgres::wal::push;
 use anyhow::Result;
 use serde::Serialize;
@@ -14,17 +16,41 @@ pub struct PushReport {
 }
 
 /// Archive the WAL file at `path` and, with `jobs` above 1, the other ready segments
-/// ahead. A file already archived ahead needs no repository (no key derivation).
+/// ahead. A file already archived ahead needs no repository (no key derivation). Pushing
+/// to the primary repository, each file also goes to every repository a physical source of
+/// the config copies its base backups to ([`wal_copies`]), and the call succeeds only once
+/// all of them have it durably.
 pub fn wal_push(access: &Access, path: &Path, jobs: usize) -> Result<PushReport> {
     let files = if push::take_marker(path) {
         None
     } else {
-        Some(push::push_with_ahead(&*access.open()?, path, jobs)?)
+        let mut repos = vec![access.open()?];
+        if access.name.is_none() {
+            for name in wal_copies(&access.config) {
+                repos.push(open_named(&access.config, &name, access.events())?);
+            }
+        }
+        let refs: Vec<&crate::repo::Repository> = repos.iter().map(|r| &**r).collect();
+        Some(push::push_with_ahead(&refs, path, jobs)?)
     };
     Ok(PushReport {
         path: path.to_path_buf(),
         files,
     })
+}
+
+/// The repositories that WAL goes to beside the primary: the `copy_to` of every physical
+/// PostgreSQL source (a base backup copied there is restorable only with its WAL there).
+pub fn wal_copies(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .sources
+        .iter()
+        .filter(|s| matches!(&s.kind, SourceKind::Postgres(p) if p.mode == PgMode::Physical))
+        .flat_map(|s| s.copy_to.iter().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 impl std::fmt::Display for PushReport {

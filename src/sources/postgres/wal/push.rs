@@ -38,6 +38,12 @@ pub enum Pushed {
 /// Archive one file given by path (`%p`, relative to the data directory). Returns once
 /// the object is durable.
 pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+    push_to(&[repo], path)
+}
+
+/// Archive one file into each of `repos` in turn; returns once every one has it durably
+/// (what the first one did is returned). The first that fails fails the call.
+pub fn push_to(repos: &[&Repository], path: &Path) -> Result<Pushed> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -53,7 +59,13 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             format!("cannot read {}: {e}", path.display()),
         )
     })?;
-    push_bytes(repo, name, kind, &data)
+    let mut first = None;
+    for repo in repos {
+        let pushed = push_bytes(repo, name, kind, &data)
+            .with_context(|| format!("archiving {name} into {}", repo.backend.location()))?;
+        first.get_or_insert(pushed);
+    }
+    first.ok_or_else(|| anyhow::anyhow!("no repository to archive {name} into"))
 }
 
 /// The `archive_command` entry point: archive `path`, and with `jobs > 1` also push
@@ -61,8 +73,14 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
 /// looking again while there are more, up to [`MAX_AHEAD`]), with `jobs` parallel
 /// workers, so one key derivation serves a whole backlog. A segment pushed ahead gets a marker in
 /// `pg_wal/.coffer-pushed/`, written only after its object is durable; when PostgreSQL
-/// asks for it, the marker answers at once. Returns how many files this call archived.
-pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<usize> {
+/// asks for it, the marker answers at once. Every file goes to each of `repos` (the
+/// primary first, then the repositories the cluster's base backups are copied to) and
+/// counts as archived, and gets its marker, only once all of them have it. Returns how many
+/// files this call archived.
+pub fn push_with_ahead(repos: &[&Repository], path: &Path, jobs: usize) -> Result<usize> {
+    let repo = *repos
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no repository to archive into"))?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -147,7 +165,7 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
     // which is already archived, and not the segment that failed.
     let work = || {
         while let Some(n) = next() {
-            let done = push(repo, &wal_dir.join(&n)).and_then(|_| {
+            let done = push_to(repos, &wal_dir.join(&n)).and_then(|_| {
                 std::fs::create_dir_all(&markers)
                     .and_then(|_| std::fs::File::create(markers.join(&n)))
                     .with_context(|| {
@@ -171,7 +189,7 @@ pub fn push_with_ahead(repo: &Repository, path: &Path, jobs: usize) -> Result<us
                 s.spawn(work);
             }
         }
-        let this = push(repo, path);
+        let this = push_to(repos, path);
         if this.is_ok() && ahead_on {
             work();
         }
