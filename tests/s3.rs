@@ -1209,3 +1209,117 @@ fn moto_data_packs_take_the_storage_class_and_retrieval_classes_are_refused() {
     );
     env.ok(repo, &["--config", &allowed, "snapshots"]);
 }
+
+/// A local primary and an S3 copy (`[repositories.offsite]` with its own `[s3]` table):
+/// each backup of a `copy_to` source lands in both, the copy restores identically, an
+/// unchanged second copy adds almost nothing, retention on the copy leaves the primary
+/// alone, and with the primary gone a physical base backup and its WAL, archived into both,
+/// recover the cluster from the S3 copy alone.
+#[test]
+fn moto_a_local_primary_and_an_s3_copy_and_recovery_from_the_copy_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = moto();
+    create_bucket(server.port, "offsite");
+    let holder = TempDir::new().unwrap();
+    std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = holder.path();
+    std::fs::write(h.join("pw"), format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(h.join("offsite-pw"), "offsite secret\n").unwrap();
+    let (_src_dir, src) = source_tree(&[
+        ("a.bin", random_bytes(3 << 20, 1)),
+        ("b/c.txt", b"some text\n".repeat(20_000)),
+    ]);
+    let conf = h.join("coffer.toml");
+    let base = format!(
+        "repository = {}\npassword_file = {}\n\
+         [repositories.offsite]\nlocation = \"s3://offsite/copy\"\npassword_file = {}\n\
+         [repositories.offsite.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+         access_key_id = \"off-key\"\nsecret_access_key = \"off-secret\"\n\
+         [sources.files]\ntype = \"files\"\npaths = [{}]\ncopy_to = [\"offsite\"]\n",
+        toml::Value::String(h.join("repo").display().to_string()),
+        toml::Value::String(h.join("pw").display().to_string()),
+        toml::Value::String(h.join("offsite-pw").display().to_string()),
+        server.endpoint(),
+        toml::Value::String(src.display().to_string()),
+    );
+    std::fs::write(&conf, &base).unwrap();
+    let coffer = |args: &[&str]| {
+        let mut c = Command::cargo_bin("coffer").unwrap();
+        common::clean_env(&mut c);
+        c.env("COFFER_HOME", h.join("home"))
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .timeout(COMMAND_TIMEOUT);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "coffer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let snapshots = |repo: &str| -> Vec<serde_json::Value> {
+        serde_json::from_str(&coffer(&["--repo", repo, "snapshots", "--json"])).unwrap()
+    };
+    coffer(&["init", "--pack-size", "8"]);
+    coffer(&["--repo", "offsite", "init", "--like", "primary", "--pack-size", "8"]);
+
+    coffer(&["backup", "--source", "files"]);
+    let (_, first_bytes) = objects_under(server.port, "offsite", "copy/data/");
+    let out = h.join("from-s3");
+    coffer(&["--repo", "offsite", "restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(files_in(&out.join(src.strip_prefix("/").unwrap())), files_in(&src));
+    coffer(&["backup", "--source", "files"]);
+    let (_, second_bytes) = objects_under(server.port, "offsite", "copy/data/");
+    assert!(
+        (second_bytes - first_bytes) * 50 < first_bytes,
+        "an unchanged second copy stored {} bytes after {first_bytes}",
+        second_bytes - first_bytes
+    );
+    assert_eq!(snapshots("offsite").len(), 2);
+    coffer(&["--repo", "offsite", "forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(snapshots("offsite").len(), 1);
+    assert_eq!(snapshots("primary").len(), 2, "forget on the copy touched the primary");
+
+    let archive_command = format!(
+        "'{}' --config '{}' wal-push %p",
+        assert_cmd::cargo::cargo_bin("coffer").display(),
+        conf.display()
+    );
+    let pg = PgCluster::start_with(&[
+        ("archive_mode", "on"),
+        ("archive_command", &archive_command),
+        ("archive_timeout", "0"),
+    ]);
+    std::fs::write(
+        &conf,
+        format!(
+            "{base}[sources.db]\ntype = \"postgres\"\nmode = \"physical\"\nurl = {}\n\
+             pgdata = {}\ncopy_to = [\"offsite\"]\n",
+            toml::Value::String(pg.url("postgres")),
+            toml::Value::String(pg.data_dir().display().to_string()),
+        ),
+    )
+    .unwrap();
+    pg.give_to_server_user(h);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+    );
+    coffer(&["backup", "--source", "db"]);
+    pg.psql("postgres", "INSERT INTO t SELECT generate_series(101, 250)");
+    pg.archive_all();
+    assert_eq!(
+        pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        pg.log()
+    );
+    std::fs::remove_dir_all(h.join("repo")).unwrap();
+    let dir = h.join("recovered");
+    coffer(&["--repo", "offsite", "restore", "--pgdata", dir.to_str().unwrap()]);
+    pg.give_to_server_user(&dir);
+    let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM t"), "250");
+}
