@@ -1263,13 +1263,31 @@ fn moto_a_local_primary_and_an_s3_copy_and_recovery_from_the_copy_alone() {
         serde_json::from_str(&coffer(&["--repo", repo, "snapshots", "--json"])).unwrap()
     };
     coffer(&["init", "--pack-size", "8"]);
-    coffer(&["--repo", "offsite", "init", "--like", "primary", "--pack-size", "8"]);
+    coffer(&[
+        "--repo",
+        "offsite",
+        "init",
+        "--like",
+        "primary",
+        "--pack-size",
+        "8",
+    ]);
 
     coffer(&["backup", "--source", "files"]);
     let (_, first_bytes) = objects_under(server.port, "offsite", "copy/data/");
     let out = h.join("from-s3");
-    coffer(&["--repo", "offsite", "restore", "latest", "--target", out.to_str().unwrap()]);
-    assert_eq!(files_in(&out.join(src.strip_prefix("/").unwrap())), files_in(&src));
+    coffer(&[
+        "--repo",
+        "offsite",
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        files_in(&out.join(src.strip_prefix("/").unwrap())),
+        files_in(&src)
+    );
     coffer(&["backup", "--source", "files"]);
     let (_, second_bytes) = objects_under(server.port, "offsite", "copy/data/");
     assert!(
@@ -1280,7 +1298,11 @@ fn moto_a_local_primary_and_an_s3_copy_and_recovery_from_the_copy_alone() {
     assert_eq!(snapshots("offsite").len(), 2);
     coffer(&["--repo", "offsite", "forget", "--keep-last", "1", "--prune"]);
     assert_eq!(snapshots("offsite").len(), 1);
-    assert_eq!(snapshots("primary").len(), 2, "forget on the copy touched the primary");
+    assert_eq!(
+        snapshots("primary").len(),
+        2,
+        "forget on the copy touched the primary"
+    );
 
     let archive_command = format!(
         "'{}' --config '{}' wal-push %p",
@@ -1318,7 +1340,13 @@ fn moto_a_local_primary_and_an_s3_copy_and_recovery_from_the_copy_alone() {
     );
     std::fs::remove_dir_all(h.join("repo")).unwrap();
     let dir = h.join("recovered");
-    coffer(&["--repo", "offsite", "restore", "--pgdata", dir.to_str().unwrap()]);
+    coffer(&[
+        "--repo",
+        "offsite",
+        "restore",
+        "--pgdata",
+        dir.to_str().unwrap(),
+    ]);
     pg.give_to_server_user(&dir);
     let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM t"), "250");
