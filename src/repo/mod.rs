@@ -597,14 +597,27 @@ impl Repository {
     /// bytes and the plaintext length.
     pub fn read_blob_encoded(&self, index: &MasterIndex, id: &Id) -> Result<(Vec<u8>, u32)> {
         let (sealed, raw_length, pack, key) = self.read_sealed(index, id)?;
-        let encoded = key
-            .open(&sealed)
-            .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))
-            .with_context(|| format!("in pack {}", pack))?;
-        let data = compress::decode(&encoded)?;
-        self.verify_blob(&data, id, raw_length)
+        let encoded = self
+            .open_blob_encoded(&key, &sealed, id, raw_length)
             .with_context(|| format!("in pack {}", pack))?;
         Ok((encoded, raw_length))
+    }
+
+    /// Decrypt and verify a sealed blob, returning it as it was encoded before sealing (for
+    /// sealing it again under another key without compressing it again).
+    pub fn open_blob_encoded(
+        &self,
+        key: &crypto::Cipher,
+        sealed: &[u8],
+        id: &Id,
+        raw_length: u32,
+    ) -> Result<Vec<u8>> {
+        let encoded = key
+            .open(sealed)
+            .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
+        let data = compress::decode(&encoded)?;
+        self.verify_blob(&data, id, raw_length)?;
+        Ok(encoded)
     }
 
     /// Decrypt (under `key`, the pack's content key), decompress and verify a sealed blob.

@@ -181,10 +181,11 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
                     continue;
                 }
                 let mut sealed = bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
-                repo.open_blob(&key, &sealed, &e.id, e.raw_length)
+                // Opened and verified once either way; a writer's blob is sealed again.
+                let encoded = repo
+                    .open_blob_encoded(&key, &sealed, &e.id, e.raw_length)
                     .with_context(|| format!("pack {} is damaged; prune stops", p.id))?;
                 if reseal {
-                    let encoded = key.open(&sealed)?;
                     sealed = saver.sealer().seal(&encoded);
                 }
                 saver.save_sealed(e.tpe, e.id, e.raw_length, sealed)?;
