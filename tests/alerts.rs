@@ -474,6 +474,7 @@ fn a_restart_seeds_the_failing_backups_from_the_run_history() {
         bytes_added: 0,
         snapshot: None,
         drill: None,
+        repositories: Vec::new(),
     };
     // Out of order, as a listing may give them.
     let history = [

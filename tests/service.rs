@@ -465,7 +465,7 @@ fn healthy(port: u16) -> bool {
 }
 
 /// The samples of `/metrics`, parsed as Prometheus text, by name and `source` (or `job`)
-/// label.
+/// label; `repository` (alone, or after the source: `db/offsite`) for those that have one.
 fn scrape(port: u16, auth: Option<(&str, &str)>) -> BTreeMap<(String, String), f64> {
     let r = get(port, "/metrics", auth);
     assert_eq!(r.status(), 200);
@@ -493,12 +493,12 @@ fn scrape(port: u16, auth: Option<(&str, &str)>) -> BTreeMap<(String, String), f
         .samples
         .into_iter()
         .map(|s| {
-            let label = s
-                .labels
-                .get("source")
-                .or(s.labels.get("job"))
-                .unwrap_or("")
-                .to_string();
+            let label = match (s.labels.get("source"), s.labels.get("repository")) {
+                (Some(source), Some(repository)) => format!("{source}/{repository}"),
+                (Some(source), None) => source.to_string(),
+                (None, Some(repository)) => repository.to_string(),
+                (None, None) => s.labels.get("job").unwrap_or("").to_string(),
+            };
             let v = match s.value {
                 prometheus_parse::Value::Gauge(v)
                 | prometheus_parse::Value::Counter(v)
@@ -1031,4 +1031,162 @@ fn a_scheduled_drill_that_fails_alerts_and_shows_in_the_metrics() {
         "a drill is not a backup: {alerts:?}"
     );
     assert!(err.contains("drill up: FAILED"), "{err}");
+}
+
+/// A config with the Env's repository as the primary, `[repositories.offsite]` (with its own
+/// passphrase, created like the primary) and `extra`.
+fn with_offsite(env: &Env, offsite_keep: &str, extra: &str) -> std::path::PathBuf {
+    let quote = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    fs::write(env.path("offsite-pw"), "offsite secret\n").unwrap();
+    let config = env.path("coffer.toml");
+    fs::write(
+        &config,
+        format!(
+            "repository = {repo}\n{extra}\n[repositories.offsite]\nlocation = {offsite}\n\
+             password_file = \"offsite-pw\"\n{offsite_keep}\n",
+            repo = quote(&env.repo),
+            offsite = quote(&env.path("offsite")),
+        ),
+    )
+    .unwrap();
+    coffer(
+        env,
+        &config,
+        &["--repo", "offsite", "init", "--like", "primary"],
+    );
+    config
+}
+
+/// `coffer --config CONFIG ARGS`, which must succeed; its standard output.
+fn coffer(env: &Env, config: &Path, args: &[&str]) -> String {
+    ok(&env
+        .cmd()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap())
+}
+
+fn snapshots_in(env: &Env, config: &Path, repo: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&coffer(
+        env,
+        config,
+        &["--repo", repo, "snapshots", "--json"],
+    ))
+    .unwrap()
+}
+
+#[test]
+fn prune_runs_in_every_repository_with_its_keep_and_one_failing_fails_the_job() {
+    let env = Env::new();
+    env.init();
+    let port = common::free_port();
+    let gone = env.path("gone");
+    let config = with_offsite(
+        &env,
+        "keep = { last = 1 }",
+        &format!(
+            "[service]\nlisten = \"127.0.0.1:{port}\"\nprune = \"0 0 1 1 *\"\n\
+             [repositories.gone]\nlocation = {gone:?}\n\
+             [sources.noise]\ntype = \"command\"\nshell = \"head -c 3000000 /dev/urandom\"\n"
+        ),
+    );
+    // Two snapshots in each repository (the copy applies no keep); the primary forgets one
+    // without pruning it.
+    backup_source(&env, &config, "noise");
+    backup_source(&env, &config, "noise");
+    coffer(&env, &config, &["copy", "--to", "offsite"]);
+    assert_eq!(snapshots_in(&env, &config, "offsite").len(), 2);
+    coffer(&env, &config, &["forget", "--keep-last", "1"]);
+    let offsite = env.path("offsite");
+    let packs = || {
+        (
+            common::list_files(&env.repo.join("data")).len(),
+            common::list_files(&offsite.join("data")).len(),
+        )
+    };
+    let before = packs();
+
+    // Prune has never run: it runs at start.
+    let child = start(&env, &config);
+    until(
+        "the prune of every repository",
+        Duration::from_secs(60),
+        || {
+            healthy(port)
+                && metric(&scrape(port, None), "coffer_prune_last_run_success", "gone").is_some()
+        },
+    );
+    let m = scrape(port, None);
+    assert_eq!(
+        metric(&m, "coffer_prune_last_run_success", "primary"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "coffer_prune_last_run_success", "offsite"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "coffer_prune_last_run_success", "gone"),
+        Some(0.0)
+    );
+    for (repo, pruned) in [("primary", true), ("offsite", true), ("gone", false)] {
+        assert_eq!(
+            metric(&m, "coffer_prune_last_success_timestamp_seconds", repo).is_some(),
+            pruned,
+            "{repo}"
+        );
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&get(port, "/api/status", None).text().unwrap()).unwrap();
+    let prune = s["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "prune")
+        .unwrap()
+        .clone();
+    assert_eq!(prune["last_run"]["status"], "failed", "{prune:#}");
+    let error = prune["last_run"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("1 of 3 repositories (gone: ") && !error.contains("offsite:"),
+        "{error}"
+    );
+    let err = stop(child);
+    assert!(err.contains("prune primary: ok"), "{err}");
+    assert!(
+        err.contains("prune offsite: ok, its keep removed 1 snapshot(s)"),
+        "{err}"
+    );
+    assert!(err.contains("prune gone: FAILED"), "{err}");
+
+    // The offsite's keep ran, then each repository lost the packs of its forgotten snapshot,
+    // and no lock is left in either.
+    assert_eq!(snapshots_in(&env, &config, "offsite").len(), 1);
+    assert_eq!(env.snapshots().len(), 1);
+    let after = packs();
+    assert!(
+        after.0 < before.0 && after.1 < before.1,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(locks(&env), 0);
+    assert_eq!(fs::read_dir(offsite.join("locks")).unwrap().count(), 0);
+    coffer(
+        &env,
+        &config,
+        &["--repo", "offsite", "check", "--read-data"],
+    );
+    coffer(&env, &config, &["check", "--read-data"]);
+    // The failed job is due again at the next start.
+    let out = env
+        .cmd()
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--once", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["runs"][0]["job"], "prune", "{r:#}");
 }

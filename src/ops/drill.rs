@@ -383,6 +383,7 @@ fn record(repo: &Repository, run: &str, src: &SourceConfig, r: &SourceDrill, p: 
             steps: r.steps.clone(),
             checks: r.checks.clone(),
         }),
+        repositories: Vec::new(),
     };
     if let Err(e) = runs::save(repo, &rec) {
         p.warn(&format!(

@@ -314,6 +314,7 @@ fn backup_one(
         bytes_added,
         snapshot: snapshot.clone(),
         drill: None,
+        repositories: Vec::new(),
     };
     if let Err(e) = runs::save(repo, &record) {
         progress.warn(&format!(

@@ -55,6 +55,26 @@ pub struct RunRecord {
     /// A restore drill's steps and checks (job `drill`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillDetails>,
+    /// A repository job over several repositories (`prune` of `coffer run`): each one's
+    /// result, the primary first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<RepositoryRun>,
+}
+
+/// What a repository job did in one repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryRun {
+    /// `primary`, or the name of its `[repositories.NAME]` table.
+    pub repository: String,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Snapshots its `keep` removed before the prune.
+    #[serde(default)]
+    pub snapshots_removed: u64,
+    /// Bytes of packs the prune deleted.
+    #[serde(default)]
+    pub bytes_freed: u64,
 }
 
 /// What a restore drill did and found, as its run record keeps it.
@@ -181,6 +201,7 @@ mod tests {
             bytes_added: 0,
             snapshot: None,
             drill: None,
+            repositories: Vec::new(),
         }
     }
 

@@ -37,7 +37,7 @@ use crate::error::{Error, ErrorKind};
 use crate::ops::status::{Failure, LastDrill, LastRun, Overview, Success, WalOverview};
 use crate::progress::Progress;
 use crate::repo::id::Id;
-use crate::repo::runs::{self, RunRecord, RunStatus};
+use crate::repo::runs::{self, RepositoryRun, RunRecord, RunStatus};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 use crate::sources::postgres::pitr::FetchConfig;
@@ -221,8 +221,12 @@ pub enum Effect {
         forgotten: u64,
         bytes_stored: u64,
     },
-    /// A prune: the repository's stored bytes after it.
-    Stored(u64),
+    /// A prune: the primary's stored bytes after it (when they could be read), and what it
+    /// did in each repository.
+    Prune {
+        stored_bytes: Option<u64>,
+        repositories: Vec<RepositoryRun>,
+    },
     /// A wal-verify: the WAL archive as it found it.
     Wal(WalOverview),
     /// A restore drill.
@@ -257,6 +261,9 @@ pub struct ServiceState {
     pub stored_bytes: u64,
     pub alerts_sent: u64,
     pub alerts_failed: u64,
+    /// The newest prune of each repository (`primary` and the `[repositories.NAME]`), by
+    /// name; at start, from the run history.
+    pub prunes: BTreeMap<String, PruneState>,
     /// The config in force (its sources and their `rpo`).
     #[serde(skip)]
     pub config: Option<Arc<Config>>,
@@ -297,7 +304,18 @@ impl ServiceState {
                 });
                 self.stored_bytes += bytes_stored;
             }
-            Effect::Stored(b) => self.stored_bytes = *b,
+            Effect::Prune {
+                stored_bytes,
+                repositories,
+            } => {
+                if let Some(b) = stored_bytes {
+                    self.stored_bytes = *b;
+                }
+                for r in repositories {
+                    self.prunes
+                        .insert(r.repository.clone(), PruneState::of(r, s.finished));
+                }
+            }
             Effect::Wal(w) => self.overview.wal = Some(w.clone()),
             Effect::Drill { passed, rto_secs } => {
                 let Some(source) = &s.source else { return };
@@ -320,9 +338,153 @@ impl ServiceState {
     }
 }
 
+/// The newest prune of one repository, as the service knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneState {
+    pub finished: DateTime<Utc>,
+    pub ok: bool,
+    /// When a prune of it last succeeded.
+    pub last_success: Option<DateTime<Utc>>,
+}
+
+impl PruneState {
+    fn of(r: &RepositoryRun, finished: DateTime<Utc>) -> PruneState {
+        let ok = r.status == RunStatus::Ok;
+        PruneState {
+            finished,
+            ok,
+            last_success: ok.then_some(finished),
+        }
+    }
+}
+
+/// The newest prune of each repository in the run history.
+fn prunes_of(history: &[RunRecord]) -> BTreeMap<String, PruneState> {
+    let mut out: BTreeMap<String, PruneState> = BTreeMap::new();
+    // The history is oldest first: each record overrides the older ones.
+    for rec in history.iter().filter(|r| r.job == "prune") {
+        let finished = rec.finished.with_timezone(&Utc);
+        for r in &rec.repositories {
+            let older = out.get(&r.repository).and_then(|p| p.last_success);
+            let mut newest = PruneState::of(r, finished);
+            newest.last_success = newest.last_success.or(older);
+            out.insert(r.repository.clone(), newest);
+        }
+    }
+    out
+}
+
+/// `[service] prune`: the service's repository, then each `[repositories.NAME]`, each
+/// under its own exclusive lock; a named one with a `keep` first forgets by it (as
+/// `--repo NAME forget` does), so that its retention runs even when nothing copies to it.
+/// One that fails does not stop the others. Returns what each did, and the primary's
+/// stored bytes after it.
+fn prune_repositories(
+    repo: &Arc<Repository>,
+    config: &Config,
+    p: &Progress,
+) -> (Vec<RepositoryRun>, Option<u64>) {
+    use crate::ops::access::PRIMARY;
+    let result = |name: &str, r: Result<(u64, u64)>| {
+        let run = match r {
+            Ok((removed, freed)) => RepositoryRun {
+                repository: name.to_string(),
+                status: RunStatus::Ok,
+                error: None,
+                snapshots_removed: removed,
+                bytes_freed: freed,
+            },
+            Err(e) => RepositoryRun {
+                repository: name.to_string(),
+                status: RunStatus::Failed,
+                error: Some(format!("{e:#}")),
+                snapshots_removed: 0,
+                bytes_freed: 0,
+            },
+        };
+        match &run.error {
+            None => p.log(&format!(
+                "prune {name}: ok{}, freed {}",
+                match run.snapshots_removed {
+                    0 => String::new(),
+                    n => format!(", its keep removed {n} snapshot(s)"),
+                },
+                crate::ops::mib(run.bytes_freed)
+            )),
+            Some(e) => p.warn(&format!("prune {name}: FAILED: {e}")),
+        }
+        run
+    };
+    let mut out = Vec::new();
+    p.set_message(format!("pruning {PRIMARY}"));
+    out.push(result(
+        PRIMARY,
+        crate::ops::prune::prune(repo, false, 10.0, p).map(|r| (0, r.report.bytes_deleted)),
+    ));
+    // Prune is rare and reads the index anyway: read it again for the size.
+    let stored = match repo.load_index() {
+        Ok(i) => Some(stored_bytes(&i)),
+        Err(e) => {
+            p.warn(&format!("could not read the index after prune: {e:#}"));
+            None
+        }
+    };
+    for (name, table) in &config.repositories {
+        p.set_message(format!("pruning {name}"));
+        let r = crate::ops::access::open_named(config, name, p).and_then(|named| {
+            if named.config.id == repo.config.id {
+                // `coffer run --repo NAME`: pruned above.
+                return Ok(None);
+            }
+            let Some(policy) = &table.keep else {
+                return crate::ops::prune::prune(&named, false, 10.0, p)
+                    .map(|r| Some((0, r.report.bytes_deleted)));
+            };
+            let opts = crate::ops::forget::ForgetOptions {
+                snapshots: Vec::new(),
+                policy: policy.clone(),
+                tags: Vec::new(),
+                sources: Vec::new(),
+                group_by: vec!["host".into(), "paths".into()],
+                dry_run: false,
+                prune: true,
+            };
+            let f = crate::ops::forget::forget(&named, &opts, &|_| {}, p)?;
+            Ok(Some((
+                f.removed.len() as u64,
+                f.prune.map_or(0, |r| r.report.bytes_deleted),
+            )))
+        });
+        match r {
+            Ok(None) => {}
+            Ok(Some(done)) => out.push(result(name, Ok(done))),
+            Err(e) => out.push(result(name, Err(e))),
+        }
+    }
+    (out, stored)
+}
+
+/// A prune job fails when it failed in any repository, naming each.
+fn prune_verdict(results: &[RepositoryRun]) -> Result<()> {
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| Some(format!("{}: {}", r.repository, r.error.as_deref()?)))
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow::anyhow!(
+        "prune failed in {} of {} repositories ({}); the others were pruned",
+        failed.len(),
+        results.len(),
+        failed.join("; ")
+    ))
+}
+
 /// What the service reads from the repository at start and on reload.
 struct Reading {
     history: Vec<RunRecord>,
+    prunes: BTreeMap<String, PruneState>,
     /// The last success of each job, by job name.
     last: BTreeMap<String, DateTime<Utc>>,
     overview: Overview,
@@ -337,6 +499,7 @@ fn read_repository(repo: &Arc<Repository>, config: &Config, jobs: &[Job]) -> Res
         Overview::from_parts(config, &snaps, &history, Overview::read_wal(repo, config)?);
     let stored_bytes = stored_bytes(&repo.load_index()?);
     Ok(Reading {
+        prunes: prunes_of(&history),
         history,
         last,
         overview,
@@ -570,6 +733,7 @@ pub fn run(
         s.recent = recent_of(&reading.history);
         s.overview = reading.overview;
         s.stored_bytes = reading.stored_bytes;
+        s.prunes = reading.prunes;
         s.config = Some(config.clone());
     }
     let _http = match (&config.service.listen, opts.once) {
@@ -782,6 +946,7 @@ pub fn run(
                         let mut s = state.lock().unwrap();
                         s.overview = reading.overview;
                         s.stored_bytes = reading.stored_bytes;
+                        s.prunes = reading.prunes;
                         s.config = Some(config.clone());
                         drop(s);
                         log.log(&format!("reloaded the config: {} job(s)", table.len()));
@@ -1082,14 +1247,17 @@ fn run_job(
             }
         }
         other => {
+            let mut repositories = Vec::new();
             let r: Result<()> = match other {
-                JobKind::Prune => crate::ops::prune::prune(repo, false, 10.0, p).map(|_| {
-                    // Prune is rare and reads the index anyway: read it again for the size.
-                    match repo.load_index() {
-                        Ok(i) => effect = Effect::Stored(stored_bytes(&i)),
-                        Err(e) => p.warn(&format!("could not read the index after prune: {e:#}")),
-                    }
-                }),
+                JobKind::Prune => {
+                    let (results, stored) = prune_repositories(repo, config, p);
+                    effect = Effect::Prune {
+                        stored_bytes: stored,
+                        repositories: results.clone(),
+                    };
+                    repositories = results;
+                    prune_verdict(&repositories)
+                }
                 JobKind::Check(subset) => (|| {
                     let read = match subset {
                         Some(s) => crate::ops::check::read_data_subset(s)?,
@@ -1132,6 +1300,7 @@ fn run_job(
                 bytes_added: 0,
                 snapshot: None,
                 drill: None,
+                repositories,
             };
             if let Err(e) = runs::save(repo, &record) {
                 p.warn(&format!("could not record the {} run: {e:#}", other.name()));
@@ -1264,6 +1433,62 @@ mod tests {
         // No archive time known: cannot tell.
         assert_eq!(wal_lag(&w(None, 0), rpo, now), None);
         assert_eq!(w(Some("2024-05-01T11:50:00Z"), 0).window_secs(), Some(6600));
+    }
+
+    #[test]
+    fn the_newest_prune_of_each_repository_comes_from_the_history() {
+        let rec = |minute: u32, results: &[(&str, RunStatus)]| RunRecord {
+            id: Id::default(),
+            run: String::new(),
+            job: "prune".into(),
+            source: String::new(),
+            source_type: "repository".into(),
+            host: "h".into(),
+            started: t(&format!("2024-05-01T00:{minute:02}:00Z")).fixed_offset(),
+            finished: t(&format!("2024-05-01T00:{minute:02}:00Z")).fixed_offset(),
+            status: RunStatus::Ok,
+            error: None,
+            bytes_read: 0,
+            bytes_added: 0,
+            snapshot: None,
+            drill: None,
+            repositories: results
+                .iter()
+                .map(|(name, status)| RepositoryRun {
+                    repository: name.to_string(),
+                    status: *status,
+                    error: None,
+                    snapshots_removed: 0,
+                    bytes_freed: 0,
+                })
+                .collect(),
+        };
+        let history = [
+            rec(1, &[("primary", RunStatus::Ok), ("offsite", RunStatus::Ok)]),
+            rec(
+                2,
+                &[("primary", RunStatus::Ok), ("offsite", RunStatus::Failed)],
+            ),
+        ];
+        let p = prunes_of(&history);
+        assert!(p["primary"].ok);
+        assert_eq!(p["primary"].last_success, Some(t("2024-05-01T00:02:00Z")));
+        assert!(!p["offsite"].ok);
+        assert_eq!(p["offsite"].finished, t("2024-05-01T00:02:00Z"));
+        assert_eq!(p["offsite"].last_success, Some(t("2024-05-01T00:01:00Z")));
+        let e = prune_verdict(&[
+            history[1].repositories[0].clone(),
+            RepositoryRun {
+                error: Some("cannot reach it".into()),
+                ..history[1].repositories[1].clone()
+            },
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("1 of 2 repositories (offsite: cannot reach it)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -154,6 +154,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "End of the newest successful coffer check.",
     ),
     (
+        "coffer_prune_last_run_success",
+        "gauge",
+        "Whether the newest prune of the repository succeeded (1) or failed (0).",
+    ),
+    (
+        "coffer_prune_last_success_timestamp_seconds",
+        "gauge",
+        "End of the newest successful prune of the repository.",
+    ),
+    (
         "coffer_alerts_sent_total",
         "counter",
         "Alerts and pings delivered since the service started.",
@@ -199,6 +209,16 @@ pub fn render(state: &ServiceState) -> String {
             "coffer_check_last_success_timestamp_seconds" => {
                 if let Some(t) = &state.overview.check_last_success {
                     f.sample(&[], ts(t));
+                }
+            }
+            "coffer_prune_last_run_success" | "coffer_prune_last_success_timestamp_seconds" => {
+                for (repository, p) in &state.prunes {
+                    let labels = [("repository", repository.as_str())];
+                    if name == "coffer_prune_last_run_success" {
+                        f.sample(&labels, p.ok as u8 as f64);
+                    } else if let Some(t) = &p.last_success {
+                        f.sample(&labels, ts(t));
+                    }
                 }
             }
             "coffer_alerts_sent_total" => f.sample(&[], state.alerts_sent as f64),

@@ -257,15 +257,34 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
         h.push_str("</p>");
     }
 
+    let prunes: Vec<String> = state
+        .prunes
+        .iter()
+        .map(|(name, p)| {
+            format!(
+                "{}: <span class=\"{}\">{}</span> {}",
+                esc(name),
+                if p.ok { "ok" } else { "bad" },
+                if p.ok { "ok" } else { "FAILED" },
+                when(p.finished)
+            )
+        })
+        .collect();
     let _ = write!(
         h,
-        "<h2>Repository</h2><p id=\"repository\">{} stored; last successful check: {}.</p>",
+        "<h2>Repository</h2><p id=\"repository\">{} stored; last successful check: {}; \
+         last prune: {}.</p>",
         bytes(state.stored_bytes),
         state
             .overview
             .check_last_success
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_else(|| "never".into())
+            .unwrap_or_else(|| "never".into()),
+        if prunes.is_empty() {
+            "never".into()
+        } else {
+            prunes.join(", ")
+        }
     );
 
     h.push_str(

@@ -230,6 +230,28 @@ fn jobs(config: &Config, config_path: &Path, names: &[String]) -> Result<Vec<Job
             vec!["prune".into()],
             e,
         ));
+        // Each other repository on its own (its own lock; one failing stops no other),
+        // its `keep` first, as `coffer run` does.
+        for (name, r) in &config.repositories {
+            let mut args = vec!["--repo".to_string(), name.clone()];
+            match r.keep {
+                Some(_) => args.extend(["forget".into(), "--prune".into()]),
+                None => args.push("prune".into()),
+            }
+            out.push(repo_job(
+                &format!("prune-{name}"),
+                &format!(
+                    "{}remove data no snapshot needs in the repository {name}",
+                    if r.keep.is_some() {
+                        "apply its keep rules and "
+                    } else {
+                        ""
+                    }
+                ),
+                args,
+                e,
+            ));
+        }
     }
     if let Some(e) = &sv.check {
         let mut args = vec!["check".to_string()];
@@ -600,6 +622,26 @@ fn hardening(s: &Setup) -> Result<Hardening> {
                 lines.push("Environment=COFFER_HOME=%S/coffer".into());
             }
         },
+    }
+    // The other repositories: copy_to writes to them, and prune prunes them.
+    for (name, r) in &c.repositories {
+        if r.location.starts_with("s3://") {
+            continue;
+        }
+        let p = PathBuf::from(&r.location);
+        if p.is_relative() {
+            return Err(Error::usage(format!(
+                "[repositories.{name}] location = {:?} in {} is a relative path, and a service runs in /: write it as an absolute path",
+                r.location,
+                s.config_path.display()
+            ))
+            .into());
+        }
+        comments.push(format!(
+            "ReadWritePaths: the repository {name} ({}), which copies and prunes write.",
+            r.location
+        ));
+        writable.push(p);
     }
     let restore_only = c.sources.iter().any(|src| match &src.kind {
         SourceKind::Postgres(p) => p.pgdata.is_some(),
@@ -1339,6 +1381,45 @@ mod tests {
         let t = "password = \"hunter2\"\n[s3]\nsecret_access_key = \"${S3_SECRET}\"\nsession_token = \"tok\"\n";
         assert_eq!(literal_secrets(t), ["password", "[s3] session_token"]);
         assert!(literal_secrets("password_file = \"/p\"\n").is_empty());
+    }
+
+    #[test]
+    fn prune_has_a_job_for_each_repository_and_each_is_writable() {
+        let text = "[service]\nprune = \"0 4 * * 0\"\n\
+                    [repositories.offsite]\nlocation = \"/srv/offsite\"\nkeep = { daily = 7 }\n\
+                    [repositories.vault]\nlocation = \"s3://vault/coffer\"\n";
+        let c = Config::parse(text, None, &|_| None).unwrap();
+        let all = jobs(&c, Path::new("/etc/coffer/coffer.toml"), &[]).unwrap();
+        let ids: Vec<&str> = all.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["prune", "prune-offsite", "prune-vault"]);
+        assert_eq!(all[1].args, ["--repo", "offsite", "forget", "--prune"]);
+        assert_eq!(all[2].args, ["--repo", "vault", "prune"]);
+        assert_eq!(all[1].when, all[0].when);
+        let setup = Setup {
+            config: &c,
+            config_path: Path::new("/etc/coffer/coffer.toml"),
+            bin: Path::new("/usr/bin/coffer"),
+            variables: Vec::new(),
+            default_home: None,
+            literal_secrets: Vec::new(),
+        };
+        let h = hardening(&setup).unwrap();
+        assert!(
+            h.lines.contains(&"ReadWritePaths=/srv/offsite".to_string()),
+            "{:?}",
+            h.lines
+        );
+        let relative = Config::parse(
+            "[repositories.offsite]\nlocation = \"offsite\"\n",
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        let e = hardening(&Setup {
+            config: &relative,
+            ..setup
+        });
+        assert!(e.is_err_and(|e| e.to_string().contains("relative path")));
     }
 
     #[test]
