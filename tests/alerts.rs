@@ -7,7 +7,9 @@ mod common;
 use chrono::{DateTime, FixedOffset};
 use coffer::config::{AlertsConfig, Config};
 use coffer::ops::stack::SourceRun;
-use coffer::ops::status::{LastSuccess, SourceStatus, State, StatusReport};
+use coffer::ops::status::{
+    CopyState, CopyStatus, LastSuccess, NewestCopy, SourceStatus, State, StatusReport,
+};
 use coffer::progress::{Progress, Tally};
 use coffer::repo::runs::{RunRecord, RunStatus};
 use coffer::service::alerts::{
@@ -220,6 +222,7 @@ fn report(now: DateTime<FixedOffset>, db_age_h: i64) -> StatusReport {
         last_drill: None,
         drill_max_age_secs: None,
         drill_overdue: false,
+        copies: Vec::new(),
     };
     let db_state = if db_age_h > 26 {
         State::Breached
@@ -234,7 +237,86 @@ fn report(now: DateTime<FixedOffset>, db_age_h: i64) -> StatusReport {
         ],
         breached: usize::from(db_state == State::Breached),
         drills_overdue: 0,
+        copies_behind: 0,
     }
+}
+
+/// `report` at `now` with db's newest snapshot an hour old, and its copies in each of
+/// `copies`: behind (the newest copy 30 h old) or ok.
+fn with_copies(now: DateTime<FixedOffset>, copies: &[(&str, bool)]) -> StatusReport {
+    let mut r = report(now, 1);
+    r.sources[0].copies = copies
+        .iter()
+        .map(|&(repository, behind)| CopyStatus {
+            repository: repository.into(),
+            state: if behind {
+                CopyState::Behind
+            } else {
+                CopyState::Ok
+            },
+            newest: Some(NewestCopy {
+                original: "0123456789abcdef".into(),
+                time: now - hours(if behind { 30 } else { 1 }),
+                age_secs: if behind { 30 * 3600 } else { 3600 },
+            }),
+            error: None,
+        })
+        .collect();
+    r.copies_behind = copies.iter().filter(|c| c.1).count();
+    r
+}
+
+#[test]
+fn a_copy_behind_alerts_once_per_repository_and_names_it() {
+    let rx = Receiver::start();
+    let (slack, hook) = (format!("{}/slack", rx.url), format!("{}/hook", rx.url));
+    let (a, _) = alerter(Some(slack), Some(hook));
+    let t0 = t("2026-12-03T12:00:00Z");
+    a.status_report(&with_copies(t0, &[("offsite", true), ("b2", false)]));
+    a.status_report(&with_copies(
+        t0 + hours(1),
+        &[("offsite", true), ("b2", true)],
+    ));
+    a.status_report(&with_copies(
+        t0 + hours(2),
+        &[("offsite", false), ("b2", true)],
+    ));
+    flush(&a);
+    let reqs = rx.requests();
+    let events: Vec<_> = to(&reqs, "/hook").into_iter().map(json).collect();
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["status"].as_str().unwrap(),
+                e["repository"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("copy_behind", "alert", "offsite"),
+            ("copy_behind", "alert", "b2"),
+            ("recovered", "copy_behind", "offsite"),
+        ]
+    );
+    assert_eq!(events[0]["source"], "db");
+    assert_eq!(
+        events[0]["error"],
+        "the newest copy in offsite is 1d 6h old, beyond the RPO of 1d 2h, and snapshot db-snaps is not there"
+    );
+    assert_eq!(
+        slack_text(to(&reqs, "/slack")[0]),
+        "coffer on test-host: db (copies in offsite): copy behind: the newest copy in offsite is \
+         1d 6h old, beyond the RPO of 1d 2h, and snapshot db-snaps is not there"
+    );
+    assert_eq!(
+        a.problems(),
+        [(AlertKey::copy("db", "b2"), t0 + hours(1))],
+        "b2 is still behind"
+    );
 }
 
 #[test]

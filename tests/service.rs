@@ -1190,3 +1190,165 @@ fn prune_runs_in_every_repository_with_its_keep_and_one_failing_fails_the_job() 
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["runs"][0]["job"], "prune", "{r:#}");
 }
+
+#[test]
+fn copy_to_in_the_service_shows_each_copy_in_status_and_metrics_and_applies_its_keep() {
+    let env = Env::new();
+    env.init();
+    let port = common::free_port();
+    let config = with_offsite(
+        &env,
+        "keep = { last = 1 }",
+        &format!(
+            "[service]\nlisten = \"127.0.0.1:{port}\"\n\
+             [sources.noise]\ntype = \"command\"\nshell = \"head -c 100000 /dev/urandom\"\n\
+             schedule = \"0 0 1 1 *\"\nrpo = \"1h\"\ncopy_to = [\"offsite\"]\n"
+        ),
+    );
+    // A backup of 2020, copied: the service misses a run since, and makes it at once.
+    coffer(
+        &env,
+        &config,
+        &[
+            "backup",
+            "--source",
+            "noise",
+            "--time",
+            "2020-06-01T00:00:00Z",
+        ],
+    );
+    let old = snapshots_in(&env, &config, "offsite");
+    assert_eq!(old.len(), 1);
+    let child = start(&env, &config);
+    until("the service's backup", Duration::from_secs(60), || {
+        healthy(port) && metric(&scrape(port, None), "coffer_snapshots", "noise") == Some(2.0)
+    });
+    let m = scrape(port, None);
+    let newest = metric(&m, "coffer_last_success_timestamp_seconds", "noise").unwrap();
+    assert!(newest > 1.7e9, "{newest}");
+    assert_eq!(
+        metric(
+            &m,
+            "coffer_copy_last_success_timestamp_seconds",
+            "noise/offsite"
+        ),
+        Some(newest),
+        "the copy of the newest snapshot"
+    );
+    assert_eq!(metric(&m, "coffer_copy_behind", "noise/offsite"), Some(0.0));
+    let s: serde_json::Value =
+        serde_json::from_str(&get(port, "/api/status", None).text().unwrap()).unwrap();
+    let src = &s["sources"][0];
+    let primary_id = src["last_success"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(src["copies"][0]["repository"], "offsite", "{s:#}");
+    assert_eq!(src["copies"][0]["state"], "ok", "{s:#}");
+    assert_eq!(src["copies"][0]["newest"]["original"], primary_id.as_str());
+    assert_eq!(s["copies_behind"], 0);
+    let page = get(port, "/", None).text().unwrap();
+    assert!(
+        page.contains("<span data-repository=\"offsite\">offsite: <span class=\"ok\">OK</span>"),
+        "{page}"
+    );
+    stop(child);
+
+    // The offsite's keep ran after the service's copy: only that copy is left there.
+    let offsite = snapshots_in(&env, &config, "offsite");
+    assert_eq!(offsite.len(), 1, "{offsite:#?}");
+    assert_eq!(offsite[0]["original"], primary_id.as_str());
+    assert_eq!(env.snapshots().len(), 2);
+    // `coffer status` reads the offsite repository itself and says the same.
+    let out = env
+        .cmd()
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let copy = &st["sources"][0]["copies"][0];
+    assert_eq!(copy["state"], "ok", "{st:#}");
+    assert_eq!(copy["newest"]["original"], primary_id.as_str());
+    assert!(copy["newest"]["age_secs"].as_u64().unwrap() < 3600);
+}
+
+#[test]
+fn a_copy_that_falls_behind_alerts_naming_its_repository_and_recovers() {
+    let hooks = common::http::Receiver::start();
+    let env = Env::new();
+    env.init();
+    let port = common::free_port();
+    let offsite = env.path("offsite");
+    let away = env.path("offsite.away");
+    let arm = env.path("arm");
+    // A backup after `arm` is made moves the offsite repository away (once): its copy fails.
+    let config = with_offsite(
+        &env,
+        "",
+        &format!(
+            "[service]\nlisten = \"127.0.0.1:{port}\"\n[alerts]\nwebhook = \"{url}/hook\"\n\
+             [sources.noise]\ntype = \"command\"\nshell = \"head -c 100000 /dev/urandom\"\n\
+             every = \"1s\"\nrpo = \"4s\"\ncopy_to = [\"offsite\"]\n\
+             before = [\"if test -e {arm}; then mv {o} {a} && rm {arm}; fi\"]\n",
+            url = hooks.url,
+            arm = arm.display(),
+            o = offsite.display(),
+            a = away.display(),
+        ),
+    );
+    // A first backup, copied; the service's first backup is not.
+    backup_source(&env, &config, "noise");
+    assert_eq!(snapshots_in(&env, &config, "offsite").len(), 1);
+    fs::write(&arm, "").unwrap();
+    let child = start(&env, &config);
+    let copy_alerts = || -> Vec<serde_json::Value> {
+        bodies(&hooks)
+            .into_iter()
+            .filter(|b| b["event"] == "copy_behind" || b["status"] == "copy_behind")
+            .collect()
+    };
+    until("the copy_behind alert", Duration::from_secs(90), || {
+        !copy_alerts().is_empty()
+    });
+    let m = scrape(port, None);
+    assert_eq!(metric(&m, "coffer_copy_behind", "noise/offsite"), Some(1.0));
+    let s: serde_json::Value =
+        serde_json::from_str(&get(port, "/api/status", None).text().unwrap()).unwrap();
+    assert_eq!(s["sources"][0]["copies"][0]["state"], "behind", "{s:#}");
+    assert_eq!(s["copies_behind"], 1, "{s:#}");
+    // The offsite comes back: the next backup's copy ends it.
+    fs::rename(&away, &offsite).unwrap();
+    until("the recovery", Duration::from_secs(90), || {
+        copy_alerts().len() >= 2
+    });
+    let err = stop(child);
+    let alerts = bodies(&hooks);
+    let copies = copy_alerts();
+    assert_eq!(
+        copies.len(),
+        2,
+        "one alert while it lasts, one recovery: {alerts:#?}"
+    );
+    let a = &copies[0];
+    assert_eq!(
+        (&a["event"], &a["status"]),
+        (&"copy_behind".into(), &"alert".into())
+    );
+    assert_eq!(a["source"], "noise");
+    assert_eq!(a["repository"], "offsite");
+    let e = a["error"].as_str().unwrap();
+    assert!(
+        e.contains("the newest copy in offsite is") && e.contains("is not there"),
+        "{e}"
+    );
+    assert_eq!(copies[1]["event"], "recovered");
+    assert_eq!(copies[1]["repository"], "offsite");
+    // The copies' failures failed the backups too; those events have no repository.
+    let failed = alerts_of(&alerts, "backup_failed", "noise", "copy to offsite");
+    assert_eq!(failed.len(), 1, "{alerts:#?}");
+    assert!(failed[0].get("repository").is_none(), "{alerts:#?}");
+    assert!(err.contains("copy to offsite"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! `status`: each declared source's newest successful snapshot, its age against the
-//! source's `rpo`, its last failure when newer, and for physical PostgreSQL the recoverable
-//! window. Read from the repository alone (snapshots and the run history), so it works
-//! from any host with the config file.
+//! source's `rpo`, its last failure when newer, for physical PostgreSQL the recoverable
+//! window, and its newest copy in each of its `copy_to` repositories. Read from the
+//! repositories alone (snapshots and the run history), so it works from any host with the
+//! config file.
 
 use super::mib;
 use crate::config::sources::PgMode;
@@ -28,6 +29,9 @@ pub struct StatusReport {
     /// Sources whose last successful drill is older than their `drill_max_age` (or that
     /// have none).
     pub drills_overdue: usize,
+    /// Copies (a source in one of its `copy_to` repositories) that are behind, or whose
+    /// repository could not be read.
+    pub copies_behind: usize,
 }
 
 #[derive(Serialize)]
@@ -49,6 +53,43 @@ pub struct SourceStatus {
     pub drill_max_age_secs: Option<u64>,
     /// No drill passed within `drill_max_age`.
     pub drill_overdue: bool,
+    /// Its newest copy in each of its `copy_to` repositories, in that order.
+    pub copies: Vec<CopyStatus>,
+}
+
+/// A source's copies in one of its `copy_to` repositories.
+#[derive(Serialize)]
+pub struct CopyStatus {
+    pub repository: String,
+    pub state: CopyState,
+    /// The newest copy there (safety backups aside).
+    pub newest: Option<NewestCopy>,
+    /// Why the repository could not be read.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyState {
+    /// It has the source's newest snapshot (or the source has none yet).
+    Ok,
+    /// It lacks the newest snapshot, but its own newest copy is within the source's `rpo`
+    /// (or the source has no `rpo`).
+    Lagging,
+    /// It lacks the newest snapshot and its newest copy is older than the `rpo` (with no
+    /// copy: the newest snapshot is).
+    Behind,
+    /// The repository could not be read.
+    Unknown,
+}
+
+#[derive(Serialize)]
+pub struct NewestCopy {
+    /// The snapshot it copies (its id in this repository), and that snapshot's time.
+    pub original: String,
+    #[serde(serialize_with = "super::rfc3339")]
+    pub time: DateTime<FixedOffset>,
+    pub age_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -100,6 +141,7 @@ fn secs(from: DateTime<FixedOffset>, to: DateTime<FixedOffset>) -> u64 {
     (to - from).num_seconds().max(0) as u64
 }
 
+/// `status`: one read of the repository, and one of each `copy_to` repository.
 pub fn status(repo: &Arc<Repository>, config: &Config) -> Result<StatusReport> {
     if config.sources.is_empty() {
         return Err(Error::usage(
@@ -131,6 +173,9 @@ pub struct SourceOverview {
     pub snapshots: u64,
     /// Its newest snapshot, safety backups aside.
     pub last_success: Option<Success>,
+    /// When its oldest one was made (safety backups aside): what a repository that has no
+    /// copy of it lacks since.
+    pub oldest: Option<DateTime<FixedOffset>>,
     /// Its newest failed run, when newer than the last success.
     pub last_failure: Option<Failure>,
     /// Its newest run in the history, ok or failed.
@@ -139,7 +184,28 @@ pub struct SourceOverview {
     pub last_drill: Option<LastDrill>,
     /// When its newest passing drill finished.
     pub last_drill_passed: Option<DateTime<FixedOffset>>,
+    /// Its newest copy in each of its `copy_to` repositories, by repository name.
+    pub copies: BTreeMap<String, CopyOverview>,
 }
+
+/// A source's copies in one repository.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CopyOverview {
+    /// The newest one (safety backups aside).
+    pub newest: Option<Copied>,
+    /// Why the repository could not be read (then nothing else is known).
+    pub error: Option<String>,
+}
+
+/// A copy: the snapshot of the primary it copies, and its time (a copy keeps it).
+#[derive(Clone, Debug, Serialize)]
+pub struct Copied {
+    pub original: String,
+    pub time: DateTime<FixedOffset>,
+}
+
+/// The snapshots of each `copy_to` repository, by name, or why it could not be read.
+pub type CopyReads = BTreeMap<String, std::result::Result<Vec<Snapshot>, String>>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LastDrill {
@@ -218,7 +284,7 @@ pub fn has_physical(config: &Config) -> bool {
 }
 
 impl Overview {
-    /// One read of the repository.
+    /// One read of the repository, and of each `copy_to` repository.
     pub fn read(repo: &Arc<Repository>, config: &Config) -> Result<Overview> {
         let wal = Overview::read_wal(repo, config)?;
         Ok(Overview::from_parts(
@@ -226,7 +292,25 @@ impl Overview {
             &repo.load_snapshots()?,
             &runs::load(repo)?,
             wal,
+            &Overview::read_copies(config, repo.events()),
         ))
+    }
+
+    /// The snapshots of every repository a declared source copies to, each read once. One
+    /// that cannot be opened or listed is not an error here: its copies are unknown, and
+    /// `status` says why.
+    pub fn read_copies(config: &Config, events: &crate::progress::Progress) -> CopyReads {
+        let names: std::collections::BTreeSet<&String> =
+            config.sources.iter().flat_map(|s| &s.copy_to).collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let snaps = super::access::open_named(config, name, events)
+                    .and_then(|r| r.load_snapshots())
+                    .map_err(|e| format!("{e:#}"));
+                (name.clone(), snaps)
+            })
+            .collect()
     }
 
     /// The WAL archive's view, when a declared source is physical.
@@ -246,6 +330,7 @@ impl Overview {
         snaps: &[Snapshot],
         history: &[RunRecord],
         wal: Option<WalOverview>,
+        copies: &CopyReads,
     ) -> Overview {
         let mut sources = BTreeMap::new();
         for src in &config.sources {
@@ -254,9 +339,11 @@ impl Overview {
                     .iter()
                     .filter(|s| s.source.as_deref() == Some(&src.name))
             };
-            let newest = mine()
+            let newest = newest_of(snaps, &src.name);
+            let oldest = mine()
                 .filter(|s| !s.has_tag("safety-backup"))
-                .max_by_key(|s| s.time);
+                .map(|s| s.time)
+                .min();
             let runs = || {
                 history
                     .iter()
@@ -283,9 +370,35 @@ impl Overview {
                 bytes_read: r.bytes_read,
                 bytes_added: r.bytes_added,
             });
+            let copies = src
+                .copy_to
+                .iter()
+                .map(|name| {
+                    let o = match copies.get(name) {
+                        Some(Ok(there)) => CopyOverview {
+                            newest: newest_of(there, &src.name).map(|s| Copied {
+                                original: s.original.unwrap_or(s.id).to_hex(),
+                                time: s.time,
+                            }),
+                            error: None,
+                        },
+                        Some(Err(e)) => CopyOverview {
+                            newest: None,
+                            error: Some(e.clone()),
+                        },
+                        None => CopyOverview {
+                            newest: None,
+                            error: Some("not read".into()),
+                        },
+                    };
+                    (name.clone(), o)
+                })
+                .collect();
             sources.insert(
                 src.name.clone(),
                 SourceOverview {
+                    copies,
+                    oldest,
                     snapshots: mine().count() as u64,
                     last_success: newest.map(|s| Success {
                         snapshot: s.id.to_hex(),
@@ -356,7 +469,16 @@ impl Overview {
                 o.last_drill_passed
                     .is_none_or(|t| secs(t, now) > max.as_secs())
             });
+            let copies = src
+                .copy_to
+                .iter()
+                .map(|name| {
+                    let c = o.copies.get(name);
+                    copy_status(name, c, o.last_success.as_ref(), o.oldest, src.rpo, now)
+                })
+                .collect();
             out.push(SourceStatus {
+                copies,
                 source: src.name.clone(),
                 source_type: src.kind.type_name().to_string(),
                 state,
@@ -380,15 +502,132 @@ impl Overview {
             time: now,
             breached: out.iter().filter(|s| s.state == State::Breached).count(),
             drills_overdue: out.iter().filter(|s| s.drill_overdue).count(),
+            copies_behind: out
+                .iter()
+                .flat_map(|s| &s.copies)
+                .filter(|c| c.is_behind())
+                .count(),
             sources: out,
         }
     }
 }
 
+/// The newest snapshot of source `name` among `snaps`, safety backups aside.
+fn newest_of<'a>(snaps: &'a [Snapshot], name: &str) -> Option<&'a Snapshot> {
+    snaps
+        .iter()
+        .filter(|s| s.source.as_deref() == Some(name) && !s.has_tag("safety-backup"))
+        .max_by_key(|s| s.time)
+}
+
+/// The state of a source's copies in `repository` at `now`, against the source's newest
+/// snapshot (and oldest) and its `rpo`.
+fn copy_status(
+    repository: &str,
+    copy: Option<&CopyOverview>,
+    newest: Option<&Success>,
+    oldest: Option<DateTime<FixedOffset>>,
+    rpo: Option<std::time::Duration>,
+    now: DateTime<FixedOffset>,
+) -> CopyStatus {
+    let there = copy.and_then(|c| c.newest.as_ref());
+    let state = match (copy.and_then(|c| c.error.as_ref()), newest, there) {
+        (Some(_), _, _) => CopyState::Unknown,
+        (None, None, _) => CopyState::Ok,
+        (None, Some(p), Some(c)) if c.time >= p.time => CopyState::Ok,
+        (None, Some(p), c) => {
+            // What a restore from this repository alone would lose: everything since its
+            // newest copy, or with none, since the source's first snapshot.
+            let since = c.map_or(oldest.unwrap_or(p.time), |c| c.time);
+            match rpo {
+                Some(rpo) if secs(since, now) > rpo.as_secs() => CopyState::Behind,
+                _ => CopyState::Lagging,
+            }
+        }
+    };
+    CopyStatus {
+        repository: repository.to_string(),
+        state,
+        newest: there.map(|c| NewestCopy {
+            original: c.original.clone(),
+            time: c.time,
+            age_secs: secs(c.time, now),
+        }),
+        error: copy.and_then(|c| c.error.clone()),
+    }
+}
+
+impl CopyStatus {
+    /// Behind, or not known: what `status` fails on and the service alerts on.
+    pub fn is_behind(&self) -> bool {
+        matches!(self.state, CopyState::Behind | CopyState::Unknown)
+    }
+
+    /// What is wrong, for messages and alerts; `None` when nothing is.
+    pub fn problem(&self, newest: Option<&LastSuccess>, rpo_secs: Option<u64>) -> Option<String> {
+        if !self.is_behind() {
+            return None;
+        }
+        if let Some(e) = &self.error {
+            return Some(format!(
+                "cannot read repository {} to see its copies: {e}",
+                self.repository
+            ));
+        }
+        let rpo = rpo_secs.map(human).unwrap_or_default();
+        let missing = newest
+            .map(|p| {
+                format!(
+                    "snapshot {} is not there",
+                    &p.snapshot[..8.min(p.snapshot.len())]
+                )
+            })
+            .unwrap_or_default();
+        Some(match &self.newest {
+            Some(c) => format!(
+                "the newest copy in {} is {} old, beyond the RPO of {rpo}, and {missing}",
+                self.repository,
+                human(c.age_secs)
+            ),
+            None => format!(
+                "{} has no copy of the source, beyond the RPO of {rpo}: {missing}",
+                self.repository
+            ),
+        })
+    }
+}
+
 impl StatusReport {
-    /// Exit 1 when a source is out of its RPO (or was never backed up), or its drills are
-    /// overdue.
+    /// Exit 1 when a source is out of its RPO (or was never backed up), its drills are
+    /// overdue, or a copy is behind.
     pub fn verdict(&self) -> Result<()> {
+        let copies: Vec<String> = self
+            .sources
+            .iter()
+            .flat_map(|s| {
+                s.copies
+                    .iter()
+                    .filter_map(|c| c.problem(s.last_success.as_ref(), s.rpo_secs))
+                    .map(move |p| format!("{}: {p}", s.source))
+            })
+            .collect();
+        let copies = (!copies.is_empty()).then(|| {
+            format!(
+                "{} cop{} behind: {}",
+                copies.len(),
+                if copies.len() == 1 { "y is" } else { "ies are" },
+                copies.join("; ")
+            )
+        });
+        match (self.verdict_sources(), copies) {
+            (Ok(()), None) => Ok(()),
+            (Err(e), None) => Err(e),
+            (Ok(()), Some(c)) => Err(Error::new(ErrorKind::Other, c).into()),
+            (Err(e), Some(c)) => Err(Error::new(ErrorKind::Other, format!("{e:#}; {c}")).into()),
+        }
+    }
+
+    fn verdict_sources(&self) -> Result<()> {
         if self.breached == 0 && self.drills_overdue > 0 {
             let names: Vec<&str> = self
                 .sources
@@ -497,6 +736,39 @@ impl std::fmt::Display for StatusReport {
                 (None, true) => writeln!(f, "  never drilled — DRILL OVERDUE: run coffer drill")?,
                 (None, false) => {}
             }
+            for c in &s.copies {
+                let newest = match &c.newest {
+                    Some(n) => format!(
+                        "newest copy {} of {}, {} old",
+                        &n.original[..8.min(n.original.len())],
+                        n.time.format("%Y-%m-%d %H:%M:%S"),
+                        human(n.age_secs)
+                    ),
+                    None => "no copy".into(),
+                };
+                match c.state {
+                    CopyState::Ok => writeln!(f, "  copy in {}: {newest}", c.repository)?,
+                    CopyState::Lagging => writeln!(
+                        f,
+                        "  copy in {}: {newest}; the newest snapshot is not there yet",
+                        c.repository
+                    )?,
+                    CopyState::Behind => writeln!(
+                        f,
+                        "  copy in {}: {newest} — BEHIND: {}",
+                        c.repository,
+                        c.problem(s.last_success.as_ref(), s.rpo_secs)
+                            .unwrap_or_default()
+                    )?,
+                    CopyState::Unknown => writeln!(
+                        f,
+                        "  copy in {}: UNKNOWN: {}",
+                        c.repository,
+                        c.problem(s.last_success.as_ref(), s.rpo_secs)
+                            .unwrap_or_default()
+                    )?,
+                }
+            }
             if let Some(r) = &s.recoverable {
                 match &r.window {
                     Some(w) => writeln!(
@@ -524,5 +796,103 @@ impl std::fmt::Display for StatusReport {
             self.sources.len() - self.breached,
             self.sources.len()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn t(s: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn a_copy_is_behind_when_it_lacks_the_newest_snapshot_beyond_the_rpo() {
+        let now = t("2024-05-03T12:00:00Z");
+        let newest = Success {
+            snapshot: "bbbbbbbbbbbbbbbb".into(),
+            time: t("2024-05-03T02:00:00Z"),
+            size: 1,
+        };
+        let copy = |time: &str| CopyOverview {
+            newest: Some(Copied {
+                original: "aaaaaaaaaaaaaaaa".into(),
+                time: t(time),
+            }),
+            error: None,
+        };
+        let rpo = Some(Duration::from_secs(26 * 3600));
+        let first = Some(newest.time);
+        let state = |c: &CopyOverview, rpo| {
+            copy_status("offsite", Some(c), Some(&newest), first, rpo, now).state
+        };
+        // It has the newest one.
+        assert_eq!(state(&copy("2024-05-03T02:00:00Z"), rpo), CopyState::Ok);
+        // It lacks it; its newest copy is 34 h old, beyond 26 h; within 48 h.
+        assert_eq!(state(&copy("2024-05-02T02:00:00Z"), rpo), CopyState::Behind);
+        assert_eq!(
+            state(
+                &copy("2024-05-02T02:00:00Z"),
+                Some(Duration::from_secs(48 * 3600))
+            ),
+            CopyState::Lagging
+        );
+        // Without an rpo it is never behind.
+        assert_eq!(
+            state(&copy("2024-01-01T00:00:00Z"), None),
+            CopyState::Lagging
+        );
+        // No copy at all: the age of the source's first snapshot counts (here 10 h, then
+        // 58 h), however often it is backed up since.
+        let none = CopyOverview::default();
+        assert_eq!(state(&none, rpo), CopyState::Lagging);
+        assert_eq!(
+            state(&none, Some(Duration::from_secs(3600))),
+            CopyState::Behind
+        );
+        let since_may_1 = Some(t("2024-05-01T02:00:00Z"));
+        assert_eq!(
+            copy_status("offsite", Some(&none), Some(&newest), since_may_1, rpo, now).state,
+            CopyState::Behind
+        );
+        // Nothing to copy yet.
+        assert_eq!(
+            copy_status("offsite", Some(&none), None, None, rpo, now).state,
+            CopyState::Ok
+        );
+        // A repository that could not be read.
+        let unread = CopyOverview {
+            newest: None,
+            error: Some("connection refused".into()),
+        };
+        let s = copy_status("offsite", Some(&unread), Some(&newest), first, rpo, now);
+        assert_eq!(s.state, CopyState::Unknown);
+        assert!(s.is_behind());
+        let p = s.problem(None, Some(3600)).unwrap();
+        assert!(
+            p.contains("cannot read repository offsite") && p.contains("connection refused"),
+            "{p}"
+        );
+        let behind = copy_status(
+            "offsite",
+            Some(&copy("2024-05-02T02:00:00Z")),
+            Some(&newest),
+            first,
+            rpo,
+            now,
+        );
+        let last = LastSuccess {
+            snapshot: newest.snapshot.clone(),
+            time: newest.time,
+            age_secs: secs(newest.time, now),
+            size: 1,
+        };
+        let p = behind.problem(Some(&last), Some(26 * 3600)).unwrap();
+        assert_eq!(
+            p,
+            "the newest copy in offsite is 1d 10h old, beyond the RPO of 1d 2h, and snapshot bbbbbbbb is not there"
+        );
     }
 }

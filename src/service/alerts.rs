@@ -5,7 +5,8 @@
 //! repository, and a [`Condition`]) as often as it likes: after every run, and on a timer for
 //! the RPO and the WAL archive. The alerter sends
 //! - an alert (`backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`,
-//!   `drill_failed`, with `status` `alert`) when a key changes from fine to a problem;
+//!   `drill_failed`, `copy_behind`, with `status` `alert`) when a key changes from fine to a
+//!   problem;
 //! - a reminder (the same event, `status` `reminder`) every `remind` (default 24 h; `0s`
 //!   turns reminders off) while the problem lasts, never more often;
 //! - `recovered` (with `status` naming the event it ends) on the change back to fine, only
@@ -58,6 +59,9 @@ pub enum Condition {
     CheckFailed,
     /// The last restore drill of the source failed (`coffer drill`).
     DrillFailed,
+    /// A `copy_to` repository (the key's `repository`) lacks the source's newest snapshot
+    /// and its newest copy is older than the `rpo`, or it cannot be read.
+    CopyBehind,
 }
 
 impl Condition {
@@ -69,6 +73,7 @@ impl Condition {
             Condition::WalLagging => "wal_lagging",
             Condition::CheckFailed => "check_failed",
             Condition::DrillFailed => "drill_failed",
+            Condition::CopyBehind => "copy_behind",
         }
     }
 
@@ -79,15 +84,18 @@ impl Condition {
             Condition::WalLagging => "WAL archive lagging",
             Condition::CheckFailed => "check failed",
             Condition::DrillFailed => "restore drill failed",
+            Condition::CopyBehind => "copy behind",
         }
     }
 }
 
-/// What an alert is about: a declared source (or `None`, the repository) and a condition.
+/// What an alert is about: a declared source (or `None`, the repository) and a condition,
+/// and for `CopyBehind` the repository of the copies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AlertKey {
     pub source: Option<String>,
     pub condition: Condition,
+    pub repository: Option<String>,
 }
 
 impl AlertKey {
@@ -95,6 +103,15 @@ impl AlertKey {
         AlertKey {
             source: source.map(str::to_string),
             condition,
+            repository: None,
+        }
+    }
+
+    /// `CopyBehind` of `source`'s copies in `repository`.
+    pub fn copy(source: &str, repository: &str) -> AlertKey {
+        AlertKey {
+            repository: Some(repository.to_string()),
+            ..AlertKey::new(Some(source), Condition::CopyBehind)
         }
     }
 }
@@ -120,11 +137,15 @@ impl Problem {
 /// One alert: the JSON body the generic webhook gets, exactly these fields.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AlertEvent {
-    /// `backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`, `drill_failed` or
-    /// `recovered`.
+    /// `backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`, `drill_failed`,
+    /// `copy_behind` or `recovered`.
     pub event: &'static str,
     /// The source; `null` for the repository.
     pub source: Option<String>,
+    /// The repository of the copies, for `copy_behind` (and its `recovered`) only: the
+    /// other events have no such field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     /// `alert` (a new problem) or `reminder` (it lasts); for `recovered`, the event it ends.
     pub status: &'static str,
     pub error: Option<String>,
@@ -139,7 +160,11 @@ pub struct AlertEvent {
 impl AlertEvent {
     /// The Slack message: one readable line.
     fn text(&self, condition: Condition, since: Option<DateTime<FixedOffset>>) -> String {
-        let source = self.source.as_deref().unwrap_or("repository");
+        let source = match (&self.source, &self.repository) {
+            (Some(s), Some(r)) => format!("{s} (copies in {r})"),
+            (Some(s), None) => s.clone(),
+            (None, _) => "repository".into(),
+        };
         let since = since
             .map(|t| format!(" since {}", t.format("%Y-%m-%d %H:%M:%S %:z")))
             .unwrap_or_default();
@@ -376,11 +401,29 @@ impl Alerter {
         }
     }
 
-    /// The RPO and WAL states of a `coffer status` report, at its time: `RpoBreached` for
-    /// each source with an `rpo` (breached: its newest snapshot is older, or there is none),
-    /// and `WalLagging` for each physical PostgreSQL source (wal-verify found a gap, or the
-    /// newest archived segment is older than the `rpo`).
+    /// The copies of a `coffer status` report, at its time: `CopyBehind` for each source's
+    /// copies in each of its `copy_to` repositories (behind, or the repository cannot be
+    /// read).
+    pub fn copies(&self, report: &StatusReport) {
+        for s in &report.sources {
+            for c in &s.copies {
+                self.observe(
+                    AlertKey::copy(&s.source, &c.repository),
+                    c.problem(s.last_success.as_ref(), s.rpo_secs)
+                        .map(Problem::new),
+                    report.time,
+                );
+            }
+        }
+    }
+
+    /// The RPO, WAL and copy states of a `coffer status` report, at its time:
+    /// `RpoBreached` for each source with an `rpo` (breached: its newest snapshot is older,
+    /// or there is none), `WalLagging` for each physical PostgreSQL source (wal-verify found
+    /// a gap, or the newest archived segment is older than the `rpo`), and
+    /// [`copies`](Alerter::copies).
     pub fn status_report(&self, report: &StatusReport) {
+        self.copies(report);
         let now = report.time;
         for s in &report.sources {
             let Some(rpo) = s.rpo_secs else { continue };
@@ -533,6 +576,7 @@ impl Alerter {
         let ev = AlertEvent {
             event: key.condition.event(),
             source: key.source.clone(),
+            repository: key.repository.clone(),
             status,
             error: Some(p.error),
             snapshot: p.snapshot,
@@ -552,6 +596,7 @@ impl Alerter {
         let ev = AlertEvent {
             event: "recovered",
             source: key.source.clone(),
+            repository: key.repository.clone(),
             status: key.condition.event(),
             error: None,
             snapshot: fine.snapshot,
@@ -832,6 +877,7 @@ mod tests {
         let ev = AlertEvent {
             event: "backup_failed",
             source: Some("db".into()),
+            repository: None,
             status: "alert",
             error: Some("pg_dump: <fatal> a & b\nsecond line".into()),
             snapshot: None,

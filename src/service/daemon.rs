@@ -34,7 +34,9 @@
 use crate::config::sources::{cron, Schedule};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::ops::status::{Failure, LastDrill, LastRun, Overview, Success, WalOverview};
+use crate::ops::status::{
+    Copied, CopyOverview, Failure, LastDrill, LastRun, Overview, Success, WalOverview,
+};
 use crate::progress::Progress;
 use crate::repo::id::Id;
 use crate::repo::runs::{self, RepositoryRun, RunRecord, RunStatus};
@@ -214,12 +216,13 @@ pub struct RunSummary {
 pub enum Effect {
     #[default]
     None,
-    /// A backup: its snapshot's time, the snapshots its keep rules removed, and the bytes
-    /// it stored.
+    /// A backup: its snapshot's time, the snapshots its keep rules removed, the bytes it
+    /// stored, and the `copy_to` repositories its snapshot was copied to.
     Backup {
         snapshot_time: Option<DateTime<chrono::FixedOffset>>,
         forgotten: u64,
         bytes_stored: u64,
+        copied_to: Vec<String>,
     },
     /// A prune: the primary's stored bytes after it (when they could be read), and what it
     /// did in each repository.
@@ -278,16 +281,32 @@ impl ServiceState {
                 snapshot_time,
                 forgotten,
                 bytes_stored,
+                copied_to,
             } => {
                 let Some(source) = &s.source else { return };
                 let o = self.overview.sources.entry(source.clone()).or_default();
                 if let Some(id) = &s.snapshot {
+                    let time = snapshot_time.unwrap_or_else(|| local(s.started));
                     o.snapshots += 1;
+                    o.oldest.get_or_insert(time);
                     o.last_success = Some(Success {
                         snapshot: id.clone(),
-                        time: snapshot_time.unwrap_or_else(|| local(s.started)),
+                        time,
                         size: s.bytes_read,
                     });
+                    // A repository it was copied to has it now; one it was not lacks it.
+                    for name in copied_to {
+                        o.copies.insert(
+                            name.clone(),
+                            CopyOverview {
+                                newest: Some(Copied {
+                                    original: id.clone(),
+                                    time,
+                                }),
+                                error: None,
+                            },
+                        );
+                    }
                 }
                 o.snapshots = o.snapshots.saturating_sub(*forgotten);
                 o.last_failure = (s.status == RunStatus::Failed).then(|| Failure {
@@ -495,8 +514,13 @@ fn read_repository(repo: &Arc<Repository>, config: &Config, jobs: &[Job]) -> Res
     let snaps = repo.load_snapshots()?;
     let history = runs::load(repo)?;
     let last = last_successes(&snaps, &history, jobs);
-    let overview =
-        Overview::from_parts(config, &snaps, &history, Overview::read_wal(repo, config)?);
+    let overview = Overview::from_parts(
+        config,
+        &snaps,
+        &history,
+        Overview::read_wal(repo, config)?,
+        &Overview::read_copies(config, repo.events()),
+    );
     let stored_bytes = stored_bytes(&repo.load_index()?);
     Ok(Reading {
         prunes: prunes_of(&history),
@@ -857,6 +881,7 @@ pub fn run(
             rpo_looked = Some(Instant::now());
             let wal = state.lock().unwrap().overview.wal.clone();
             rpo_alerts(&alerter, &config, &table, wal.as_ref());
+            copy_alerts(&alerter, &state, &config);
         }
         if let Some(since) = stopping {
             if running == 0 {
@@ -914,6 +939,9 @@ pub fn run(
                 }
                 s.jobs = table.iter().map(|t| t.state.clone()).collect();
                 drop(s);
+                if matches!(summary.effect, Effect::Backup { .. }) {
+                    copy_alerts(&alerter, &state, &config);
+                }
                 if opts.once {
                     once_runs.push(summary);
                 }
@@ -1072,6 +1100,17 @@ fn rpo_alerts(
     }
 }
 
+/// Each source's copies in its `copy_to` repositories against its newest snapshot and its
+/// `rpo`, from the service's own state (read at start, then kept up to date by the runs).
+fn copy_alerts(alerter: &super::alerts::Alerter, state: &Mutex<ServiceState>, config: &Config) {
+    if config.sources.iter().all(|s| s.copy_to.is_empty()) {
+        return;
+    }
+    let now = chrono::Local::now().fixed_offset();
+    let report = state.lock().unwrap().overview.report(config, now);
+    alerter.copies(&report);
+}
+
 fn is_physical(s: &crate::config::sources::SourceConfig) -> bool {
     use crate::config::sources::PgMode;
     matches!(&s.kind, crate::config::SourceKind::Postgres(p) if p.mode == PgMode::Physical)
@@ -1198,6 +1237,7 @@ fn run_job(
                 snapshot_time: None,
                 forgotten: 0,
                 bytes_stored: 0,
+                copied_to: Vec::new(),
             };
             let opts = crate::ops::stack::StackOptions {
                 sources: vec![name.clone()],
@@ -1211,6 +1251,7 @@ fn run_job(
                             snapshot_time: s.snapshot_time,
                             forgotten: s.forgotten.len() as u64,
                             bytes_stored: s.bytes_stored,
+                            copied_to: s.copied_to.clone(),
                         };
                         (s.status, s.error, s.bytes_read, s.bytes_added, s.snapshot)
                     }

@@ -144,6 +144,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "The measured RTO of the source's newest restore drill: from its start to the restore verified and checked.",
     ),
     (
+        "coffer_copy_last_success_timestamp_seconds",
+        "gauge",
+        "Time of the source's newest copy in a copy_to repository (the time of the snapshot it copies).",
+    ),
+    (
+        "coffer_copy_behind",
+        "gauge",
+        "Whether the copy_to repository is behind (1: it lacks the source's newest snapshot and its newest copy is older than the rpo, or it cannot be read) or not (0).",
+    ),
+    (
         "coffer_repository_stored_bytes",
         "gauge",
         "Compressed and encrypted bytes of the blobs the repository's index lists (pack headers aside).",
@@ -196,6 +206,9 @@ pub fn render(state: &ServiceState) -> String {
     let Some(config) = state.config.as_deref() else {
         return out;
     };
+    let report = state
+        .overview
+        .report(config, chrono::Local::now().fixed_offset());
     for &(name, kind, help) in FAMILIES {
         let mut f = Family {
             out: &mut out,
@@ -209,6 +222,21 @@ pub fn render(state: &ServiceState) -> String {
             "coffer_check_last_success_timestamp_seconds" => {
                 if let Some(t) = &state.overview.check_last_success {
                     f.sample(&[], ts(t));
+                }
+            }
+            "coffer_copy_last_success_timestamp_seconds" | "coffer_copy_behind" => {
+                for s in &report.sources {
+                    for c in &s.copies {
+                        let labels = [
+                            ("source", s.source.as_str()),
+                            ("repository", c.repository.as_str()),
+                        ];
+                        if name == "coffer_copy_behind" {
+                            f.sample(&labels, c.is_behind() as u8 as f64);
+                        } else if let Some(n) = &c.newest {
+                            f.sample(&labels, ts(&n.time));
+                        }
+                    }
                 }
             }
             "coffer_prune_last_run_success" | "coffer_prune_last_success_timestamp_seconds" => {

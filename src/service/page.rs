@@ -5,7 +5,7 @@
 //! repository and the recent runs.
 
 use super::daemon::{RunSummary, ServiceState};
-use crate::ops::status::{human, State};
+use crate::ops::status::{human, CopyState, State};
 use crate::repo::runs::RunStatus;
 use chrono::{DateTime, Local, Utc};
 use std::fmt::Write;
@@ -97,6 +97,39 @@ fn chart(label: &str, values: &[(f64, bool)], show: &dyn Fn(f64) -> String) -> S
     svg
 }
 
+/// A source's copies, one line per `copy_to` repository: its state and its newest copy.
+fn copies(s: &crate::ops::status::SourceStatus) -> String {
+    if s.copies.is_empty() {
+        return "<span class=\"muted\">none</span>".into();
+    }
+    let mut out = Vec::new();
+    for c in &s.copies {
+        let (class, word) = match c.state {
+            CopyState::Ok => ("ok", "OK"),
+            CopyState::Lagging => ("run", "LAGGING"),
+            CopyState::Behind => ("bad", "BEHIND"),
+            CopyState::Unknown => ("bad", "UNKNOWN"),
+        };
+        let newest = match &c.newest {
+            Some(n) => format!(
+                "{} ({} old)",
+                esc(&n.original[..8.min(n.original.len())]),
+                human(n.age_secs)
+            ),
+            None => "no copy".into(),
+        };
+        let title = c
+            .problem(s.last_success.as_ref(), s.rpo_secs)
+            .map(|p| format!(" title=\"{}\"", esc(&p)))
+            .unwrap_or_default();
+        out.push(format!(
+            "<span data-repository=\"{r}\"{title}>{r}: <span class=\"{class}\">{word}</span> {newest}</span>",
+            r = esc(&c.repository)
+        ));
+    }
+    out.join("<br>")
+}
+
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse}th,td{padding:.3em .7em;border-bottom:1px solid #ddd;\
@@ -128,10 +161,18 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
     let within = report.sources.len() - report.breached;
     let _ = write!(
         h,
-        "<p id=\"summary\" class=\"{}\">{within} of {} source(s) within their RPO</p>\
+        "<p id=\"summary\" class=\"{}\">{within} of {} source(s) within their RPO{}</p>\
          <p class=\"muted\">As of {}; service started {}; this page reloads every {REFRESH_SECS} s.</p>",
-        if report.breached == 0 { "ok" } else { "bad" },
+        if report.breached == 0 && report.copies_behind == 0 {
+            "ok"
+        } else {
+            "bad"
+        },
         report.sources.len(),
+        match report.copies_behind {
+            0 => String::new(),
+            n => format!("; {n} cop{} behind", if n == 1 { "y" } else { "ies" }),
+        },
         when(now),
         state.started.map(when).unwrap_or_else(|| "-".into()),
     );
@@ -139,7 +180,7 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
     h.push_str(
         "<h2>Sources</h2><table id=\"sources\"><tr><th>source</th><th>type</th><th>state</th>\
          <th>last success</th><th>age / RPO</th><th>next run</th><th>snapshots</th>\
-         <th>duration</th><th>added</th><th>last drill</th><th>last error</th></tr>",
+         <th>duration</th><th>added</th><th>last drill</th><th>copies</th><th>last error</th></tr>",
     );
     for s in &report.sources {
         let backup = format!("backup {}", s.source);
@@ -199,7 +240,8 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
             "<tr data-source=\"{name}\"><td><b>{name}</b></td><td>{ty}</td>\
              <td class=\"{class} state\">{word}</td><td>{last}</td><td>{age} / {rpo}</td>\
              <td>{next}</td><td class=\"n\">{snapshots}</td><td>{d}</td><td>{a}</td>\
-             <td class=\"drill\">{drill}</td><td class=\"err\">{error}</td></tr>",
+             <td class=\"drill\">{drill}</td><td class=\"copies\">{copies}</td>\
+             <td class=\"err\">{error}</td></tr>",
             name = esc(&s.source),
             ty = esc(&s.source_type),
             next = esc(&next),
@@ -220,6 +262,7 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
                 None if s.drill_overdue => "<span class=\"bad\">never (overdue)</span>".into(),
                 None => "<span class=\"muted\">never</span>".into(),
             },
+            copies = copies(s),
             d = chart("duration", &durations, &|v| format!("{v:.1} s")),
             a = chart("added bytes", &added, &|v| bytes(v as u64)),
         );
