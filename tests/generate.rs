@@ -186,8 +186,12 @@ fn systemd_service_verifies_and_wires_the_config() {
     );
     assert_eq!(
         line(&unit, "Environment"),
-        ["COFFER_PASSWORD_FILE=%d/passphrase"]
+        [
+            "COFFER_CACHE=%C/coffer",
+            "COFFER_PASSWORD_FILE=%d/passphrase"
+        ]
     );
+    assert_eq!(line(&unit, "CacheDirectory"), ["coffer"]);
     assert_eq!(line(&unit, "EnvironmentFile"), ["-/etc/coffer/coffer.env"]);
     // The variables to put in the environment file are named, their values are not.
     assert!(unit.contains("DATABASE_URL, REDIS_URL"), "{unit}");

@@ -247,6 +247,102 @@ fn a_write_only_key_backs_up_and_deduplicates_but_reads_nothing_back() {
     });
 }
 
+/// The `trees-*` files of the writer's local tree cache.
+fn cached_trees(env: &Env) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for repo in fs::read_dir(env.path("cache")).unwrap() {
+        for f in fs::read_dir(repo.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("trees-")
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_writer_skips_unchanged_files_through_its_local_tree_cache() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    for i in 0..40 {
+        fs::write(src.join(format!("f{i}")), format!("file {i}\n").repeat(100)).unwrap();
+    }
+    add_writer(env.cmd());
+    let backup = || writer_json(&env, &["backup", "--json", src.to_str().unwrap()]);
+    let files = |b: &Value, what: &str| b["summary"][what].as_u64().unwrap();
+    // Files modified less than a second before they are read are read again next time.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let first = backup();
+    assert_eq!(files(&first, "files_unchanged"), 0, "{first}");
+    let all = files(&first, "files_new");
+    assert!(all > 40, "{first}");
+    step(
+        "the next backup reads the parent's trees from the cache",
+        || {
+            let second = backup();
+            assert_eq!(files(&second, "files_unchanged"), all, "{second}");
+            assert_eq!(second["parent"], first["id"], "{second}");
+            assert_eq!(cached_trees(&env).len(), 1, "the replaced cache is removed");
+        },
+    );
+    step("a changed file is read again, the others are not", || {
+        fs::write(src.join("f3"), "changed\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let third = backup();
+        assert_eq!(files(&third, "files_changed"), 1, "{third}");
+        assert_eq!(files(&third, "files_unchanged"), all - 1, "{third}");
+    });
+    step(
+        "a damaged cache costs a full read, never a wrong snapshot",
+        || {
+            let [cache] = &cached_trees(&env)[..] else {
+                panic!("one cache file expected")
+            };
+            let mut bytes = fs::read(cache).unwrap();
+            let n = bytes.len();
+            for b in &mut bytes[40..n] {
+                *b ^= 0x55;
+            }
+            fs::write(cache, &bytes).unwrap();
+            let fourth = backup();
+            assert_eq!(files(&fourth, "files_unchanged"), 0, "{fourth}");
+            assert!(fourth["parent"].is_null(), "{fourth}");
+            let fifth = backup();
+            assert_eq!(files(&fifth, "files_unchanged"), all, "{fifth}");
+            let dest = env.path("restored");
+            ok(&env
+                .cmd()
+                .args(["restore", fifth["id"].as_str().unwrap(), "--target"])
+                .arg(&dest)
+                .output()
+                .unwrap());
+            assert_same_tree(&src, &restored(&dest, &src));
+        },
+    );
+    step("without a cache a writer reads every file", || {
+        fs::remove_dir_all(env.path("cache")).unwrap();
+        let b = backup();
+        assert_eq!(files(&b, "files_unchanged"), 0, "{b}");
+        assert_eq!(cached_trees(&env).len(), 1);
+    });
+    let modes = cached_trees(&env)
+        .iter()
+        .map(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(p).unwrap().permissions().mode() & 0o777
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(modes, [0o600], "the cache is private");
+}
+
 #[test]
 fn postgres_through_a_write_only_key_restores_with_the_full_key() {
     let archive = ArchiveRepo::new("full secret\n", &["--pack-size", "8"]);

@@ -418,6 +418,12 @@ impl Keys {
         &self.meta
     }
 
+    /// The key that seals a writer's local tree cache ([`crate::repo::tree_cache`]), derived
+    /// from the meta key: the full key opens it too, another repository's keys do not.
+    pub fn local_cache(&self) -> Cipher {
+        Cipher(hkdf32(&self.meta.0, b"", b"coffer local cache v1"))
+    }
+
     /// Whether this is a writer's key (it cannot read content).
     pub fn is_writer(&self) -> bool {
         self.master.is_none()
@@ -495,8 +501,12 @@ impl Keys {
             .recipient
             .as_ref()
             .expect("a writer's keys always carry the recipient");
-        let e = agreement::PrivateKey::generate(&agreement::X25519)
-            .map_err(|_| anyhow::anyhow!("cannot generate an X25519 key"))?;
+        // From the operating system's generator, as every other key here: aws-lc's own
+        // generator seeds itself from CPU jitter first, a tenth of a small backup's time.
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let e = agreement::PrivateKey::from_private_key(&agreement::X25519, &secret)
+            .map_err(|_| anyhow::anyhow!("cannot make an X25519 key"))?;
         let public: [u8; 32] = e
             .compute_public_key()
             .map_err(|_| anyhow::anyhow!("cannot compute an X25519 public key"))?

@@ -27,6 +27,7 @@ pub mod runs;
 pub mod saver;
 pub mod snapshot;
 pub mod tree;
+pub mod tree_cache;
 pub mod verify;
 pub mod write_only;
 

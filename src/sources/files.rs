@@ -188,8 +188,8 @@ impl<'a> Archiver<'a> {
     /// the backup stays correct (everything below it is read again) and still protects the
     /// data, but a damaged repository must not go unnoticed.
     pub(crate) fn load_parent(&self, tree: &crate::Id) -> Option<Tree> {
-        match self.session.repo.load_tree(&self.session.index, tree) {
-            Ok(t) => Some(t),
+        match self.session.load_tree(tree) {
+            Ok(t) => t,
             Err(e) => {
                 self.progress.log(&format!(
                     "warning: tree {} of the previous snapshot cannot be read ({e:#}); the files below it are read again. Run `coffer check`.",
@@ -396,13 +396,9 @@ impl<'a> Archiver<'a> {
     }
 }
 
-/// The newest snapshot of the same host and paths, used to skip unchanged files. None for
-/// a write-only key, which cannot read the parent's trees: every file is read again, and
-/// deduplication by id still stores nothing the repository has.
+/// The newest snapshot of the same host and paths, used to skip unchanged files (a write-only
+/// key reads its trees from the local tree cache, [`crate::repo::tree_cache`]).
 fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<Snapshot>> {
-    if repo.keys.is_writer() {
-        return Ok(None);
-    }
     Ok(repo
         .load_snapshots()?
         .into_iter()
@@ -484,6 +480,7 @@ impl Source for Files {
             parent,
             devices,
         } = *self;
+        session.cache_trees();
         let mut a = Archiver {
             session,
             excluder,
@@ -503,7 +500,9 @@ impl Source for Files {
                 .collect::<Result<_>>()?,
             paths,
             size: a.size,
-            parent: parent.map(|p| p.id),
+            // Only a parent whose trees were read: a write-only key without a cache of it
+            // read every file.
+            parent: parent.filter(|_| parent_tree.is_some()).map(|p| p.id),
             excludes,
             requires: Default::default(),
         })

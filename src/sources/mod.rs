@@ -20,6 +20,7 @@ use crate::repo::index::MasterIndex;
 use crate::repo::saver::BlobSaver;
 use crate::repo::snapshot::{Kind, Snapshot, SourceInfo, Summary};
 use crate::repo::tree::{Node, Tree};
+use crate::repo::tree_cache::TreeCache;
 use crate::repo::{pack::BlobType, Repository};
 use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
@@ -68,6 +69,9 @@ pub struct Session {
     pub saver: BlobSaver,
     pub summary: Summary,
     pub started: std::time::Instant,
+    /// With a writer key, which cannot open the repository's trees: the trees of earlier
+    /// backups on this host, and the ones this session stores.
+    cache: Option<TreeCache>,
 }
 
 impl Session {
@@ -75,11 +79,30 @@ impl Session {
         let index = Arc::new(repo.load_index()?);
         Ok(Session {
             saver: BlobSaver::new(repo.clone(), index.clone(), true)?,
+            cache: None,
             repo,
             index,
             summary: Summary::default(),
             started: std::time::Instant::now(),
         })
+    }
+
+    /// Keep this session's trees for the next backup of the same source (the sources that
+    /// skip unchanged files against a parent call it first): only with a writer key, which
+    /// keeps them in the local tree cache.
+    pub(crate) fn cache_trees(&mut self) {
+        if self.repo.keys.is_writer() && self.cache.is_none() {
+            self.cache = Some(TreeCache::start(&self.repo));
+        }
+    }
+
+    /// A tree of a parent snapshot: from the repository, or with a writer key from the local
+    /// cache (`None` when the cache does not have it).
+    pub fn load_tree(&self, id: &Id) -> Result<Option<Tree>> {
+        if !self.repo.keys.is_writer() {
+            return Ok(Some(self.repo.load_tree(&self.index, id)?));
+        }
+        Ok(self.cache.as_ref().and_then(|c| c.get(id, &self.repo.keys)))
     }
 
     /// Store a tree blob; returns its id.
@@ -98,7 +121,14 @@ impl Session {
             )
             .into());
         }
-        Ok(self.saver.save(BlobType::Tree, json)?.0)
+        match &mut self.cache {
+            Some(c) => {
+                let id = self.saver.save(BlobType::Tree, json.clone())?.0;
+                c.add(&id, &json);
+                Ok(id)
+            }
+            None => Ok(self.saver.save(BlobType::Tree, json)?.0),
+        }
     }
 }
 
@@ -203,6 +233,14 @@ pub fn run<S: Source>(
     crate::repo::lock::ensure_held(&session.repo)?;
     crate::cancel::check()?;
     snap.id = session.repo.save_snapshot(&snap)?;
+    if let Some(cache) = session.cache.take() {
+        if let Err(e) = cache.persist(&snap.tree) {
+            progress.log(&format!(
+                "warning: the local tree cache is not updated ({e}): the next backup with this \
+                 write-only key reads every file again"
+            ));
+        }
+    }
     Ok(snap)
 }
 

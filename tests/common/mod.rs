@@ -36,9 +36,10 @@ impl Env {
     }
 
     /// The variables that point coffer at this repository, with its passphrase and home.
-    fn vars(&self) -> [(&'static str, OsString); 3] {
+    fn vars(&self) -> [(&'static str, OsString); 4] {
         [
             ("COFFER_HOME", self.dir.path().join("home").into()),
+            ("COFFER_CACHE", self.dir.path().join("cache").into()),
             ("COFFER_REPO", self.repo.clone().into()),
             ("COFFER_PASSWORD", "correct horse".into()),
         ]
@@ -141,13 +142,14 @@ fn remove_vars(c: &mut impl EnvRemove, pred: impl Fn(&str) -> bool) {
 }
 
 /// Remove every inherited variable that would point coffer at another repository,
-/// passphrase, home, S3 account or Redis server: `COFFER_*`, `AWS_*`, `XDG_DATA_HOME`,
-/// `REDIS_URL` and `REDISCLI_AUTH`.
+/// passphrase, home, cache, S3 account or Redis server: `COFFER_*`, `AWS_*`, `XDG_DATA_HOME`,
+/// `XDG_CACHE_HOME`, `REDIS_URL` and `REDISCLI_AUTH`.
 pub fn clean_env(c: &mut impl EnvRemove) {
     remove_vars(c, |k| {
         k.starts_with("COFFER_")
             || k.starts_with("AWS_")
             || k == "XDG_DATA_HOME"
+            || k == "XDG_CACHE_HOME"
             || k == "REDIS_URL"
             || k == "REDISCLI_AUTH"
     });

@@ -813,10 +813,11 @@ impl ArchiveRepo {
         a
     }
 
-    /// The variables that point coffer at this repository (and a home in the holder).
-    pub fn vars(&self) -> [(&'static str, PathBuf); 3] {
+    /// The variables that point coffer at this repository (and a home and cache in the holder).
+    pub fn vars(&self) -> [(&'static str, PathBuf); 4] {
         [
             ("COFFER_HOME", self.holder.path().join("coffer-home")),
+            ("COFFER_CACHE", self.holder.path().join("coffer-cache")),
             ("COFFER_REPO", self.repo.clone()),
             ("COFFER_PASSWORD_FILE", self.pwfile.clone()),
         ]

@@ -394,6 +394,7 @@ impl Source for Physical {
         };
         // A file written less than a second before coffer reads it is read again next time
         // (files::RACY_WINDOW_NS, as for `backup PATH…`).
+        session.cache_trees();
         let mut a = Archiver::new(session, progress, Some(&rules))?;
         let parent_tree = parent.as_ref().and_then(|(s, _)| a.load_parent(&s.tree));
 
