@@ -295,3 +295,47 @@ fn copy_to_copies_each_new_snapshot_after_its_backup() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_copy_missed_while_the_destination_was_away_is_made_by_the_next_backup() {
+    let t = Two::new("4");
+    let text = fs::read_to_string(&t.config).unwrap();
+    fs::write(&t.config, format!("{text}copy_to = [\"offsite\"]\n")).unwrap();
+    let backup = || t.run(&["backup", "--source", "numbers", "--json"]);
+    ok(&backup());
+    assert_eq!(t.snapshots("offsite").len(), 1);
+
+    // The destination is away: the backup stands, its copy fails.
+    let away = t.env.path("offsite-away");
+    fs::rename(t.env.path("offsite"), &away).unwrap();
+    let out = backup();
+    assert!(!out.status.success());
+    let missed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let missed = missed["sources"][0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fs::rename(&away, t.env.path("offsite")).unwrap();
+
+    // Back: the next backup copies the one it missed and its own.
+    let r: Value = serde_json::from_slice(ok(&backup()).as_bytes()).unwrap();
+    let newest = r["sources"][0]["snapshot"].as_str().unwrap().to_string();
+    let mut originals: Vec<String> = t
+        .snapshots("offsite")
+        .iter()
+        .map(|s| s["original"].as_str().unwrap().to_string())
+        .collect();
+    originals.sort();
+    let mut want: Vec<String> = t
+        .snapshots("primary")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(originals, want, "missed {missed}, newest {newest}");
+
+    // Older snapshots that the destination forgot are not copied back.
+    ok(&t.run(&["--repo", "offsite", "forget", "--keep-last", "1"]));
+    ok(&backup());
+    assert_eq!(t.snapshots("offsite").len(), 2);
+}
