@@ -58,6 +58,9 @@ pub struct Config {
     /// `coffer run`: where alerts go.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// A local directory where `wal-push` keeps the WAL files of `wal = "async"`
+    /// repositories until `wal-copy` has pushed them there (`<wal_spool>/<NAME>/`).
+    pub wal_spool: Option<PathBuf>,
 }
 
 /// `[repositories.NAME]`: another repository, for copies.
@@ -85,6 +88,20 @@ pub struct RepositoryConfig {
     /// what a source's `copy_to` applies to the source's copies there after each copy.
     #[serde(default, deserialize_with = "sources::keep_policy")]
     pub keep: Option<crate::repo::forget::Policy>,
+    /// How `wal-push` archives into it when it is a physical source's `copy_to`.
+    #[serde(default)]
+    pub wal: WalMode,
+}
+
+/// `wal = "sync" | "async"` of a `[repositories.NAME]` that WAL is archived to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalMode {
+    /// `wal-push` succeeds only once it has the file durably.
+    #[default]
+    Sync,
+    /// `wal-push` keeps the file in the local `wal_spool`; `wal-copy` pushes it there later.
+    Async,
 }
 
 impl std::fmt::Debug for RepositoryConfig {
@@ -96,6 +113,7 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("s3", &self.s3)
             .field("compression", &self.compression)
             .field("keep", &self.keep)
+            .field("wal", &self.wal)
             .finish()
     }
 }
@@ -109,6 +127,7 @@ impl std::fmt::Debug for RepositoryConfig {
 /// check = "0 5 * * *"
 /// check_read_data_subset = "5%"
 /// wal_verify = "*/10 * * * *"
+/// wal_copy = "30s"                # drain the WAL spool (an interval or a cron expression)
 /// timezone = "Europe/Paris"       # of those expressions (default: local time)
 /// max_parallel = 1                # runs at once
 /// shutdown_grace = "5m"           # how long SIGTERM waits for running jobs
@@ -123,6 +142,9 @@ pub struct ServiceConfig {
     pub check: Option<String>,
     pub check_read_data_subset: Option<String>,
     pub wal_verify: Option<String>,
+    /// How often `wal-copy` drains the spool of the `wal = "async"` repositories: an
+    /// interval (`30s`, the default when there is one) or a cron expression.
+    pub wal_copy: Option<String>,
     pub timezone: Option<String>,
     pub max_parallel: Option<usize>,
     #[serde(default, with = "sources::opt_duration")]
@@ -192,6 +214,7 @@ impl std::fmt::Debug for Config {
             .field("stack", &self.stack)
             .field("service", &self.service)
             .field("alerts", &self.alerts)
+            .field("wal_spool", &self.wal_spool)
             .finish()
     }
 }
@@ -223,6 +246,7 @@ impl Config {
             None => toml::Table::new(),
         };
         expand::expand_table(&mut table, "", env)?;
+        wal_modes(&table)?;
         let mut c: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::usage(e.message().to_string()))?;
@@ -236,6 +260,10 @@ impl Config {
             if let Some(e) = expr {
                 sources::cron(e).map_err(|m| Error::usage(format!("[service] {key}: {m}")))?;
             }
+        }
+        if let Some(e) = &sv.wal_copy {
+            ServiceConfig::interval_or_cron(e, None)
+                .map_err(|m| Error::usage(format!("[service] wal_copy: {m}")))?;
         }
         if let Some(t) = &sv.timezone {
             t.parse::<chrono_tz::Tz>().map_err(|_| {
@@ -287,6 +315,16 @@ impl Config {
                 .into());
             }
         }
+        if c.wal_spool.is_none() {
+            if let Some(name) = c.async_wal_copies().first() {
+                return Err(Error::usage(format!(
+                    "[repositories.{name}] has wal = \"async\", which keeps WAL in a local spool \
+                     until wal-copy pushes it there: set the top-level wal_spool = \"/path\" \
+                     (a local directory)"
+                ))
+                .into());
+            }
+        }
         // Relative paths in the file are relative to the file.
         if let Some(dir) = dir {
             for r in c.repositories.values_mut() {
@@ -303,6 +341,7 @@ impl Config {
                 &mut r.tls_key,
                 &mut c.stack.restore_dir,
                 &mut c.service.basic_auth_file,
+                &mut c.wal_spool,
             ] {
                 if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
                     *p = Some(dir.join(rel));
@@ -316,6 +355,83 @@ impl Config {
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name)
     }
+
+    /// The repositories that WAL goes to beside the primary, in name order: the `copy_to`
+    /// of every physical PostgreSQL source (a base backup copied there is restorable only
+    /// with its WAL there).
+    pub fn wal_copies(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|s| {
+                matches!(&s.kind, SourceKind::Postgres(p) if p.mode == sources::PgMode::Physical)
+            })
+            .flat_map(|s| s.copy_to.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Those of [`wal_copies`](Config::wal_copies) with `wal = "async"`.
+    pub fn async_wal_copies(&self) -> Vec<String> {
+        self.wal_copies()
+            .into_iter()
+            .filter(|n| self.repositories.get(n).map(|r| r.wal) == Some(WalMode::Async))
+            .collect()
+    }
+
+    /// The spool folder of the async repository `name`: `<wal_spool>/<name>`.
+    pub fn wal_spool_of(&self, name: &str) -> Option<PathBuf> {
+        self.wal_spool.as_ref().map(|d| d.join(name))
+    }
+}
+
+impl ServiceConfig {
+    /// `[service] wal_copy`: a 5-field cron expression (in `timezone`), else an interval.
+    pub fn interval_or_cron(
+        s: &str,
+        timezone: Option<chrono_tz::Tz>,
+    ) -> std::result::Result<sources::Schedule, String> {
+        if s.split_whitespace().count() == 5 {
+            sources::cron(s)?;
+            return Ok(sources::Schedule::Cron {
+                expr: s.to_string(),
+                timezone,
+            });
+        }
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if !d.is_zero() => Ok(sources::Schedule::Every(d)),
+            Ok(_) => Err(format!("{s:?}: the interval must be above zero")),
+            Err(e) => Err(format!(
+                "{s:?} is neither an interval ({e}; e.g. 30s, 5m) nor a 5-field cron expression"
+            )),
+        }
+    }
+}
+
+/// Each `[repositories.NAME] wal` is `"sync"` or `"async"`: said naming the table (serde's
+/// own message names neither the table nor the key).
+fn wal_modes(table: &toml::Table) -> Result<()> {
+    let Some(toml::Value::Table(repos)) = table.get("repositories") else {
+        return Ok(());
+    };
+    for (name, r) in repos {
+        match r.get("wal") {
+            None => {}
+            Some(toml::Value::String(m)) if m == "sync" || m == "async" => {}
+            Some(v) => {
+                return Err(Error::usage(format!(
+                    "[repositories.{name}] wal = {v} is not a WAL mode: write wal = \"sync\" \
+                     (the default: wal-push succeeds once the repository has each file) or \
+                     wal = \"async\" (wal-push keeps each file in wal_spool; wal-copy pushes it \
+                     there)"
+                ))
+                .into())
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A duration as people write it: `90s`, `30m`, `1h30m`, `7d`, `2weeks`.
@@ -417,6 +533,88 @@ mod tests {
             std::fs::write(&p, text).unwrap();
             let e = format!("{:#}", Config::load(&p).unwrap_err());
             assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn wal_mode_of_a_copy_and_its_spool() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("coffer.toml");
+        let physical = "[sources.db]\ntype = \"postgres\"\nmode = \"physical\"\n\
+                        copy_to = [\"offsite\", \"near\"]\n";
+        let text = |offsite_wal: &str, spool: &str| {
+            format!(
+                "{spool}\n[repositories.offsite]\nlocation = \"/o\"\n{offsite_wal}\n\
+                 [repositories.near]\nlocation = \"/n\"\n{physical}"
+            )
+        };
+        std::fs::write(&p, text("wal = \"async\"", "wal_spool = \"spool\"")).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.repositories["offsite"].wal, WalMode::Async);
+        assert_eq!(c.repositories["near"].wal, WalMode::Sync, "the default");
+        assert_eq!(c.wal_copies(), ["near", "offsite"]);
+        assert_eq!(c.async_wal_copies(), ["offsite"]);
+        assert_eq!(
+            c.wal_spool_of("offsite"),
+            Some(d.path().join("spool/offsite"))
+        );
+        std::fs::write(&p, text("wal = \"sync\"", "")).unwrap();
+        assert!(Config::load(&p).unwrap().async_wal_copies().is_empty());
+        for (t, says) in [
+            // Not one of the two modes.
+            (
+                text("wal = \"lazy\"", "wal_spool = \"/s\""),
+                vec![
+                    "[repositories.offsite] wal = \"lazy\" is not a WAL mode",
+                    "\"async\"",
+                ],
+            ),
+            (
+                text("wal = true", "wal_spool = \"/s\""),
+                vec!["[repositories.offsite] wal = true", "\"sync\"", "\"async\""],
+            ),
+            // Async without a spool: the error names the repository and the key.
+            (
+                text("wal = \"async\"", ""),
+                vec!["[repositories.offsite]", "wal_spool"],
+            ),
+            (
+                format!("{}\n[service]\nwal_copy = \"soon\"\n", text("", "")),
+                vec!["[service] wal_copy", "soon"],
+            ),
+            (
+                format!("{}\n[service]\nwal_copy = \"0s\"\n", text("", "")),
+                vec!["[service] wal_copy", "above zero"],
+            ),
+            (
+                format!("{}\n[service]\nwal_copy = \"0 25 * * *\"\n", text("", "")),
+                vec!["[service] wal_copy", "cron"],
+            ),
+        ] {
+            std::fs::write(&p, &t).unwrap();
+            let e = format!("{:#}", Config::load(&p).unwrap_err());
+            for w in says {
+                assert!(e.contains(w), "{t}: {e}");
+            }
+        }
+        // An async repository that no physical source archives WAL into needs no spool.
+        std::fs::write(
+            &p,
+            "[repositories.offsite]\nlocation = \"/o\"\nwal = \"async\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(&p).unwrap().async_wal_copies().is_empty());
+        for (every, want) in [
+            ("30s", sources::Schedule::Every(Duration::from_secs(30))),
+            (
+                "*/5 * * * *",
+                sources::Schedule::Cron {
+                    expr: "*/5 * * * *".into(),
+                    timezone: None,
+                },
+            ),
+        ] {
+            assert_eq!(ServiceConfig::interval_or_cron(every, None).unwrap(), want);
         }
     }
 
