@@ -4,6 +4,8 @@
 //! - [`archive`]: the object format under `wal/`, file names and kinds, segment names and
 //!   LSN arithmetic, the segment header, the cluster record `wal/archive`, reading a file.
 //! - [`push`]: `wal-push`, with push-ahead of the segments PostgreSQL has marked ready.
+//! - [`spool`]: the local spool of the repositories that take WAL asynchronously
+//!   (`wal = "async"`), filled by `wal-push` and drained by `wal-copy`.
 //! - [`fetch`]: `wal-fetch`, with prefetch of the segments that follow.
 //! - [`timeline`]: `.history` files, the archive listed by timeline, the chain of timelines
 //!   recovery follows from a base backup, and the walk along it.
@@ -17,6 +19,7 @@ pub mod fetch;
 pub mod hold;
 pub mod push;
 pub mod retention;
+pub mod spool;
 pub mod timeline;
 pub mod verify;
 pub mod waldump;

@@ -1,7 +1,8 @@
 //! `archive_command`: `coffer wal-push %p` archives one file, and pushes ahead the other
 //! segments PostgreSQL has marked ready. The first segment pushed records the cluster in
 //! `wal/archive`; a segment of another cluster is refused. A name that already exists is
-//! accepted again only with identical content.
+//! accepted again only with identical content. Beside the repositories, a file may go to
+//! spool folders ([`super::spool`]), for the repositories that take WAL asynchronously.
 
 use super::archive::{
     archive_info, classify, object_name, same_file, seal_file, segment_header, valid_segment_size,
@@ -38,12 +39,27 @@ pub enum Pushed {
 /// Archive one file given by path (`%p`, relative to the data directory). Returns once
 /// the object is durable.
 pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
-    push_to(&[repo], path)
+    push_to(&Targets::repos(&[repo]), path)
 }
 
-/// Archive one file into each of `repos` in turn; returns once every one has it durably
-/// (what the first one did is returned). The first that fails fails the call.
-pub fn push_to(repos: &[&Repository], path: &Path) -> Result<Pushed> {
+/// Where `wal-push` archives each file: `repos` (the primary first), then the spool
+/// folders of the asynchronous repositories.
+#[derive(Clone, Copy)]
+pub struct Targets<'a> {
+    pub repos: &'a [&'a Repository],
+    pub spools: &'a [std::path::PathBuf],
+}
+
+impl<'a> Targets<'a> {
+    pub fn repos(repos: &'a [&'a Repository]) -> Targets<'a> {
+        Targets { repos, spools: &[] }
+    }
+}
+
+/// Archive one file into each repository of `to` in turn, then keep it in each spool
+/// folder; returns once every one has it durably (what the first repository did is
+/// returned). The first that fails fails the call.
+pub fn push_to(to: &Targets<'_>, path: &Path) -> Result<Pushed> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -60,12 +76,17 @@ pub fn push_to(repos: &[&Repository], path: &Path) -> Result<Pushed> {
         )
     })?;
     let mut first = None;
-    for repo in repos {
+    for repo in to.repos {
         let pushed = push_bytes(repo, name, kind, &data)
             .with_context(|| format!("archiving {name} into {}", repo.backend.location()))?;
         first.get_or_insert(pushed);
     }
-    first.ok_or_else(|| anyhow::anyhow!("no repository to archive {name} into"))
+    let first = first.ok_or_else(|| anyhow::anyhow!("no repository to archive {name} into"))?;
+    for dir in to.spools {
+        super::spool::store(dir, name, &data)
+            .with_context(|| format!("spooling {name} into {}", dir.display()))?;
+    }
+    Ok(first)
 }
 
 /// The `archive_command` entry point: archive `path`, and with `jobs > 1` also push
@@ -73,12 +94,14 @@ pub fn push_to(repos: &[&Repository], path: &Path) -> Result<Pushed> {
 /// looking again while there are more, up to [`MAX_AHEAD`]), with `jobs` parallel
 /// workers, so one key derivation serves a whole backlog. A segment pushed ahead gets a marker in
 /// `pg_wal/.coffer-pushed/`, written only after its object is durable; when PostgreSQL
-/// asks for it, the marker answers at once. Every file goes to each of `repos` (the
-/// primary first, then the repositories the cluster's base backups are copied to) and
-/// counts as archived, and gets its marker, only once all of them have it. Returns how many
-/// files this call archived.
-pub fn push_with_ahead(repos: &[&Repository], path: &Path, jobs: usize) -> Result<usize> {
-    let repo = *repos
+/// asks for it, the marker answers at once. Every file goes to each repository of `to`
+/// (the primary first, then the repositories the cluster's base backups are copied to that
+/// take WAL synchronously) and into each of its spool folders (those that take it
+/// asynchronously), and counts as archived, and gets its marker, only once all of them
+/// have it. Returns how many files this call archived.
+pub fn push_with_ahead(to: &Targets<'_>, path: &Path, jobs: usize) -> Result<usize> {
+    let repo = *to
+        .repos
         .first()
         .ok_or_else(|| anyhow::anyhow!("no repository to archive into"))?;
     let name = path
@@ -165,7 +188,7 @@ pub fn push_with_ahead(repos: &[&Repository], path: &Path, jobs: usize) -> Resul
     // which is already archived, and not the segment that failed.
     let work = || {
         while let Some(n) = next() {
-            let done = push_to(repos, &wal_dir.join(&n)).and_then(|_| {
+            let done = push_to(to, &wal_dir.join(&n)).and_then(|_| {
                 std::fs::create_dir_all(&markers)
                     .and_then(|_| std::fs::File::create(markers.join(&n)))
                     .with_context(|| {
@@ -189,7 +212,7 @@ pub fn push_with_ahead(repos: &[&Repository], path: &Path, jobs: usize) -> Resul
                 s.spawn(work);
             }
         }
-        let this = push_to(repos, path);
+        let this = push_to(to, path);
         if this.is_ok() && ahead_on {
             work();
         }
