@@ -65,6 +65,9 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// Archive a WAL file: PostgreSQL's archive_command (`coffer wal-push %p`)
     WalPush(WalPushArgs),
+    /// Push the WAL that wal-push spooled for the wal = "async" repositories into them
+    /// (--repo NAME: only that one), emptying the spool (exit 0 once it is empty)
+    WalCopy(WalCopyArgs),
     /// Fetch an archived WAL file: PostgreSQL's restore_command (`coffer wal-fetch %f %p`)
     WalFetch(WalFetchArgs),
     /// Check the WAL archive for gaps from each physical base backup to the newest segment,
@@ -623,6 +626,13 @@ pub struct WalPushArgs {
     /// Parallel workers; above 1, also archive the other ready segments ahead (1 = only PATH)
     #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct WalCopyArgs {
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -720,6 +720,20 @@ pub fn wal_push(ctx: &Context, a: &WalPushArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn wal_copy(ctx: &Context, a: &WalCopyArgs) -> Result<()> {
+    let r = ops::wal_copy::wal_copy(
+        &ctx.access.config,
+        ctx.access.name.as_deref(),
+        &ctx.events(),
+    )?;
+    if a.json {
+        print_sorted(&r, true)?;
+    } else {
+        ctx.say(&r.to_string());
+    }
+    r.verdict()
+}
+
 pub fn wal_fetch(ctx: &Context, a: &WalFetchArgs) -> Result<()> {
     let r = ops::wal_fetch::wal_fetch(
         &ctx.access,

@@ -38,6 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key(k) => commands::key(&ctx, k),
         Command::Unlock(a) => commands::unlock(&ctx, a),
         Command::WalPush(a) => commands::wal_push(&ctx, a),
+        Command::WalCopy(a) => commands::wal_copy(&ctx, a),
         Command::WalFetch(a) => commands::wal_fetch(&ctx, a),
         Command::WalVerify(a) => commands::wal_verify(&ctx, a),
         Command::WalHold(c) => commands::wal_hold(&ctx, c),

@@ -24,6 +24,7 @@ pub mod snapshots;
 pub mod stack;
 pub mod status;
 pub mod unlock;
+pub mod wal_copy;
 pub mod wal_fetch;
 pub mod wal_hold;
 pub mod wal_push;
