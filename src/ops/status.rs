@@ -2,7 +2,8 @@
 //! source's `rpo`, its last failure when newer, for physical PostgreSQL the recoverable
 //! window, and its newest copy in each of its `copy_to` repositories. Read from the
 //! repositories alone (snapshots and the run history), so it works from any host with the
-//! config file.
+//! config file; and, for the repositories that take WAL asynchronously, the local WAL
+//! spool (what `wal-copy` has still to push there).
 
 use super::mib;
 use crate::config::sources::PgMode;
@@ -32,7 +33,40 @@ pub struct StatusReport {
     /// Copies (a source in one of its `copy_to` repositories) that are behind, or whose
     /// repository could not be read.
     pub copies_behind: usize,
+    /// The WAL spooled for each `wal = "async"` repository, by name.
+    pub wal_copies: Vec<WalCopyStatus>,
 }
+
+/// The WAL that `wal-copy` has still to push into one async repository.
+#[derive(Clone, Debug, Serialize)]
+pub struct WalCopyStatus {
+    pub repository: String,
+    /// Files in its spool.
+    pub pending: u64,
+    /// The age of the oldest one (by its mtime: when it was spooled); null when none.
+    pub oldest_secs: Option<u64>,
+    pub state: WalCopyState,
+    /// Why the spool could not be read (then it is `behind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What `behind` is measured against: the smallest `rpo` of the physical sources that
+    /// copy to it, else [`WAL_COPY_LAG_DEFAULT`].
+    #[serde(skip)]
+    pub limit_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalCopyState {
+    /// Nothing spooled, or the oldest file is within the limit.
+    Ok,
+    /// The oldest spooled file is older than the limit, or the spool cannot be read.
+    Behind,
+}
+
+/// How old the oldest spooled WAL file of an async repository may be when no physical
+/// source that copies to it has an `rpo`.
+pub const WAL_COPY_LAG_DEFAULT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 #[derive(Serialize)]
 pub struct SourceStatus {
@@ -165,6 +199,18 @@ pub struct Overview {
     pub wal: Option<WalOverview>,
     /// The newest successful `check` in the run history.
     pub check_last_success: Option<DateTime<FixedOffset>>,
+    /// The WAL spool of each async repository, by name (read from the local disk).
+    pub wal_spools: BTreeMap<String, SpoolOverview>,
+}
+
+/// The spool of one async repository.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SpoolOverview {
+    pub pending: u64,
+    /// When its oldest file was spooled.
+    pub oldest: Option<DateTime<FixedOffset>>,
+    /// Why it could not be read.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -284,16 +330,46 @@ pub fn has_physical(config: &Config) -> bool {
 }
 
 impl Overview {
-    /// One read of the repository, and of each `copy_to` repository.
+    /// One read of the repository, of each `copy_to` repository and of the WAL spool.
     pub fn read(repo: &Arc<Repository>, config: &Config) -> Result<Overview> {
         let wal = Overview::read_wal(repo, config)?;
-        Ok(Overview::from_parts(
+        let mut o = Overview::from_parts(
             config,
             &repo.load_snapshots()?,
             &runs::load(repo)?,
             wal,
             &Overview::read_copies(config, repo.events()),
-        ))
+        );
+        o.wal_spools = Overview::read_spools(config);
+        Ok(o)
+    }
+
+    /// The spool of each repository `wal-copy` drains (a listing of a local directory).
+    pub fn read_spools(config: &Config) -> BTreeMap<String, SpoolOverview> {
+        use crate::sources::postgres::wal::spool;
+        super::wal_copy::spooled_repositories(config)
+            .into_iter()
+            .map(|name| {
+                let dir = config.wal_spool_of(&name).unwrap_or_default();
+                let o = match spool::pending(&dir) {
+                    Ok(files) => SpoolOverview {
+                        pending: files.len() as u64,
+                        oldest: files
+                            .iter()
+                            .map(|f| f.modified)
+                            .min()
+                            .map(|t| DateTime::<chrono::Local>::from(t).fixed_offset()),
+                        error: None,
+                    },
+                    Err(e) => SpoolOverview {
+                        pending: 0,
+                        oldest: None,
+                        error: Some(format!("{e:#}")),
+                    },
+                };
+                (name, o)
+            })
+            .collect()
     }
 
     /// The snapshots of every repository a declared source copies to, each read once. One
@@ -429,6 +505,7 @@ impl Overview {
             sources,
             wal,
             check_last_success,
+            wal_spools: BTreeMap::new(),
         }
     }
 
@@ -498,7 +575,13 @@ impl Overview {
                 drill_overdue,
             });
         }
+        let wal_copies = self
+            .wal_spools
+            .iter()
+            .map(|(name, o)| wal_copy_status(name, o, wal_copy_limit(config, name), now))
+            .collect();
         StatusReport {
+            wal_copies,
             time: now,
             breached: out.iter().filter(|s| s.state == State::Breached).count(),
             drills_overdue: out.iter().filter(|s| s.drill_overdue).count(),
@@ -509,6 +592,64 @@ impl Overview {
                 .count(),
             sources: out,
         }
+    }
+}
+
+/// How old the oldest spooled WAL file of `repository` may be: the smallest `rpo` of the
+/// physical sources that copy to it, else [`WAL_COPY_LAG_DEFAULT`].
+fn wal_copy_limit(config: &Config, repository: &str) -> std::time::Duration {
+    config
+        .sources
+        .iter()
+        .filter(|s| matches!(&s.kind, SourceKind::Postgres(p) if p.mode == PgMode::Physical))
+        .filter(|s| s.copy_to.iter().any(|n| n == repository))
+        .filter_map(|s| s.rpo)
+        .min()
+        .unwrap_or(WAL_COPY_LAG_DEFAULT)
+}
+
+fn wal_copy_status(
+    repository: &str,
+    o: &SpoolOverview,
+    limit: std::time::Duration,
+    now: DateTime<FixedOffset>,
+) -> WalCopyStatus {
+    let oldest_secs = o.oldest.map(|t| secs(t, now));
+    let behind = o.error.is_some() || oldest_secs.is_some_and(|a| a > limit.as_secs());
+    WalCopyStatus {
+        repository: repository.to_string(),
+        pending: o.pending,
+        oldest_secs,
+        state: if behind {
+            WalCopyState::Behind
+        } else {
+            WalCopyState::Ok
+        },
+        error: o.error.clone(),
+        limit_secs: limit.as_secs(),
+    }
+}
+
+impl WalCopyStatus {
+    /// What is wrong, for messages and alerts; `None` when it is not behind.
+    pub fn problem(&self) -> Option<String> {
+        if self.state != WalCopyState::Behind {
+            return None;
+        }
+        if let Some(e) = &self.error {
+            return Some(format!(
+                "cannot read the WAL spool of {}: {e}",
+                self.repository
+            ));
+        }
+        Some(format!(
+            "{} WAL file(s) wait in the spool for {}, the oldest for {}, beyond {}: is \
+             wal-copy failing?",
+            self.pending,
+            self.repository,
+            human(self.oldest_secs.unwrap_or(0)),
+            human(self.limit_secs)
+        ))
     }
 }
 
@@ -611,14 +752,24 @@ impl StatusReport {
                     .map(move |p| format!("{}: {p}", s.source))
             })
             .collect();
-        let copies = (!copies.is_empty()).then(|| {
-            format!(
+        let wal: Vec<String> = self.wal_copies.iter().filter_map(|w| w.problem()).collect();
+        let copies = match (copies.is_empty(), wal.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(format!(
                 "{} cop{} behind: {}",
                 copies.len(),
                 if copies.len() == 1 { "y is" } else { "ies are" },
                 copies.join("; ")
-            )
-        });
+            )),
+            (true, false) => Some(format!("WAL copies are behind: {}", wal.join("; "))),
+            (false, false) => Some(format!(
+                "{} cop{} behind: {}; WAL copies are behind: {}",
+                copies.len(),
+                if copies.len() == 1 { "y is" } else { "ies are" },
+                copies.join("; "),
+                wal.join("; ")
+            )),
+        };
         match (self.verdict_sources(), copies) {
             (Ok(()), None) => Ok(()),
             (Err(e), None) => Err(e),
@@ -790,6 +941,25 @@ impl std::fmt::Display for StatusReport {
                 }
             }
         }
+        for w in &self.wal_copies {
+            let oldest = w
+                .oldest_secs
+                .map(|a| format!(", the oldest {} old", human(a)))
+                .unwrap_or_default();
+            match w.state {
+                WalCopyState::Ok => writeln!(
+                    f,
+                    "WAL copy to {}: {} file(s) in the spool{oldest}",
+                    w.repository, w.pending
+                )?,
+                WalCopyState::Behind => writeln!(
+                    f,
+                    "WAL copy to {}: BEHIND: {}",
+                    w.repository,
+                    w.problem().unwrap_or_default()
+                )?,
+            }
+        }
         write!(
             f,
             "{} of {} sources within their RPO",
@@ -806,6 +976,54 @@ mod tests {
 
     fn t(s: &str) -> DateTime<FixedOffset> {
         DateTime::parse_from_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn a_wal_copy_is_behind_when_its_oldest_spooled_file_is_older_than_the_rpo() {
+        let now = t("2024-05-03T12:00:00Z");
+        let spool = |pending: u64, oldest: Option<&str>| SpoolOverview {
+            pending,
+            oldest: oldest.map(t),
+            error: None,
+        };
+        let rpo = Duration::from_secs(600);
+        let empty = wal_copy_status("offsite", &spool(0, None), rpo, now);
+        assert_eq!((empty.state, empty.oldest_secs), (WalCopyState::Ok, None));
+        assert_eq!(empty.problem(), None);
+        let fresh = wal_copy_status("offsite", &spool(3, Some("2024-05-03T11:55:00Z")), rpo, now);
+        assert_eq!(
+            (fresh.state, fresh.oldest_secs),
+            (WalCopyState::Ok, Some(300))
+        );
+        let old = wal_copy_status("offsite", &spool(3, Some("2024-05-03T11:45:00Z")), rpo, now);
+        assert_eq!(old.state, WalCopyState::Behind);
+        assert_eq!(
+            old.problem().unwrap(),
+            "3 WAL file(s) wait in the spool for offsite, the oldest for 15m 0s, beyond 10m 0s: \
+             is wal-copy failing?"
+        );
+        let unread = SpoolOverview {
+            error: Some("permission denied".into()),
+            ..SpoolOverview::default()
+        };
+        let u = wal_copy_status("offsite", &unread, rpo, now);
+        assert_eq!(u.state, WalCopyState::Behind);
+        assert!(u.problem().unwrap().contains("permission denied"));
+        let v = serde_json::to_value(&fresh).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"repository": "offsite", "pending": 3, "oldest_secs": 300, "state": "ok"})
+        );
+        // No rpo on the physical source: 15 minutes.
+        let c = Config::parse(
+            "wal_spool = \"/s\"\n[repositories.offsite]\nlocation = \"/o\"\nwal = \"async\"\n\
+             [sources.db]\ntype = \"postgres\"\nmode = \"physical\"\ncopy_to = [\"offsite\"]\n",
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(wal_copy_limit(&c, "offsite"), WAL_COPY_LAG_DEFAULT);
+        assert_eq!(WAL_COPY_LAG_DEFAULT, Duration::from_secs(900));
     }
 
     #[test]
