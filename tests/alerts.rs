@@ -9,6 +9,7 @@ use coffer::config::{AlertsConfig, Config};
 use coffer::ops::stack::SourceRun;
 use coffer::ops::status::{
     CopyState, CopyStatus, LastSuccess, NewestCopy, SourceStatus, State, StatusReport,
+    WalCopyState, WalCopyStatus,
 };
 use coffer::progress::{Progress, Tally};
 use coffer::repo::runs::{RunRecord, RunStatus};
@@ -238,6 +239,7 @@ fn report(now: DateTime<FixedOffset>, db_age_h: i64) -> StatusReport {
         breached: usize::from(db_state == State::Breached),
         drills_overdue: 0,
         copies_behind: 0,
+        wal_copies: Vec::new(),
     }
 }
 
@@ -317,6 +319,70 @@ fn a_copy_behind_alerts_once_per_repository_and_names_it() {
         [(AlertKey::copy("db", "b2"), t0 + hours(1))],
         "b2 is still behind"
     );
+}
+
+/// `report` at `now` with the WAL spool of `offsite` holding `pending` files, the oldest
+/// `oldest_min` minutes old, against a limit of 15 minutes.
+fn with_wal_spool(now: DateTime<FixedOffset>, pending: u64, oldest_min: u64) -> StatusReport {
+    let mut r = report(now, 1);
+    let behind = oldest_min > 15;
+    r.wal_copies = vec![WalCopyStatus {
+        repository: "offsite".into(),
+        pending,
+        oldest_secs: (pending > 0).then_some(oldest_min * 60),
+        state: if behind {
+            WalCopyState::Behind
+        } else {
+            WalCopyState::Ok
+        },
+        error: None,
+        limit_secs: 900,
+    }];
+    r
+}
+
+#[test]
+fn a_wal_copy_behind_alerts_once_naming_its_repository_and_recovers() {
+    let rx = Receiver::start();
+    let (slack, hook) = (format!("{}/slack", rx.url), format!("{}/hook", rx.url));
+    let (a, _) = alerter(Some(slack), Some(hook));
+    let t0 = t("2026-12-03T12:00:00Z");
+    a.status_report(&with_wal_spool(t0, 2, 5));
+    a.status_report(&with_wal_spool(t0 + hours(1), 40, 20));
+    a.status_report(&with_wal_spool(t0 + hours(2), 41, 80));
+    a.status_report(&with_wal_spool(t0 + hours(3), 0, 0));
+    flush(&a);
+    let reqs = rx.requests();
+    let events: Vec<_> = to(&reqs, "/hook").into_iter().map(json).collect();
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["status"].as_str().unwrap(),
+                e["repository"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("wal_copy_behind", "alert", "offsite"),
+            ("recovered", "wal_copy_behind", "offsite"),
+        ]
+    );
+    assert_eq!(events[0]["source"], Value::Null);
+    assert_eq!(
+        events[0]["error"],
+        "40 WAL file(s) wait in the spool for offsite, the oldest for 20m 0s, beyond 15m 0s: \
+         is wal-copy failing?"
+    );
+    assert_eq!(
+        slack_text(to(&reqs, "/slack")[0]),
+        "coffer on test-host: WAL copies to offsite: WAL copy behind: 40 WAL file(s) wait in \
+         the spool for offsite, the oldest for 20m 0s, beyond 15m 0s: is wal-copy failing?"
+    );
+    assert!(a.problems().is_empty());
 }
 
 #[test]

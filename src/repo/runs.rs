@@ -152,9 +152,9 @@ pub fn trim_if_grown(repo: &Repository, histories: usize) -> Result<usize> {
 }
 
 /// The histories a config can have: each source's backups and drills, and the repository
-/// jobs (prune, check, wal-verify).
+/// jobs (prune, check, wal-verify, wal-copy).
 pub fn histories(sources: usize) -> usize {
-    2 * sources + 3
+    2 * sources + 4
 }
 
 /// Remove the records of each source and job beyond the newest [`KEEP_PER_SOURCE`] (a

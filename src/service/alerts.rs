@@ -5,8 +5,8 @@
 //! repository, and a [`Condition`]) as often as it likes: after every run, and on a timer for
 //! the RPO and the WAL archive. The alerter sends
 //! - an alert (`backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`,
-//!   `drill_failed`, `copy_behind`, with `status` `alert`) when a key changes from fine to a
-//!   problem;
+//!   `drill_failed`, `copy_behind`, `wal_copy_behind`, with `status` `alert`) when a key
+//!   changes from fine to a problem;
 //! - a reminder (the same event, `status` `reminder`) every `remind` (default 24 h; `0s`
 //!   turns reminders off) while the problem lasts, never more often;
 //! - `recovered` (with `status` naming the event it ends) on the change back to fine, only
@@ -62,6 +62,10 @@ pub enum Condition {
     /// A `copy_to` repository (the key's `repository`) lacks the source's newest snapshot
     /// and its newest copy is older than the `rpo`, or it cannot be read.
     CopyBehind,
+    /// The WAL spooled for a `wal = "async"` repository (the key's `repository`; source
+    /// `None`) waits longer than the `rpo` of the physical sources that copy to it (15 min
+    /// without one), or the spool cannot be read.
+    WalCopyBehind,
 }
 
 impl Condition {
@@ -74,6 +78,7 @@ impl Condition {
             Condition::CheckFailed => "check_failed",
             Condition::DrillFailed => "drill_failed",
             Condition::CopyBehind => "copy_behind",
+            Condition::WalCopyBehind => "wal_copy_behind",
         }
     }
 
@@ -85,12 +90,13 @@ impl Condition {
             Condition::CheckFailed => "check failed",
             Condition::DrillFailed => "restore drill failed",
             Condition::CopyBehind => "copy behind",
+            Condition::WalCopyBehind => "WAL copy behind",
         }
     }
 }
 
 /// What an alert is about: a declared source (or `None`, the repository) and a condition,
-/// and for `CopyBehind` the repository of the copies.
+/// and for `CopyBehind` and `WalCopyBehind` the repository of the copies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AlertKey {
     pub source: Option<String>,
@@ -112,6 +118,14 @@ impl AlertKey {
         AlertKey {
             repository: Some(repository.to_string()),
             ..AlertKey::new(Some(source), Condition::CopyBehind)
+        }
+    }
+
+    /// `WalCopyBehind` of the WAL spooled for `repository`.
+    pub fn wal_copy(repository: &str) -> AlertKey {
+        AlertKey {
+            repository: Some(repository.to_string()),
+            ..AlertKey::new(None, Condition::WalCopyBehind)
         }
     }
 }
@@ -138,12 +152,12 @@ impl Problem {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AlertEvent {
     /// `backup_failed`, `rpo_breached`, `wal_lagging`, `check_failed`, `drill_failed`,
-    /// `copy_behind` or `recovered`.
+    /// `copy_behind`, `wal_copy_behind` or `recovered`.
     pub event: &'static str,
-    /// The source; `null` for the repository.
+    /// The source; `null` for the repository (and for `wal_copy_behind`).
     pub source: Option<String>,
-    /// The repository of the copies, for `copy_behind` (and its `recovered`) only: the
-    /// other events have no such field.
+    /// The repository of the copies, for `copy_behind` and `wal_copy_behind` (and their
+    /// `recovered`) only: the other events have no such field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
     /// `alert` (a new problem) or `reminder` (it lasts); for `recovered`, the event it ends.
@@ -163,7 +177,8 @@ impl AlertEvent {
         let source = match (&self.source, &self.repository) {
             (Some(s), Some(r)) => format!("{s} (copies in {r})"),
             (Some(s), None) => s.clone(),
-            (None, _) => "repository".into(),
+            (None, Some(r)) => format!("WAL copies to {r}"),
+            (None, None) => "repository".into(),
         };
         let since = since
             .map(|t| format!(" since {}", t.format("%Y-%m-%d %H:%M:%S %:z")))
@@ -417,13 +432,27 @@ impl Alerter {
         }
     }
 
+    /// The WAL copies of a `coffer status` report, at its time: `WalCopyBehind` for each
+    /// async repository (its oldest spooled file waits too long, or the spool cannot be
+    /// read).
+    pub fn wal_copies(&self, report: &StatusReport) {
+        for w in &report.wal_copies {
+            self.observe(
+                AlertKey::wal_copy(&w.repository),
+                w.problem().map(Problem::new),
+                report.time,
+            );
+        }
+    }
+
     /// The RPO, WAL and copy states of a `coffer status` report, at its time:
     /// `RpoBreached` for each source with an `rpo` (breached: its newest snapshot is older,
     /// or there is none), `WalLagging` for each physical PostgreSQL source (wal-verify found
-    /// a gap, or the newest archived segment is older than the `rpo`), and
-    /// [`copies`](Alerter::copies).
+    /// a gap, or the newest archived segment is older than the `rpo`),
+    /// [`copies`](Alerter::copies) and [`wal_copies`](Alerter::wal_copies).
     pub fn status_report(&self, report: &StatusReport) {
         self.copies(report);
+        self.wal_copies(report);
         let now = report.time;
         for s in &report.sources {
             let Some(rpo) = s.rpo_secs else { continue };

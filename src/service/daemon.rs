@@ -3,8 +3,10 @@
 //!
 //! - **Jobs.** One backup job per declared source with a `schedule` (cron, in its
 //!   `timezone`) or `every`, and the repository jobs of `[service]`: `prune`, `check` (with
-//!   `check_read_data_subset`) and `wal_verify`. A backup job is `coffer backup --source
-//!   NAME` ([`crate::ops::stack::backup_stack`]: hooks, run record, keep rules).
+//!   `check_read_data_subset`) and `wal_verify`; and with a `wal = "async"` repository, the
+//!   `wal_copy` job (every 30 s unless set) that drains the WAL spool into it. A backup job
+//!   is `coffer backup --source NAME` ([`crate::ops::stack::backup_stack`]: hooks, run
+//!   record, keep rules).
 //! - **Missed runs.** At start, a job whose last success is older than its previous
 //!   scheduled time (equivalently: whose next time after its last success has passed) runs
 //!   at once, as systemd's `Persistent=true` does. The last success comes from the
@@ -12,7 +14,8 @@
 //!   from a local state file, so a restart, a reinstall or another host does the right thing.
 //! - **No overlap.** A job still running when its next time comes is skipped, logged and
 //!   counted. At most `max_parallel` jobs (default 1) run at once; a due job waits for a
-//!   slot. `prune` (an exclusive lock) runs alone.
+//!   slot. `prune` (an exclusive lock) runs alone. `wal-copy` takes no lock and no slot: like
+//!   `archive_command`, it must keep up whatever else runs.
 //! - **Shutdown.** SIGTERM or SIGINT: no new runs; the running ones get `shutdown_grace`
 //!   (default 5 min) to finish, then [`crate::cancel::request`] makes them fail before their
 //!   snapshot (no snapshot, locks released); the service then returns `Ok`.
@@ -35,7 +38,8 @@ use crate::config::sources::{cron, Schedule};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::ops::status::{
-    Copied, CopyOverview, Failure, LastDrill, LastRun, Overview, Success, WalOverview,
+    Copied, CopyOverview, Failure, LastDrill, LastRun, Overview, SpoolOverview, Success,
+    WalOverview,
 };
 use crate::progress::Progress;
 use crate::repo::id::Id;
@@ -63,6 +67,8 @@ pub enum JobKind {
     WalVerify,
     /// `drill --source NAME`: a restore drill of the source.
     Drill(String),
+    /// `wal-copy`: the WAL spool of the `wal = "async"` repositories, pushed into them.
+    WalCopy,
 }
 
 impl JobKind {
@@ -82,6 +88,7 @@ impl JobKind {
             JobKind::Check(_) => "check".into(),
             JobKind::WalVerify => "wal-verify".into(),
             JobKind::Drill(s) => format!("drill {s}"),
+            JobKind::WalCopy => "wal-copy".into(),
         }
     }
 
@@ -93,6 +100,7 @@ impl JobKind {
             JobKind::Check(_) => "check",
             JobKind::WalVerify => "wal-verify",
             JobKind::Drill(_) => "drill",
+            JobKind::WalCopy => "wal-copy",
         }
     }
 }
@@ -150,11 +158,26 @@ pub fn jobs(config: &Config) -> Result<Vec<Job>> {
             });
         }
     }
+    if !config.async_wal_copies().is_empty() {
+        let schedule = match &sv.wal_copy {
+            Some(e) => crate::config::ServiceConfig::interval_or_cron(e, tz)
+                .map_err(|m| Error::usage(format!("[service] wal_copy: {m}")))?,
+            None => Schedule::Every(WAL_COPY_EVERY),
+        };
+        out.push(Job {
+            kind: JobKind::WalCopy,
+            schedule,
+            jitter: None,
+        });
+    }
     if let Some(subset) = &sv.check_read_data_subset {
         crate::ops::check::read_data_subset(subset)?;
     }
     Ok(out)
 }
+
+/// How often `wal-copy` runs when `[service] wal_copy` is not set.
+pub const WAL_COPY_EVERY: Duration = Duration::from_secs(30);
 
 /// The first time of `schedule` strictly after `after`.
 pub fn next_after(schedule: &Schedule, after: DateTime<Utc>) -> Result<DateTime<Utc>> {
@@ -234,6 +257,8 @@ pub enum Effect {
     Wal(WalOverview),
     /// A restore drill.
     Drill { passed: bool, rto_secs: f64 },
+    /// A wal-copy: the WAL spool of each async repository after it.
+    WalCopy(BTreeMap<String, SpoolOverview>),
 }
 
 /// A job's state, for logs, metrics and the status page.
@@ -336,6 +361,7 @@ impl ServiceState {
                 }
             }
             Effect::Wal(w) => self.overview.wal = Some(w.clone()),
+            Effect::WalCopy(spools) => self.overview.wal_spools = spools.clone(),
             Effect::Drill { passed, rto_secs } => {
                 let Some(source) = &s.source else { return };
                 let o = self.overview.sources.entry(source.clone()).or_default();
@@ -514,13 +540,14 @@ fn read_repository(repo: &Arc<Repository>, config: &Config, jobs: &[Job]) -> Res
     let snaps = repo.load_snapshots()?;
     let history = runs::load(repo)?;
     let last = last_successes(&snaps, &history, jobs);
-    let overview = Overview::from_parts(
+    let mut overview = Overview::from_parts(
         config,
         &snaps,
         &history,
         Overview::read_wal(repo, config)?,
         &Overview::read_copies(config, repo.events()),
     );
+    overview.wal_spools = Overview::read_spools(config);
     let stored_bytes = stored_bytes(&repo.load_index()?);
     Ok(Reading {
         prunes: prunes_of(&history),
@@ -720,7 +747,7 @@ pub fn run(
     if js.is_empty() && !opts.once {
         return Err(Error::usage(
             "nothing to run: no source has a schedule (schedule = \"0 2 * * *\" or every = \"1h\") \
-             and [service] has no prune, check or wal_verify",
+             and [service] has no prune, check or wal_verify (nor is any repository wal = \"async\")",
         )
         .into());
     }
@@ -787,6 +814,8 @@ pub fn run(
         .unwrap_or(Duration::from_secs(300));
     let (done_tx, done) = unbounded::<(String, RunSummary)>();
     let mut running = 0usize;
+    // Of those, wal-copy runs, which take no slot.
+    let mut light_running = 0usize;
     let mut exclusive_running = false;
     let mut stopping: Option<Instant> = None;
     let mut once_pending: Vec<String> = if opts.once {
@@ -818,6 +847,7 @@ pub fn run(
                     continue;
                 }
                 let exclusive = t.job.kind == JobKind::Prune;
+                let light = t.job.kind == JobKind::WalCopy;
                 if t.running {
                     t.state.skipped_total += 1;
                     log.warn(&format!(
@@ -828,11 +858,15 @@ pub fn run(
                     t.state.next_run = Some(t.next);
                     continue;
                 }
-                if running >= max_parallel || exclusive_running || (exclusive && running > 0) {
+                let heavy = running - light_running;
+                if !light
+                    && (heavy >= max_parallel || exclusive_running || (exclusive && heavy > 0))
+                {
                     continue; // waits for a slot
                 }
                 t.running = true;
                 running += 1;
+                light_running += usize::from(light);
                 exclusive_running |= exclusive;
                 t.state.running_since = Some(now);
                 if !opts.once {
@@ -882,6 +916,12 @@ pub fn run(
             let wal = state.lock().unwrap().overview.wal.clone();
             rpo_alerts(&alerter, &config, &table, wal.as_ref());
             copy_alerts(&alerter, &state, &config);
+            // The spool is a local directory, filled by wal-push between the runs.
+            if !config.async_wal_copies().is_empty() {
+                let spools = Overview::read_spools(&config);
+                state.lock().unwrap().overview.wal_spools = spools;
+            }
+            wal_copy_alerts(&alerter, &state, &config);
         }
         if let Some(since) = stopping {
             if running == 0 {
@@ -918,6 +958,9 @@ pub fn run(
                     if t.job.kind == JobKind::Prune {
                         exclusive_running = false;
                     }
+                    if t.job.kind == JobKind::WalCopy {
+                        light_running -= 1;
+                    }
                     t.state.running_since = None;
                     t.state.runs_total += 1;
                     if summary.status == RunStatus::Ok {
@@ -928,6 +971,8 @@ pub fn run(
                     t.state.last_run = Some(summary.clone());
                 } else if exclusive_running && name == "prune" {
                     exclusive_running = false;
+                } else if name == "wal-copy" {
+                    light_running = light_running.saturating_sub(1);
                 }
                 log.log(&describe(&name, &summary));
                 alert(&alerter, &summary);
@@ -941,6 +986,9 @@ pub fn run(
                 drop(s);
                 if matches!(summary.effect, Effect::Backup { .. }) {
                     copy_alerts(&alerter, &state, &config);
+                }
+                if matches!(summary.effect, Effect::WalCopy(_)) {
+                    wal_copy_alerts(&alerter, &state, &config);
                 }
                 if opts.once {
                     once_runs.push(summary);
@@ -1109,6 +1157,20 @@ fn copy_alerts(alerter: &super::alerts::Alerter, state: &Mutex<ServiceState>, co
     let now = chrono::Local::now().fixed_offset();
     let report = state.lock().unwrap().overview.report(config, now);
     alerter.copies(&report);
+}
+
+/// The WAL spooled for each async repository against the `rpo` of the physical sources
+/// that copy to it, from the service's own state (read at start, after each wal-copy run
+/// and whenever the `rpo` is looked at).
+fn wal_copy_alerts(alerter: &super::alerts::Alerter, state: &Mutex<ServiceState>, config: &Config) {
+    let now = chrono::Local::now().fixed_offset();
+    let s = state.lock().unwrap();
+    if s.overview.wal_spools.is_empty() {
+        return;
+    }
+    let report = s.overview.report(config, now);
+    drop(s);
+    alerter.wal_copies(&report);
 }
 
 fn is_physical(s: &crate::config::sources::SourceConfig) -> bool {
@@ -1320,6 +1382,31 @@ fn run_job(
                     effect = Effect::Wal(WalOverview::from_report(&r.0));
                     r.verdict()
                 }),
+                JobKind::WalCopy => {
+                    let r = crate::ops::wal_copy::wal_copy(config, None, p);
+                    effect = Effect::WalCopy(Overview::read_spools(config));
+                    r.and_then(|r| {
+                        repositories = r
+                            .repositories
+                            .iter()
+                            .map(|c| RepositoryRun {
+                                repository: c.repository.clone(),
+                                status: if c.pending == 0 {
+                                    RunStatus::Ok
+                                } else {
+                                    RunStatus::Failed
+                                },
+                                error: c.error.clone(),
+                                snapshots_removed: 0,
+                                bytes_freed: 0,
+                            })
+                            .collect();
+                        if r.repositories.iter().any(|c| c.copied > 0) {
+                            p.log(&r.to_string());
+                        }
+                        r.verdict()
+                    })
+                }
                 JobKind::Backup(_) | JobKind::Drill(_) => unreachable!("handled above"),
             };
             let (status, error) = match r {
@@ -1345,6 +1432,12 @@ fn run_job(
             };
             if let Err(e) = runs::save(repo, &record) {
                 p.warn(&format!("could not record the {} run: {e:#}", other.name()));
+            }
+            // A record every 30 s: keep the history from growing past its bound.
+            if *other == JobKind::WalCopy {
+                if let Err(e) = runs::trim_if_grown(repo, runs::histories(config.sources.len())) {
+                    p.warn(&format!("could not trim the run history: {e:#}"));
+                }
             }
             (status, error, 0, 0, None)
         }

@@ -154,6 +154,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Whether the copy_to repository is behind (1: it lacks the source's newest snapshot and its newest copy is older than the rpo, or it cannot be read) or not (0).",
     ),
     (
+        "coffer_wal_copy_pending_files",
+        "gauge",
+        "WAL files in the spool of the wal = \"async\" repository, waiting for wal-copy to push them there.",
+    ),
+    (
+        "coffer_wal_copy_lag_seconds",
+        "gauge",
+        "Age of the oldest WAL file in the spool of the wal = \"async\" repository (0 when it is empty).",
+    ),
+    (
         "coffer_repository_stored_bytes",
         "gauge",
         "Compressed and encrypted bytes of the blobs the repository's index lists (pack headers aside).",
@@ -236,6 +246,16 @@ pub fn render(state: &ServiceState) -> String {
                         } else if let Some(n) = &c.newest {
                             f.sample(&labels, ts(&n.time));
                         }
+                    }
+                }
+            }
+            "coffer_wal_copy_pending_files" | "coffer_wal_copy_lag_seconds" => {
+                for w in &report.wal_copies {
+                    let labels = [("repository", w.repository.as_str())];
+                    if name == "coffer_wal_copy_pending_files" {
+                        f.sample(&labels, w.pending as f64);
+                    } else {
+                        f.sample(&labels, w.oldest_secs.unwrap_or(0) as f64);
                     }
                 }
             }

@@ -5,7 +5,7 @@
 //! repository and the recent runs.
 
 use super::daemon::{RunSummary, ServiceState};
-use crate::ops::status::{human, CopyState, State};
+use crate::ops::status::{human, CopyState, State, WalCopyState};
 use crate::repo::runs::RunStatus;
 use chrono::{DateTime, Local, Utc};
 use std::fmt::Write;
@@ -159,19 +159,30 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
         .overview
         .report(config, now.with_timezone(&Local).fixed_offset());
     let within = report.sources.len() - report.breached;
+    let wal_behind = report
+        .wal_copies
+        .iter()
+        .filter(|w| w.state == WalCopyState::Behind)
+        .count();
     let _ = write!(
         h,
         "<p id=\"summary\" class=\"{}\">{within} of {} source(s) within their RPO{}</p>\
          <p class=\"muted\">As of {}; service started {}; this page reloads every {REFRESH_SECS} s.</p>",
-        if report.breached == 0 && report.copies_behind == 0 {
+        if report.breached == 0 && report.copies_behind == 0 && wal_behind == 0 {
             "ok"
         } else {
             "bad"
         },
         report.sources.len(),
-        match report.copies_behind {
-            0 => String::new(),
-            n => format!("; {n} cop{} behind", if n == 1 { "y" } else { "ies" }),
+        match (report.copies_behind, wal_behind) {
+            (0, 0) => String::new(),
+            (n, 0) => format!("; {n} cop{} behind", if n == 1 { "y" } else { "ies" }),
+            (0, w) => format!("; WAL copies behind in {w} repositor{}", if w == 1 { "y" } else { "ies" }),
+            (n, w) => format!(
+                "; {n} cop{} behind; WAL copies behind in {w} repositor{}",
+                if n == 1 { "y" } else { "ies" },
+                if w == 1 { "y" } else { "ies" }
+            ),
         },
         when(now),
         state.started.map(when).unwrap_or_else(|| "-".into()),
@@ -298,6 +309,41 @@ pub fn render(state: &ServiceState, now: DateTime<Utc>) -> String {
             None => h.push_str("No recoverable window yet: no base backup has its WAL."),
         }
         h.push_str("</p>");
+    }
+
+    if !report.wal_copies.is_empty() {
+        h.push_str(
+            "<h2>WAL copies</h2><table id=\"wal-copies\"><tr><th>repository</th><th>state</th>\
+             <th>pending</th><th>oldest</th><th>next copy</th></tr>",
+        );
+        let next = state
+            .jobs
+            .iter()
+            .find(|j| j.job == "wal-copy")
+            .and_then(|j| j.next_run)
+            .map(when)
+            .unwrap_or_else(|| "not scheduled".into());
+        for w in &report.wal_copies {
+            let (class, word) = match w.state {
+                WalCopyState::Ok => ("ok", "OK"),
+                WalCopyState::Behind => ("bad", "BEHIND"),
+            };
+            let title = w
+                .problem()
+                .map(|p| format!(" title=\"{}\"", esc(&p)))
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr data-repository=\"{r}\"{title}><td><b>{r}</b></td>\
+                 <td class=\"{class} state\">{word}</td><td class=\"n pending\">{pending}</td>\
+                 <td>{oldest}</td><td>{next}</td></tr>",
+                r = esc(&w.repository),
+                pending = w.pending,
+                oldest = w.oldest_secs.map(human).unwrap_or_else(|| "-".into()),
+                next = esc(&next),
+            );
+        }
+        h.push_str("</table>");
     }
 
     let prunes: Vec<String> = state
