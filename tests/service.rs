@@ -1352,3 +1352,143 @@ fn a_copy_that_falls_behind_alerts_naming_its_repository_and_recovers() {
     assert!(failed[0].get("repository").is_none(), "{alerts:#?}");
     assert!(err.contains("copy to offsite"), "{err}");
 }
+
+/// A fake WAL segment of the smallest size (1 MiB) with its long page header.
+fn fake_segment(sysid: u64) -> Vec<u8> {
+    let mut seg = vec![0u8; 1 << 20];
+    seg[2..4].copy_from_slice(&2u16.to_le_bytes());
+    seg[4..8].copy_from_slice(&1u32.to_le_bytes());
+    seg[24..32].copy_from_slice(&sysid.to_le_bytes());
+    seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    seg
+}
+
+#[test]
+fn the_service_drains_the_wal_spool_of_an_async_repository_and_alerts_while_it_waits() {
+    let hooks = common::http::Receiver::start();
+    let env = Env::new();
+    env.init();
+    let port = common::free_port();
+    let offsite = env.path("offsite");
+    let away = env.path("offsite.away");
+    let spool = env.path("spool").join("offsite");
+    let config = with_offsite(
+        &env,
+        "wal = \"async\"",
+        &format!(
+            "wal_spool = \"spool\"\n[service]\nlisten = \"127.0.0.1:{port}\"\nwal_copy = \"1s\"\n\
+             [alerts]\nwebhook = \"{url}/hook\"\n\
+             [sources.db]\ntype = \"postgres\"\nmode = \"physical\"\ncopy_to = [\"offsite\"]\n\
+             rpo = \"1s\"\n",
+            url = hooks.url,
+        ),
+    );
+    // Two segments archived while offsite is away: both wait in the spool.
+    let wal = env.path("pg_wal");
+    fs::create_dir_all(&wal).unwrap();
+    let names = ["000000010000000000000001", "000000010000000000000002"];
+    for n in names {
+        fs::write(wal.join(n), fake_segment(42)).unwrap();
+    }
+    fs::rename(&offsite, &away).unwrap();
+    for n in names {
+        let p = wal.join(n);
+        coffer(&env, &config, &["wal-push", "-j", "1", p.to_str().unwrap()]);
+    }
+    let spooled = || common::list_files(&spool).len();
+    assert_eq!(spooled(), 2);
+    let runs_before = common::list_files(&env.repo.join("runs")).len();
+
+    let child = start(&env, &config);
+    let api = || -> serde_json::Value {
+        serde_json::from_str(&get(port, "/api/status", None).text().unwrap()).unwrap()
+    };
+    let wal_copy_run = |status: &str| {
+        healthy(port)
+            && api()["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["job"] == "wal-copy" && j["last_run"]["status"] == status)
+    };
+    let wal_alerts = || -> Vec<serde_json::Value> {
+        bodies(&hooks)
+            .into_iter()
+            .filter(|b| b["event"] == "wal_copy_behind" || b["status"] == "wal_copy_behind")
+            .collect()
+    };
+    // It cannot reach offsite: the runs fail, the files stay, the lag shows and (older
+    // than the source's rpo of 1 s) alerts.
+    until("a failed wal-copy run", Duration::from_secs(90), || {
+        wal_copy_run("failed")
+    });
+    until("the wal_copy_behind alert", Duration::from_secs(90), || {
+        !wal_alerts().is_empty()
+    });
+    assert_eq!(spooled(), 2);
+    let m = scrape(port, None);
+    assert_eq!(
+        metric(&m, "coffer_wal_copy_pending_files", "offsite"),
+        Some(2.0)
+    );
+    assert!(metric(&m, "coffer_wal_copy_lag_seconds", "offsite").unwrap() >= 1.0);
+    let s = api();
+    assert_eq!(s["wal_copies"][0]["repository"], "offsite", "{s:#}");
+    assert_eq!(s["wal_copies"][0]["pending"], 2, "{s:#}");
+    assert_eq!(s["wal_copies"][0]["state"], "behind", "{s:#}");
+    let page = get(port, "/", None).text().unwrap();
+    assert!(
+        page.contains("id=\"wal-copies\"")
+            && page.contains("<tr data-repository=\"offsite\"")
+            && page.contains("BEHIND"),
+        "{page}"
+    );
+
+    // Offsite is back: the next run pushes both, empties the spool and ends the alert.
+    fs::rename(&away, &offsite).unwrap();
+    until("the spool drained", Duration::from_secs(90), || {
+        spooled() == 0 && wal_copy_run("ok")
+    });
+    until("the recovery", Duration::from_secs(90), || {
+        wal_alerts().len() >= 2
+    });
+    let m = scrape(port, None);
+    assert_eq!(
+        metric(&m, "coffer_wal_copy_pending_files", "offsite"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, "coffer_wal_copy_lag_seconds", "offsite"),
+        Some(0.0)
+    );
+    let s = api();
+    assert_eq!(s["wal_copies"][0]["pending"], 0, "{s:#}");
+    assert_eq!(s["wal_copies"][0]["oldest_secs"], serde_json::Value::Null);
+    stop(child);
+
+    let there: Vec<String> = common::list_files(&offsite.join("wal"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for n in names {
+        assert!(
+            there.iter().any(|t| t == n),
+            "{n} not in offsite: {there:?}"
+        );
+    }
+    // Each run left its record in the primary's history.
+    assert!(common::list_files(&env.repo.join("runs")).len() >= runs_before + 2);
+    let alerts = wal_alerts();
+    assert_eq!(alerts.len(), 2, "one alert, one recovery: {alerts:#?}");
+    assert_eq!(
+        (&alerts[0]["event"], &alerts[0]["status"]),
+        (&"wal_copy_behind".into(), &"alert".into())
+    );
+    assert_eq!(alerts[0]["repository"], "offsite");
+    assert_eq!(alerts[0]["source"], serde_json::Value::Null);
+    assert_eq!(
+        (&alerts[1]["event"], &alerts[1]["repository"]),
+        (&"recovered".into(), &"offsite".into())
+    );
+}
