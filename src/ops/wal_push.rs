@@ -3,7 +3,7 @@
 use super::access::{open_named, Access};
 use crate::config::{Config, WalMode};
 use crate::error::Error;
-use crate::sources::postgres::wal::push;
+use crate::sources::postgres::wal::{push, spool};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,12 @@ pub fn wal_push(access: &Access, path: &Path, jobs: usize) -> Result<PushReport>
         if access.name.is_none() {
             for name in wal_copies(&access.config) {
                 match access.config.repositories.get(&name).map(|r| r.wal) {
-                    Some(WalMode::Async) => spools.push(spool_of(&access.config, &name)?),
+                    Some(WalMode::Async) => {
+                        let dir = spool_of(&access.config, &name)?;
+                        // What a wal-push that died before its rename left.
+                        spool::remove_abandoned(&dir);
+                        spools.push(dir);
+                    }
                     _ => repos.push(open_named(&access.config, &name, access.events())?),
                 }
             }

@@ -160,6 +160,18 @@ pub fn pending(dir: &Path) -> Result<Vec<Pending>> {
     Ok(out)
 }
 
+/// Remove the temporary files of writers that are gone from `dir` (`wal-push` does, once
+/// per call); the spooled files are not looked at.
+pub fn remove_abandoned(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_temp(&name) && abandoned(&name, &e.path()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A temporary file whose writer (the pid in its name) is gone, or that is over an hour
 /// old (a pid reused since).
 fn abandoned(name: &str, path: &Path) -> bool {
@@ -224,6 +236,9 @@ mod tests {
         let live = dir.join(format!(".{SEG}.tmp-{}-abcd", std::process::id()));
         fs::write(&dead, b"torn").unwrap();
         fs::write(&live, b"half").unwrap();
+        remove_abandoned(&dir);
+        assert!(!dead.exists());
+        fs::write(&dead, b"torn").unwrap();
         let names: Vec<String> = pending(&dir).unwrap().into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["000000010000000000000000", SEG, "00000002.history"]);
         assert!(!dead.exists());
