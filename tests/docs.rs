@@ -380,3 +380,24 @@ fn api_status_json_is_as_documented() {
     };
     holds("/api/status jobs[0]", jobs, &json(&api)["jobs"][0]);
 }
+
+#[test]
+fn wal_copy_json_is_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = coffer::config::Config::parse(
+        &format!(
+            "wal_spool = {}\n[repositories.offsite]\nlocation = {}\nwal = \"async\"\n\
+             [sources.db]\ntype = \"postgres\"\nmode = \"physical\"\ncopy_to = [\"offsite\"]\n",
+            toml::Value::String(dir.path().join("spool").display().to_string()),
+            toml::Value::String(dir.path().join("offsite").display().to_string()),
+        ),
+        None,
+        &|_| None,
+    )
+    .unwrap();
+    let report = ops::wal_copy::wal_copy(&config, None, &Progress::hidden()).unwrap();
+    assert_eq!(report.repositories.len(), 1, "{report}");
+    let text = passage("- `wal-copy [--repo NAME] [--json]`");
+    let doc = braces(&text[text.find("`--json` prints").unwrap()..]);
+    holds("wal-copy", &doc, &json(&report));
+}
