@@ -100,10 +100,10 @@ fn drain(config: &Config, name: &str, dir: PathBuf, events: &Progress) -> Reposi
         error: None,
         kind: None,
     };
+    // Said once, by the report and its verdict.
     let fail = |r: &mut RepositoryCopy, e: anyhow::Error| {
         r.kind = Some(kind_of(&e));
         r.error = Some(format!("{e:#}"));
-        events.warn(&format!("wal-copy {name}: {e:#}"));
     };
     let files = match spool::pending(&dir) {
         Ok(f) => f,
