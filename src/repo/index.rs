@@ -8,8 +8,11 @@
 
 use super::id::Id;
 use super::pack::{BlobType, PackEntry};
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexPack {
@@ -39,12 +42,24 @@ pub struct BlobLoc {
     pub entry: PackEntry,
 }
 
-/// All index files loaded together.
+/// Where a blob's entry is: `packs[pack].blobs[entry]`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pack: u32,
+    entry: u32,
+}
+
+/// All index files loaded together. Each blob's entry is held once, in its pack's list; the
+/// lookup table holds 8 bytes per blob (which entry), so the whole index takes about 60
+/// bytes per blob (docs/BENCHMARKS.md).
 #[derive(Default)]
 pub struct MasterIndex {
     pub packs: Vec<IndexPack>,
     pack_pos: HashMap<Id, u32>,
-    blobs: HashMap<Id, BlobLoc>,
+    blobs: HashTable<Slot>,
+    /// Seeds the table's hash per process, as `HashMap` does: ids come from the repository,
+    /// and a writer key could pick ids that collide.
+    hasher: RandomState,
     /// The index files this was loaded from.
     pub files: Vec<Id>,
 }
@@ -57,26 +72,45 @@ impl MasterIndex {
         }
     }
 
-    pub fn add_pack(&mut self, p: IndexPack) {
+    /// Add a pack's blobs; a blob that an earlier pack holds keeps that location.
+    pub fn add_pack(&mut self, mut p: IndexPack) {
         if self.pack_pos.contains_key(&p.id) {
             return;
         }
         let pos = self.packs.len() as u32;
         self.pack_pos.insert(p.id, pos);
-        for e in &p.blobs {
-            self.blobs.entry(e.id).or_insert(BlobLoc {
-                pack: pos,
-                entry: *e,
-            });
-        }
+        p.blobs.shrink_to_fit();
         self.packs.push(p);
+        let (packs, blobs, hasher) = (&self.packs, &mut self.blobs, &self.hasher);
+        let id_of = |s: &Slot| &packs[s.pack as usize].blobs[s.entry as usize].id;
+        for (i, e) in packs[pos as usize].blobs.iter().enumerate() {
+            let h = hasher.hash_one(e.id);
+            if let Entry::Vacant(v) =
+                blobs.entry(h, |s| *id_of(s) == e.id, |s| hasher.hash_one(id_of(s)))
+            {
+                v.insert(Slot {
+                    pack: pos,
+                    entry: i as u32,
+                });
+            }
+        }
+    }
+
+    fn slot(&self, id: &Id) -> Option<&Slot> {
+        let packs = &self.packs;
+        self.blobs.find(self.hasher.hash_one(id), |s| {
+            packs[s.pack as usize].blobs[s.entry as usize].id == *id
+        })
     }
 
     pub fn get(&self, id: &Id) -> Option<BlobLoc> {
-        self.blobs.get(id).copied()
+        self.slot(id).map(|s| BlobLoc {
+            pack: s.pack,
+            entry: self.packs[s.pack as usize].blobs[s.entry as usize],
+        })
     }
     pub fn has(&self, id: &Id) -> bool {
-        self.blobs.contains_key(id)
+        self.slot(id).is_some()
     }
     pub fn has_pack(&self, id: &Id) -> bool {
         self.pack_pos.contains_key(id)
@@ -88,6 +122,67 @@ impl MasterIndex {
         self.blobs.len()
     }
     pub fn blob_type(&self, id: &Id) -> Option<BlobType> {
-        self.blobs.get(id).map(|l| l.entry.tpe)
+        self.get(id).map(|l| l.entry.tpe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(n: usize) -> IndexPack {
+        IndexPack {
+            id: Id::random(),
+            size: 0,
+            blobs: (0..n)
+                .map(|i| PackEntry {
+                    id: Id::random(),
+                    tpe: if i % 2 == 0 {
+                        BlobType::Data
+                    } else {
+                        BlobType::Tree
+                    },
+                    offset: i as u32 * 10,
+                    length: 10,
+                    raw_length: i as u32,
+                })
+                .collect(),
+            ephemeral: None,
+        }
+    }
+
+    #[test]
+    fn every_blob_is_found_where_its_first_pack_has_it() {
+        let mut mi = MasterIndex::default();
+        let packs: Vec<IndexPack> = (0..50).map(|_| pack(2_000)).collect();
+        for p in &packs {
+            mi.add_pack(p.clone());
+        }
+        // The same pack again changes nothing; a later pack holding a blob again does not
+        // move it.
+        mi.add_pack(packs[3].clone());
+        let mut again = pack(1);
+        again.blobs[0] = packs[7].blobs[5];
+        again.blobs[0].offset = 999_999;
+        mi.add_pack(again.clone());
+        assert_eq!(mi.blob_count(), 50 * 2_000);
+        assert_eq!(mi.packs.len(), 51);
+        for (i, p) in packs.iter().enumerate() {
+            for e in &p.blobs {
+                let loc = mi.get(&e.id).unwrap();
+                assert_eq!(loc.pack as usize, i);
+                assert_eq!(mi.pack_id(&loc), p.id);
+                assert_eq!(
+                    (loc.entry.offset, loc.entry.raw_length),
+                    (e.offset, e.raw_length)
+                );
+                assert_eq!(mi.blob_type(&e.id), Some(e.tpe));
+            }
+        }
+        assert!(mi.has_pack(&again.id) && !mi.has_pack(&Id::random()));
+        for _ in 0..1_000 {
+            let id = Id::random();
+            assert!(!mi.has(&id) && mi.get(&id).is_none());
+        }
     }
 }
