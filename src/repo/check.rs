@@ -109,7 +109,8 @@ pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<C
         s.check_features()?;
     }
     r.snapshots = snaps.len();
-    let mut trees: HashMap<Id, std::sync::Arc<super::tree::Tree>> = HashMap::new();
+    // What each tree read says, kept small ([`Checked`]): snapshots share most of their trees.
+    let mut trees: HashMap<Id, std::sync::Arc<Checked>> = HashMap::new();
     let mut snap_packs: Vec<(Id, HashSet<u32>)> = Vec::new();
     for s in &snaps {
         let mut packs = HashSet::new();
@@ -138,7 +139,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<C
                 Some(t) => t.clone(),
                 None => match repo.load_tree(&index, &tid) {
                     Ok(t) => {
-                        let t = std::sync::Arc::new(t);
+                        let t = std::sync::Arc::new(Checked::of(&t, &index));
                         trees.insert(tid, t.clone());
                         t
                     }
@@ -155,28 +156,17 @@ pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<C
                     }
                 },
             };
-            for n in &tree.nodes {
-                let p = format!("{path}/{}", n.name.display());
-                if let Some(sub) = n.subtree {
-                    stack.push((sub, p.clone()));
-                }
-                if matches!(n.kind, NodeKind::File | NodeKind::Stream) {
-                    for c in &n.content {
-                        match index.get(c) {
-                            Some(loc) => {
-                                packs.insert(loc.pack);
-                            }
-                            None => {
-                                r.errors.push(format!(
-                                    "snapshot {}: data blob {} of {p} is not in the index",
-                                    s.id.short(),
-                                    c.short()
-                                ));
-                                r.broken_snapshots.insert(s.id);
-                            }
-                        }
-                    }
-                }
+            packs.extend(tree.packs.iter().copied());
+            for (name, c) in tree.missing.iter() {
+                r.errors.push(format!(
+                    "snapshot {}: data blob {} of {path}/{name} is not in the index",
+                    s.id.short(),
+                    c.short()
+                ));
+                r.broken_snapshots.insert(s.id);
+            }
+            for (sub, name) in tree.subtrees.iter() {
+                stack.push((*sub, format!("{path}/{name}")));
             }
         }
         snap_packs.push((s.id, packs));
@@ -234,6 +224,45 @@ pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<C
     Ok(r)
 }
 
+/// What `check` keeps of a tree it has read, for the other snapshots that hold it: the packs
+/// of its files' content, the content blobs missing from the index, and its subtrees. About a
+/// hundred bytes per directory instead of the whole tree (names, metadata, every content id).
+struct Checked {
+    packs: Box<[u32]>,
+    /// (entry name, blob id)
+    missing: Box<[(String, Id)]>,
+    /// (subtree id, entry name)
+    subtrees: Box<[(Id, String)]>,
+}
+
+impl Checked {
+    fn of(tree: &super::tree::Tree, index: &super::index::MasterIndex) -> Checked {
+        let mut packs = BTreeSet::new();
+        let mut missing = Vec::new();
+        let mut subtrees = Vec::new();
+        for n in &tree.nodes {
+            if let Some(sub) = n.subtree {
+                subtrees.push((sub, n.name.display()));
+            }
+            if matches!(n.kind, NodeKind::File | NodeKind::Stream) {
+                for c in &n.content {
+                    match index.get(c) {
+                        Some(loc) => {
+                            packs.insert(loc.pack);
+                        }
+                        None => missing.push((n.name.display(), *c)),
+                    }
+                }
+            }
+        }
+        Checked {
+            packs: packs.into_iter().collect(),
+            missing: missing.into(),
+            subtrees: subtrees.into(),
+        }
+    }
+}
+
 fn verify_pack(repo: &Repository, p: &super::index::IndexPack) -> std::result::Result<(), String> {
     let bytes = repo
         .backend
@@ -287,5 +316,63 @@ impl Repository {
         }
         out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::backup::{backup, Source};
+    use crate::repo::index::IndexFile;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_missing_data_blob_breaks_every_snapshot_that_shares_its_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::write(data.join("sub/lost"), b"the blob that goes missing").unwrap();
+        std::fs::write(data.join("kept"), b"still there").unwrap();
+        let repo = Arc::new(crate::repo::test_repository(t.path()));
+        let snap = |_| {
+            let source = Source::Files {
+                paths: vec![data.clone()],
+                excludes: Vec::new(),
+                one_file_system: false,
+            };
+            backup(&repo, source, Default::default(), &Progress::hidden()).unwrap()
+        };
+        let snaps: Vec<_> = (0..2).map(snap).collect();
+        let ok = check(&repo, ReadData::All, &Progress::hidden()).unwrap();
+        assert!(ok.ok(), "{ok:?}");
+
+        // Drop the blob of `sub/lost` from the index.
+        let lost = repo.keys.blob_id(b"the blob that goes missing");
+        for f in repo.backend.list(FileKind::Index).unwrap() {
+            let mut file: IndexFile = repo.load_json(FileKind::Index, &f.name).unwrap();
+            for p in &mut file.packs {
+                p.blobs.retain(|e| e.id != lost);
+            }
+            repo.save_json(FileKind::Index, &file).unwrap();
+            repo.backend.remove(FileKind::Index, &f.name).unwrap();
+        }
+        let r = check(&repo, ReadData::None, &Progress::hidden()).unwrap();
+        assert!(!r.ok());
+        let want: BTreeSet<Id> = snaps.iter().map(|s| s.id.parse().unwrap()).collect();
+        assert_eq!(r.broken_snapshots, want);
+        // Once per snapshot, with its path, though the second reads the tree from memory.
+        let about: Vec<&String> = r
+            .errors
+            .iter()
+            .filter(|e| e.contains(&lost.short()))
+            .collect();
+        assert_eq!(about.len(), 2, "{:?}", r.errors);
+        for (e, s) in about.iter().zip(&snaps) {
+            assert!(e.contains(&s.id[..8]), "{e}");
+            assert!(
+                e.ends_with(&format!("{}/sub/lost is not in the index", data.display())),
+                "{e}"
+            );
+        }
     }
 }

@@ -9,8 +9,8 @@
 //! only reads and cuts, so reading overlaps everything else. Trees ([`BlobSaver::save`])
 //! are hashed by the caller, which needs their id at once. Channels are bounded, so memory
 //! stays at a few packs whatever the input size. Uploaders write index files only after the packs they
-//! list are durable (every 16 packs, when [`INDEX_INTERVAL`] has passed since the last one, and at
-//! the end), which is what makes an interrupted backup reusable by the next one: what it loses
+//! list are durable (every 16 packs or [`BLOBS_PER_INDEX`] blobs, when [`INDEX_INTERVAL`] has
+//! passed since the last one, and at the end), which is what makes an interrupted backup reusable by the next one: what it loses
 //! is bounded by size on a fast link and by time on a slow one.
 
 use super::crypto::compress::{Compressor, Framed};
@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 /// Write an index file every this many packs,
 const PACKS_PER_INDEX: usize = 16;
+/// or blobs (packs of small files hold many): every reader holds an index file's whole JSON
+/// while it parses it, so an index file stays a few MiB, not one per million-file backup,
+pub const BLOBS_PER_INDEX: usize = 50_000;
 /// or when a pack is stored this long after the last index file (or the start): a backup killed
 /// on a slow link then loses the packs of about this long, not up to 16 packs' worth however
 /// long they took.
@@ -112,6 +115,7 @@ impl Shared {
             let mut w = self.written.lock().unwrap();
             let due = all
                 || w.pending.len() >= PACKS_PER_INDEX
+                || w.pending.iter().map(|p| p.blobs.len()).sum::<usize>() >= BLOBS_PER_INDEX
                 || w.last_index.elapsed() >= INDEX_INTERVAL;
             if w.pending.is_empty() || !due {
                 return Ok(());
