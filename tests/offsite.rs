@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::pg::{chown_to_server_user, ArchiveRepo, PgCluster};
+use common::pg::{chown_to_server_user, Offsite, PgCluster};
 use common::stderr;
 use std::fs;
 use std::time::{Duration, Instant};
@@ -25,53 +25,10 @@ fn archiver(pg: &PgCluster) -> (i64, String) {
 
 #[test]
 fn wal_goes_to_every_repository_and_the_offsite_copy_alone_recovers() {
-    let a = ArchiveRepo::new("primary secret\n", &["--pack-size", "8"]);
+    let o = Offsite::start(|_| (String::new(), String::new()));
+    let (a, pg, offsite) = (&o.a, &o.pg, &o.offsite);
     let holder = a.holder.path();
-    let offsite = holder.join("offsite");
-    fs::write(holder.join("offsite-pw"), "offsite secret\n").unwrap();
-    let cfg = holder.join("coffer.toml");
-    let repositories = format!(
-        "repository = {}\npassword_file = {}\n\
-         [repositories.offsite]\nlocation = {}\npassword_file = {}\n",
-        toml::Value::String(a.repo.display().to_string()),
-        toml::Value::String(a.pwfile.display().to_string()),
-        toml::Value::String(offsite.display().to_string()),
-        toml::Value::String(holder.join("offsite-pw").display().to_string()),
-    );
-    fs::write(&cfg, &repositories).unwrap();
-    let coffer = |args: &[&str]| {
-        let mut c = a.cmd();
-        c.arg("--config").arg(&cfg).args(args);
-        c.output().unwrap()
-    };
-    let out = coffer(&["--repo", "offsite", "init", "--like", "primary"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    chown_to_server_user(holder);
-    let archive_command = format!(
-        "'{}' --config '{}' wal-push %p",
-        assert_cmd::cargo::cargo_bin("coffer").display(),
-        cfg.display()
-    );
-    let pg = PgCluster::start_with(&[
-        ("archive_mode", "on"),
-        ("archive_command", &archive_command),
-        ("archive_timeout", "0"),
-    ]);
-    pg.psql(
-        "postgres",
-        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
-    );
-    // The source, now that the server's port is known (the file keeps its owner).
-    fs::write(
-        &cfg,
-        format!(
-            "{repositories}[sources.db]\ntype = \"postgres\"\nmode = \"physical\"\nurl = {}\n\
-             pgdata = {}\ncopy_to = [\"offsite\"]\n",
-            toml::Value::String(pg.url("postgres")),
-            toml::Value::String(pg.data_dir().display().to_string()),
-        ),
-    )
-    .unwrap();
+    let coffer = |args: &[&str]| o.coffer(args);
     let out = coffer(&["backup", "--source", "db", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -81,7 +38,7 @@ fn wal_goes_to_every_repository_and_the_offsite_copy_alone_recovers() {
     // Rows after the base backup reach a recovery only through the archived WAL.
     pg.psql("postgres", "INSERT INTO t SELECT generate_series(101, 200)");
     pg.archive_all();
-    let (failed, last) = archiver(&pg);
+    let (failed, last) = archiver(pg);
     assert_eq!(failed, 0, "{}", pg.log());
     let offsite_has = |name: &str| {
         common::list_files(&offsite.join("wal"))
@@ -92,16 +49,12 @@ fn wal_goes_to_every_repository_and_the_offsite_copy_alone_recovers() {
 
     // The offsite repository cannot be written: archiving fails (PostgreSQL keeps the
     // segment and retries) although the primary took it, and succeeds once it can.
-    fs::set_permissions(
-        &offsite,
-        std::os::unix::fs::PermissionsExt::from_mode(0o000),
-    )
-    .unwrap();
+    fs::set_permissions(offsite, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
     pg.psql("postgres", "INSERT INTO t SELECT generate_series(201, 300)");
     let stuck = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
     pg.psql("postgres", "SELECT pg_switch_wal()");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while archiver(&pg).0 == 0 {
+    while archiver(pg).0 == 0 {
         assert!(
             Instant::now() < deadline,
             "archiving did not fail: {}",
@@ -109,12 +62,8 @@ fn wal_goes_to_every_repository_and_the_offsite_copy_alone_recovers() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(archiver(&pg).1 < stuck, "{stuck} counted as archived");
-    fs::set_permissions(
-        &offsite,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    assert!(archiver(pg).1 < stuck, "{stuck} counted as archived");
+    fs::set_permissions(offsite, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     pg.archive_all();
     assert!(offsite_has(&stuck));
 

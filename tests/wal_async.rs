@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::pg::{chown_to_server_user, ArchiveRepo, PgCluster};
+use common::pg::{chown_to_server_user, Offsite, PgCluster};
 use common::stderr;
 use serde_json::Value;
 use std::fs;
@@ -47,71 +47,30 @@ fn wal_copy_status(out: &std::process::Output) -> Value {
 
 #[test]
 fn async_wal_copies_wait_in_the_spool_and_wal_copy_catches_up() {
-    let a = ArchiveRepo::new("primary secret\n", &["--pack-size", "8"]);
+    let o = Offsite::start(|holder| {
+        let spool = toml::Value::String(holder.join("spool").display().to_string());
+        (format!("wal_spool = {spool}\n"), "wal = \"async\"\n".into())
+    });
+    let (a, pg, offsite) = (&o.a, &o.pg, &o.offsite);
     let holder = a.holder.path();
-    let offsite = holder.join("offsite");
     let away = holder.join("offsite-away");
     let spool = holder.join("spool");
     let spooled = spool.join("offsite");
-    fs::write(holder.join("offsite-pw"), "offsite secret\n").unwrap();
-    let cfg = holder.join("coffer.toml");
-    let quote = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
-    let repositories = format!(
-        "repository = {}\npassword_file = {}\nwal_spool = {}\n\
-         [repositories.offsite]\nlocation = {}\npassword_file = {}\nwal = \"async\"\n",
-        quote(&a.repo),
-        quote(&a.pwfile),
-        quote(&spool),
-        quote(&offsite),
-        quote(&holder.join("offsite-pw")),
-    );
-    fs::write(&cfg, &repositories).unwrap();
-    let coffer = |args: &[&str]| {
-        let mut c = a.cmd();
-        c.arg("--config").arg(&cfg).args(args);
-        c.output().unwrap()
-    };
-    let out = coffer(&["--repo", "offsite", "init", "--like", "primary"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    chown_to_server_user(holder);
-    let archive_command = format!(
-        "'{}' --config '{}' wal-push %p",
-        assert_cmd::cargo::cargo_bin("coffer").display(),
-        cfg.display()
-    );
-    let pg = PgCluster::start_with(&[
-        ("archive_mode", "on"),
-        ("archive_command", &archive_command),
-        ("archive_timeout", "0"),
-    ]);
-    pg.psql(
-        "postgres",
-        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
-    );
-    fs::write(
-        &cfg,
-        format!(
-            "{repositories}[sources.db]\ntype = \"postgres\"\nmode = \"physical\"\nurl = {}\n\
-             pgdata = {}\ncopy_to = [\"offsite\"]\n",
-            toml::Value::String(pg.url("postgres")),
-            quote(pg.data_dir()),
-        ),
-    )
-    .unwrap();
+    let coffer = |args: &[&str]| o.coffer(args);
     let out = coffer(&["backup", "--source", "db", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("offsite"));
     pg.psql("postgres", "INSERT INTO t SELECT generate_series(101, 200)");
     pg.archive_all();
-    assert_eq!(failed_count(&pg), 0, "{}", pg.log());
+    assert_eq!(failed_count(pg), 0, "{}", pg.log());
 
     // The offsite repository is gone (a network share unmounted, say): archiving goes on,
     // each file waiting in the spool; wal-push never opens offsite.
-    fs::rename(&offsite, &away).unwrap();
+    fs::rename(offsite, &away).unwrap();
     pg.psql("postgres", "INSERT INTO t SELECT generate_series(201, 300)");
     let newest = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
     pg.archive_all();
-    assert_eq!(failed_count(&pg), 0, "{}", pg.log());
+    assert_eq!(failed_count(pg), 0, "{}", pg.log());
     let waiting = names_in(&spooled);
     assert!(waiting.contains(&newest), "{newest} not in {waiting:?}");
     // Nothing went to offsite yet; every file the primary has (pushed ahead or not) is
@@ -139,7 +98,7 @@ fn async_wal_copies_wait_in_the_spool_and_wal_copy_catches_up() {
     assert_eq!(names_in(&spooled), waiting);
 
     // It is back: wal-copy pushes everything, oldest first, and empties the spool.
-    fs::rename(&away, &offsite).unwrap();
+    fs::rename(&away, offsite).unwrap();
     let kept = holder.join("kept-segment");
     fs::copy(spooled.join(&newest), &kept).unwrap();
     let out = coffer(&["wal-copy", "--json"]);
@@ -196,7 +155,7 @@ fn async_wal_copies_wait_in_the_spool_and_wal_copy_catches_up() {
         "the primary: every async one: {}",
         stderr(&out)
     );
-    assert_eq!(failed_count(&pg), 0, "{}", pg.log());
+    assert_eq!(failed_count(pg), 0, "{}", pg.log());
 
     // The primary repository is lost: the offsite one alone restores and recovers.
     fs::remove_dir_all(&a.repo).unwrap();

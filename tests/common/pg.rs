@@ -854,3 +854,80 @@ impl ArchiveRepo {
         PgCluster::start_with(&all)
     }
 }
+
+/// A primary repository and an `offsite` one made `--like` it, in one config; a cluster whose
+/// archive_command is `coffer --config CONFIG wal-push %p`, with a table `t` of 100 rows; and
+/// then, its port known, the config's physical source `db` with `copy_to = ["offsite"]`.
+pub struct Offsite {
+    pub a: ArchiveRepo,
+    pub cfg: PathBuf,
+    pub offsite: PathBuf,
+    pub pg: PgCluster,
+}
+
+impl Offsite {
+    /// `extra(holder)` gives more lines for the top level and for `[repositories.offsite]`.
+    pub fn start(extra: impl Fn(&Path) -> (String, String)) -> Offsite {
+        let a = ArchiveRepo::new("primary secret\n", &["--pack-size", "8"]);
+        let holder = a.holder.path();
+        let offsite = holder.join("offsite");
+        fs::write(holder.join("offsite-pw"), "offsite secret\n").unwrap();
+        let cfg = holder.join("coffer.toml");
+        let quote = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+        let (top, in_offsite) = extra(holder);
+        let repositories = format!(
+            "repository = {}\npassword_file = {}\n{top}\
+             [repositories.offsite]\nlocation = {}\npassword_file = {}\n{in_offsite}",
+            quote(&a.repo),
+            quote(&a.pwfile),
+            quote(&offsite),
+            quote(&holder.join("offsite-pw")),
+        );
+        fs::write(&cfg, &repositories).unwrap();
+        let mut init = a.cmd();
+        init.arg("--config")
+            .arg(&cfg)
+            .args(["--repo", "offsite", "init", "--like", "primary"]);
+        let out = init.output().unwrap();
+        assert!(out.status.success(), "{}", super::stderr(&out));
+        chown_to_server_user(holder);
+        let archive_command = format!(
+            "'{}' --config '{}' wal-push %p",
+            assert_cmd::cargo::cargo_bin("coffer").display(),
+            cfg.display()
+        );
+        let pg = PgCluster::start_with(&[
+            ("archive_mode", "on"),
+            ("archive_command", &archive_command),
+            ("archive_timeout", "0"),
+        ]);
+        pg.psql(
+            "postgres",
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+        );
+        // The source, now that the server's port is known (the file keeps its owner).
+        fs::write(
+            &cfg,
+            format!(
+                "{repositories}[sources.db]\ntype = \"postgres\"\nmode = \"physical\"\nurl = {}\n\
+                 pgdata = {}\ncopy_to = [\"offsite\"]\n",
+                toml::Value::String(pg.url("postgres")),
+                quote(pg.data_dir()),
+            ),
+        )
+        .unwrap();
+        Offsite {
+            a,
+            cfg,
+            offsite,
+            pg,
+        }
+    }
+
+    /// `coffer --config CONFIG ARGS…` with the primary's passphrase.
+    pub fn coffer(&self, args: &[&str]) -> Output {
+        let mut c = self.a.cmd();
+        c.arg("--config").arg(&self.cfg).args(args);
+        c.output().unwrap()
+    }
+}
