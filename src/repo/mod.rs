@@ -613,12 +613,7 @@ impl Repository {
         id: &Id,
         raw_length: u32,
     ) -> Result<Vec<u8>> {
-        let encoded = key
-            .open(sealed)
-            .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
-        let data = compress::decode(&encoded)?;
-        self.verify_blob(&data, id, raw_length)?;
-        Ok(encoded)
+        Ok(self.open_verified(key, sealed, id, raw_length)?.0)
     }
 
     /// Decrypt (under `key`, the pack's content key), decompress and verify a sealed blob.
@@ -629,12 +624,23 @@ impl Repository {
         id: &Id,
         raw_length: u32,
     ) -> Result<Vec<u8>> {
-        let plain = key
+        Ok(self.open_verified(key, sealed, id, raw_length)?.1)
+    }
+
+    /// A sealed blob opened and verified: its encoded form and its plaintext.
+    fn open_verified(
+        &self,
+        key: &crypto::Cipher,
+        sealed: &[u8],
+        id: &Id,
+        raw_length: u32,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let encoded = key
             .open(sealed)
             .map_err(|e| Error::integrity(format!("blob {}: {e}", id.short())))?;
-        let data = compress::decode(&plain)?;
+        let data = compress::decode(&encoded)?;
         self.verify_blob(&data, id, raw_length)?;
-        Ok(data)
+        Ok((encoded, data))
     }
 
     /// The plaintext must have the recorded length and hash to its identifier.
