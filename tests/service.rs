@@ -1353,17 +1353,6 @@ fn a_copy_that_falls_behind_alerts_naming_its_repository_and_recovers() {
     assert!(err.contains("copy to offsite"), "{err}");
 }
 
-/// A fake WAL segment of the smallest size (1 MiB) with its long page header.
-fn fake_segment(sysid: u64) -> Vec<u8> {
-    let mut seg = vec![0u8; 1 << 20];
-    seg[2..4].copy_from_slice(&2u16.to_le_bytes());
-    seg[4..8].copy_from_slice(&1u32.to_le_bytes());
-    seg[24..32].copy_from_slice(&sysid.to_le_bytes());
-    seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
-    seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    seg
-}
-
 #[test]
 fn the_service_drains_the_wal_spool_of_an_async_repository_and_alerts_while_it_waits() {
     let hooks = common::http::Receiver::start();
@@ -1389,7 +1378,7 @@ fn the_service_drains_the_wal_spool_of_an_async_repository_and_alerts_while_it_w
     fs::create_dir_all(&wal).unwrap();
     let names = ["000000010000000000000001", "000000010000000000000002"];
     for n in names {
-        fs::write(wal.join(n), fake_segment(42)).unwrap();
+        fs::write(wal.join(n), common::pg::fake_segment(42)).unwrap();
     }
     fs::rename(&offsite, &away).unwrap();
     for n in names {

@@ -195,12 +195,7 @@ fn wal_push_spools_for_an_async_repository_without_opening_it() {
     let wal = env.path("pg_wal");
     fs::create_dir_all(&wal).unwrap();
     let name = "000000010000000000000001";
-    let mut seg = vec![0u8; 1 << 20];
-    seg[2..4].copy_from_slice(&2u16.to_le_bytes());
-    seg[4..8].copy_from_slice(&1u32.to_le_bytes());
-    seg[24..32].copy_from_slice(&42u64.to_le_bytes());
-    seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
-    seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    let mut seg = common::pg::fake_segment(42);
     fs::write(wal.join(name), &seg).unwrap();
     let push = || {
         env.cmd()

@@ -489,12 +489,7 @@ mod tests {
         };
         let repo = Repository::init(backend.clone(), b"pw", &opts).unwrap();
         // A segment with a long page header: 1 MiB segments (the smallest) of cluster 42.
-        let mut seg = vec![0u8; 1 << 20];
-        seg[2..4].copy_from_slice(&2u16.to_le_bytes());
-        seg[4..8].copy_from_slice(&1u32.to_le_bytes());
-        seg[24..32].copy_from_slice(&42u64.to_le_bytes());
-        seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
-        seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        let seg = super::super::test_segment(42);
         push_bytes(
             &repo,
             "000000010000000000000001",

@@ -23,3 +23,16 @@ pub mod spool;
 pub mod timeline;
 pub mod verify;
 pub mod waldump;
+
+/// A 1 MiB WAL segment (the smallest size) of cluster `sysid`: zeros after its long page
+/// header, for the unit tests.
+#[cfg(test)]
+pub(crate) fn test_segment(sysid: u64) -> Vec<u8> {
+    let mut seg = vec![0u8; 1 << 20];
+    seg[2..4].copy_from_slice(&2u16.to_le_bytes());
+    seg[4..8].copy_from_slice(&1u32.to_le_bytes());
+    seg[24..32].copy_from_slice(&sysid.to_le_bytes());
+    seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    seg
+}

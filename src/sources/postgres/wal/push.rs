@@ -319,16 +319,7 @@ mod tests {
     use crate::repo::{keys::KdfParams, InitOptions};
     use std::sync::Arc;
 
-    /// A 1 MiB segment (the smallest size) of cluster `sysid`, with its long page header.
-    fn segment(sysid: u64) -> Vec<u8> {
-        let mut seg = vec![0u8; 1 << 20];
-        seg[2..4].copy_from_slice(&2u16.to_le_bytes());
-        seg[4..8].copy_from_slice(&1u32.to_le_bytes());
-        seg[24..32].copy_from_slice(&sysid.to_le_bytes());
-        seg[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
-        seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
-        seg
-    }
+    use super::super::test_segment as segment;
 
     #[test]
     fn the_archive_record_is_remembered_per_repository_handle() {
