@@ -647,6 +647,7 @@ pub fn copy(ctx: &Context, a: &CopyArgs) -> Result<()> {
     let opts = ops::copy::CopyOptions {
         snapshots: a.snapshots.clone(),
         sources: a.source.clone(),
+        catch_up: false,
     };
     let from_name = a.from.clone().unwrap_or_else(|| "primary".into());
     let p = ctx.progress("copy", None);

@@ -37,6 +37,11 @@ use std::time::Instant;
 pub struct CopyOptions {
     pub snapshots: Vec<String>,
     pub sources: Vec<String>,
+    /// With `snapshots` (a `copy_to` after a backup): also the snapshots of their sources
+    /// that an earlier copy missed, those newer than the source's newest copy in the
+    /// destination (none when it has no copy of the source). Older ones are never copied
+    /// again: the destination's retention may have forgotten them.
+    pub catch_up: bool,
 }
 
 /// `copy --json`.
@@ -125,10 +130,10 @@ pub fn copy(
     }
     let _from_lock = Lock::shared(from, "copy")?;
     let _to_lock = Lock::shared(to, "copy")?;
-    let mut chosen = choose(from, opts)?;
+    let there = to.load_snapshots()?;
+    let mut chosen = choose(from, &there, opts)?;
     chosen.sort_by_key(|s| s.time);
-    let have: HashSet<Id> = to
-        .load_snapshots()?
+    let have: HashSet<Id> = there
         .iter()
         .flat_map(|s| [Some(s.id), s.original])
         .flatten()
@@ -168,14 +173,37 @@ pub fn copy(
     Ok(report)
 }
 
-fn choose(from: &Repository, opts: &CopyOptions) -> Result<Vec<Snapshot>> {
+/// The snapshots `opts` selects in `from`, given what the destination holds (`there`).
+fn choose(from: &Repository, there: &[Snapshot], opts: &CopyOptions) -> Result<Vec<Snapshot>> {
     let all = from.load_snapshots()?;
     if !opts.snapshots.is_empty() {
-        return opts
+        let mut picked = opts
             .snapshots
             .iter()
             .map(|spec| crate::repo::pick_snapshot(&all, spec))
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
+        if opts.catch_up {
+            let newest_copy = |source: &str| {
+                there
+                    .iter()
+                    .filter(|s| s.source.as_deref() == Some(source))
+                    .map(|s| s.time)
+                    .max()
+            };
+            let sources: HashSet<&str> =
+                picked.iter().filter_map(|p| p.source.as_deref()).collect();
+            let mut missed: Vec<Snapshot> = all
+                .iter()
+                .filter(|s| !picked.iter().any(|p| p.id == s.id))
+                .filter(|s| {
+                    let source = s.source.as_deref().filter(|n| sources.contains(n));
+                    source.and_then(newest_copy).is_some_and(|t| s.time > t)
+                })
+                .cloned()
+                .collect();
+            picked.append(&mut missed);
+        }
+        return Ok(picked);
     }
     if !opts.sources.is_empty() {
         let picked: Vec<Snapshot> = all

@@ -172,39 +172,8 @@ impl Destinations {
     }
 }
 
-/// The snapshots of source `src` to copy to `to` after the backup that made `id`: `id`, and the
-/// earlier ones that a copy missed (the repository was down): those newer than the newest
-/// copy of the source there. Older ones are never copied again (the destination's retention
-/// may have forgotten them); `coffer copy --source` copies history on demand.
-fn to_copy(
-    repo: &Repository,
-    to: &Repository,
-    src: &SourceConfig,
-    id: &str,
-) -> Result<Vec<String>> {
-    let of_source = |s: &crate::repo::snapshot::Snapshot| s.source.as_deref() == Some(&src.name);
-    let Some(newest_copy) = to
-        .load_snapshots()?
-        .into_iter()
-        .filter(of_source)
-        .map(|s| s.time)
-        .max()
-    else {
-        return Ok(vec![id.to_string()]);
-    };
-    let mut ids: Vec<String> = repo
-        .load_snapshots()?
-        .into_iter()
-        .filter(|s| of_source(s) && s.time > newest_copy)
-        .map(|s| s.id.to_hex())
-        .filter(|s| s != id)
-        .collect();
-    ids.push(id.to_string());
-    Ok(ids)
-}
-
 /// Copy snapshot `id` of source `src` to each of its `copy_to` repositories, with the ones
-/// an earlier copy missed ([`to_copy`]). Returns the names it was copied to and the errors,
+/// an earlier copy missed (`catch_up`). Returns the names it was copied to and the errors,
 /// one per repository that failed.
 fn copy_out(
     repo: &Arc<Repository>,
@@ -220,8 +189,9 @@ fn copy_out(
         progress.set_message(format!("copying to {name}"));
         let r = copies.open(config, name, progress).and_then(|to| {
             let opts = super::copy::CopyOptions {
-                snapshots: to_copy(repo, &to, src, id)?,
+                snapshots: vec![id.to_string()],
                 sources: Vec::new(),
+                catch_up: true,
             };
             super::copy::copy(repo, &to, (super::access::PRIMARY, name), &opts, progress)
         });
