@@ -12,7 +12,6 @@ use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexPack {
@@ -49,6 +48,27 @@ struct Slot {
     entry: u32,
 }
 
+/// The lookup table's hash of a blob id: a folded multiply of its first 16 bytes with a
+/// random seed. Ids are already keyed BLAKE3 hashes, uniform to anyone without the id key;
+/// one who has it (a writer) can make ids but cannot see the seed, so cannot aim them at one
+/// bucket. SipHash, as `HashMap` uses, cost a quarter of the time of opening an index.
+struct IdHasher(u64, u64);
+
+impl Default for IdHasher {
+    fn default() -> Self {
+        IdHasher(rand::random(), rand::random())
+    }
+}
+
+impl IdHasher {
+    fn hash_one(&self, id: &Id) -> u64 {
+        let a = u64::from_le_bytes(id.0[..8].try_into().unwrap()) ^ self.0;
+        let b = u64::from_le_bytes(id.0[8..16].try_into().unwrap()) ^ self.1;
+        let m = u128::from(a) * u128::from(b);
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+}
+
 /// All index files loaded together. Each blob's entry is held once, in its pack's list; the
 /// lookup table holds 8 bytes per blob (which entry), so the whole index takes about 60
 /// bytes per blob (docs/BENCHMARKS.md).
@@ -57,43 +77,70 @@ pub struct MasterIndex {
     pub packs: Vec<IndexPack>,
     pack_pos: HashMap<Id, u32>,
     blobs: HashTable<Slot>,
-    /// Seeds the table's hash per process, as `HashMap` does: ids come from the repository,
-    /// and a writer key could pick ids that collide.
-    hasher: RandomState,
+    /// Seeds the table's hash per index: ids come from the repository, and a writer key
+    /// could pick ids that collide under a hash it knows.
+    hasher: IdHasher,
     /// The index files this was loaded from.
     pub files: Vec<Id>,
 }
 
-impl MasterIndex {
-    pub fn add_file(&mut self, id: Id, file: IndexFile) {
-        self.files.push(id);
-        for p in file.packs {
-            self.add_pack(p);
-        }
-    }
-
-    /// Add a pack's blobs; a blob that an earlier pack holds keeps that location.
-    pub fn add_pack(&mut self, mut p: IndexPack) {
-        if self.pack_pos.contains_key(&p.id) {
-            return;
-        }
-        let pos = self.packs.len() as u32;
-        self.pack_pos.insert(p.id, pos);
-        p.blobs.shrink_to_fit();
-        self.packs.push(p);
-        let (packs, blobs, hasher) = (&self.packs, &mut self.blobs, &self.hasher);
-        let id_of = |s: &Slot| &packs[s.pack as usize].blobs[s.entry as usize].id;
-        for (i, e) in packs[pos as usize].blobs.iter().enumerate() {
-            let h = hasher.hash_one(e.id);
+/// Insert the blobs of `packs[from..]` into `table`; a blob already there keeps its location.
+fn insert_blobs(packs: &[IndexPack], from: usize, hasher: &IdHasher, table: &mut HashTable<Slot>) {
+    let id_of = |s: &Slot| &packs[s.pack as usize].blobs[s.entry as usize].id;
+    for (pos, p) in packs.iter().enumerate().skip(from) {
+        for (i, e) in p.blobs.iter().enumerate() {
+            let h = hasher.hash_one(&e.id);
             if let Entry::Vacant(v) =
-                blobs.entry(h, |s| *id_of(s) == e.id, |s| hasher.hash_one(id_of(s)))
+                table.entry(h, |s| *id_of(s) == e.id, |s| hasher.hash_one(id_of(s)))
             {
                 v.insert(Slot {
-                    pack: pos,
+                    pack: pos as u32,
                     entry: i as u32,
                 });
             }
         }
+    }
+}
+
+impl MasterIndex {
+    /// Add index files, in order.
+    pub fn add_files(&mut self, files: Vec<(Id, IndexFile)>) {
+        let from = self.packs.len();
+        for (id, file) in files {
+            self.files.push(id);
+            for mut p in file.packs {
+                if self.pack_pos.contains_key(&p.id) {
+                    continue;
+                }
+                self.pack_pos.insert(p.id, self.packs.len() as u32);
+                p.blobs.shrink_to_fit();
+                self.packs.push(p);
+            }
+        }
+        let (packs, hasher) = (&self.packs, &self.hasher);
+        let new: usize = packs[from..].iter().map(|p| p.blobs.len()).sum();
+        // Sized once: growing the table rehashes every blob in it, reaching into the packs'
+        // lists for each id, which costs as much as the inserts.
+        self.blobs.reserve(new, |s| {
+            hasher.hash_one(&packs[s.pack as usize].blobs[s.entry as usize].id)
+        });
+        insert_blobs(packs, from, hasher, &mut self.blobs);
+    }
+
+    pub fn add_file(&mut self, id: Id, file: IndexFile) {
+        self.add_files(vec![(id, file)]);
+    }
+
+    /// Add a pack's blobs; a blob that an earlier pack holds keeps that location.
+    pub fn add_pack(&mut self, p: IndexPack) {
+        if self.pack_pos.contains_key(&p.id) {
+            return;
+        }
+        let from = self.packs.len();
+        self.pack_pos.insert(p.id, from as u32);
+        self.packs.push(p);
+        self.packs[from].blobs.shrink_to_fit();
+        insert_blobs(&self.packs, from, &self.hasher, &mut self.blobs);
     }
 
     fn slot(&self, id: &Id) -> Option<&Slot> {
@@ -180,6 +227,28 @@ mod tests {
             }
         }
         assert!(mi.has_pack(&again.id) && !mi.has_pack(&Id::random()));
+
+        // Loaded as files, the same blobs are found in the same places.
+        let mut files: Vec<(Id, IndexFile)> = packs
+            .chunks(7)
+            .map(|c| (Id::random(), IndexFile { packs: c.to_vec() }))
+            .collect();
+        files.push((
+            Id::random(),
+            IndexFile {
+                packs: vec![packs[3].clone(), again.clone()],
+            },
+        ));
+        let mut merged = MasterIndex::default();
+        merged.add_files(files);
+        assert_eq!(merged.blob_count(), 50 * 2_000);
+        assert_eq!(merged.packs.len(), 51);
+        assert_eq!(merged.files.len(), 9);
+        for (i, p) in packs.iter().enumerate() {
+            for e in &p.blobs {
+                assert_eq!(merged.get(&e.id).unwrap().pack as usize, i);
+            }
+        }
         for _ in 0..1_000 {
             let id = Id::random();
             assert!(!mi.has(&id) && mi.get(&id).is_none());
