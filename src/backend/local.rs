@@ -172,6 +172,9 @@ fn sync_dir(p: &Path) -> Result<()> {
 }
 
 impl Backend for LocalBackend {
+    fn is_local(&self) -> bool {
+        true
+    }
     fn location(&self) -> String {
         self.root.display().to_string()
     }

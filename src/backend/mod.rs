@@ -152,6 +152,11 @@ pub trait Backend: Send + Sync {
     fn concurrency(&self) -> usize {
         2
     }
+    /// Whether the objects are on this host's own disk, where reading one costs what reading
+    /// a cached copy would (the local cache then keeps only the index; see `repo::cache`).
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Open the backend for a repository location: a path, or `s3://bucket/prefix` (reached

@@ -29,6 +29,10 @@ pub struct Cli {
     /// More detail (repeat for debug output)
     #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Use no local cache: read all metadata from the repository and keep nothing on this
+    /// host (the cache is in $COFFER_CACHE, else $XDG_CACHE_HOME/coffer or ~/.cache/coffer)
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,6 +67,9 @@ pub enum Command {
     Key(KeyCommand),
     /// Remove stale locks
     Unlock(UnlockArgs),
+    /// The local metadata cache: index, snapshots and trees kept on this host
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Archive a WAL file: PostgreSQL's archive_command (`coffer wal-push %p`)
     WalPush(WalPushArgs),
     /// Push the WAL that wal-push spooled for the wal = "async" repositories into them
@@ -609,6 +616,16 @@ pub enum KeyCommand {
     Passwd {
         #[arg(long, env = "COFFER_NEW_PASSWORD_FILE")]
         new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Remove the local cache of every repository (safe at any time: commands then read the
+    /// repository instead)
+    Clean {
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -713,6 +713,18 @@ pub fn unlock(ctx: &Context, a: &UnlockArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn cache(ctx: &Context, c: &CacheCommand) -> Result<()> {
+    let CacheCommand::Clean { json } = c;
+    let r = coffer::repo::cache::clean()
+        .map_err(|e| anyhow::anyhow!("cannot clean the local cache: {e}"))?;
+    if *json {
+        print_sorted(&r, true)
+    } else {
+        ctx.say(&r.to_string());
+        Ok(())
+    }
+}
+
 pub fn wal_push(ctx: &Context, a: &WalPushArgs) -> Result<()> {
     let r = ops::wal_push::wal_push(&ctx.access, &a.path, a.jobs as usize)?;
     if ctx.verbose() && r.files.is_some() {

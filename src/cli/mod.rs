@@ -19,6 +19,9 @@ use anyhow::Result;
 use args::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<()> {
+    if cli.no_cache {
+        coffer::repo::cache::disable();
+    }
     let ctx = context::Context::new(&cli)?;
     match &cli.command {
         Command::Init(a) => commands::init(&ctx, a),
@@ -37,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prune(a) => commands::prune(&ctx, a),
         Command::Key(k) => commands::key(&ctx, k),
         Command::Unlock(a) => commands::unlock(&ctx, a),
+        Command::Cache(c) => commands::cache(&ctx, c),
         Command::WalPush(a) => commands::wal_push(&ctx, a),
         Command::WalCopy(a) => commands::wal_copy(&ctx, a),
         Command::WalFetch(a) => commands::wal_fetch(&ctx, a),

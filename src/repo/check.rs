@@ -50,6 +50,8 @@ impl CheckReport {
 pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<CheckReport> {
     // Every check reads the snapshots' trees.
     repo.require_full("check")?;
+    // The repository's own copies are what is judged, never this host's cache of them.
+    let _uncached = repo.bypass_cache();
     let mut r = CheckReport::default();
     let listed: HashMap<String, u64> = repo
         .backend
@@ -295,24 +297,35 @@ impl Repository {
     /// Load snapshots, recording unreadable ones as errors instead of failing.
     pub fn load_snapshots_lenient(&self, errors: &mut Vec<String>) -> Result<Vec<Snapshot>> {
         let mut out = Vec::new();
-        for f in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = f.name.parse::<Id>() else {
-                continue;
-            };
-            match self.load_json::<Snapshot>(FileKind::Snapshot, &f.name) {
-                Ok(mut s) => {
-                    s.id = id;
-                    match s.open_part(&self.keys) {
-                        Ok(()) => out.push(s),
-                        Err(e) => errors.push(format!("snapshot {}: {e:#}", id.short())),
+        let listed = self.backend.list(FileKind::Snapshot)?;
+        let ids: Vec<Id> = listed.iter().filter_map(|f| f.name.parse().ok()).collect();
+        self.in_order(
+            ids.len(),
+            |i| self.load_json::<Snapshot>(FileKind::Snapshot, &ids[i].to_hex()),
+            |i, loaded| {
+                let id = ids[i];
+                match loaded {
+                    Ok(mut s) => {
+                        s.id = id;
+                        match s.open_part(&self.keys) {
+                            Ok(()) => out.push(s),
+                            Err(e) => errors.push(format!("snapshot {}: {e:#}", id.short())),
+                        }
                     }
+                    Err(e) if crate::backend::is_not_found(&e) => {} // removed meanwhile
+                    Err(e) if crate::error::kind_of(&e) == crate::error::ErrorKind::Integrity => {
+                        errors.push(format!("snapshot {}: {e:#}", id.short()))
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) if crate::backend::is_not_found(&e) => {} // removed meanwhile
-                Err(e) if crate::error::kind_of(&e) == crate::error::ErrorKind::Integrity => {
-                    errors.push(format!("snapshot {}: {e:#}", id.short()))
-                }
-                Err(e) => return Err(e),
-            }
+                Ok(())
+            },
+        )?;
+        if let Some(c) = self.cache() {
+            c.retain(
+                super::cache::Kind::Snapshot,
+                &listed.iter().map(|f| f.name.as_str()).collect(),
+            );
         }
         out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(out)

@@ -11,6 +11,7 @@
 //! locks/<hash>        lock objects
 //! ```
 
+pub mod cache;
 pub mod check;
 pub mod chunker;
 pub mod crypto;
@@ -43,8 +44,8 @@ use pack::BlobType;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use snapshot::Snapshot;
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tree::Tree;
 
@@ -175,6 +176,22 @@ pub struct Repository {
     /// Where this handle's own warnings go (damaged key slots, lock refreshes, skipped
     /// objects); see [`Repository::events`].
     events: Progress,
+    /// This host's copy of the repository's metadata ([`cache`]), unless caching is off.
+    cache: Option<cache::Cache>,
+    /// How many [`CacheBypass`] guards are alive: while one is, the cache is not used.
+    cache_bypass: AtomicUsize,
+    /// Set once a cache write failed and that was reported.
+    cache_warned: AtomicBool,
+}
+
+/// While alive, the handle it came from reads everything from the repository itself (see
+/// [`Repository::bypass_cache`]).
+pub struct CacheBypass<'a>(&'a Repository);
+
+impl Drop for CacheBypass<'_> {
+    fn drop(&mut self) {
+        self.0.cache_bypass.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A new local repository in `dir/repo` with a fast key derivation, no compression and
@@ -278,14 +295,19 @@ impl Repository {
         let slot = KeyFile::create(passphrase, config.id, &SlotKey::Full(key.clone()), opts.kdf)?;
         let key_name = Id::random().to_hex();
         backend.write(FileKind::Key, &key_name, &serde_json::to_vec_pretty(&slot)?)?;
+        let keys = key.keys();
+        let cache = Repository::cache_for(&*backend, &config, &keys);
         let repo = Repository {
             backend,
-            keys: key.keys(),
+            keys,
             config,
             key_name,
             lock_lost: AtomicBool::new(false),
             remembered: Mutex::default(),
             events: Progress::hidden(),
+            cache,
+            cache_bypass: AtomicUsize::new(0),
+            cache_warned: AtomicBool::new(false),
         };
         // The config object is written last: its presence means "initialised".
         let sealed = repo.seal_json(&repo.config)?;
@@ -410,6 +432,7 @@ impl Repository {
                         .into())
                     }
                 };
+                let cache = Repository::cache_for(&*backend, &config, &keys);
                 return Ok(Repository {
                     backend,
                     keys,
@@ -418,6 +441,9 @@ impl Repository {
                     lock_lost: AtomicBool::new(false),
                     remembered: Mutex::default(),
                     events: events.clone(),
+                    cache,
+                    cache_bypass: AtomicUsize::new(0),
+                    cache_warned: AtomicBool::new(false),
                 });
             }
         }
@@ -446,19 +472,54 @@ impl Repository {
         Ok(self.keys.meta().seal_encoded(enc))
     }
 
-    /// Seal and store a JSON object, named by the hash of its stored bytes.
+    /// Seal and store a JSON object, named by the hash of its stored bytes. A snapshot is
+    /// also kept in the local cache, so this host does not read it back.
     pub fn save_json<T: Serialize>(&self, kind: FileKind, v: &T) -> Result<Id> {
         let sealed = self.seal_json(v)?;
         let id = Id::of_bytes(&sealed);
         self.backend.write(kind, &id.to_hex(), &sealed)?;
+        if let Some(c) = self.object_cache(kind) {
+            self.cache_result(c.put(cache::Kind::Snapshot, &id.to_hex(), &sealed));
+        }
         Ok(id)
     }
 
-    /// Load a sealed JSON object, verifying its name and authenticity.
+    /// Store an index file, and keep it in the local cache.
+    pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
+        let id = self.save_json(FileKind::Index, file)?;
+        if let Some(c) = self.cache() {
+            self.cache_result(c.put_index_file(&id, file));
+        }
+        Ok(id)
+    }
+
+    /// Load a sealed JSON object, verifying its name and authenticity. A snapshot comes
+    /// from the local cache when it has a copy that passes the same checks.
     pub fn load_json<T: DeserializeOwned>(&self, kind: FileKind, name: &str) -> Result<T> {
+        let cached = self.object_cache(kind);
+        if let Some(sealed) = cached.and_then(|c| c.get(cache::Kind::Snapshot, name)) {
+            match self.decode_json(kind, name, &sealed) {
+                Ok(v) => return Ok(v),
+                Err(_) => cached.unwrap().remove(cache::Kind::Snapshot, name),
+            }
+        }
         let sealed = self.backend.read(kind, name)?;
-        let named = kind == FileKind::Lock || Id::of_bytes(&sealed).to_hex() == name;
-        let json = self.open_json(kind, name, &sealed)?;
+        let v = self.decode_json(kind, name, &sealed)?;
+        if let Some(c) = cached {
+            self.cache_result(c.put(cache::Kind::Snapshot, name, &sealed));
+        }
+        Ok(v)
+    }
+
+    /// A sealed JSON object's contents, once its name and authenticity are verified.
+    fn decode_json<T: DeserializeOwned>(
+        &self,
+        kind: FileKind,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<T> {
+        let named = kind == FileKind::Lock || Id::of_bytes(sealed).to_hex() == name;
+        let json = self.open_json(kind, name, sealed)?;
         let bound =
             kind == FileKind::Snapshot && snapshot::stored_as(&json).as_deref() == Some(name);
         if !(named || bound) {
@@ -492,17 +553,130 @@ impl Repository {
         self.save_json(FileKind::Snapshot, &s)
     }
 
+    /// The master index: every index file the repository lists, read from the local cache
+    /// when it has them (and kept there when it did not), several at a time.
     pub fn load_index(&self) -> Result<MasterIndex> {
+        let listed = self.backend.list(FileKind::Index)?;
+        let names: Vec<Id> = listed.iter().filter_map(|f| f.name.parse().ok()).collect();
+        let mut files = Vec::with_capacity(names.len());
+        self.in_order(
+            names.len(),
+            |i| self.index_file(&names[i]),
+            |_, file| {
+                files.push(file?);
+                Ok(())
+            },
+        )?;
         let mut mi = MasterIndex::default();
-        for f in self.backend.list(FileKind::Index)? {
-            let id: Id = match f.name.parse() {
-                Ok(id) => id,
-                Err(_) => continue,
-            };
-            let file: IndexFile = self.load_json(FileKind::Index, &f.name)?;
-            mi.add_file(id, file);
+        mi.add_files(names.iter().copied().zip(files).collect());
+        if let Some(c) = self.cache() {
+            c.retain(
+                cache::Kind::Index,
+                &listed.iter().map(|f| f.name.as_str()).collect(),
+            );
+            c.sweep_trees(|id| mi.blob_type(id) == Some(BlobType::Tree));
         }
         Ok(mi)
+    }
+
+    /// One index file, from the local cache or else from the repository.
+    fn index_file(&self, name: &Id) -> Result<IndexFile> {
+        let cache = self.cache();
+        if let Some(f) = cache.and_then(|c| c.index_file(name)) {
+            return Ok(f);
+        }
+        let file: IndexFile = self.load_json(FileKind::Index, &name.to_hex())?;
+        if let Some(c) = cache {
+            self.cache_result(c.put_index_file(name, &file));
+        }
+        Ok(file)
+    }
+
+    /// Run `work` for `0..n` on a few threads and hand each result to `done` in order, on
+    /// this thread; the first error `done` returns ends it (work in flight is dropped).
+    pub(crate) fn in_order<T: Send>(
+        &self,
+        n: usize,
+        work: impl Fn(usize) -> T + Sync,
+        mut done: impl FnMut(usize, T) -> Result<()>,
+    ) -> Result<()> {
+        let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
+        let threads = self.backend.concurrency().max(cores).clamp(1, 8).min(n);
+        if threads <= 1 {
+            for i in 0..n {
+                done(i, work(i))?;
+            }
+            return Ok(());
+        }
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let (tx, rx) = crossbeam_channel::bounded(threads * 2);
+            for _ in 0..threads {
+                let (tx, next, work) = (tx.clone(), &next, &work);
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n || tx.send((i, work(i))).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            let mut waiting = BTreeMap::new();
+            let mut want = 0;
+            for (i, v) in rx.iter() {
+                waiting.insert(i, v);
+                while let Some(v) = waiting.remove(&want) {
+                    if let Err(e) = done(want, v) {
+                        next.store(n, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    want += 1;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The cache to use now: none while a [`CacheBypass`] is alive.
+    pub fn cache(&self) -> Option<&cache::Cache> {
+        self.cache
+            .as_ref()
+            .filter(|_| self.cache_bypass.load(Ordering::SeqCst) == 0)
+    }
+
+    /// The cache, when it keeps objects of `kind` (snapshots; trees go through
+    /// [`Repository::tree_cache`]).
+    fn object_cache(&self, kind: FileKind) -> Option<&cache::Cache> {
+        self.cache()
+            .filter(|c| kind == FileKind::Snapshot && c.keeps_objects())
+    }
+
+    fn tree_cache(&self) -> Option<&cache::Cache> {
+        self.cache().filter(|c| c.keeps_objects())
+    }
+
+    /// Read everything from the repository itself while the guard lives (`check`).
+    pub fn bypass_cache(&self) -> CacheBypass<'_> {
+        self.cache_bypass.fetch_add(1, Ordering::SeqCst);
+        CacheBypass(self)
+    }
+
+    /// A cache write that failed costs only speed: it is reported once per handle.
+    fn cache_result(&self, r: std::io::Result<()>) {
+        if let (Err(e), Some(c)) = (r, &self.cache) {
+            if !self.cache_warned.swap(true, Ordering::Relaxed) {
+                self.events.warn(&format!(
+                    "cannot write the local cache in {}: {e} (commands go on without it)",
+                    c.dir().display()
+                ));
+            }
+        }
+    }
+
+    /// The cache of a repository being opened: the index always, snapshots and trees when
+    /// the repository is not on local disk.
+    fn cache_for(backend: &dyn Backend, config: &RepoConfig, keys: &Keys) -> Option<cache::Cache> {
+        cache::Cache::for_repository(&config.id, keys.local_cache(), !backend.is_local())
     }
 
     /// All readable snapshots, oldest first; an unreadable one is skipped with a warning
@@ -693,7 +867,23 @@ impl Repository {
                 .into());
             }
         }
-        self.read_blob(index, id)
+        let Some(cache) = self.tree_cache() else {
+            return self.read_blob(index, id);
+        };
+        let name = id.to_hex();
+        if let (Some(sealed), Some(loc)) = (cache.get(cache::Kind::Tree, &name), index.get(id)) {
+            let key = self.content_key(index.packs[loc.pack as usize].ephemeral.as_ref())?;
+            match self.open_blob(&key, &sealed, id, loc.entry.raw_length) {
+                Ok(plain) => return Ok(plain),
+                Err(_) => cache.remove(cache::Kind::Tree, &name),
+            }
+        }
+        let (sealed, raw_length, pack, key) = self.read_sealed(index, id)?;
+        let plain = self
+            .open_blob(&key, &sealed, id, raw_length)
+            .with_context(|| format!("in pack {}", pack))?;
+        self.cache_result(cache.put(cache::Kind::Tree, &name, &sealed));
+        Ok(plain)
     }
 
     // ---- key slots ----

@@ -206,13 +206,13 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
         blobs += p.blobs.len();
         file.packs.push(p);
         if blobs >= BLOBS_PER_INDEX_FILE {
-            repo.save_json(FileKind::Index, &file)?;
+            repo.save_index(&file)?;
             file = IndexFile::default();
             blobs = 0;
         }
     }
     if !file.packs.is_empty() {
-        repo.save_json(FileKind::Index, &file)?;
+        repo.save_index(&file)?;
     }
 
     // 3. Old index files.

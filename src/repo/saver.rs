@@ -129,12 +129,9 @@ impl Shared {
             // elsewhere may have deleted these packs as unindexed, and an index file listing them
             // would let a later backup deduplicate against data that is gone.
             super::lock::ensure_held(&self.repo)?;
-            self.repo.save_json(
-                FileKind::Index,
-                &IndexFile {
-                    packs: packs.clone(),
-                },
-            )?;
+            self.repo.save_index(&IndexFile {
+                packs: packs.clone(),
+            })?;
         }
         self.written.lock().unwrap().all.extend(packs);
         Ok(())

@@ -37,23 +37,6 @@ const TEMP_PREFIX: &str = ".trees.tmp-";
 /// Temporary files older than this are left by a crashed backup and removed.
 const STALE_TEMP: Duration = Duration::from_secs(24 * 3600);
 
-/// Where the caches live: `$COFFER_CACHE`, else `$XDG_CACHE_HOME/coffer`, else
-/// `~/.cache/coffer`. None in the library's unit tests, which must not write in the home of
-/// whoever runs them (the integration tests set `COFFER_CACHE`).
-pub fn cache_root() -> Option<PathBuf> {
-    if cfg!(test) {
-        return None;
-    }
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(c) = var("COFFER_CACHE") {
-        return Some(PathBuf::from(c));
-    }
-    if let Some(x) = var("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(x).join("coffer"));
-    }
-    var("HOME").map(|h| PathBuf::from(h).join(".cache/coffer"))
-}
-
 /// One cache file opened for reading: where each tree's record is.
 struct CachedTrees {
     path: PathBuf,
@@ -145,13 +128,16 @@ impl TreeCache {
     /// cache that cannot be written is reported by [`TreeCache::persist`].
     pub fn start(repo: &Repository) -> TreeCache {
         let cipher = repo.keys.local_cache();
-        let Some(root) = cache_root() else {
+        let Some(root) = super::cache::root() else {
             return TreeCache {
                 dir: PathBuf::new(),
                 cipher,
                 read: Mutex::default(),
                 out: None,
-                failed: Some("neither COFFER_CACHE, XDG_CACHE_HOME nor HOME is set".into()),
+                failed: Some(
+                    "no cache: --no-cache, or neither COFFER_CACHE, XDG_CACHE_HOME nor HOME is set"
+                        .into(),
+                ),
             };
         };
         let dir = root.join(repo.config.id.to_hex());
