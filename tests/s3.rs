@@ -19,7 +19,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -285,6 +285,7 @@ impl S3Env {
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
         common::clean_env(&mut c);
         c.env("COFFER_HOME", self.home.path())
+            .env("COFFER_CACHE", self.home.path().join("cache"))
             .env("COFFER_PASSWORD", &self.password)
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_REGION", "us-east-1")
@@ -970,33 +971,50 @@ fn moto_point_in_time_recovery_without_aws_variables_in_the_server() {
 
 // --- locks fail closed ------------------------------------------------------------------
 
-/// Forwards connections to `target`, one request per connection, except that GETs of
-/// objects whose path contains `fail` are answered `500 InternalError` (as a struggling
-/// S3 service does) without reaching the server. Stops accepting when dropped.
-struct FailingGets {
+/// Forwards connections to `target`, one request per connection, and records each request
+/// (method, and path with its query). With `fail`, GETs of objects whose path contains it
+/// are answered `500 InternalError` (as a struggling S3 service does) without reaching the
+/// server. Stops accepting when dropped.
+struct Proxy {
     port: u16,
     stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
-impl FailingGets {
-    fn new(target: u16, fail: &'static str) -> FailingGets {
+impl Proxy {
+    fn failing_gets(target: u16, fail: &'static str) -> Proxy {
+        Proxy::start(target, Some(fail))
+    }
+
+    fn counting(target: u16) -> Proxy {
+        Proxy::start(target, None)
+    }
+
+    fn start(target: u16, fail: Option<&'static str>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stopped, log) = (stop.clone(), seen.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stopped.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                std::thread::spawn(move || Self::serve(client, target, fail));
+                let log = log.clone();
+                std::thread::spawn(move || Self::serve(client, target, fail, &log));
             }
         });
-        FailingGets { port, stop }
+        Proxy { port, stop, seen }
     }
 
-    fn serve(mut client: TcpStream, target: u16, fail: &str) {
+    fn serve(
+        mut client: TcpStream,
+        target: u16,
+        fail: Option<&str>,
+        log: &Mutex<Vec<(String, String)>>,
+    ) {
         // The request head.
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -1011,8 +1029,11 @@ impl FailingGets {
         let request = lines.next().unwrap_or("").to_string();
         let mut parts = request.split(' ');
         let (method, target_path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        log.lock()
+            .unwrap()
+            .push((method.to_string(), target_path.to_string()));
         let path = target_path.split('?').next().unwrap_or("");
-        if method == "GET" && path.contains(fail) {
+        if method == "GET" && fail.is_some_and(|f| path.contains(f)) {
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
                         <Message>We encountered an internal error. Please try again.</Message></Error>";
             let _ = write!(
@@ -1046,6 +1067,11 @@ impl FailingGets {
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// The requests seen since the last call, and forget them.
+    fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
 }
 
 /// Copy one direction of a connection until it closes.
@@ -1054,7 +1080,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-impl Drop for FailingGets {
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port)); // wake up accept()
@@ -1111,7 +1137,7 @@ fn moto_locks_that_cannot_be_read_stop_prune_and_backup() {
         &random_bytes(300, 4),
     );
     assert_eq!(status, 200, "{resp}");
-    let proxy = FailingGets::new(server.port, "/locks/");
+    let proxy = Proxy::failing_gets(server.port, "/locks/");
     let through = S3Env::new(proxy.endpoint(), "test-key", "test-secret");
     for args in [
         vec!["prune"],
@@ -1350,4 +1376,207 @@ fn moto_a_local_primary_and_an_s3_copy_and_recovery_from_the_copy_alone() {
     pg.give_to_server_user(&dir);
     let r = PgCluster::start_recovered(&dir, &[("archive_mode", "off")]);
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM t"), "250");
+}
+
+// --- the local cache --------------------------------------------------------------------
+
+/// What the proxy saw one command do to the repository at `repo/`.
+struct Seen(Vec<(String, String)>);
+
+impl Seen {
+    /// GETs of objects under `repo/<dir>/`.
+    fn gets(&self, dir: &str) -> usize {
+        let under = format!("/bucket/repo/{dir}/");
+        self.0
+            .iter()
+            .filter(|(m, t)| m == "GET" && t.split('?').next().unwrap().starts_with(&under))
+            .count()
+    }
+
+    /// Listings of `repo/<dir>/`.
+    fn lists(&self, dir: &str) -> usize {
+        let (plain, encoded) = (format!("prefix=repo/{dir}"), format!("prefix=repo%2F{dir}"));
+        self.0
+            .iter()
+            .filter(|(m, t)| {
+                m == "GET"
+                    && t.contains("list-type")
+                    && (t.contains(&plain) || t.contains(&encoded))
+            })
+            .count()
+    }
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (m, t) in &self.0 {
+            writeln!(f, "{m} {t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The one repository cache of a host, and the names in one of its directories.
+fn cached(env: &S3Env, dir: &str) -> std::collections::BTreeSet<String> {
+    let root = env.home.path().join("cache");
+    let repos: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(repos.len() <= 1, "{repos:?}");
+    let Some(repo) = repos.first() else {
+        return Default::default();
+    };
+    common::list_files(&repo.join(dir))
+        .into_iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Names of the objects under `repo/<dir>/`.
+fn stored(port: u16, dir: &str) -> std::collections::BTreeSet<String> {
+    let prefix = format!("repo/{dir}/");
+    list_objects(port, "bucket", &prefix)
+        .into_keys()
+        .map(|k| k[prefix.len()..].to_string())
+        .collect()
+}
+
+/// Two hosts, each with its own cache, share a repository on S3 through a proxy that counts
+/// requests. Listing snapshots costs one LIST plus a GET per snapshot this host has not
+/// seen; another host's forget and prune show at once, and what they removed is never read
+/// from the cache; `--no-cache` and `cache clean` go back to the repository.
+#[test]
+fn moto_the_local_cache_saves_requests_and_never_shows_a_state_that_is_gone() {
+    let server = moto();
+    create_bucket(server.port, "bucket");
+    let proxy = Proxy::counting(server.port);
+    let a = S3Env::new(proxy.endpoint(), "test-key", "test-secret");
+    let b = S3Env::new(proxy.endpoint(), "test-key", "test-secret");
+    let repo = "s3://bucket/repo";
+    let (_keep, src) = source_tree(&[
+        ("a.bin", random_bytes(1 << 20, 11)),
+        ("sub/b.txt", b"b\n".to_vec()),
+    ]);
+    a.ok(repo, &["init", "--pack-size", "4"]);
+    for i in 0..10 {
+        std::fs::write(src.join("sub/b.txt"), format!("version {i}\n")).unwrap();
+        a.backup(repo, &src);
+    }
+    let ids = |snaps: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        snaps
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Host A kept what it wrote: listing costs one LIST and no GET.
+    proxy.take();
+    assert_eq!(a.snapshots(repo).len(), 10);
+    let seen = Seen(proxy.take());
+    assert_eq!(
+        (seen.lists("snapshots"), seen.gets("snapshots")),
+        (1, 0),
+        "{seen:?}"
+    );
+    assert_eq!(cached(&a, "snapshots"), stored(server.port, "snapshots"));
+
+    // Host B reads each snapshot once, then none.
+    assert_eq!(b.snapshots(repo).len(), 10);
+    let seen = Seen(proxy.take());
+    assert_eq!(seen.gets("snapshots"), 10, "{seen:?}");
+    assert_eq!(b.snapshots(repo).len(), 10);
+    let seen = Seen(proxy.take());
+    assert_eq!(
+        (seen.lists("snapshots"), seen.gets("snapshots")),
+        (1, 0),
+        "{seen:?}"
+    );
+
+    // A writer on host B: its snapshot costs host A one GET, its index file one more.
+    std::fs::write(src.join("sub/c.txt"), b"from host b\n").unwrap();
+    common::wait_until_not_racy(&src);
+    b.backup(repo, &src);
+    proxy.take();
+    assert_eq!(a.snapshots(repo).len(), 11);
+    let seen = Seen(proxy.take());
+    assert_eq!(seen.gets("snapshots"), 1, "{seen:?}");
+    let added = a.backup(repo, &src)["summary"]["bytes_added"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        added < 64 << 10,
+        "host A did not see host B's data: {added} bytes added"
+    );
+    let seen = Seen(proxy.take());
+    assert_eq!(seen.gets("index"), 1, "{seen:?}");
+    assert_eq!(seen.gets("snapshots"), 0, "{seen:?}");
+
+    // Host B forgets: host A shows the repository's snapshots, not its copies, and drops
+    // the copies of the forgotten ones.
+    b.ok(repo, &["forget", "--keep-last", "3"]);
+    let kept = ids(&b.snapshots(repo));
+    assert_eq!(kept.len(), 3);
+    proxy.take();
+    assert_eq!(ids(&a.snapshots(repo)), kept);
+    assert_eq!(Seen(proxy.take()).gets("snapshots"), 0);
+    assert_eq!(cached(&a, "snapshots"), stored(server.port, "snapshots"));
+
+    // Host B prunes: packs go and index files are replaced. Host A's records of the old
+    // index files are never used (they would point at deleted packs) and are dropped.
+    let old_index = stored(server.port, "index");
+    assert_eq!(cached(&a, "index"), old_index);
+    b.ok(repo, &["prune"]);
+    let new_index = stored(server.port, "index");
+    assert_ne!(new_index, old_index, "prune rewrote no index file");
+    restore_and_compare(&a, repo, &src);
+    assert_eq!(cached(&a, "index"), new_index);
+    a.ok(repo, &["check", "--read-data"]);
+
+    // Trees come from the cache the second time: `ls` then reads no data.
+    a.ok(repo, &["ls", "latest"]);
+    proxy.take();
+    let listing = a.ok(repo, &["ls", "latest"]);
+    assert!(listing.contains("c.txt"), "{listing}");
+    let seen = Seen(proxy.take());
+    assert_eq!(
+        (
+            seen.gets("data"),
+            seen.gets("index"),
+            seen.gets("snapshots")
+        ),
+        (0, 0, 0),
+        "{seen:?}"
+    );
+
+    // --no-cache reads everything from the repository again.
+    assert_eq!(ids(&a.snapshots(repo)), kept);
+    proxy.take();
+    a.ok(repo, &["--no-cache", "ls", "latest"]);
+    let seen = Seen(proxy.take());
+    assert!(seen.gets("data") > 0, "{seen:?}");
+    assert_eq!(seen.gets("snapshots"), 3, "{seen:?}");
+    assert_eq!(seen.gets("index"), new_index.len(), "{seen:?}");
+
+    // `cache clean` removes it all; the next command reads and keeps again.
+    let report: serde_json::Value =
+        serde_json::from_str(&a.ok(repo, &["cache", "clean", "--json"])).unwrap();
+    assert_eq!(
+        report["repositories"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert!(report["files"].as_u64().unwrap() > 3, "{report}");
+    assert!(cached(&a, "snapshots").is_empty() && cached(&a, "index").is_empty());
+    a.ok(repo, &["--no-cache", "snapshots"]);
+    assert!(!a
+        .home
+        .path()
+        .join("cache")
+        .read_dir()
+        .unwrap()
+        .any(|_| true));
+    proxy.take();
+    assert_eq!(ids(&a.snapshots(repo)), kept);
+    assert_eq!(Seen(proxy.take()).gets("snapshots"), 3);
+    assert_eq!(cached(&a, "snapshots"), stored(server.port, "snapshots"));
 }

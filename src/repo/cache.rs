@@ -172,7 +172,8 @@ impl Cache {
     }
 
     /// Remove the copies of `kind` whose names the repository no longer lists (and
-    /// temporary files left by a crash).
+    /// temporary files left by a crash); files not named like objects are not the cache's
+    /// and stay.
     pub fn retain(&self, kind: Kind, listed: &HashSet<&str>) {
         let Ok(rd) = fs::read_dir(self.dir.join(kind.dir())) else {
             return;
@@ -182,7 +183,7 @@ impl Cache {
             let name = name.to_string_lossy();
             if name.starts_with(TEMP_PREFIX) {
                 remove_if_stale(&e.path());
-            } else if !listed.contains(name.as_ref()) {
+            } else if name.parse::<Id>().is_ok() && !listed.contains(name.as_ref()) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -241,7 +242,7 @@ impl Cache {
                 let name = name.to_string_lossy();
                 if name.starts_with(TEMP_PREFIX) {
                     remove_if_stale(&e.path());
-                } else if !name.parse::<Id>().is_ok_and(|id| keep(&id)) {
+                } else if name.parse::<Id>().is_ok_and(|id| !keep(&id)) {
                     let _ = fs::remove_file(e.path());
                 }
             }

@@ -190,8 +190,7 @@ pub fn remove(lock: &ExclusiveLock, snapshots: &[Snapshot]) -> Result<usize> {
     lock.ensure_held()?;
     for s in snapshots {
         lock.repo()
-            .backend
-            .remove(FileKind::Snapshot, &s.id.to_hex())?;
+            .remove_object(FileKind::Snapshot, &s.id.to_hex())?;
     }
     Ok(snapshots.len())
 }

@@ -484,6 +484,19 @@ impl Repository {
         Ok(id)
     }
 
+    /// Remove an index file or a snapshot from the repository, and this host's copy of it.
+    pub fn remove_object(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.backend.remove(kind, name)?;
+        if let Some(c) = &self.cache {
+            match kind {
+                FileKind::Index => c.remove(cache::Kind::Index, name),
+                FileKind::Snapshot => c.remove(cache::Kind::Snapshot, name),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Store an index file, and keep it in the local cache.
     pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
         let id = self.save_json(FileKind::Index, file)?;

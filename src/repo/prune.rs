@@ -217,7 +217,7 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
 
     // 3. Old index files.
     for f in &index.files {
-        repo.backend.remove(FileKind::Index, &f.to_hex())?;
+        repo.remove_object(FileKind::Index, &f.to_hex())?;
     }
 
     // 4. Packs.
