@@ -61,16 +61,28 @@ pub fn check(repo: &Repository, read: ReadData, progress: &Progress) -> Result<C
         .collect();
 
     progress.log("loading index");
+    let names: Vec<Id> = repo
+        .backend
+        .list(FileKind::Index)?
+        .iter()
+        .filter_map(|f| f.name.parse().ok())
+        .collect();
+    let mut files = Vec::with_capacity(names.len());
+    repo.in_order(
+        names.len(),
+        |i| repo.load_json::<IndexFile>(FileKind::Index, &names[i].to_hex()),
+        |i, loaded| {
+            match loaded {
+                Ok(file) => files.push((names[i], file)),
+                Err(e) => r
+                    .errors
+                    .push(format!("index file {}: {e:#}", names[i].short())),
+            }
+            Ok(())
+        },
+    )?;
     let mut index = MasterIndex::default();
-    for f in repo.backend.list(FileKind::Index)? {
-        let Ok(id) = f.name.parse::<Id>() else {
-            continue;
-        };
-        match repo.load_json::<IndexFile>(FileKind::Index, &f.name) {
-            Ok(file) => index.add_file(id, file),
-            Err(e) => r.errors.push(format!("index file {}: {e:#}", id.short())),
-        }
-    }
+    index.add_files(files);
     r.packs = index.packs.len();
 
     for p in &index.packs {
