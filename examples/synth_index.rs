@@ -1,9 +1,11 @@
 //! Write a synthetic index into an existing local repository, for `bench/index.sh`: index
 //! files listing packs of 1,000 data blobs each with random ids, as many as a repository of
-//! that many blobs holds, without the data (the packs are not written: `check` fails on such a
-//! repository, and nothing may restore from it).
+//! that many blobs holds, without the data. With `--sparse-packs` each pack is written too, as
+//! a sparse file of the size the index gives it (no disk used): `check` then passes (it
+//! compares pack sizes; `--read-data` fails), and `prune` finds every blob unused. Nothing may
+//! restore from such a repository.
 //!
-//!     COFFER_PASSWORD=… cargo run --release --example synth_index -- REPO BLOBS
+//!     COFFER_PASSWORD=… cargo run --release --example synth_index -- REPO BLOBS [--sparse-packs]
 
 use coffer::backend::{FileKind, LocalBackend};
 use coffer::repo::index::{IndexFile, IndexPack};
@@ -14,9 +16,14 @@ use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, repo, blobs] = &args[..] else {
-        anyhow::bail!("usage: synth_index REPO BLOBS (passphrase in COFFER_PASSWORD)");
+    let (repo, blobs, sparse) = match &args[..] {
+        [_, repo, blobs] => (repo, blobs, false),
+        [_, repo, blobs, flag] if flag == "--sparse-packs" => (repo, blobs, true),
+        _ => anyhow::bail!(
+            "usage: synth_index REPO BLOBS [--sparse-packs] (passphrase in COFFER_PASSWORD)"
+        ),
     };
+    let root = std::path::PathBuf::from(repo);
     let blobs: u64 = blobs.parse()?;
     let pw = std::env::var("COFFER_PASSWORD")?;
     let backend = Arc::new(LocalBackend::new(std::path::PathBuf::from(repo)));
@@ -43,9 +50,15 @@ fn main() -> anyhow::Result<()> {
                     e
                 })
                 .collect();
+            let (id, size) = (Id::random(), u64::from(offset) + 60 * n);
+            if sparse {
+                let path = root.join(FileKind::Pack.path(&id.to_hex()));
+                std::fs::create_dir_all(path.parent().unwrap())?;
+                std::fs::File::create(&path)?.set_len(size)?;
+            }
             file.packs.push(IndexPack {
-                id: Id::random(),
-                size: u64::from(offset) + 60 * n,
+                id,
+                size,
                 blobs: entries,
                 ephemeral: None,
             });
