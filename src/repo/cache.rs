@@ -208,6 +208,13 @@ impl Cache {
         decoded
     }
 
+    /// At most how many blobs the cached record of index file `name` lists (from its size),
+    /// when there is one.
+    pub fn index_blobs_at_most(&self, name: &str) -> Option<u64> {
+        let len = fs::metadata(self.path(Kind::Index, name)).ok()?.len();
+        Some(len / BLOB_BYTES as u64)
+    }
+
     /// Keep an index file as a record of the cache.
     pub fn put_index_file(&self, name: &Id, file: &IndexFile) -> io::Result<()> {
         let sealed = self.cipher.seal(&encode_index(name, file));

@@ -117,14 +117,18 @@ impl MasterIndex {
                 self.packs.push(p);
             }
         }
-        let (packs, hasher) = (&self.packs, &self.hasher);
-        let new: usize = packs[from..].iter().map(|p| p.blobs.len()).sum();
         // Sized once: growing the table rehashes every blob in it, reaching into the packs'
         // lists for each id, which costs as much as the inserts.
-        self.blobs.reserve(new, |s| {
+        self.reserve_blobs(self.packs[from..].iter().map(|p| p.blobs.len()).sum());
+        insert_blobs(&self.packs, from, &self.hasher, &mut self.blobs);
+    }
+
+    /// Make room for `n` more blobs at once (a table that grows rehashes every blob in it).
+    pub fn reserve_blobs(&mut self, n: usize) {
+        let (packs, hasher) = (&self.packs, &self.hasher);
+        self.blobs.reserve(n, |s| {
             hasher.hash_one(&packs[s.pack as usize].blobs[s.entry as usize].id)
         });
-        insert_blobs(packs, from, hasher, &mut self.blobs);
     }
 
     pub fn add_file(&mut self, id: Id, file: IndexFile) {

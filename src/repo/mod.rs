@@ -571,17 +571,29 @@ impl Repository {
     pub fn load_index(&self) -> Result<MasterIndex> {
         let listed = self.backend.list(FileKind::Index)?;
         let names: Vec<Id> = listed.iter().filter_map(|f| f.name.parse().ok()).collect();
-        let mut files = Vec::with_capacity(names.len());
+        let mut mi = MasterIndex::default();
+        // The table is sized once, so that each file's blobs go in as it arrives, while the
+        // next ones are read and opened: from the size of a cached record, or else of the
+        // stored file (each blob's id is 32 bytes that no compression shrinks).
+        let cache = self.cache();
+        let room: u64 = listed
+            .iter()
+            .filter(|f| f.name.parse::<Id>().is_ok())
+            .map(|f| {
+                cache
+                    .and_then(|c| c.index_blobs_at_most(&f.name))
+                    .unwrap_or(f.size / 32)
+            })
+            .sum();
+        mi.reserve_blobs(room as usize);
         self.in_order(
             names.len(),
             |i| self.index_file(&names[i]),
-            |_, file| {
-                files.push(file?);
+            |i, file| {
+                mi.add_file(names[i], file?);
                 Ok(())
             },
         )?;
-        let mut mi = MasterIndex::default();
-        mi.add_files(names.iter().copied().zip(files).collect());
         if let Some(c) = self.cache() {
             c.retain(
                 cache::Kind::Index,
