@@ -616,6 +616,46 @@ fn prune_removes_unreferenced_data_and_keeps_the_rest() {
     assert_same_tree(&b, &restored(&target, &b));
 }
 
+/// Pack headers are overhead, not unused space: a pack of many small files that nothing
+/// forgot is left alone, and one that lost a fifth of its files is repacked once, not on
+/// every prune after.
+#[test]
+fn prune_does_not_count_pack_headers_as_unused() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..2000 {
+        fs::write(src.join(format!("f{i:04}")), format!("small file {i}")).unwrap();
+    }
+    let first = env.backup(&[src.to_str().unwrap()]);
+    let packs_before = env.packs();
+    let r = env.json(&["prune", "--json"]);
+    assert_eq!(r["packs_repacked"], 0, "{r}");
+    assert_eq!(r["packs_written"], 0, "{r}");
+    assert_eq!(env.packs(), packs_before, "prune rewrote packs nothing had forgotten");
+
+    for i in 0..400 {
+        fs::remove_file(src.join(format!("f{i:04}"))).unwrap();
+    }
+    env.backup(&[src.to_str().unwrap()]);
+    env.cmd().args(["forget", &first[..8]]).assert().success();
+    let r = env.json(&["prune", "--json"]);
+    assert!(r["packs_repacked"].as_u64().unwrap() >= 1, "{r}");
+    let packs_after = env.packs();
+    let r = env.json(&["prune", "--json"]);
+    assert_eq!(r["packs_repacked"], 0, "the repacked pack was repacked again: {r}");
+    assert_eq!(env.packs(), packs_after);
+
+    env.cmd().args(["check", "--read-data"]).assert().success();
+    let target = env.path("r");
+    env.cmd()
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_same_tree(&src, &restored(&target, &src));
+}
+
 /// A backup reading from a pipe we control stays in progress (holding its lock) until
 /// we close the pipe.
 fn start_stdin_backup(env: &Env, name: &str) -> std::process::Child {

@@ -589,9 +589,12 @@ pub struct PruneArgs {
     /// Show what would be removed, remove nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
-    /// Repack a pack when more than this percentage of it is unused
+    /// Repack a pack when more than this percentage of its blobs' bytes is unused
     #[arg(long, default_value_t = 10.0)]
     pub max_unused: f64,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

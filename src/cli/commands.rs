@@ -664,7 +664,11 @@ pub fn copy(ctx: &Context, a: &CopyArgs) -> Result<()> {
 
 pub fn prune(ctx: &Context, a: &PruneArgs) -> Result<()> {
     let r = ops::prune::prune(&ctx.open()?, a.dry_run, a.max_unused, &ctx.events())?;
-    ctx.say(&r.to_string());
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
+    } else {
+        ctx.say(&r.to_string());
+    }
     Ok(())
 }
 

@@ -18,7 +18,7 @@ pub struct PruneReport {
 }
 
 /// Prune under a lock of its own (none for a dry run). A pack is repacked when more than
-/// `max_unused_pct` percent of it is unused; `progress` hears each step.
+/// `max_unused_pct` percent of its blobs' bytes is unused; `progress` hears each step.
 pub fn prune(
     repo: &Arc<Repository>,
     dry_run: bool,

@@ -23,7 +23,8 @@ use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// Repack a pack when more than this fraction of its bytes is unused.
+/// Repack a pack when more than this fraction of its blobs' bytes is unused (the pack's
+/// header is not counted: it is overhead every pack has, not space prune could free).
 pub const DEFAULT_MAX_UNUSED: f64 = 0.10;
 const BLOBS_PER_INDEX_FILE: usize = 100_000;
 
@@ -108,6 +109,7 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
         r.packs_total += 1;
         r.bytes_before += p.size;
         let mut used_bytes = 0u64;
+        let mut unused_bytes = 0u64;
         for b in &p.blobs {
             // A blob counts as used only at its canonical location (duplicates elsewhere are not).
             let canonical = index
@@ -118,13 +120,17 @@ pub fn prune(run: Run<'_>, max_unused: f64, progress: &Progress) -> Result<Prune
                 used_bytes += b.length as u64;
                 r.blobs_used += 1;
             } else {
+                unused_bytes += b.length as u64;
                 r.blobs_unused += 1;
             }
         }
+        // Only blob bytes count. Counting `size - used` would count the header (tens of
+        // bytes a blob) as unused: a pack of small blobs would look half unused, be rewritten
+        // on every prune, and its replacement would look the same the next time.
         if used_bytes == 0 {
             delete.push(p.id);
             r.bytes_deleted += p.size;
-        } else if p.size.saturating_sub(used_bytes) as f64 > p.size as f64 * max_unused {
+        } else if unused_bytes as f64 > (used_bytes + unused_bytes) as f64 * max_unused {
             repack.push(p);
         } else {
             keep.push(p);
